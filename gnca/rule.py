@@ -1,0 +1,225 @@
+r"""The local rule: one small network shared by every weight of every task net.
+
+:class:`LocalRule` is a torch-geometric :class:`~torch_geometric.nn.MessagePassing` layer on the
+weight graph. For every weight ``i`` with value :math:`w_i` and hidden state :math:`h_i`:
+
+.. math::
+    x_i = [w_i, h_i], \qquad
+    p_i = \big[x_i,\ \square_{j \in N_f(i)} x_j,\ \square_{j \in N_b(i)} x_j\big], \qquad
+    (\Delta w_i, \Delta h_i) = b \tanh\!\big(\mathrm{MLP}(p_i) / b\big) \text{ (or } \mathrm{MLP}(p_i)),
+
+.. math::
+    w_i' = w_i + m_i \Delta w_i, \qquad h_i' = h_i + m_i \Delta h_i, \qquad
+    m_i \sim \mathrm{Bernoulli}(\text{fire\_rate}),
+
+where :math:`\square` is the aggregation (mean by default), :math:`N_f, N_b` the forward and
+backward neighbourhoods of :data:`gnca.graph.NEIGHBOURHOODS`, and the MLP's last layer starts at
+zero so that a fresh rule changes nothing.
+
+Two paths compute :math:`p_i` and give the same result: the default ``"fast"`` path factors every
+aggregation through the neurons (:func:`gnca.perceive`, ``O(E)``); the ``"explicit"`` path runs
+``propagate`` over a materialised line graph (:func:`gnca.graph.line_graph_edge_index`) and accepts
+any torch-geometric aggregation (``aggr="max"``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch_geometric.data import Data
+from torch_geometric.nn import MessagePassing
+
+from gnca.graph import check_neighbourhood, line_graph_edge_index
+from gnca.perception import REDUCTIONS, perceive, perception_size
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """An activation module by name (``relu``, ``tanh``, ``gelu``, ``silu``, ``sigmoid``,
+    ``identity``)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class LocalRule(MessagePassing):
+    """The MetaNCA local rule (see the module docstring for the update equations).
+
+    Args:
+        hidden_channels: ``C``, the hidden state size of each weight.
+        widths: hidden layer widths of the rule MLP (default ``(64,)``).
+        activation: the MLP's activation (default ``"relu"``).
+        neighbourhood: ``"incident"`` (default), ``"directed"`` or ``"sibling"``.
+        include_self: count each weight among its own neighbours.
+        reduce: ``"mean"`` (default) or ``"sum"`` for the fast path.
+        fire_rate: probability that a weight is updated at a step (default 0.8).
+        bound: when set, outputs are ``bound * tanh(out / bound)``.
+        aggr: aggregation of the explicit path; defaults to ``reduce``.
+
+    Shapes:
+        graph: a :class:`~gnca.WeightGraph` (or batch) with ``E`` weights;
+        w: ``(E,)``; h: ``(E, C)``; returns ``(w', h')`` of the same shapes.
+    """
+
+    def __init__(
+        self,
+        hidden_channels: int = 8,
+        widths: Sequence[int] = (64,),
+        activation: str = "relu",
+        neighbourhood: str = "incident",
+        *,
+        include_self: bool = False,
+        reduce: str = "mean",
+        fire_rate: float = 0.8,
+        bound: float | None = None,
+        aggr: str | None = None,
+    ) -> None:
+        super().__init__(aggr=aggr or reduce)
+        check_neighbourhood(neighbourhood)
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
+        if not 0.0 < fire_rate <= 1.0:
+            raise ValueError(f"fire_rate must be in (0, 1], got {fire_rate}")
+        if hidden_channels < 0:
+            raise ValueError(f"hidden_channels must be >= 0, got {hidden_channels}")
+        if bound is not None and bound <= 0:
+            raise ValueError(f"bound must be positive, got {bound}")
+        self.hidden_channels = int(hidden_channels)
+        self.widths = tuple(int(x) for x in widths)
+        self.activation = activation
+        self.neighbourhood = neighbourhood
+        self.include_self = include_self
+        self.reduce = reduce
+        self.fire_rate = float(fire_rate)
+        self.bound = bound
+        layers: list[nn.Module] = []
+        d = perception_size(self.hidden_channels)
+        for width in self.widths:
+            layers += [nn.Linear(d, width), make_activation(activation)]
+            d = width
+        self.out = nn.Linear(d, 1 + self.hidden_channels)
+        self.mlp = nn.Sequential(*layers, self.out)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Default init for hidden layers; the output layer at zero (a no-op rule)."""
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    # ------------------------------------------------------------------ perception
+    def perceive(
+        self,
+        graph: Data,
+        w: torch.Tensor,
+        h: torch.Tensor,
+        path: str = "fast",
+    ) -> torch.Tensor:
+        """``(E, 3 + 3C)`` perception vectors by the fast path or the explicit line graph."""
+        if path == "fast":
+            return perceive(
+                graph,
+                w,
+                h,
+                self.neighbourhood,
+                include_self=self.include_self,
+                reduce=self.reduce,
+            )
+        if path != "explicit":
+            raise ValueError(f"unknown path {path!r}; choose 'fast' or 'explicit'")
+        ei_f, ei_b = self.line_graph(graph)
+        x = torch.cat([w.unsqueeze(1), h], dim=1)  # (E, 1 + C)
+        x_f = self.propagate(ei_f, x=x)  # (E, 1 + C)
+        x_b = self.propagate(ei_b, x=x)  # (E, 1 + C)
+        return torch.cat([x, x_f, x_b], dim=1)
+
+    def line_graph(self, graph: Data) -> tuple[torch.Tensor, torch.Tensor]:
+        """The materialised forward/backward relations, cached on ``graph``."""
+        key = f"_gnca_lg_{self.neighbourhood}_{int(self.include_self)}"
+        cached = graph.__dict__.get(key)
+        if cached is None or cached[0].device != graph.src.device:
+            cached = line_graph_edge_index(
+                graph, self.neighbourhood, include_self=self.include_self
+            )
+            graph.__dict__[key] = cached
+        return cached
+
+    def message(self, x_j: torch.Tensor) -> torch.Tensor:
+        return x_j
+
+    # ------------------------------------------------------------------ update
+    def delta(self, p: torch.Tensor) -> torch.Tensor:
+        """``(E, 1 + C)`` raw update ``[dw, dh]`` from perceptions ``p`` ``(E, 3 + 3C)``."""
+        out = self.mlp(p)
+        if self.bound is not None:
+            out = self.bound * torch.tanh(out / self.bound)
+        return out
+
+    def fire_mask(
+        self, num_weights: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``(E,)`` float mask, each entry 1 with probability ``fire_rate``."""
+        if self.fire_rate >= 1.0:
+            return torch.ones(num_weights, device=device)
+        u = torch.rand(num_weights, device=device, generator=generator)
+        return (u < self.fire_rate).to(torch.get_default_dtype())
+
+    def forward(
+        self,
+        graph: Data,
+        w: torch.Tensor,
+        h: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        path: str = "fast",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One rule step on every weight; returns new tensors ``(w', h')``.
+
+        Args:
+            graph: weight graph (or batch), ``E`` weights.
+            w: ``(E,)`` weights; h: ``(E, C)`` hidden states.
+            mask: ``(E,)`` which weights fire (1) or keep their value (0); drawn with
+                ``fire_rate`` when ``None``.
+            generator: random generator for the mask.
+            path: ``"fast"`` or ``"explicit"`` perception.
+        """
+        p = self.perceive(graph, w, h, path)  # (E, 3 + 3C)
+        d = self.delta(p)  # (E, 1 + C)
+        if mask is None:
+            mask = self.fire_mask(w.shape[0], w.device, generator)
+        d = d * mask.to(d.dtype).unsqueeze(1)
+        return w + d[:, 0], h + d[:, 1:]
+
+    def config(self) -> dict:
+        """Constructor arguments, to rebuild the rule from a checkpoint."""
+        return {
+            "hidden_channels": self.hidden_channels,
+            "widths": list(self.widths),
+            "activation": self.activation,
+            "neighbourhood": self.neighbourhood,
+            "include_self": self.include_self,
+            "reduce": self.reduce,
+            "fire_rate": self.fire_rate,
+            "bound": self.bound,
+        }
+
+    def __repr__(self) -> str:
+        dims = [perception_size(self.hidden_channels), *self.widths, 1 + self.hidden_channels]
+        return (
+            f"{self.__class__.__name__}(C={self.hidden_channels}, "
+            f"mlp={'-'.join(map(str, dims))}, {self.neighbourhood}, reduce={self.reduce}, "
+            f"fire_rate={self.fire_rate}, bound={self.bound})"
+        )

@@ -1,0 +1,188 @@
+r"""Initial states of task nets: where growth starts, and how symmetry is broken.
+
+If every task net started from i.i.d. random weights with equal hidden states, the dynamics
+would be equivariant to relabelling the output neurons and the grown classifier would be at
+chance on average, whatever the rule (design notes, section 3). The initial state must break the
+symmetry. Three kinds, by name:
+
+``fixed``
+    One seeded initial net (``init_seed``) for every sample, as a cellular automaton grows from
+    one seed; samples differ through the stochastic fire mask and optional ``noise``. ``h = 0``.
+``random``
+    i.i.d. weights per sample, ``h = 0``: the documented negative control.
+``codes``
+    i.i.d. weights per sample and *identity codes* in ``h`` telling each weight where it sits.
+
+Weights are drawn as ``scale * N(0, 1) / sqrt(fan_in)`` (``fan_in`` = number of non-bias
+in-weights of the weight's head neuron); bias weights start at 0.
+
+Identity-code channels (``f = code_freqs``; ``s_k(p) = sin(2 pi k p)``, ``c_k(p) = cos(2 pi k p)``,
+positions normalised to ``p = (i + 0.5) / n``):
+
+======================  =====  ==========================================================
+channels                count  content
+======================  =====  ==========================================================
+``0 .. 4f-1``           4f     in-neuron ``u``: for image inputs ``[s_k(row), c_k(row),
+                               s_k(col), c_k(col)]_{k=1..f}``; otherwise ``[s_k(p), c_k(p)]``
+                               for ``k = 1..2f`` of ``u``'s position in its level; 0 for biases
+``4f .. 6f-1``          2f     out-neuron ``v``: ``[s_k(p), c_k(p)]_{k=1..f}`` of its position
+                               (class index for outputs)
+``6f``                  1      depth: ``level(v) / depth`` of the net
+``6f+1``                1      1 if ``u`` is an input neuron
+``6f+2``                1      1 if ``v`` is an output neuron
+``6f+3``                1      1 for bias weights
+``6f+4 .. C-1``         rest   0 (free memory for the rule)
+======================  =====  ==========================================================
+
+So ``codes`` needs ``C >= 6f + 4`` (16 for the default ``f = 2``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch_geometric.data import Data
+
+from gnca.architecture import INPUT, OUTPUT
+from gnca.graph import num_graphs, per_graph_attr, same_architecture, weight_batch
+
+INIT_KINDS = ("fixed", "random", "codes")
+
+
+def code_channels(code_freqs: int) -> int:
+    """Channels used by the identity codes for ``code_freqs`` frequencies: ``6f + 4``."""
+    return 6 * code_freqs + 4
+
+
+def _sincos(p: torch.Tensor, freqs: range) -> torch.Tensor:
+    """``(M, 2 * len(freqs))`` sinusoidal code of positions ``p`` ``(M,)`` in [0, 1)."""
+    k = torch.tensor(list(freqs), dtype=p.dtype, device=p.device)
+    ang = 2 * math.pi * p.unsqueeze(1) * k  # (M, F)
+    return torch.stack([torch.sin(ang), torch.cos(ang)], dim=2).flatten(1)  # (M, 2F)
+
+
+def identity_codes(graph: Data, hidden_channels: int, code_freqs: int = 2) -> torch.Tensor:
+    """``(E, C)`` identity codes of every weight (see the module docstring for the layout)."""
+    f = code_freqs
+    need = code_channels(f)
+    if f < 1:
+        raise ValueError(f"code_freqs must be >= 1, got {f}")
+    if hidden_channels < need:
+        raise ValueError(
+            f"identity codes with code_freqs={f} need hidden_channels >= {need}, "
+            f"got {hidden_channels}"
+        )
+    dtype = torch.get_default_dtype()
+    src, dst = graph.src, graph.dst
+    pos = (graph.neuron_position.to(dtype) + 0.5) / graph.neuron_level_size.clamp(min=1).to(dtype)
+    kind = graph.neuron_kind
+    e = src.numel()
+    h = torch.zeros(e, hidden_channels, dtype=dtype, device=src.device)
+    # in-neuron code
+    in_code = _sincos(pos[src], range(1, 2 * f + 1))  # (E, 4f)
+    shapes = per_graph_attr(graph, "input_shape")
+    if any(s is not None for s in shapes):
+        from_input = kind[src] == INPUT
+        idx = graph.neuron_position[src].to(dtype)
+        # per-weight image shape (graphs without one keep the 1-D code)
+        gid = weight_batch(graph)
+        hw = torch.tensor(
+            [s if s is not None else [0, 0] for s in shapes], dtype=dtype, device=src.device
+        )[gid]  # (E, 2)
+        img = from_input & (hw[:, 0] > 0)
+        width = hw[:, 1].clamp(min=1)
+        row = (torch.div(idx, width, rounding_mode="floor") + 0.5) / hw[:, 0].clamp(min=1)
+        col = (idx - torch.div(idx, width, rounding_mode="floor") * width + 0.5) / width
+        img_code = torch.cat([_sincos(row, range(1, f + 1)), _sincos(col, range(1, f + 1))], 1)
+        in_code = torch.where(img.unsqueeze(1), img_code, in_code)
+    in_code = in_code * (~graph.is_bias).to(dtype).unsqueeze(1)
+    out_code = _sincos(pos[dst], range(1, f + 1))  # (E, 2f)
+    depth = torch.as_tensor(graph.depth, dtype=dtype, device=src.device).reshape(-1)
+    depth_w = (
+        graph.neuron_level[dst].to(dtype) / depth.expand(num_graphs(graph))[weight_batch(graph)]
+    )
+    flags = torch.stack(
+        [
+            depth_w,
+            (kind[src] == INPUT).to(dtype),
+            (kind[dst] == OUTPUT).to(dtype),
+            graph.is_bias.to(dtype),
+        ],
+        dim=1,
+    )  # (E, 4)
+    codes = torch.cat([in_code, out_code, flags], dim=1)  # (E, 6f + 4)
+    return torch.cat([codes, h[:, need:]], dim=1)
+
+
+def initial_weights(
+    graph: Data,
+    kind: str = "fixed",
+    *,
+    scale: float = 1.0,
+    seed: int = 0,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``(E,)`` initial weights (bias weights 0).
+
+    ``fixed`` draws one net per architecture from ``seed`` (identical across samples and calls);
+    ``random``/``codes`` draw every sample independently from ``generator``.
+    """
+    if kind not in INIT_KINDS:
+        raise ValueError(f"unknown init {kind!r}; choose one of {', '.join(INIT_KINDS)}")
+    dtype = torch.get_default_dtype()
+    device = graph.src.device
+    e = graph.src.numel()
+    std = scale / graph.fan_in.to(dtype).sqrt()  # (E,)
+    if kind == "fixed":
+        seeded = torch.Generator().manual_seed(int(seed))
+        if same_architecture(graph):
+            g = num_graphs(graph)
+            per = e // g
+            z = torch.randn(per, generator=seeded, dtype=dtype).repeat(g)
+        else:
+            counts = graph.num_weights_per_graph.tolist()
+            z = torch.cat(
+                [
+                    torch.randn(c, generator=torch.Generator().manual_seed(int(seed)), dtype=dtype)
+                    for c in counts
+                ]
+            )
+        w = z.to(device) * std
+        if noise > 0:
+            w = w + noise * torch.randn(e, generator=generator, dtype=dtype, device=device)
+    else:
+        w = torch.randn(e, generator=generator, dtype=dtype, device=device) * std
+    return torch.where(graph.is_bias, torch.zeros_like(w), w)
+
+
+def initial_state(
+    graph: Data,
+    hidden_channels: int,
+    kind: str = "fixed",
+    *,
+    scale: float = 1.0,
+    seed: int = 0,
+    noise: float = 0.0,
+    code_freqs: int = 2,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial ``(w, h)`` of every task net in ``graph``: ``(E,)`` and ``(E, C)``.
+
+    Args:
+        graph: weight graph or batch.
+        hidden_channels: ``C``.
+        kind: ``"fixed"`` (default), ``"random"`` or ``"codes"`` (module docstring).
+        scale: weight scale (times ``1/sqrt(fan_in)``).
+        seed: the seed of the ``fixed`` net.
+        noise: standard deviation of per-sample noise added to ``fixed`` weights.
+        code_freqs: frequencies per identity code (``codes``).
+        generator: random generator for the per-sample draws.
+    """
+    w = initial_weights(graph, kind, scale=scale, seed=seed, noise=noise, generator=generator)
+    if kind == "codes":
+        h = identity_codes(graph, hidden_channels, code_freqs)
+    else:
+        h = torch.zeros(w.shape[0], hidden_channels, dtype=w.dtype, device=w.device)
+    return w, h
