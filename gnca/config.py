@@ -1,0 +1,674 @@
+"""Nested dataclass configuration, loaded strictly from YAML.
+
+A run is described by a :class:`Config` made of five sections (``data``, ``task``, ``rule``,
+``pool``, ``train``).  :func:`load_config` reads a YAML file, applies ``KEY=VALUE`` overrides
+(see :func:`apply_overrides`) and builds the dataclasses with :func:`config_from_dict`, which
+rejects unknown keys, wrongly typed values and obviously invalid values with a one-line
+:class:`ConfigError` naming the full dotted key (e.g. ``train.steps``).
+
+:func:`config_to_dict` turns a config back into plain builtins (safe for ``yaml.safe_dump`` and
+for ``torch.load(..., weights_only=True)``), and :func:`save_config` writes it atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar, Union
+
+import yaml
+
+__all__ = [
+    "ACTIVATIONS",
+    "DATASETS",
+    "GRAD_MODES",
+    "INITS",
+    "NEIGHBOURHOODS",
+    "REDUCTIONS",
+    "SPLITS",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "PoolConfig",
+    "RuleConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "atomic_write",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+    "validate_config",
+]
+
+# Allowed values of the enum-like string fields.
+DATASETS = ("iris", "wine", "digits", "mnist", "csv")
+SPLITS = ("random", "standard")
+ACTIVATIONS = ("tanh", "relu", "gelu", "sigmoid", "identity")
+INITS = ("fixed", "random", "codes")
+NEIGHBOURHOODS = ("incident", "directed", "sibling")
+REDUCTIONS = ("mean", "sum")
+GRAD_MODES = ("normalize", "clip", "none")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: unknown key, wrong type, bad value, unreadable file."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Which data set to learn and how to split / preprocess it."""
+
+    name: str = "iris"  # iris | wine | digits | mnist | csv
+    data_dir: str | None = None  # MNIST folder (else $GNCA_DATA)
+    csv_path: str | None = None  # CSV file (name=csv): feature columns, label in the last one
+    test_fraction: float = 0.2  # held-out fraction for the random split
+    split: str = "random"  # random | standard (mnist only)
+    seed: int = 0  # seed of the random split / subsampling
+    downsample: int = 1  # k x k average pooling of images
+    max_train: int | None = None  # cap on the number of training examples
+    batch_size: int | None = None  # training examples per meta-step; None = full training set
+
+
+@dataclass
+class TaskConfig:
+    """The task networks grown by the rule."""
+
+    # MLP layer sizes meta-trained together; first = n_features, last = n_classes
+    architectures: list[list[int]] = field(default_factory=lambda: [[4, 16, 3]])
+    bias: bool = True  # whether the task MLPs have biases
+    activation: str = "tanh"  # hidden activation: tanh | relu | gelu | sigmoid | identity
+    init: str = "fixed"  # fixed | random | codes
+    init_seed: int = 0  # seed of the `fixed` initial net
+    init_scale: float = 1.0  # initial weights ~ init_scale * N(0,1)/sqrt(fan_in)
+    init_noise: float = 0.0  # extra N(0, init_noise) added to each sample's initial weights
+    code_freqs: int = 2  # sinusoid frequencies per identity code (init=codes)
+
+
+@dataclass
+class RuleConfig:
+    """The learned local update rule acting on the weight graph."""
+
+    hidden_channels: int = 8  # C, size of each weight's hidden state
+    widths: list[int] = field(default_factory=lambda: [64])  # hidden layer widths of the rule MLP
+    activation: str = "relu"  # hidden activation of the rule MLP (same choices as task)
+    neighbourhood: str = "incident"  # incident | directed | sibling
+    include_self: bool = False  # whether a weight is part of its own neighbourhood
+    reduce: str = "mean"  # mean | sum, aggregation over the neighbourhood
+    fire_rate: float = 0.8  # probability that a weight is updated in a rule step
+    bound: float | None = None  # if set, outputs are bound * tanh(.)
+
+
+@dataclass
+class PoolConfig:
+    """The sample pool of partially grown task nets."""
+
+    size: int = 256  # 0 disables the pool (every meta-step starts from fresh seeds)
+    fresh: int = 2  # fresh seeds per architecture per meta-step
+    replace_worst: bool = True  # fresh seeds replace the worst (highest loss) samples
+    damage: int = 0  # pooled samples zeroed-out per meta-step (lowest loss first)
+    damage_fraction: float = (
+        0.3  # fraction of other layers' weights zeroed (one whole layer always)
+    )
+
+
+@dataclass
+class TrainConfig:
+    """The meta-training loop."""
+
+    steps: int = 1500  # meta-steps
+    batch_size: int = 16  # task nets per architecture per meta-step
+    k_min: int = 20  # unrolled rule steps drawn uniformly in [k_min, k_max]
+    k_max: int = 40  # see k_min
+    lr: float = 2e-3  # Adam learning rate
+    lr_final: float | None = None  # cosine/linear decay target (None = constant)
+    grad: str = "normalize"  # normalize | clip | none
+    grad_clip: float = 1.0  # max gradient norm for grad=clip
+    rollback_factor: float = 10.0  # skip a meta-step whose loss > this x running mean (or NaN)
+    checkpointing: bool = False  # activation checkpointing of each rule step
+    seed: int = 0  # seed of everything random in training
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 25  # meta-steps between log lines
+    checkpoint_every: int = 250  # meta-steps between checkpoints
+    eval_nets: int = 100  # task nets grown for evaluation
+
+
+@dataclass
+class Config:
+    """A complete run description."""
+
+    name: str = "iris"  # run name
+    out_dir: str | None = None  # default runs/<name>
+    data: DataConfig = field(default_factory=DataConfig)  # data set
+    task: TaskConfig = field(default_factory=TaskConfig)  # task networks
+    rule: RuleConfig = field(default_factory=RuleConfig)  # update rule
+    pool: PoolConfig = field(default_factory=PoolConfig)  # sample pool
+    train: TrainConfig = field(default_factory=TrainConfig)  # meta-training
+
+
+# --------------------------------------------------------------------------------------------
+# Type checking
+# --------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+_NoneType = type(None)
+_UNION_TYPES: tuple[Any, ...] = (Union, types.UnionType)
+
+
+def _key(prefix: str, name: str) -> str:
+    """Join a dotted prefix and a field name."""
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A short one-line repr of ``value`` for error messages."""
+    text = "null" if value is None else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _got(value: Any) -> str:
+    """Describe a value found in the wrong place: ``str 'abc'``."""
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _split_optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; any other annotation -> ``(tp, False)``."""
+    if typing.get_origin(tp) in _UNION_TYPES:
+        args = [a for a in typing.get_args(tp) if a is not _NoneType]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+        raise TypeError(f"unsupported config annotation {tp!r}")
+    return tp, False
+
+
+def _describe(tp: Any, plural: bool = False) -> str:
+    """Human description of an annotation: ``an int``, ``a list of ints``, ``a number or null``."""
+    inner, optional = _split_optional(tp)
+    if optional:
+        return f"{_describe(inner, plural)} or null"
+    if typing.get_origin(inner) is list:
+        (item,) = typing.get_args(inner)
+        return ("lists" if plural else "a list") + f" of {_describe(item, plural=True)}"
+    if dataclasses.is_dataclass(inner):
+        return "mappings" if plural else "a mapping"
+    names = {int: ("an int", "ints"), float: ("a number", "numbers"), str: ("a string", "strings")}
+    names[bool] = ("a boolean (true/false)", "booleans")
+    if inner in names:
+        return names[inner][1 if plural else 0]
+    raise TypeError(f"unsupported config annotation {inner!r}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return it (converted where lossless)."""
+    inner, optional = _split_optional(tp)
+    if value is None and optional:
+        return None
+
+    def fail() -> typing.NoReturn:
+        raise ConfigError(f"config key '{key}' must be {_describe(tp)}, got {_got(value)}")
+
+    if dataclasses.is_dataclass(inner):
+        if value is None:  # an empty YAML section (`pool:`) means all defaults
+            value = {}
+        if not isinstance(value, dict):
+            fail()
+        return _from_dict(value, inner, key)
+    if typing.get_origin(inner) is list:
+        if not isinstance(value, list | tuple):
+            fail()
+        (item,) = typing.get_args(inner)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if inner is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return int(value)
+    if inner is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            fail()
+        return float(value)
+    if inner is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    raise TypeError(f"unsupported config annotation {inner!r} for '{key}'")
+
+
+def _closest(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate closest to ``name`` (difflib), or None if nothing is similar enough."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _suggest(name: str, candidates: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
+    match = _closest(name, candidates)
+    return f" (did you mean '{match}'?)" if match else ""
+
+
+def _corrected_key(parts: Sequence[str], cls: type) -> str | None:
+    """Fix each component of a dotted key against the schema of ``cls``, or None if hopeless."""
+    fixed: list[str] = []
+    schema: Any = cls
+    for part in parts:
+        if not dataclasses.is_dataclass(schema):
+            return None
+        names = [f.name for f in dataclasses.fields(schema)]
+        match = part if part in names else _closest(part, names)
+        if match is None:
+            return None
+        fixed.append(match)
+        schema = typing.get_type_hints(schema)[match]
+    return ".".join(fixed)
+
+
+def _unknown_key(parts: Sequence[str], cls: type, prefix: str = "") -> ConfigError:
+    """Error for unknown key ``parts`` of dataclass ``cls`` (found under ``prefix``)."""
+    key = _key(prefix, ".".join(parts))
+    fix = _corrected_key(parts, cls)
+    fix = _key(prefix, fix) if fix else None
+    hint = f" (did you mean '{fix}'?)" if fix and fix != key else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _from_dict(d: dict, cls: type[T], prefix: str) -> T:
+    """Build dataclass ``cls`` from mapping ``d`` whose keys live under dotted ``prefix``."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        if not isinstance(name, str):
+            where = f" in section '{prefix}'" if prefix else ""
+            raise ConfigError(f"config keys must be strings, got {_got(name)}{where}")
+        if name not in names:
+            raise _unknown_key([name], cls, prefix)
+        kwargs[name] = _coerce(value, hints[name], _key(prefix, name))
+    obj = cls(**kwargs)
+    validator = _VALIDATORS.get(cls)
+    if validator is not None:
+        validator(obj, prefix)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Value validation (per section, so that it also runs for config_from_dict(d, TrainConfig))
+# --------------------------------------------------------------------------------------------
+
+
+def _bad(prefix: str, name: str, requirement: str, value: Any) -> ConfigError:
+    return ConfigError(
+        f"config key '{_key(prefix, name)}' must be {requirement}, got {_short(value)}"
+    )
+
+
+def _check_choice(obj: Any, prefix: str, name: str, choices: Sequence[str]) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        options = ", ".join(f"'{c}'" for c in choices)
+        raise ConfigError(
+            f"config key '{_key(prefix, name)}' must be one of {options}, got {_short(value)}"
+            + _suggest(value, choices)
+        )
+
+
+def _check_min(obj: Any, prefix: str, name: str, low: float, strict: bool = False) -> None:
+    """``value >= low`` (``> low`` when strict); ``None`` passes (optional fields)."""
+    value = getattr(obj, name)
+    if value is None:
+        return
+    ok = value > low if strict else value >= low
+    if not ok:  # also catches NaN
+        raise _bad(prefix, name, f"{'>' if strict else '>='} {low:g}", value)
+
+
+def _check_range(obj: Any, prefix: str, name: str, low: float, high: float, text: str) -> None:
+    value = getattr(obj, name)
+    if not low <= value <= high:
+        raise _bad(prefix, name, text, value)
+
+
+def _validate_data(c: DataConfig, p: str) -> None:
+    _check_choice(c, p, "name", DATASETS)
+    _check_choice(c, p, "split", SPLITS)
+    if c.split == "standard" and c.name != "mnist":
+        raise ConfigError(
+            f"config key '{_key(p, 'split')}' = 'standard' is only available for mnist, "
+            f"not '{c.name}'"
+        )
+    if c.name == "csv" and not c.csv_path:
+        raise ConfigError(f"config key '{_key(p, 'csv_path')}' must be set when name is 'csv'")
+    if not 0.0 < c.test_fraction < 1.0:
+        raise _bad(p, "test_fraction", "in (0, 1)", c.test_fraction)
+    _check_min(c, p, "downsample", 1)
+    _check_min(c, p, "max_train", 1)
+    _check_min(c, p, "batch_size", 1)
+
+
+def _validate_task(c: TaskConfig, p: str) -> None:
+    key = _key(p, "architectures")
+    if not c.architectures:
+        raise ConfigError(f"config key '{key}' must be a non-empty list of layer-size lists")
+    for i, arch in enumerate(c.architectures):
+        if len(arch) < 2 or any(n < 1 for n in arch):
+            raise ConfigError(
+                f"config key '{key}[{i}]' must list >= 2 positive layer sizes, got {_short(arch)}"
+            )
+    first = c.architectures[0]
+    for i, arch in enumerate(c.architectures[1:], start=1):
+        if arch[0] != first[0] or arch[-1] != first[-1]:
+            raise ConfigError(
+                f"config key '{key}[{i}]' = {_short(arch)} must have the same input and output "
+                f"sizes as '{key}[0]' = {_short(first)}"
+            )
+    _check_choice(c, p, "activation", ACTIVATIONS)
+    _check_choice(c, p, "init", INITS)
+    _check_min(c, p, "init_scale", 0)
+    _check_min(c, p, "init_noise", 0)
+    _check_min(c, p, "code_freqs", 0)
+
+
+def _validate_rule(c: RuleConfig, p: str) -> None:
+    _check_min(c, p, "hidden_channels", 1)
+    for i, width in enumerate(c.widths):
+        if width < 1:
+            raise ConfigError(f"config key '{_key(p, 'widths')}[{i}]' must be >= 1, got {width}")
+    _check_choice(c, p, "activation", ACTIVATIONS)
+    _check_choice(c, p, "neighbourhood", NEIGHBOURHOODS)
+    _check_choice(c, p, "reduce", REDUCTIONS)
+    if not 0.0 < c.fire_rate <= 1.0:
+        raise _bad(p, "fire_rate", "in (0, 1]", c.fire_rate)
+    _check_min(c, p, "bound", 0, strict=True)
+
+
+def _validate_pool(c: PoolConfig, p: str) -> None:
+    _check_min(c, p, "size", 0)
+    _check_min(c, p, "fresh", 0)
+    _check_min(c, p, "damage", 0)
+    _check_range(c, p, "damage_fraction", 0.0, 1.0, "in [0, 1]")
+
+
+def _validate_train(c: TrainConfig, p: str) -> None:
+    _check_min(c, p, "steps", 1)
+    _check_min(c, p, "batch_size", 1)
+    _check_min(c, p, "k_min", 1)
+    if c.k_max < c.k_min:
+        raise ConfigError(
+            f"config key '{_key(p, 'k_max')}' must be >= '{_key(p, 'k_min')}' ({c.k_min}), "
+            f"got {c.k_max}"
+        )
+    _check_min(c, p, "lr", 0, strict=True)
+    _check_min(c, p, "lr_final", 0)
+    _check_choice(c, p, "grad", GRAD_MODES)
+    _check_min(c, p, "grad_clip", 0, strict=True)
+    _check_min(c, p, "rollback_factor", 0, strict=True)
+    if not _DEVICE_RE.match(c.device):
+        raise _bad(p, "device", "auto, cpu, cuda or cuda:N", c.device)
+    _check_min(c, p, "log_every", 1)
+    _check_min(c, p, "checkpoint_every", 1)
+    _check_min(c, p, "eval_nets", 1)
+
+
+def _validate_root(c: Config, p: str) -> None:
+    if not c.name:
+        raise ConfigError(f"config key '{_key(p, 'name')}' must be a non-empty string")
+
+
+_VALIDATORS: dict[type, Callable[[Any, str], None]] = {
+    DataConfig: _validate_data,
+    TaskConfig: _validate_task,
+    RuleConfig: _validate_rule,
+    PoolConfig: _validate_pool,
+    TrainConfig: _validate_train,
+    Config: _validate_root,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Public conversion API
+# --------------------------------------------------------------------------------------------
+
+
+def config_from_dict(d: dict, cls: type[T] = Config) -> T:  # type: ignore[assignment]
+    """Build a config dataclass from a nested mapping, strictly.
+
+    Missing keys take their defaults; unknown keys, wrongly typed values and invalid values raise
+    :class:`ConfigError` naming the dotted key.  ints are accepted for float fields (converted);
+    bools are never accepted as numbers nor numbers as bools; a ``null`` section means defaults.
+    ``cls`` may be any of the section dataclasses, in which case keys are not prefixed.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"cls must be a config dataclass, got {cls!r}")
+    if not isinstance(d, dict):
+        raise ConfigError(f"config must be a mapping, got {_got(d)}")
+    return _from_dict(d, cls, "")
+
+
+def _to_builtin(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_builtin(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_to_builtin(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_builtin(v) for k, v in value.items()}
+    return value
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A nested plain dict (str/int/float/bool/None/list/dict only), in field order.
+
+    The result is a fresh copy, safe for ``yaml.safe_dump`` and ``torch.save`` + ``weights_only``
+    loading, and ``config_from_dict(config_to_dict(cfg), type(cfg)) == cfg`` for a valid ``cfg``.
+    """
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"expected a config dataclass instance, got {type(cfg).__name__}")
+    return _to_builtin(cfg)
+
+
+def validate_config(cfg: Any) -> None:
+    """Raise :class:`ConfigError` if a config built in code is ill-typed or invalid."""
+    config_from_dict(config_to_dict(cfg), type(cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# YAML
+# --------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``2e-3`` as a float and rejects duplicate mapping keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable key: let the base class complain
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) wants a dot in floats, so `lr: 2e-3` would be the *string* "2e-3".
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def _yaml_error(err: yaml.YAMLError, source: str) -> ConfigError:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"{source}, line {mark.line + 1}" if mark is not None else source
+    return ConfigError(" ".join(f"malformed YAML in {where}: {problem}".split()))
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides
+# --------------------------------------------------------------------------------------------
+
+
+def apply_overrides(cfg_dict: dict, overrides: Sequence[str], cls: type = Config) -> dict:
+    """Return a copy of nested ``cfg_dict`` with ``KEY=VALUE`` overrides applied, in order.
+
+    ``KEY`` is a dotted key of ``cls`` (``train.steps``, ``rule.widths``); ``VALUE`` is parsed as
+    YAML (``2000``, ``[64,64]``, ``[[4,16,3],[4,8,8,3]]``, ``null``, ``2e-3``), except that for
+    string fields a value that YAML would read as a number/bool is kept verbatim (``name=001``).
+    Missing sections are created.  Types and values are checked later by
+    :func:`config_from_dict`; unknown keys raise :class:`ConfigError` here.
+    """
+    if isinstance(overrides, str):
+        raise TypeError("overrides must be a sequence of 'KEY=VALUE' strings, not a string")
+    out = _to_builtin(cfg_dict)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"malformed override {item!r} (expected KEY=VALUE, e.g. train.steps=2000)"
+            )
+        try:
+            value = _yaml_load(raw)
+        except yaml.YAMLError as err:
+            raise _yaml_error(err, f"override {item!r}") from None
+        parts = key.split(".")
+        node, schema = out, cls
+        for depth, part in enumerate(parts):
+            hints = typing.get_type_hints(schema)
+            names = [f.name for f in dataclasses.fields(schema)]
+            here = ".".join(parts[: depth + 1])
+            if part not in names:
+                raise _unknown_key(parts, cls)
+            tp = hints[part]
+            if depth == len(parts) - 1:
+                inner, _ = _split_optional(tp)
+                if inner is str and value is not None and not isinstance(value, str):
+                    value = raw.strip()
+                node[part] = value
+                break
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"config key '{here}' is not a section, cannot set '{key}'")
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"config key '{here}' must be a mapping, got {_got(child)}")
+            node, schema = child, tp
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file atomically: ``write(f)`` into a temp file beside ``path``, fsync, rename.
+
+    Parent directories are created.  On any failure (including KeyboardInterrupt) the temp file
+    is removed and a previous file at ``path`` is left untouched.  The new file gets the usual
+    umask-based permissions.
+    """
+    path = Path(path)
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable (best effort, POSIX only)
+        dir_fd = os.open(parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config file, apply ``KEY=VALUE`` overrides and build a checked :class:`Config`.
+
+    An empty file (or one with only comments) gives the defaults.  Raises :class:`ConfigError`
+    for a missing/unreadable file, malformed YAML (with file and line), a top level that is not a
+    mapping, and everything :func:`apply_overrides` and :func:`config_from_dict` reject.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    try:
+        data = _yaml_load(text)
+    except yaml.YAMLError as err:
+        raise _yaml_error(err, str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping, got {_got(data)}")
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper writing mappings in block style and lists (of numbers) in flow style."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, True)
+)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write ``cfg`` (a config dataclass) as YAML, atomically, creating parent directories."""
+    text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
