@@ -1,0 +1,415 @@
+"""The ``gnca`` command line: ``train``, ``grow``, ``eval``, ``export`` and ``experiment``.
+
+Every failure the user can cause (a bad config, a missing file, a corrupt checkpoint) ends with
+one line ``gnca: error: ...`` and exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from gnca.architecture import Architecture
+
+
+class CLIError(Exception):
+    """A user-facing error with a one-line message."""
+
+
+# ---------------------------------------------------------------------- helpers
+def parse_arch(spec: str, n_in: int, n_out: int, bias: bool, input_shape) -> Architecture:
+    """``"4-32-3"`` (an MLP; ``"32"`` or ``"32-16"`` gives only the hidden widths) or a JSON
+    file ``{"edges": [[u, v], ...], "inputs": [...], "outputs": [...]}``."""
+    if spec.endswith(".json"):
+        p = Path(spec)
+        if not p.is_file():
+            raise CLIError(f"architecture file not found: {spec}")
+        try:
+            d = json.loads(p.read_text())
+            return Architecture.from_edges(
+                [tuple(e) for e in d["edges"]],
+                d["inputs"],
+                d["outputs"],
+                bias=bool(d.get("bias", bias)),
+                input_shape=input_shape if len(d["inputs"]) == n_in else None,
+            )
+        except (KeyError, json.JSONDecodeError, TypeError, ValueError) as err:
+            raise CLIError(f"bad architecture file {spec}: {err}") from None
+    try:
+        sizes = [int(x) for x in spec.replace("x", "-").split("-") if x]
+    except ValueError:
+        raise CLIError(
+            f"bad architecture {spec!r}: use layer sizes like 4-32-3 or a .json edge list"
+        ) from None
+    if not sizes:
+        raise CLIError(f"bad architecture {spec!r}: no layer sizes")
+    if not (len(sizes) >= 2 and sizes[0] == n_in and sizes[-1] == n_out):
+        sizes = [n_in, *sizes, n_out]  # the hidden widths only
+    try:
+        return Architecture.mlp(sizes, bias=bias, input_shape=input_shape)
+    except ValueError as err:
+        raise CLIError(f"bad architecture {spec!r}: {err}") from None
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+def _fmt_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+        for r in rows
+    ]
+    return "\n".join([line, sep, *body])
+
+
+def _eval_table(results: dict) -> str:
+    rows = []
+    for arch, per in results.items():
+        for steps, s in per.items():
+            rows.append([arch, steps, f"{s['mean']:.4f}", f"{s['min']:.4f}", f"{s['max']:.4f}"])
+    return _fmt_table(rows, ["architecture", "rule steps", "mean acc", "min", "max"])
+
+
+# ---------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from gnca.config import load_config, save_config
+    from gnca.trainer import MetaTrainer
+
+    _set_threads(args.threads)
+    if args.config is None and not args.resume:
+        raise CLIError("gnca train needs --config FILE (or --resume with --out RUN_DIR)")
+    cfg = load_config(args.config, args.set) if args.config else None
+    name = cfg.name if cfg else None
+    run_dir = Path(args.out or (cfg.out_dir if cfg and cfg.out_dir else f"runs/{name}"))
+    ckpt = run_dir / "last.pt"
+    if args.resume:
+        if not ckpt.is_file():
+            raise CLIError(f"cannot resume: no checkpoint at {ckpt}")
+        trainer = MetaTrainer.from_checkpoint(ckpt, cfg=cfg)
+        cfg = trainer.cfg
+        print(f"resuming {ckpt} at meta-step {trainer.step}/{cfg.train.steps}", file=sys.stderr)
+    else:
+        if ckpt.exists() and not args.overwrite:
+            raise CLIError(
+                f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+                f"replace it, or --out DIR for a new one"
+            )
+        trainer = MetaTrainer(cfg)
+        if args.overwrite and run_dir.exists():
+            for stale in ("metrics.csv", "summary.json", "last.pt"):
+                (run_dir / stale).unlink(missing_ok=True)
+    assert cfg is not None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    print(
+        f"meta-training {trainer.rule!r} on {cfg.data.name}, architectures "
+        f"{', '.join(a.describe() for a in trainer.archs)}, device {trainer.device}; "
+        f"run directory {run_dir}",
+        file=sys.stderr,
+    )
+    try:
+        trainer.train(run_dir, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        trainer.save(ckpt)
+        print(
+            f"\ninterrupted at meta-step {trainer.step}; checkpoint saved to {ckpt}; "
+            f"continue with: gnca train --resume --out {run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    results = trainer.evaluate()
+    summary = {
+        "run_dir": str(run_dir),
+        "meta_steps": trainer.step,
+        "skipped_steps": sum(s.skipped for s in trainer.history),
+        "test_accuracy": results,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nTest accuracy of {cfg.train.eval_nets} grown nets per architecture:")
+    print(_eval_table(results))
+    print(f"\ncheckpoint: {ckpt}\nsummary:    {run_dir / 'summary.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------- grow / eval / export
+def _load(args: argparse.Namespace):
+    from gnca.trainer import init_spec, load_config_dataset, load_rule, resolve_device
+
+    rule, cfg = load_rule(args.checkpoint)
+    if getattr(args, "data_dir", None):
+        cfg.data.data_dir = args.data_dir
+    device = resolve_device(args.device or cfg.train.device)
+    data = load_config_dataset(cfg)
+    return rule, cfg, device, data, init_spec(cfg)
+
+
+def _grow_for(args, rule, cfg, device, data, init, arch, steps, record_at):
+    from gnca.grow import accuracy, grow
+
+    split_x = data.X_test if args.split == "test" else data.X_train
+    split_y = data.y_test if args.split == "test" else data.y_train
+    X, y = split_x.to(device), split_y.to(device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    return grow(
+        rule,
+        arch,
+        args.num,
+        steps,
+        init,
+        device=device,
+        generator=gen,
+        metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation),
+        record_at=record_at,
+    )
+
+
+def _archs(args, cfg, data) -> list[Architecture]:
+    specs = args.arch or ["-".join(map(str, a)) for a in cfg.task.architectures]
+    return [
+        parse_arch(s, data.n_features, data.n_classes, cfg.task.bias, data.image_shape)
+        for s in specs
+    ]
+
+
+def cmd_grow(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    rule, cfg, device, data, init = _load(args)
+    steps = args.steps or cfg.train.k_max
+    every = args.curve
+    record = list(range(0, steps + 1, every)) if every else []
+    record = sorted(set(record) | {steps})
+    out = {
+        "checkpoint": str(args.checkpoint),
+        "split": args.split,
+        "num": args.num,
+        "steps": steps,
+        "architectures": {},
+    }
+    for arch in _archs(args, cfg, data):
+        res = _grow_for(args, rule, cfg, device, data, init, arch, steps, record)
+        assert res.curve is not None
+        final = res.curve[-1]
+        entry = {
+            "mean": float(final.mean()),
+            "min": float(final.min()),
+            "max": float(final.max()),
+            "std": float(final.std()) if final.numel() > 1 else 0.0,
+        }
+        if every:
+            entry["curve"] = {
+                str(s): float(res.curve[i].mean()) for i, s in enumerate(res.curve_steps)
+            }
+        out["architectures"][arch.describe()] = entry
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = [
+        [a, str(steps), f"{e['mean']:.4f}", f"{e['min']:.4f}", f"{e['max']:.4f}"]
+        for a, e in out["architectures"].items()
+    ]
+    print(f"{args.num} nets grown per architecture, {args.split} accuracy on {cfg.data.name}:")
+    print(_fmt_table(rows, ["architecture", "rule steps", "mean acc", "min", "max"]))
+    for a, e in out["architectures"].items():
+        if "curve" in e:
+            print(f"\n{a}: mean accuracy by rule step")
+            print(
+                _fmt_table([[s, f"{v:.4f}"] for s, v in e["curve"].items()], ["step", "mean acc"])
+            )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    rule, cfg, device, data, init = _load(args)
+    k = cfg.train.k_max
+    horizons = [int(x) for x in args.horizons.split(",")] if args.horizons else [k, 10 * k]
+    results = {}
+    for arch in _archs(args, cfg, data):
+        res = _grow_for(args, rule, cfg, device, data, init, arch, max(horizons), horizons)
+        assert res.curve is not None
+        results[arch.describe()] = {
+            str(s): {
+                "mean": float(res.curve[i].mean()),
+                "min": float(res.curve[i].min()),
+                "max": float(res.curve[i].max()),
+            }
+            for i, s in enumerate(res.curve_steps)
+        }
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "checkpoint": str(args.checkpoint),
+                    "split": args.split,
+                    "num": args.num,
+                    "accuracy": results,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(
+            f"{args.split} accuracy of {args.num} grown nets per architecture on {cfg.data.name}:"
+        )
+        print(_eval_table(results))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gnca.grow import export_nets
+
+    _set_threads(args.threads)
+    rule, cfg, device, data, init = _load(args)
+    archs = _archs(args, cfg, data)
+    if len(archs) != 1:
+        raise CLIError("gnca export takes exactly one --arch")
+    steps = args.steps or cfg.train.k_max
+    res = _grow_for(args, rule, cfg, device, data, init, archs[0], steps, [steps])
+    nets = export_nets(res, cfg.task.activation)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    nets.save(str(tmp))
+    os.replace(tmp, out)
+    module_file = out.parent / "grown_net.py"
+    shutil.copyfile(Path(__file__).with_name("export.py"), module_file)
+    assert res.curve is not None
+    print(
+        f"exported {nets.num_nets} grown nets ({archs[0].describe()}, {steps} rule steps, mean "
+        f"{args.split} accuracy {float(res.curve[-1].mean()):.4f}) to {out}\n"
+        f"load them without gnca: from grown_net import GrownNets; "
+        f"nets = GrownNets.load({str(out)!r})  (module: {module_file})"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gnca",
+        description="Meta-Neural Cellular Automata: grow task networks with a learned local rule.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+        sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+    t = sub.add_parser("train", help="meta-train a local rule from a YAML config")
+    t.add_argument("--config", help="YAML config file (e.g. configs/iris.yaml)")
+    t.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. train.steps=2000 rule.widths=[64,64]",
+    )
+    t.add_argument("--out", help="run directory (default: runs/<name>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in the run directory")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    def growing(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--checkpoint", required=True, help="a checkpoint written by gnca train")
+        sp.add_argument(
+            "--arch",
+            action="append",
+            help="4-32-3, 32-16 (hidden widths only) or edges.json; repeatable "
+            "(default: the training architectures)",
+        )
+        sp.add_argument(
+            "--num", type=int, default=100, help="nets grown per architecture (default 100)"
+        )
+        sp.add_argument("--split", choices=["test", "train"], default="test")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
+        sp.add_argument(
+            "--data-dir", default=None, help="data folder (MNIST), overrides the config"
+        )
+        common(sp)
+
+    g = sub.add_parser("grow", help="grow task nets with a trained rule and report accuracy")
+    growing(g)
+    g.add_argument("--steps", type=int, default=None, help="rule steps (default: train.k_max)")
+    g.add_argument(
+        "--curve",
+        type=int,
+        default=0,
+        metavar="EVERY",
+        help="also report accuracy every EVERY steps",
+    )
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.set_defaults(func=cmd_grow)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")
+    growing(e)
+    e.add_argument(
+        "--horizons", default=None, help="comma-separated rule steps (default: k_max,10*k_max)"
+    )
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="grow nets and save them as a plain PyTorch module")
+    growing(x)
+    x.add_argument("--steps", type=int, default=None, help="rule steps (default: train.k_max)")
+    x.add_argument("--out", required=True, help="output file, e.g. nets.pt")
+    x.set_defaults(func=cmd_export)
+
+    try:
+        from gnca.experiments.cli import add_experiment_parser
+    except ImportError:
+        pass
+    else:
+        add_experiment_parser(sub, common)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "grow" or args.command == "eval" or args.command == "export":
+        if args.num is not None and args.num < 1:
+            parser.error("--num must be >= 1")
+    try:
+        return int(args.func(args) or 0)
+    except Exception as err:  # one line for the user, the traceback with --debug
+        if args.debug:
+            raise
+        from gnca.checkpoint import CheckpointError
+        from gnca.config import ConfigError
+        from gnca.data import DataError
+
+        known = (
+            CLIError,
+            ConfigError,
+            DataError,
+            CheckpointError,
+            ValueError,
+            MemoryError,
+            OSError,
+        )
+        if isinstance(err, known):
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        else:
+            msg = f"{type(err).__name__}: {err} (rerun with --debug for the traceback)"
+        print(f"gnca: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
