@@ -134,12 +134,12 @@ def export_nets(result: GrowResult, activation: str = "tanh"):
     g = num_graphs(result.graph)
     return GrownNets(
         result.w.detach().cpu().view(g, a.num_weights),
-        torch.as_tensor(a.edges[:, 0]),
-        torch.as_tensor(a.edges[:, 1]),
-        torch.as_tensor(a.levels),
-        torch.as_tensor(a.kinds),
-        torch.as_tensor(a.inputs),
-        torch.as_tensor(a.outputs),
+        torch.tensor(a.edges[:, 0]),
+        torch.tensor(a.edges[:, 1]),
+        torch.tensor(a.levels),
+        torch.tensor(a.kinds),
+        torch.tensor(a.inputs),
+        torch.tensor(a.outputs),
         activation,
         list(a.mlp_sizes) if a.mlp_sizes else None,
     )

@@ -1,0 +1,207 @@
+"""Meta-training: loss goes down, resume is exact, checkpoints survive interruption."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from gnca.checkpoint import load_checkpoint
+from gnca.config import Config, config_from_dict, config_to_dict
+from gnca.grow import cross_entropy, export_nets, grow
+from gnca.pool import SamplePool
+from gnca.trainer import MetaTrainer, load_rule
+
+
+def tiny_config(**train) -> Config:
+    d = config_to_dict(Config())
+    d["task"]["architectures"] = [[4, 8, 3]]
+    d["pool"].update(size=16, fresh=1)
+    d["train"].update(
+        steps=12,
+        batch_size=4,
+        k_min=3,
+        k_max=5,
+        lr=3e-3,
+        lr_final=None,
+        log_every=4,
+        checkpoint_every=4,
+        eval_nets=8,
+        device="cpu",
+    )
+    d["train"].update(train)
+    return config_from_dict(d)
+
+
+def grown_loss(trainer: MetaTrainer, steps: int = 5, num: int = 16) -> float:
+    """Mean training cross-entropy of nets grown with fixed randomness."""
+    gen = torch.Generator().manual_seed(123)
+    res = grow(trainer.rule, trainer.archs[0], num, steps, trainer.init, generator=gen)
+    with torch.no_grad():
+        return float(cross_entropy(res.graph, res.w, trainer.X_train, trainer.y_train).mean())
+
+
+def rule_params(trainer: MetaTrainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.rule.parameters()]
+
+
+def test_tiny_training_lowers_the_loss():
+    tr = MetaTrainer(tiny_config(steps=40))
+    before = grown_loss(tr)
+    tr.train(progress=False)
+    after = grown_loss(tr)
+    assert after < 0.8 * before, (before, after)
+    assert not all(s.skipped for s in tr.history)
+
+
+def test_fresh_rule_grows_nothing():
+    """The zero-initialised output layer makes a fresh rule the identity on every net."""
+    from gnca.graph import WeightGraph
+    from gnca.state import initial_state
+
+    tr = MetaTrainer(tiny_config())
+    res = grow(tr.rule, tr.archs[0], 3, 4, tr.init, generator=torch.Generator().manual_seed(0))
+    one = WeightGraph.from_architecture(tr.archs[0])
+    w0, _ = initial_state(one, tr.cfg.rule.hidden_channels, "fixed", seed=tr.init.seed)
+    assert torch.equal(res.w, torch.cat([w0] * 3))
+    assert torch.count_nonzero(res.h) == 0
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    cfg = tiny_config(steps=10)
+    a = MetaTrainer(cfg)
+    a.train(progress=False)
+
+    b = MetaTrainer(cfg)
+    for _ in range(6):
+        b.meta_step()
+    b.save(tmp_path / "mid.pt")
+    del b
+    c = MetaTrainer.from_checkpoint(tmp_path / "mid.pt")
+    assert c.step == 6
+    c.train(progress=False)
+    for p, q in zip(rule_params(a), rule_params(c), strict=True):
+        assert torch.equal(p, q)
+    for pa, pc in zip(a.pools, c.pools, strict=True):
+        assert torch.equal(pa.w, pc.w) and torch.equal(pa.h, pc.h)
+    assert [s.loss for s in a.history[6:]] == [s.loss for s in c.history]
+
+
+def test_train_writes_run_files(tmp_path):
+    tr = MetaTrainer(tiny_config(steps=8))
+    tr.train(tmp_path, progress=False)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0].split(",")[:3] == ["step", "loss", "accuracy"]
+    assert [int(r.split(",")[0]) for r in lines[1:]] == [4, 8]
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["step"] == 8
+    assert ck["config"] == config_to_dict(tr.cfg)
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    tr = MetaTrainer(tiny_config())
+    tr.meta_step()
+    path = tmp_path / "last.pt"
+    tr.save(path)
+    before = path.read_bytes()
+    tr.meta_step()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        tr.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_resume_with_mismatched_config_is_refused(tmp_path):
+    tr = MetaTrainer(tiny_config())
+    tr.save(tmp_path / "last.pt")
+    other = tiny_config()
+    other.rule.widths = [32]
+    with pytest.raises(ValueError, match="rule.widths"):
+        MetaTrainer.from_checkpoint(tmp_path / "last.pt", cfg=other)
+    longer = tiny_config(steps=50)
+    assert MetaTrainer.from_checkpoint(tmp_path / "last.pt", cfg=longer).cfg.train.steps == 50
+
+
+def test_rollback_skips_a_spiking_step():
+    tr = MetaTrainer(tiny_config())
+    tr.meta_step()
+    tr.loss_ema = 1e-6  # any real loss is now a spike
+    params = rule_params(tr)
+    pool_w = tr.pools[0].w.clone()
+    s = tr.meta_step()
+    assert s.skipped
+    assert all(torch.equal(p, q) for p, q in zip(params, rule_params(tr), strict=True))
+    assert torch.equal(pool_w, tr.pools[0].w)
+
+
+@pytest.mark.parametrize("grad", ["normalize", "clip", "none"])
+def test_gradient_modes_and_checkpointing_agree_on_the_loss(grad):
+    plain = MetaTrainer(tiny_config(grad=grad))
+    ckpt = MetaTrainer(tiny_config(grad=grad, checkpointing=True))
+    for _ in range(3):
+        a, b = plain.meta_step(), ckpt.meta_step()
+        assert a.loss == pytest.approx(b.loss, rel=1e-5)
+    for p, q in zip(rule_params(plain), rule_params(ckpt), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_no_pool_and_damage_options_run():
+    cfg = tiny_config(steps=3)
+    cfg.pool.size = 0
+    tr = MetaTrainer(cfg)
+    assert tr.pools == []
+    tr.train(progress=False)
+    cfg = tiny_config(steps=3)
+    cfg.pool.damage = 2
+    tr = MetaTrainer(cfg)
+    tr.train(progress=False)
+    assert len(tr.history) == 3
+
+
+def test_pool_sample_and_commit():
+    pool = SamplePool.filled(torch.zeros(6, 5), torch.zeros(6, 5, 2))
+    pool.loss = torch.tensor([0.1, 0.5, 0.3, 0.9, 0.2, 0.4])
+    gen = torch.Generator().manual_seed(0)
+    idx = pool.sample(6, gen)
+    assert pool.loss[idx].tolist() == sorted(pool.loss.tolist(), reverse=True)
+    pool.commit(idx[:2], torch.ones(2, 5), torch.ones(2, 5, 2), torch.tensor([0.0, 0.0]))
+    assert pool.w[idx[:2]].eq(1).all() and pool.w.sum() == 10
+    with pytest.raises(ValueError):
+        pool.sample(7, gen)
+
+
+def test_export_round_trips_to_the_same_logits(tmp_path):
+    tr = MetaTrainer(tiny_config(steps=5))
+    tr.train(progress=False)
+    tr.save(tmp_path / "r.pt")
+    rule, cfg = load_rule(tmp_path / "r.pt")
+    res = grow(rule, tr.archs[0], 5, 6, tr.init, generator=torch.Generator().manual_seed(1))
+    nets = export_nets(res, cfg.task.activation)
+    nets.save(str(tmp_path / "nets.pt"))
+    from gnca.export import GrownNets
+    from gnca.forward import task_forward
+
+    loaded = GrownNets.load(str(tmp_path / "nets.pt"))
+    X = tr.data.X_test
+    ref = task_forward(res.graph, res.w, X, cfg.task.activation)
+    assert torch.allclose(loaded(X), ref, atol=1e-6)
+    seq = loaded.to_sequential(2)
+    assert torch.allclose(seq(X), ref[2], atol=1e-6)
+
+
+def test_evaluate_reports_both_horizons():
+    tr = MetaTrainer(tiny_config(steps=2))
+    out = tr.evaluate(num=4)
+    ((arch, per),) = out.items()
+    assert arch == "mlp 4-8-3 (+bias)"
+    assert set(per) == {"5", "50"}
+    for s in per.values():
+        assert 0.0 <= s["min"] <= s["mean"] <= s["max"] <= 1.0
