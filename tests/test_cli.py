@@ -1,0 +1,275 @@
+"""The command line as a user runs it: the happy path and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gnca.cli import main
+
+TINY = [
+    "task.architectures=[[4,8,3]]",
+    "pool.size=8",
+    "pool.fresh=1",
+    "train.steps=4",
+    "train.batch_size=4",
+    "train.k_min=2",
+    "train.k_max=3",
+    "train.log_every=2",
+    "train.checkpoint_every=2",
+    "train.eval_nets=4",
+    "train.device=cpu",
+]
+REPO = Path(__file__).resolve().parents[1]
+IRIS = str(REPO / "configs" / "iris.yaml")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err  # exactly one line, no traceback
+    assert lines[0].startswith("gnca: error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    code = main(["train", "--config", IRIS, "--out", str(run_dir), "--no-progress", "--set", *TINY])
+    assert code == 0
+    return run_dir
+
+
+def test_train_writes_a_complete_run(trained):
+    for name in ("config.yaml", "metrics.csv", "last.pt", "summary.json"):
+        assert (trained / name).is_file(), name
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["meta_steps"] == 4
+    acc = summary["test_accuracy"]["mlp 4-8-3 (+bias)"]
+    assert set(acc) == {"3", "30"}
+
+
+def test_grow_json(capsys, trained):
+    code, out, _ = run(
+        capsys,
+        "grow",
+        "--checkpoint",
+        str(trained / "last.pt"),
+        "--num",
+        "5",
+        "--arch",
+        "4-6-3",
+        "--arch",
+        "12",
+        "--steps",
+        "4",
+        "--curve",
+        "2",
+        "--json",
+    )
+    assert code == 0
+    d = json.loads(out)
+    assert d["num"] == 5 and d["steps"] == 4
+    assert set(d["architectures"]) == {"mlp 4-6-3 (+bias)", "mlp 4-12-3 (+bias)"}
+    for e in d["architectures"].values():
+        assert 0 <= e["min"] <= e["mean"] <= e["max"] <= 1
+        assert list(e["curve"]) == ["0", "2", "4"]
+
+
+def test_grow_custom_dag_from_json(capsys, trained, tmp_path):
+    spec = tmp_path / "dag.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "edges": [[i, 4] for i in range(4)] + [[4, 5], [4, 6], [4, 7], [0, 5], [3, 7]],
+                "inputs": [0, 1, 2, 3],
+                "outputs": [5, 6, 7],
+            }
+        )
+    )
+    code, out, _ = run(
+        capsys,
+        "grow",
+        "--checkpoint",
+        str(trained / "last.pt"),
+        "--num",
+        "3",
+        "--arch",
+        str(spec),
+        "--json",
+    )
+    assert code == 0
+    assert "dag 8 neurons" in next(iter(json.loads(out)["architectures"]))
+
+
+def test_eval_json_and_table(capsys, trained):
+    code, out, _ = run(
+        capsys,
+        "eval",
+        "--checkpoint",
+        str(trained / "last.pt"),
+        "--num",
+        "3",
+        "--horizons",
+        "1,3",
+        "--json",
+    )
+    assert code == 0
+    acc = json.loads(out)["accuracy"]["mlp 4-8-3 (+bias)"]
+    assert set(acc) == {"1", "3"}
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(trained / "last.pt"), "--num", "3")
+    assert code == 0 and "| mlp 4-8-3 (+bias)" in out
+
+
+def test_export_loads_without_gnca(capsys, trained, tmp_path):
+    out_file = tmp_path / "exp" / "nets.pt"
+    code, out, _ = run(
+        capsys,
+        "export",
+        "--checkpoint",
+        str(trained / "last.pt"),
+        "--arch",
+        "4-8-3",
+        "--num",
+        "2",
+        "--out",
+        str(out_file),
+    )
+    assert code == 0
+    assert (out_file.parent / "grown_net.py").is_file()
+    script = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); "
+        "assert 'gnca' not in sys.modules; from grown_net import GrownNets; "
+        "n = GrownNets.load(sys.argv[2]); print(tuple(n(torch.zeros(3, 4)).shape)); "
+        "assert not any(m.startswith('gnca') for m in sys.modules)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-I", "-c", script, str(out_file.parent), str(out_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert res.stdout.strip() == "(2, 3, 3)"
+
+
+def test_resume_continues_and_existing_run_is_protected(capsys, trained, tmp_path):
+    before = (trained / "last.pt").read_bytes()
+    code, _, err = run(
+        capsys, "train", "--config", IRIS, "--out", str(trained), "--no-progress", "--set", *TINY
+    )
+    assert code == 2 and "already holds a run" in error_line(err)
+    assert (trained / "last.pt").read_bytes() == before
+    # resuming with more steps continues where it stopped
+    code, _, err = run(
+        capsys,
+        "train",
+        "--config",
+        IRIS,
+        "--out",
+        str(trained),
+        "--resume",
+        "--no-progress",
+        "--set",
+        *TINY[:-8],
+        "train.steps=6",
+        *TINY[-7:],
+    )
+    assert code == 0, err
+    assert torch.load(trained / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_resume_with_different_config_is_refused(capsys, trained):
+    before = (trained / "last.pt").read_bytes()
+    code, _, err = run(
+        capsys,
+        "train",
+        "--config",
+        IRIS,
+        "--out",
+        str(trained),
+        "--resume",
+        "--no-progress",
+        "--set",
+        *TINY,
+        "rule.widths=[16]",
+    )
+    assert code == 2
+    assert "rule.widths" in error_line(err)
+    assert (trained / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "expected"),
+    [
+        (None, ["train", "--config", "nope.yaml"], "not found"),
+        ("bad_yaml", ["train", "--config", "{cfg}"], "cfg.yaml"),
+        ("unknown_key", ["train", "--config", "{cfg}"], "train.stpes"),
+        (None, ["train", "--config", IRIS, "--set", "rule.widths=abc"], "rule.widths"),
+        (None, ["train", "--config", IRIS, "--set", "task.architectures=[[5,8,3]]"], "4 inputs"),
+        (
+            None,
+            ["train", "--config", IRIS, "--set", "task.architectures=[[4,0,3]]"],
+            "task.architectures",
+        ),
+        (
+            "mnist",
+            [
+                "train",
+                "--config",
+                IRIS,
+                "--set",
+                "data.name=mnist",
+                "task.architectures=[[784,10]]",
+                "data.data_dir={tmp}/none",
+            ],
+            "none",
+        ),
+        (None, ["grow", "--checkpoint", "{tmp}/missing.pt"], "not found"),
+        ("corrupt", ["grow", "--checkpoint", "{tmp}/bad.pt"], "bad.pt"),
+        ("foreign", ["grow", "--checkpoint", "{tmp}/foreign.pt"], "not a gnca checkpoint"),
+        (None, ["train", "--resume", "--out", "{tmp}/empty"], "no checkpoint"),
+    ],
+)
+def test_bad_input_gives_one_line_error(capsys, tmp_path, monkeypatch, setup, args, expected):
+    monkeypatch.delenv("GNCA_DATA", raising=False)
+    cfg = tmp_path / "cfg.yaml"
+    if setup == "bad_yaml":
+        cfg.write_text("train:\n  steps: [1, 2\n")
+    elif setup == "unknown_key":
+        cfg.write_text("train:\n  stpes: 3\n")
+    elif setup == "corrupt":
+        (tmp_path / "bad.pt").write_bytes(b"\x00garbage" * 10)
+    elif setup == "foreign":
+        torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    argv = [a.format(cfg=cfg, tmp=tmp_path) for a in args]
+    if argv[0] == "train":
+        argv += ["--no-progress", "--out", str(tmp_path / "run")] if "--out" not in argv else []
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert expected in error_line(err)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception, match="not found"):
+        main(["train", "--config", str(tmp_path / "nope.yaml"), "--debug"])
+
+
+def test_console_entry_point_exit_code(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "gnca", "grow", "--checkpoint", str(tmp_path / "x.pt")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("gnca: error:") and "Traceback" not in res.stderr
