@@ -21,7 +21,7 @@ import csv
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,10 +116,17 @@ class MetaTrainer:
         cfg: the resolved configuration.
         dataset: the data (loaded from ``cfg.data`` when ``None``).
         device: overrides ``cfg.train.device``.
+        archs: custom training architectures (any DAGs) instead of the MLPs of
+            ``cfg.task.architectures``; they are not stored in the config, so pass them again
+            when resuming.
     """
 
     def __init__(
-        self, cfg: Config, dataset: Dataset | None = None, device: torch.device | None = None
+        self,
+        cfg: Config,
+        dataset: Dataset | None = None,
+        device: torch.device | None = None,
+        archs: Sequence[Architecture] | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = device or resolve_device(cfg.train.device)
@@ -134,7 +141,17 @@ class MetaTrainer:
                     f"task.init = codes with task.code_freqs = {cfg.task.code_freqs} "
                     f"(needs >= {need})"
                 )
-        self.archs = build_architectures(cfg, self.data)
+        if archs is not None:
+            for a in archs:
+                if a.num_inputs != self.data.n_features or a.num_outputs != self.data.n_classes:
+                    raise ValueError(
+                        f"architecture {a.describe()} has {a.num_inputs} inputs and "
+                        f"{a.num_outputs} outputs; {self.data.name} needs "
+                        f"{self.data.n_features} and {self.data.n_classes}"
+                    )
+            self.archs = list(archs)
+        else:
+            self.archs = build_architectures(cfg, self.data)
         torch.manual_seed(cfg.train.seed)
         self.rule = build_rule(cfg).to(self.device)
         self.init = init_spec(cfg)
@@ -431,6 +448,7 @@ class MetaTrainer:
         dataset: Dataset | None = None,
         device: torch.device | None = None,
         cfg: Config | None = None,
+        archs: Sequence[Architecture] | None = None,
     ) -> MetaTrainer:
         """Rebuild a trainer from ``last.pt`` to resume it exactly.
 
@@ -449,7 +467,7 @@ class MetaTrainer:
                     f"the config does not match the checkpoint {path}: {', '.join(diff[:5])} differ"
                 )
             saved = cfg
-        trainer = cls(saved, dataset, device)
+        trainer = cls(saved, dataset, device, archs)
         trainer.load_state_dict(d)
         return trainer
 
