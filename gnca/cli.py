@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        trainer.train(run_dir, progress=not args.no_progress)
+        trainer.train(run_dir, progress=not args.no_progress, log_lines=True)
     except KeyboardInterrupt:
         trainer.save(ckpt)
         print(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ class MetaTrainer:
             ``cfg.task.architectures``; they are not stored in the config, so pass them again
             when resuming.
     """
+
+    is_main: bool = True  # False on the non-zero ranks of a distributed run: no logs, no files
 
     def __init__(
         self,
@@ -244,7 +247,7 @@ class MetaTrainer:
 
     def _unroll(self, graph, w, h, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         for _ in range(k):
-            mask = self.rule.fire_mask(w.shape[0], w.device, self.dev_gen)
+            mask = self._fire_mask(w)
             if self.cfg.train.checkpointing:
                 w, h = activation_checkpoint(
                     self._rule_step, graph, w, h, mask, use_reentrant=False
@@ -255,6 +258,17 @@ class MetaTrainer:
 
     def _rule_step(self, graph, w, h, mask):
         return self.rule(graph, w, h, mask=mask)
+
+    def _fire_mask(self, w: torch.Tensor) -> torch.Tensor:
+        """``(E,)`` fire mask of one rule step (a distributed rank takes its slice)."""
+        return self.rule.fire_mask(w.shape[0], w.device, self.dev_gen)
+
+    def _step_stats(self, loss: torch.Tensor, accs: list[torch.Tensor]) -> tuple[float, float]:
+        """The meta-step's loss and mean accuracy (averaged over the ranks when distributed)."""
+        return float(loss), float(torch.cat(accs).mean())
+
+    def _sync_grads(self) -> None:
+        """Average the rule's gradients over the ranks of a distributed run (no-op here)."""
 
     # ------------------------------------------------------------------ one meta-step
     def meta_step(self) -> StepStats:
@@ -276,13 +290,14 @@ class MetaTrainer:
             accs.append(accuracy(graph, w.detach(), X, y, cfg.task.activation))
             finals.append((idx, w, h, per_net))
         loss = torch.stack([lo.mean() for lo in losses]).mean()
-        loss_v = float(loss.detach())
+        loss_v, acc = self._step_stats(loss.detach(), accs)
         skipped = not math.isfinite(loss_v) or (
             self.loss_ema is not None and loss_v > t.rollback_factor * self.loss_ema
         )
         self.optimizer.zero_grad(set_to_none=True)
         if not skipped:
             loss.backward()
+            self._sync_grads()
             grads_ok = all(
                 p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.rule.parameters()
             )
@@ -296,11 +311,10 @@ class MetaTrainer:
             for i, (idx, w, h, per_net) in enumerate(finals):
                 if idx is not None:
                     e = self.archs[i].num_weights
-                    b = t.batch_size
+                    b = idx.shape[0]  # train.batch_size, or a rank's share of it
                     self.pools[i].commit(idx, w.view(b, e), h.view(b, e, -1), per_net)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        acc = float(torch.cat(accs).mean())
         stats = StepStats(self.step, loss_v, acc, k, lr, skipped)
         self.history.append(stats)
         return stats
@@ -393,19 +407,21 @@ class MetaTrainer:
         *,
         progress: bool = True,
         callback: Callable[[StepStats], None] | None = None,
+        log_lines: bool = False,
     ) -> list[StepStats]:
         """Meta-train until ``train.steps``; log, checkpoint and show progress.
 
         With ``run_dir``: appends to ``metrics.csv``, writes ``last.pt`` every
         ``train.checkpoint_every`` steps and at the end, and TensorBoard events when the
-        ``tensorboard`` package is installed.
+        ``tensorboard`` package is installed. Without a progress bar, ``log_lines`` prints one
+        line per logged step to stderr instead.
         """
         t = self.cfg.train
         run = Path(run_dir) if run_dir is not None else None
-        writer = _tensorboard(run) if run is not None else None
-        metrics = _MetricsCSV(run / "metrics.csv") if run is not None else None
+        writer = _tensorboard(run) if run is not None and self.is_main else None
+        metrics = _MetricsCSV(run / "metrics.csv") if run is not None and self.is_main else None
         bar = None
-        if progress:
+        if progress and self.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=t.steps, initial=self.step, desc="meta-train", unit="step")
@@ -429,6 +445,13 @@ class MetaTrainer:
                         writer.add_scalar("train/accuracy", acc, s.step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", skipped=skipped)
+                    elif log_lines:
+                        print(
+                            f"meta-step {s.step}/{t.steps}  loss {loss:.4f}  acc {acc:.3f}  "
+                            f"skipped {skipped}  {time.perf_counter() - start:.0f}s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     window = []
                 if bar is not None:
                     bar.update(1)
