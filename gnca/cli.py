@@ -84,10 +84,25 @@ def _eval_table(results: dict) -> str:
 
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
+    from gnca import distributed
     from gnca.config import load_config, save_config
     from gnca.trainer import MetaTrainer
 
     _set_threads(args.threads)
+    if getattr(args, "nproc", None) is not None:
+        return distributed.launch(args.nproc, distributed.without_nproc(args.argv))
+    if distributed.env_requests_distributed() and not distributed.is_initialized():
+        distributed.init_distributed(
+            args.rdzv_timeout or distributed.DEFAULT_RDZV_TIMEOUT,
+            args.dist_timeout or distributed.DEFAULT_TIMEOUT,
+        )
+        try:  # the same command again, now as one rank of the process group
+            return cmd_train(args)
+        finally:
+            distributed.shutdown()
+    dist_run = distributed.is_initialized()
+    trainer_cls = distributed.DistributedMetaTrainer if dist_run else MetaTrainer
+    main = distributed.context().is_main  # only rank 0 prints and writes files
     if args.config is None and not args.resume:
         raise CLIError("gnca train needs --config FILE (or --resume with --out RUN_DIR)")
     cfg = load_config(args.config, args.set) if args.config else None
@@ -97,31 +112,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not ckpt.is_file():
             raise CLIError(f"cannot resume: no checkpoint at {ckpt}")
-        trainer = MetaTrainer.from_checkpoint(ckpt, cfg=cfg)
+        trainer = trainer_cls.from_checkpoint(ckpt, cfg=cfg)
         cfg = trainer.cfg
-        print(f"resuming {ckpt} at meta-step {trainer.step}/{cfg.train.steps}", file=sys.stderr)
+        if main:
+            print(f"resuming {ckpt} at meta-step {trainer.step}/{cfg.train.steps}", file=sys.stderr)
     else:
         if ckpt.exists() and not args.overwrite:
             raise CLIError(
                 f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
                 f"replace it, or --out DIR for a new one"
             )
-        trainer = MetaTrainer(cfg)
-        if args.overwrite and run_dir.exists():
+        trainer = trainer_cls(cfg)
+        if main and args.overwrite and run_dir.exists():
             for stale in ("metrics.csv", "summary.json", "last.pt"):
                 (run_dir / stale).unlink(missing_ok=True)
     assert cfg is not None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    print(
-        f"meta-training {trainer.rule!r} on {cfg.data.name}, architectures "
-        f"{', '.join(a.describe() for a in trainer.archs)}, device {trainer.device}; "
-        f"run directory {run_dir}",
-        file=sys.stderr,
-    )
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        ranks = f", {distributed.context().world_size} processes" if dist_run else ""
+        print(
+            f"meta-training {trainer.rule!r} on {cfg.data.name}, architectures "
+            f"{', '.join(a.describe() for a in trainer.archs)}, device {trainer.device}{ranks}; "
+            f"run directory {run_dir}",
+            file=sys.stderr,
+        )
     try:
         trainer.train(run_dir, progress=not args.no_progress, log_lines=True)
+    except RuntimeError as err:
+        lost = trainer.failure_message(err, ckpt) if dist_run else None
+        if lost is None:
+            raise
+        raise CLIError(lost) from None
     except KeyboardInterrupt:
+        if dist_run:  # the other ranks may be gone: no collective save, keep the last checkpoint
+            if main:
+                print(
+                    f"\ninterrupted at meta-step {trainer.step}; last checkpoint: {ckpt} "
+                    f"(meta-step {trainer.saved_step}); continue with: gnca train --resume "
+                    f"--out {run_dir}",
+                    file=sys.stderr,
+                )
+            return 130
         trainer.save(ckpt)
         print(
             f"\ninterrupted at meta-step {trainer.step}; checkpoint saved to {ckpt}; "
@@ -129,6 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if not main:
+        return 0
     results = trainer.evaluate()
     summary = {
         "run_dir": str(run_dir),
@@ -321,6 +355,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in the run directory")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data-parallel training in N processes on this machine (started through torchrun)",
+    )
+    t.add_argument(
+        "--rdzv-timeout",
+        type=float,
+        default=None,
+        metavar="SEC",
+        help="distributed runs: seconds for all processes to meet (default 30)",
+    )
+    t.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=None,
+        metavar="SEC",
+        help="distributed runs: seconds to wait for a slow process (default 1800)",
+    )
     common(t)
     t.set_defaults(func=cmd_train)
 
@@ -382,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for gnca train --nproc
     if args.command == "grow" or args.command == "eval" or args.command == "export":
         if args.num is not None and args.num < 1:
             parser.error("--num must be >= 1")
@@ -407,7 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         else:
             msg = f"{type(err).__name__}: {err} (rerun with --debug for the traceback)"
-        print(f"gnca: error: {msg}", file=sys.stderr)
+        from gnca.distributed import error_prefix
+
+        print(f"gnca: error: {error_prefix()}{msg}", file=sys.stderr)
         return 2
 
 

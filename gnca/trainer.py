@@ -445,7 +445,7 @@ class MetaTrainer:
                         writer.add_scalar("train/accuracy", acc, s.step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", skipped=skipped)
-                    elif log_lines:
+                    elif log_lines and self.is_main:
                         print(
                             f"meta-step {s.step}/{t.steps}  loss {loss:.4f}  acc {acc:.3f}  "
                             f"skipped {skipped}  {time.perf_counter() - start:.0f}s",
