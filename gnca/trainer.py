@@ -163,6 +163,11 @@ class MetaTrainer:
             raise ValueError(
                 f"pool.size = {cfg.pool.size} is smaller than train.batch_size = {t.batch_size}"
             )
+        if cfg.pool.size and cfg.pool.fresh + cfg.pool.damage > t.batch_size:
+            raise ValueError(
+                f"pool.fresh + pool.damage = {cfg.pool.fresh + cfg.pool.damage} exceeds "
+                f"train.batch_size = {t.batch_size}"
+            )
         if cfg.pool.fresh > t.batch_size:
             raise ValueError(
                 f"pool.fresh = {cfg.pool.fresh} exceeds train.batch_size = {t.batch_size}"
