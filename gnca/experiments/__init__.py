@@ -1,0 +1,25 @@
+"""The paper's three experiments, reproducible with one command each.
+
+* :mod:`gnca.experiments.stability`: loss far past the training horizon, pooled vs unpooled rule.
+* :mod:`gnca.experiments.robustness`: 20 zero-outs over 100 rule steps, with and without
+  damage in meta-training.
+* :mod:`gnca.experiments.generalization`: a heatmap of grown-net accuracy over a grid of MLP
+  depths and widths, the training architectures outlined.
+
+Each ``run_*`` function writes a Markdown table, CSV files, a PNG and ``summary.json`` into an
+output folder and returns the summary; ``gnca experiment ...`` (:mod:`gnca.experiments.cli`) is
+the command line.
+"""
+
+from gnca.experiments.common import ExperimentError, RuleSource
+from gnca.experiments.generalization import run_generalization
+from gnca.experiments.robustness import run_robustness
+from gnca.experiments.stability import run_stability
+
+__all__ = [
+    "ExperimentError",
+    "RuleSource",
+    "run_generalization",
+    "run_robustness",
+    "run_stability",
+]

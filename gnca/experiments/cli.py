@@ -1,0 +1,276 @@
+"""``gnca experiment {stability,robustness,generalization}``: the paper's experiments.
+
+Each subcommand meta-trains the rules it needs (or loads them with ``--checkpoint``), runs the
+experiment and writes a Markdown table, CSV files, a PNG and ``summary.json`` into ``--out``
+(default ``results/<experiment>/<config name>``). Rules trained by an experiment are kept in
+``<out>/rules/<label>`` and reused by the next run with the same configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from gnca.config import Config, config_from_dict, config_to_dict, load_config
+from gnca.experiments.common import ExperimentError, RuleSource
+
+
+def _parse_ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ExperimentError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ExperimentError(f"{what} must list at least one integer")
+    return values
+
+
+def _config(path: str | None, overrides: list[str], data_dir: str | None) -> Config | None:
+    if path is None:
+        return None
+    cfg = load_config(path, overrides)
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    return cfg
+
+
+def _derived(cfg: Config, suffix: str, **pool: int) -> Config:
+    """A copy of ``cfg`` with pool settings changed and ``suffix`` added to its name."""
+    d = config_to_dict(cfg)
+    d["name"] = f"{cfg.name}_{suffix}"
+    d["pool"].update(pool)
+    return config_from_dict(d)
+
+
+def _device(args: argparse.Namespace, cfg: Config | None) -> torch.device:
+    from gnca.trainer import resolve_device
+
+    return resolve_device(args.device or (cfg.train.device if cfg else "auto"))
+
+
+def _out(args: argparse.Namespace, experiment: str, cfg: Config | None, ckpt: str | None) -> Path:
+    if args.out:
+        return Path(args.out)
+    name = cfg.name if cfg is not None else Path(ckpt or "rule").resolve().parent.name
+    return Path("results") / experiment / name
+
+
+def _report(summary: dict, out: Path, table: str, figure: str) -> None:
+    print((out / table).read_text().rstrip())
+    print(f"\nfigure:  {out / figure}\nresults: {out} ({summary['seconds']:.1f} s)")
+
+
+def _start(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+# ---------------------------------------------------------------------- stability
+def cmd_stability(args: argparse.Namespace) -> int:
+    from gnca.experiments.stability import run_stability
+
+    _start(args)
+    if args.config is None and args.checkpoint is None:
+        raise ExperimentError("gnca experiment stability needs --config FILE or --checkpoint")
+    cfg = _config(args.config, args.set, args.data_dir)
+    pooled = RuleSource("pooled", cfg, args.checkpoint)
+    unpooled: RuleSource | None = None
+    if not args.pooled_only:
+        other = _config(args.nopool_config, args.set, args.data_dir)
+        if other is None and cfg is not None and args.nopool_checkpoint is None:
+            other = _derived(cfg, "nopool", size=0)
+        if other is None and args.nopool_checkpoint is None:
+            raise ExperimentError(
+                "the unpooled rule needs --nopool-config, --nopool-checkpoint or --config "
+                "(or pass --pooled-only)"
+            )
+        unpooled = RuleSource("unpooled", other, args.nopool_checkpoint)
+    out = _out(args, "stability", cfg, args.checkpoint)
+    summary = run_stability(
+        pooled,
+        unpooled,
+        out,
+        num=args.num,
+        horizon_mult=args.horizon_mult,
+        tolerance=args.tolerance,
+        seed=args.seed,
+        device=_device(args, cfg),
+        retrain=args.retrain,
+        progress=not args.no_progress,
+    )
+    _report(summary, out, "stability.md", "stability.png")
+    return 0
+
+
+# ---------------------------------------------------------------------- robustness
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from gnca.experiments.robustness import run_robustness
+
+    _start(args)
+    if args.config is None and args.checkpoint is None:
+        raise ExperimentError("gnca experiment robustness needs --config FILE or --checkpoint")
+    cfg = _config(args.config, args.set, args.data_dir)
+    damaged = RuleSource("damage", cfg, args.checkpoint)
+    undamaged: RuleSource | None = None
+    if not args.damage_only:
+        other = _config(args.nodamage_config, args.set, args.data_dir)
+        if other is None and cfg is not None and args.nodamage_checkpoint is None:
+            other = _derived(cfg, "nodamage", damage=0)
+        if other is None and args.nodamage_checkpoint is None:
+            raise ExperimentError(
+                "the rule without damage needs --nodamage-config, --nodamage-checkpoint or "
+                "--config (or pass --damage-only)"
+            )
+        undamaged = RuleSource("no-damage", other, args.nodamage_checkpoint)
+    out = _out(args, "robustness", cfg, args.checkpoint)
+    summary = run_robustness(
+        damaged,
+        undamaged,
+        out,
+        num=args.num,
+        zero_outs=args.zero_outs,
+        every=args.every,
+        fraction=args.fraction,
+        tail=args.tail,
+        search_mult=args.search_mult,
+        seed=args.seed,
+        device=_device(args, cfg),
+        retrain=args.retrain,
+        progress=not args.no_progress,
+    )
+    _report(summary, out, "robustness.md", "robustness.png")
+    return 0
+
+
+# ---------------------------------------------------------------------- generalization
+def cmd_generalization(args: argparse.Namespace) -> int:
+    from gnca.experiments.generalization import run_generalization
+
+    _start(args)
+    if args.config is None and args.checkpoint is None:
+        raise ExperimentError("gnca experiment generalization needs --config FILE or --checkpoint")
+    cfg = _config(args.config, args.set, args.data_dir)
+    out = _out(args, "generalization", cfg, args.checkpoint)
+    summary = run_generalization(
+        RuleSource("rule", cfg, args.checkpoint),
+        out,
+        depths=_parse_ints(args.depths, "--depths"),
+        widths=_parse_ints(args.widths, "--widths"),
+        num=args.num,
+        steps=args.steps,
+        seed=args.seed,
+        device=_device(args, cfg),
+        chunk=args.chunk,
+        retrain=args.retrain,
+        progress=not args.no_progress,
+    )
+    _report(summary, out, "generalization.md", "generalization.png")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def add_experiment_parser(
+    subparsers: argparse._SubParsersAction,
+    common: Callable[[argparse.ArgumentParser], None],
+) -> argparse.ArgumentParser:
+    """Register ``gnca experiment {stability,robustness,generalization}``."""
+    exp = subparsers.add_parser(
+        "experiment",
+        help="reproduce the paper's experiments (stability, robustness, generalization)",
+        description="Reproduce the paper's experiments; each writes tables, CSVs and a PNG.",
+    )
+    esub = exp.add_subparsers(dest="experiment", required=True)
+
+    def shared(sp: argparse.ArgumentParser, ckpt_help: str) -> None:
+        sp.add_argument("--config", help="YAML config of the (main) rule to meta-train")
+        sp.add_argument("--checkpoint", help=ckpt_help)
+        sp.add_argument(
+            "--set",
+            nargs="*",
+            default=[],
+            metavar="KEY=VALUE",
+            help="overrides applied to every config of the experiment, e.g. train.steps=200",
+        )
+        sp.add_argument("--out", help="output folder (default results/<experiment>/<name>)")
+        sp.add_argument(
+            "--num", type=int, default=100, help="nets grown per rule/architecture (100)"
+        )
+        sp.add_argument("--seed", type=int, default=0, help="seed of the grown nets (0)")
+        sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
+        sp.add_argument("--data-dir", default=None, help="data folder (MNIST), overrides configs")
+        sp.add_argument(
+            "--retrain", action="store_true", help="meta-train again, replacing kept rules"
+        )
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+        common(sp)
+
+    s = esub.add_parser(
+        "stability",
+        help="loss far past the training horizon, pooled vs unpooled rule (Iris)",
+        description="Grow nets for horizon-mult x k_max rule steps; report epochs to train and "
+        "epochs within 10%% of the minimum training loss, pooled vs unpooled rule.",
+    )
+    shared(s, "checkpoint of the pooled rule (instead of meta-training --config)")
+    s.add_argument(
+        "--nopool-config", help="config of the unpooled rule (default: --config, pool.size=0)"
+    )
+    s.add_argument("--nopool-checkpoint", help="checkpoint of the unpooled rule")
+    s.add_argument("--pooled-only", action="store_true", help="skip the unpooled rule")
+    s.add_argument(
+        "--horizon-mult", type=int, default=50, help="rule steps grown, in units of k_max (50)"
+    )
+    s.add_argument(
+        "--tolerance", type=float, default=0.1, help="band above the minimum loss (0.1 = 10%%)"
+    )
+    s.set_defaults(func=cmd_stability)
+
+    r = esub.add_parser(
+        "robustness",
+        help="20 zero-outs over 100 rule steps, rule trained with vs without damage (Iris)",
+        description="After grown nets reach their best accuracy, zero out one layer and 30%% "
+        "of the other weights every 5 steps, 20 times; report the recovery.",
+    )
+    shared(r, "checkpoint of the damage-trained rule (instead of meta-training --config)")
+    r.add_argument(
+        "--nodamage-config",
+        help="config of the rule trained without damage (default: --config, pool.damage=0)",
+    )
+    r.add_argument("--nodamage-checkpoint", help="checkpoint of the rule trained without damage")
+    r.add_argument("--damage-only", action="store_true", help="skip the rule without damage")
+    r.add_argument("--zero-outs", type=int, default=20, help="number of zero-outs (20)")
+    r.add_argument("--every", type=int, default=5, help="rule steps between zero-outs (5)")
+    r.add_argument(
+        "--fraction", type=float, default=0.3, help="share of other weights zeroed (0.3)"
+    )
+    r.add_argument("--tail", type=int, default=20, help="steps grown after the last window (20)")
+    r.add_argument(
+        "--search-mult",
+        type=int,
+        default=2,
+        help="the best-accuracy step is searched in 1..search-mult x k_max (2)",
+    )
+    r.set_defaults(func=cmd_robustness)
+
+    g = esub.add_parser(
+        "generalization",
+        help="heatmap of grown-net accuracy over MLP depths x widths (MNIST, Iris)",
+        description="Grow nets of every MLP of a grid of depths (hidden layers) and widths; "
+        "heatmap of mean test accuracy, training architectures outlined in red.",
+    )
+    shared(g, "checkpoint of the rule (instead of meta-training --config)")
+    g.add_argument("--depths", default="1,2,3", help="hidden layers per grid row (1,2,3)")
+    g.add_argument("--widths", default="16,32,64,128", help="hidden widths (16,32,64,128)")
+    g.add_argument("--steps", type=int, default=None, help="rule steps (default: k_max)")
+    g.add_argument("--chunk", type=int, default=None, help="nets grown at once (default: auto)")
+    g.set_defaults(func=cmd_generalization)
+    return exp
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from gnca.cli import main
+
+    sys.exit(main(["experiment", *sys.argv[1:]]))

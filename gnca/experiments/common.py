@@ -1,0 +1,228 @@
+"""Shared pieces of the experiments: obtaining rules, tables, CSV and JSON output."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gnca.config import Config, config_to_dict
+from gnca.data import Dataset
+from gnca.rule import LocalRule
+
+
+class ExperimentError(ValueError):
+    """A user-facing experiment error (bad options, configs that do not fit the experiment)."""
+
+
+@dataclass
+class RuleSource:
+    """Where a rule comes from: meta-trained from ``cfg`` or loaded from ``checkpoint``.
+
+    Attributes:
+        label: short name used in tables and plots (e.g. ``"pooled"``).
+        cfg: the configuration to meta-train with (ignored when ``checkpoint`` is set: a
+            checkpoint carries its own configuration).
+        checkpoint: a ``last.pt`` written by ``gnca train`` or by an experiment.
+    """
+
+    label: str
+    cfg: Config | None = None
+    checkpoint: str | os.PathLike | None = None
+
+
+@dataclass
+class TrainedRule:
+    """A rule ready to grow nets.
+
+    Attributes:
+        label: as in :class:`RuleSource`.
+        rule: the local rule (eval mode, on the experiment's device).
+        cfg: the configuration it was meta-trained with.
+        checkpoint: the checkpoint it was loaded from or saved to.
+        meta_steps: meta-steps it was trained for.
+        train_seconds: wall time of meta-training in this or earlier runs (``None`` if unknown,
+            e.g. a checkpoint made by ``gnca train``).
+        trained_now: whether this call meta-trained (some of) it.
+    """
+
+    label: str
+    rule: LocalRule
+    cfg: Config
+    checkpoint: Path
+    meta_steps: int
+    train_seconds: float | None
+    trained_now: bool
+
+
+def obtain_rule(
+    source: RuleSource,
+    run_dir: Path,
+    *,
+    device: torch.device,
+    dataset: Dataset | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> TrainedRule:
+    """Load ``source.checkpoint``, or meta-train ``source.cfg`` in ``run_dir``.
+
+    A finished (or interrupted) run already in ``run_dir`` with the same configuration is reused
+    (and completed); ``retrain`` starts over. The run directory gets ``last.pt``, ``metrics.csv``
+    and ``train_time.json`` (accumulated meta-training wall time).
+    """
+    from gnca.trainer import MetaTrainer, load_rule
+
+    if source.checkpoint is not None:
+        path = Path(source.checkpoint)
+        if not path.is_file():
+            raise ExperimentError(f"checkpoint not found: {path} (rule {source.label!r})")
+        rule, cfg = load_rule(path)
+        steps = _saved_step(path)
+        seconds = _read_train_time(path.parent)
+        return TrainedRule(
+            source.label, rule.to(device).eval(), cfg, path, steps, seconds, trained_now=False
+        )
+    if source.cfg is None:
+        raise ExperimentError(f"rule {source.label!r} needs a config or a checkpoint")
+    cfg = source.cfg
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / "last.pt"
+    if retrain:
+        for stale in ("last.pt", "metrics.csv", "train_time.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+    if ckpt.is_file():
+        try:
+            trainer = MetaTrainer.from_checkpoint(ckpt, dataset=dataset, device=device, cfg=cfg)
+        except ValueError as err:
+            raise ExperimentError(
+                f"{ckpt} holds a rule trained with another configuration ({err}); pass "
+                f"--retrain to replace it or --out for a new folder"
+            ) from None
+    else:
+        trainer = MetaTrainer(cfg, dataset=dataset, device=device)
+    trained_now = trainer.step < cfg.train.steps
+    seconds = _read_train_time(run_dir) or 0.0
+    if trained_now:
+        print(
+            f"meta-training rule {source.label!r} ({trainer.rule!r}) for "
+            f"{cfg.train.steps - trainer.step} meta-steps in {run_dir}",
+            file=sys.stderr,
+        )
+        start = time.perf_counter()
+        trainer.train(run_dir, progress=progress)
+        seconds += time.perf_counter() - start
+        write_json(run_dir / "train_time.json", {"seconds": seconds, "meta_steps": trainer.step})
+    else:
+        print(f"reusing rule {source.label!r} from {ckpt}", file=sys.stderr)
+    rule = trainer.rule.eval()
+    return TrainedRule(
+        source.label, rule, cfg, ckpt, trainer.step, seconds or None, trained_now=trained_now
+    )
+
+
+def _saved_step(path: Path) -> int:
+    from gnca.checkpoint import load_checkpoint
+
+    d = load_checkpoint(path)
+    if "step" in d:
+        return int(d["step"])
+    return int(d.get("config", {}).get("train", {}).get("steps", 0))
+
+
+def _read_train_time(run_dir: Path) -> float | None:
+    p = run_dir / "train_time.json"
+    if not p.is_file():
+        return None
+    try:
+        return float(json.loads(p.read_text())["seconds"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------------- output helpers
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table with padded columns."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([lines[0], sep, *lines[1:]])
+
+
+def write_csv(
+    path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str] | None = None
+) -> None:
+    """Write dict rows as CSV (floats with 6 significant digits)."""
+    fields = list(fields or (rows[0].keys() if rows else []))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=fields)
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({k: _fmt(r.get(k)) for k in fields})
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    return "" if v is None else v
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def mean_std(x: torch.Tensor) -> tuple[float, float]:
+    """Mean and (sample) standard deviation of a 1-D tensor (std 0 for one value)."""
+    x = x.to(torch.float64)
+    return float(x.mean()), float(x.std()) if x.numel() > 1 else 0.0
+
+
+def rule_info(tr: TrainedRule) -> dict[str, Any]:
+    """What a summary records about a rule."""
+    return {
+        "label": tr.label,
+        "checkpoint": str(tr.checkpoint),
+        "rule": repr(tr.rule),
+        "meta_steps": tr.meta_steps,
+        "train_seconds": tr.train_seconds,
+        "trained_now": tr.trained_now,
+        "config": config_to_dict(tr.cfg),
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Hardware and software the experiment ran on."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def split_tensors(
+    data: Dataset, split: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``X, y`` of the ``train`` or ``test`` split on ``device``."""
+    if split == "train":
+        return data.X_train.to(device), data.y_train.to(device)
+    if split == "test":
+        return data.X_test.to(device), data.y_test.to(device)
+    raise ExperimentError(f"unknown split {split!r}; use 'train' or 'test'")

@@ -1,0 +1,379 @@
+"""Robustness: repeated zero-outs after a grown net reaches its best accuracy (paper, Sec. 3).
+
+For each rule (normally one meta-trained with zero-outs applied to pooled samples,
+``pool.damage > 0``, and one without), ``num`` task nets of its first training architecture
+grow from fresh seeds:
+
+1. **Reaching the best accuracy.** A damage-free pass grows the nets for ``search_mult * k_max``
+   rule steps; ``W`` is the first step with the highest mean *training* accuracy. A second pass
+   with the same seed repeats that growth exactly up to ``W``.
+2. **Zero-outs.** Before rule steps ``W + 1``, ``W + 1 + every``, ... (``zero_outs`` of them,
+   ``every = 5``: 20 zero-outs over 100 steps) each net is zeroed out with
+   :func:`gnca.damage.zero_out`: one random whole layer plus ``fraction`` (30%) of the other
+   weights. Hidden states are kept. Growth continues ``tail`` steps after the last window.
+3. **Recovery.** The pre-damage accuracy is the mean test accuracy at ``W``. The recovery of
+   zero-out ``j`` is the mean test accuracy at the end of its window, right before zero-out
+   ``j + 1`` (step ``W + j * every``), divided by the pre-damage accuracy. The table also gives
+   the accuracy of the damaged nets (before any rule step) and the share of nets back to at
+   least 95% of their own pre-damage accuracy.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gnca.damage import zero_out
+from gnca.experiments.common import (
+    ExperimentError,
+    RuleSource,
+    TrainedRule,
+    environment,
+    md_table,
+    obtain_rule,
+    rule_info,
+    split_tensors,
+    write_csv,
+    write_json,
+)
+from gnca.grow import accuracy, grow
+
+
+def run_robustness(
+    damaged: RuleSource,
+    undamaged: RuleSource | None,
+    out: str | Path,
+    *,
+    num: int = 100,
+    zero_outs: int = 20,
+    every: int = 5,
+    fraction: float = 0.3,
+    tail: int = 20,
+    search_mult: int = 2,
+    threshold: float = 0.95,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    retrain: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the robustness experiment and write its outputs into ``out``.
+
+    Outputs: ``robustness.md`` (recovery per zero-out and a summary per rule),
+    ``robustness.csv`` (one row per rule and zero-out), ``robustness_summary.csv`` (one row per
+    rule), ``robustness_curve.csv`` (mean accuracy per step), ``robustness.png`` and
+    ``summary.json``.
+
+    Args:
+        damaged: the rule meta-trained with zero-outs on pooled samples (``pool.damage > 0``).
+        undamaged: the rule meta-trained without them, or ``None``.
+        out: output folder (rules trained here go to ``out/rules/<label>``).
+        num: nets grown per rule.
+        zero_outs: number of zero-outs.
+        every: rule steps between two zero-outs.
+        fraction: share of the weights outside the zeroed layer that are zeroed too.
+        tail: rule steps grown after the last recovery window.
+        search_mult: the best-accuracy step ``W`` is searched in ``1 .. search_mult * k_max``.
+        threshold: the recovery a net must reach to count as recovered (0.95).
+        seed: seed of the grown nets (initial states and fire masks) and of the zero-outs.
+        device: where to grow (and train).
+        retrain: meta-train again even if ``out/rules/<label>`` holds a finished run.
+        progress: show which rule is being evaluated.
+    """
+    from gnca.experiments.plots import plot_robustness
+
+    if min(num, zero_outs, every, search_mult) < 1 or tail < 0 or not 0 <= fraction <= 1:
+        raise ExperimentError(
+            "num, zero_outs, every and search_mult must be >= 1, tail >= 0, fraction in [0, 1]"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    start = time.perf_counter()
+    sources = [damaged] + ([undamaged] if undamaged is not None else [])
+    rules: list[TrainedRule] = [
+        obtain_rule(
+            src, out / "rules" / src.label, device=device, retrain=retrain, progress=progress
+        )
+        for src in sources
+    ]
+    if rules[0].cfg.pool.size == 0 or rules[0].cfg.pool.damage == 0:
+        raise ExperimentError(
+            f"rule {rules[0].label!r} was meta-trained without zero-outs on pooled samples; "
+            f"the damage-trained rule needs pool.size > 0 and pool.damage > 0"
+        )
+    if len(rules) > 1 and rules[1].cfg.pool.damage != 0:
+        print(
+            f"warning: rule {rules[1].label!r} was meta-trained with pool.damage = "
+            f"{rules[1].cfg.pool.damage}",
+            file=sys.stderr,
+        )
+
+    per_zero_rows: list[dict[str, Any]] = []
+    summary_rows: list[dict[str, Any]] = []
+    curve_rows: list[dict[str, Any]] = []
+    plot_curves: dict[str, dict[str, np.ndarray]] = {}
+    damage_rel = [1 + j * every for j in range(zero_outs)]
+    for tr in rules:
+        if progress:
+            print(f"robustness: growing {num} nets with rule {tr.label!r}", file=sys.stderr)
+        cfg = tr.cfg
+        k = cfg.train.k_max
+        grown = _grow_with_zero_outs(
+            tr, num, zero_outs, every, fraction, tail, search_mult, seed, device
+        )
+        arch, best, acc, tr_acc, damaged_acc = (
+            grown["arch"],
+            grown["best"],
+            grown["acc"],
+            grown["train_acc"],
+            grown["damaged_acc"],
+        )
+        total = acc.shape[0] - 1
+        damage_at = {best + r: j for j, r in enumerate(damage_rel)}  # rule step -> index
+        pre = acc[best]  # (G,)
+        pre_mean = float(pre.mean())
+        ratios = []
+        nets_ok_all = torch.ones(num, dtype=torch.bool)
+        for j in range(zero_outs):
+            end = best + (j + 1) * every
+            after = acc[end]
+            dmg = damaged_acc[j]
+            assert dmg is not None
+            ratio = float(after.mean()) / pre_mean if pre_mean > 0 else float("nan")
+            ok = after >= threshold * pre
+            nets_ok_all &= ok
+            ratios.append(ratio)
+            per_zero_rows.append(
+                {
+                    "rule": tr.label,
+                    "zero_out": j + 1,
+                    "applied_before_step": best + damage_rel[j],
+                    "acc_before": float(acc[best + damage_rel[j] - 1].mean()),
+                    "acc_damaged": float(dmg.mean()),
+                    "acc_recovered": float(after.mean()),
+                    "recovered_at_step": end,
+                    "window_since_best": f"{damage_rel[j] - 1}-{(j + 1) * every}",
+                    "recovery": ratio,
+                    "nets_recovered": int(ok.sum()),
+                    "nets": num,
+                }
+            )
+        ratios_t = torch.tensor(ratios)
+        summary_rows.append(
+            {
+                "rule": tr.label,
+                "pool_damage": cfg.pool.damage,
+                "meta_steps": tr.meta_steps,
+                "horizon_k_max": k,
+                "best_step": best,
+                "nets": num,
+                "pre_damage_test_acc": pre_mean,
+                "pre_damage_train_acc": float(tr_acc[best].mean()),
+                "mean_damaged_acc": float(torch.stack(damaged_acc).mean()),
+                "min_recovery": float(ratios_t.min()),
+                "mean_recovery": float(ratios_t.mean()),
+                "zero_outs_recovered": int((ratios_t >= threshold).sum()),
+                "zero_outs": zero_outs,
+                "nets_recovered_every_time": int(nets_ok_all.sum()),
+                "final_test_acc": float(acc[total].mean()),
+                "arch": arch.describe(),
+            }
+        )
+        # the curve, with the damaged state inserted as a drop before each zero-out's step
+        xs, rows = [], []
+        for t in range(total + 1):
+            xs.append(t - best)
+            rows.append(acc[t])
+            j = damage_at.get(t + 1)
+            if j is not None:
+                xs.append(t - best)
+                rows.append(damaged_acc[j])
+        stack = torch.stack(rows).double()
+        plot_curves[tr.label] = {
+            "x": np.asarray(xs),
+            "mean": stack.mean(1).numpy(),
+            "lo": torch.quantile(stack, 0.1, dim=1).numpy(),
+            "hi": torch.quantile(stack, 0.9, dim=1).numpy(),
+        }
+        for t in range(total + 1):
+            j = damage_at.get(t)
+            curve_rows.append(
+                {
+                    "rule": tr.label,
+                    "step": t,
+                    "steps_since_best": t - best,
+                    "zero_out_before": (j + 1) if j is not None else "",
+                    "test_acc_mean": float(acc[t].mean()),
+                    "train_acc_mean": float(tr_acc[t].mean()),
+                }
+            )
+
+    png = plot_robustness(plot_curves, damage_rel, out / "robustness.png")
+    md = robustness_markdown(summary_rows, per_zero_rows, threshold)
+    (out / "robustness.md").write_text(md + "\n")
+    write_csv(out / "robustness.csv", per_zero_rows)
+    write_csv(out / "robustness_summary.csv", summary_rows)
+    write_csv(out / "robustness_curve.csv", curve_rows)
+    summary = {
+        "experiment": "robustness",
+        "nets": num,
+        "zero_outs": zero_outs,
+        "every": every,
+        "fraction": fraction,
+        "tail": tail,
+        "search_mult": search_mult,
+        "threshold": threshold,
+        "seed": seed,
+        "rules": [rule_info(tr) for tr in rules],
+        "table": summary_rows,
+        "per_zero_out": per_zero_rows,
+        "figure": str(png),
+        "seconds": time.perf_counter() - start,
+        "environment": environment(),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def robustness_markdown(
+    summary_rows: list[dict[str, Any]],
+    per_zero_rows: list[dict[str, Any]],
+    threshold: float = 0.95,
+) -> str:
+    """The summary table (one row per rule) and the per-zero-out recovery table."""
+    pct = f"{threshold * 100:g}%"
+    head = [
+        "rule",
+        "pool.damage",
+        "best step W",
+        "pre-damage acc",
+        "damaged acc (mean)",
+        "min recovery",
+        "mean recovery",
+        f"zero-outs >= {pct}",
+        f"nets >= {pct} every time",
+        "final acc",
+    ]
+    body = [
+        [
+            r["rule"],
+            r["pool_damage"],
+            r["best_step"],
+            f"{r['pre_damage_test_acc']:.3f}",
+            f"{r['mean_damaged_acc']:.3f}",
+            f"{r['min_recovery']:.3f}",
+            f"{r['mean_recovery']:.3f}",
+            f"{r['zero_outs_recovered']}/{r['zero_outs']}",
+            f"{r['nets_recovered_every_time']}/{r['nets']}",
+            f"{r['final_test_acc']:.3f}",
+        ]
+        for r in summary_rows
+    ]
+    labels = [r["rule"] for r in summary_rows]
+    by = {(r["rule"], r["zero_out"]): r for r in per_zero_rows}
+    n = max((r["zero_out"] for r in per_zero_rows), default=0)
+    head2 = ["zero-out", "steps after W"]
+    for lab in labels:
+        head2 += [f"{lab}: damaged", f"{lab}: recovered", f"{lab}: recovery"]
+    body2 = []
+    for j in range(1, n + 1):
+        first = by[(labels[0], j)]
+        row: list[Any] = [j, first["window_since_best"]]
+        for lab in labels:
+            r = by[(lab, j)]
+            row += [
+                f"{r['acc_damaged']:.3f}",
+                f"{r['acc_recovered']:.3f}",
+                f"{r['recovery']:.3f}",
+            ]
+        body2.append(row)
+    return md_table(head, body) + "\n\n" + md_table(head2, body2)
+
+
+def _grow_with_zero_outs(
+    tr: TrainedRule,
+    num: int,
+    zero_outs: int,
+    every: int,
+    fraction: float,
+    tail: int,
+    search_mult: int,
+    seed: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Steps 1 and 2 of the protocol for one rule: find ``W``, then grow with the zero-outs.
+
+    Returns ``arch``, ``best`` (``W``), ``acc`` ``(T + 1, G)`` test accuracy after each step,
+    ``train_acc`` (same shape) and ``damaged_acc``: the test accuracy of the damaged nets of each
+    zero-out, before the rule acts.
+    """
+    from gnca.trainer import build_architectures, init_spec, load_config_dataset
+
+    cfg = tr.cfg
+    data = load_config_dataset(cfg)
+    arch = build_architectures(cfg, data)[0]
+    k = cfg.train.k_max
+    act = cfg.task.activation
+    X_tr, y_tr = split_tensors(data, "train", device)
+    X_te, y_te = split_tensors(data, "test", device)
+    init = init_spec(cfg)
+
+    search = search_mult * k
+    res = grow(
+        tr.rule,
+        arch,
+        num,
+        search,
+        init,
+        device=device,
+        generator=torch.Generator(device=device).manual_seed(seed),
+        metric=lambda g, w: accuracy(g, w, X_tr, y_tr, act),
+        record_at=range(1, search + 1),
+    )
+    assert res.curve is not None
+    best = int(res.curve.mean(1).argmax()) + 1  # W: first step of the best mean train accuracy
+
+    damage_at = {best + 1 + j * every: j for j in range(zero_outs)}  # rule step -> index
+    total = best + zero_outs * every + tail
+    damaged_acc: list[torch.Tensor] = []
+    dgen = torch.Generator(device=device).manual_seed(seed + 1)
+
+    def perturb(step: int, graph, w: torch.Tensor) -> torch.Tensor:
+        if step not in damage_at:
+            return w
+        w = zero_out(graph, w, fraction=fraction, generator=dgen)
+        damaged_acc.append(accuracy(graph, w, X_te, y_te, act).cpu())
+        return w
+
+    train_acc: list[torch.Tensor] = []
+
+    def metric(graph, w: torch.Tensor) -> torch.Tensor:
+        train_acc.append(accuracy(graph, w, X_tr, y_tr, act).cpu())
+        return accuracy(graph, w, X_te, y_te, act)
+
+    # the same seed: identical growth up to W (the zero-outs draw from their own generator)
+    res = grow(
+        tr.rule,
+        arch,
+        num,
+        total,
+        init,
+        device=device,
+        generator=torch.Generator(device=device).manual_seed(seed),
+        metric=metric,
+        record_at=range(total + 1),
+        perturb=perturb,
+    )
+    assert res.curve is not None and len(damaged_acc) == zero_outs
+    return {
+        "arch": arch,
+        "best": best,
+        "acc": res.curve,
+        "train_acc": torch.stack(train_acc),
+        "damaged_acc": damaged_acc,
+    }
