@@ -449,9 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gnca.checkpoint import CheckpointError
         from gnca.config import ConfigError
         from gnca.data import DataError
+        from gnca.distributed import DistributedError
 
         known = (
             CLIError,
+            DistributedError,
             ConfigError,
             DataError,
             CheckpointError,

@@ -222,9 +222,9 @@ def shutdown() -> None:
 
 
 def error_prefix() -> str:
-    """``"[rank r/W] "`` on the non-zero ranks of a distributed run, else ``""``."""
-    ctx = context()
-    return f"[rank {ctx.rank}/{ctx.world_size}] " if ctx.rank else ""
+    """``"[rank r/W] "`` in the non-zero ranks of a distributed launch, else ``""``."""
+    rank = os.environ.get("RANK", "0") if env_requests_distributed() else "0"
+    return f"[rank {rank}/{os.environ['WORLD_SIZE']}] " if rank != "0" else ""
 
 
 def check_same(value: Any, what: str) -> None:
