@@ -90,6 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     if getattr(args, "nproc", None) is not None:
+        if args.config and args.nproc >= 1:  # fail here once, not in every process
+            distributed.check_world_size(load_config(args.config, args.set), args.nproc)
         return distributed.launch(args.nproc, distributed.without_nproc(args.argv))
     if distributed.env_requests_distributed() and not distributed.is_initialized():
         distributed.init_distributed(

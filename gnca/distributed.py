@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -457,9 +459,11 @@ class DistributedMetaTrainer(MetaTrainer):
             saved = "no checkpoint had been written yet"
         else:
             saved = f"the last checkpoint {checkpoint} (meta-step {self.saved_step}) is intact"
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(err))  # drop gloo's source location
+        detail = detail.split(". ")[0]
         return (
             f"the distributed run stopped at meta-step {self.step}: another process failed or "
-            f"stopped answering ({_first_line(err, 160)}); {saved}"
+            f"stopped answering ({detail}); {saved}"
         )
 
 
@@ -533,6 +537,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    # The processes print their own one-line errors; the agent's log would repeat them.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     # torchrun would set 1 and warn; share this machine's cores instead (--threads overrides).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "gnca", *argv])
