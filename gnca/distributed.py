@@ -503,7 +503,9 @@ def spread(items: Sequence[T], fn: Callable[[T], R], *, everywhere: bool = False
     for r, part in enumerate(parts):
         for i, ok, value in part:
             if not ok:
-                raise DistributedError(f"item {i} ({items[i]}) failed on rank {r}: {value}")
+                what = " ".join(str(items[i]).split())
+                what = what if len(what) <= 60 else what[:57] + "..."
+                raise DistributedError(f"item {i} ({what}) failed on rank {r}: {value}")
             results[i] = value
     if not (ctx.is_main or everywhere):
         return None
