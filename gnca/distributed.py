@@ -45,7 +45,8 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -74,6 +75,7 @@ __all__ = [
     "init_distributed",
     "is_initialized",
     "launch",
+    "session",
     "shutdown",
     "spread",
 ]
@@ -221,6 +223,30 @@ def shutdown() -> None:
     """Leave the process group (no-op without one)."""
     if is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def session(
+    rdzv_timeout: float = DEFAULT_RDZV_TIMEOUT, timeout: float = DEFAULT_TIMEOUT
+) -> Iterator[DistContext]:
+    """Join the process group if torchrun started this process, and leave it at the end.
+
+    Yields this process's :class:`DistContext` (rank 0 of 1 when not started by torchrun), so
+    one code path serves ``gnca ...`` and ``torchrun ... -m gnca ...``::
+
+        with distributed.session() as ctx:
+            results = distributed.spread(archs, grow_one)
+            if ctx.is_main:
+                save(results)
+    """
+    joined = env_requests_distributed() and not is_initialized()
+    if joined:
+        init_distributed(rdzv_timeout, timeout)
+    try:
+        yield context()
+    finally:
+        if joined:
+            shutdown()
 
 
 def error_prefix() -> str:

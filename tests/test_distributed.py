@@ -117,6 +117,11 @@ def _worker(rank: int, port: int, tmp: str, single_ckpt: str) -> None:
             "losses": [s.loss for s in tr.history],
             "accs": [s.accuracy for s in tr.history],
         }
+        tr.loss_ema = 1e-6  # every real loss is now a spike: both ranks must roll back
+        before = params(tr)
+        out["rollback"] = tr.meta_step().skipped and all(
+            torch.equal(p, q) for p, q in zip(before, params(tr), strict=True)
+        )
         # 2. pool on, with fresh seeds and damage: the first meta-step
         tr = perturb(gd.DistributedMetaTrainer(tiny_config()))
         grads = record_grads(tr)
@@ -216,6 +221,8 @@ def test_two_processes_match_one_process_without_pool(two_ranks):
         ref.meta_step()
     for a, b in zip(r0["nopool"]["params"], r1["nopool"]["params"], strict=True):
         assert torch.equal(a, b)  # the same rule on every rank
+    assert r0["nopool"]["losses"] == r1["nopool"]["losses"]  # the same rollback decisions
+    assert r0["rollback"] and r1["rollback"]
     assert len(r0["nopool"]["grads"]) == 3
     for g_dist, g_ref in zip(r0["nopool"]["grads"], grads, strict=True):
         assert_close_lists(g_dist, g_ref, rtol=1e-5, atol=1e-7)
@@ -304,6 +311,19 @@ def test_one_rank_is_bitwise_single_process_training(one_rank):
     assert gd.spread([1, 2], lambda x: -x) == [-1, -2]
 
 
+def test_session_joins_only_under_torchrun(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    with gd.session() as ctx:
+        assert ctx == gd.DistContext() and not gd.is_initialized()
+    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with gd.session(rdzv_timeout=30) as ctx:
+        assert ctx.is_main and ctx.world_size == 1 and gd.is_initialized()
+    assert not gd.is_initialized()
+
+
 def test_world_size_must_divide_batch_and_pool():
     cfg = tiny_config()
     gd.check_world_size(cfg, 2)
@@ -313,6 +333,15 @@ def test_world_size_must_divide_batch_and_pool():
     cfg.pool.size = 10
     with pytest.raises(ValueError, match=r"^pool.size = 10 is not divisible .* \(3\)"):
         gd.check_world_size(cfg, 3)
+
+
+def test_nproc_that_does_not_divide_the_batch_fails_before_starting(capsys, tmp_path):
+    cfg_path = tmp_path / "tiny.yaml"
+    save_config(tiny_config(), cfg_path)
+    code = main(["train", "--config", str(cfg_path), "--out", str(tmp_path), "--nproc", "3"])
+    line = _error_line(capsys.readouterr().err)
+    assert code == 2
+    assert "train.batch_size = 4 is not divisible by the number of processes (3)" in line
 
 
 def test_without_nproc_strips_only_the_flag():
