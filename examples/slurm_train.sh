@@ -26,12 +26,13 @@ CONFIG=${CONFIG:-configs/mnist_cpu.yaml}
 OUT=${OUT:-runs/${SLURM_JOB_NAME}-${SLURM_JOB_ID}}
 GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-4}}
 PORT=${PORT:-29500}
-SET=${SET:-"train.device=cuda train.batch_size=32 pool.size=256"}
+export GNCA_DATA=${GNCA_DATA:-$HOME/data/mnist}     # MNIST IDX files, on every node
+SET=${SET:-"train.device=cuda train.batch_size=32 pool.size=256 data.data_dir=$GNCA_DATA"}
 HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 WORLD=$((SLURM_NNODES * GPUS_PER_NODE))
 
-export GNCA_DATA=${GNCA_DATA:-$HOME/data/mnist}     # MNIST IDX files, on every node
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((SLURM_CPUS_PER_TASK / GPUS_PER_NODE))}
+CPUS=${SLURM_CPUS_PER_TASK:-$GPUS_PER_NODE}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((CPUS / GPUS_PER_NODE > 0 ? CPUS / GPUS_PER_NODE : 1))}
 
 RESUME=()
 if [ -f "$OUT/last.pt" ]; then
