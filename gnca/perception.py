@@ -10,9 +10,20 @@ neurons (a sum of ``[w, h]`` per neuron over its in-weights and over its out-wei
 neurons back to weights (a gather at ``v`` for the forward relation, at ``u`` for the backward
 one), subtracting the weight's own contribution where the neighbourhood excludes it. Counts
 depend on the structure only and are cached on the graph. An empty neighbourhood aggregates to 0.
+
+Every count depends on one neuron only (``v`` for the forward relation, ``u`` for the backward
+one), so the mean's ``1 / count`` is applied on the neuron side. The scatter to the neurons is a
+product with a constant sparse matrix, and the gather back is a single ``index_select`` that writes
+the whole ``(E, 3, 1 + C)`` perception (its first slot reads a zero row), followed by one fused
+``addcmul`` that puts ``x`` in the first slot and the weight's own correction in the other two.
+Both have hand-written backwards through cached CSR transposes (autograd's own backward of a
+gather is an ``index_add`` that sorts its indices at every call).
 """
 
 from __future__ import annotations
+
+import warnings
+from typing import Any
 
 import torch
 from torch_geometric.data import Data
@@ -20,6 +31,9 @@ from torch_geometric.data import Data
 from gnca.graph import NEIGHBOURHOODS, check_neighbourhood, total_neurons
 
 REDUCTIONS = ("mean", "sum")
+
+#: dtypes for which the fast path uses sparse CSR products (others use ``index_add``).
+_SPARSE_DTYPES = (torch.float32, torch.float64)
 
 
 def _check(w: torch.Tensor, h: torch.Tensor, graph: Data) -> None:
@@ -58,6 +72,151 @@ def neighbour_counts(
     return result
 
 
+def _plan(
+    graph: Data, neighbourhood: str, include_self: bool, reduce: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Structure-only tensors of the fast path, cached on ``graph`` per option set and dtype.
+
+    Every count depends on one neuron only (``v`` for the forward relation, ``u`` for the
+    backward one), so the mean's ``1 / count`` is applied to the ``(N, 1 + C)`` neuron sums, and
+    the weight's own term ``x_w`` is removed (or added) with a per-weight coefficient.
+
+    Returns:
+        index: ``(3E,)`` rows of ``[0; T_f; T_b]`` to gather, three per weight: the zero row
+            (the slot of ``x`` itself), ``1 + v`` and ``1 + N + u``.
+        coef: ``(E, 3, 1)`` multiplier of ``x_w`` per slot: ``[1, s_f, s_b]`` with
+            ``s = (include_self - own) * scale``.
+        scale_f, scale_b: ``(N, 1)`` per-neuron ``1 / count`` (0 when empty; 1 for ``sum``).
+    """
+    key = f"_gnca_plan_{neighbourhood}_{int(include_self)}_{reduce}_{dtype}"
+    cached = graph.__dict__.get(key)
+    if cached is not None and cached[0].device == graph.src.device:
+        return cached
+    n = total_neurons(graph)
+    deg = {
+        "in": torch.bincount(graph.dst, minlength=n).double(),
+        "out": torch.bincount(graph.src, minlength=n).double(),
+    }
+    fwd, bwd = NEIGHBOURHOODS[neighbourhood]
+    scales, selfs = [], []
+    for own, at, parts in (("in", graph.dst, fwd), ("out", graph.src, bwd)):
+        # -1: the sums at the neuron contain the weight but it is no neighbour of itself;
+        # +1: it is its own neighbour but not in the sums; 0: the sums are right as they are
+        shift = int(include_self) - int(own in parts)
+        count = sum(deg[p] for p in parts) + shift  # (N,)
+        if reduce == "mean":
+            scale = torch.where(count > 0, 1.0 / count.clamp(min=1), 0.0)
+        else:
+            scale = torch.ones_like(count)
+        scales.append(scale.to(dtype).unsqueeze(1))
+        selfs.append(shift * scale[at])
+    index = torch.stack([torch.zeros_like(graph.dst), 1 + graph.dst, 1 + n + graph.src], 1)
+    coef = torch.stack([torch.ones_like(selfs[0]), *selfs], 1).to(dtype).unsqueeze(2)
+    plan = (index.flatten(), coef, scales[0], scales[1])
+    graph.__dict__[key] = plan
+    return plan
+
+
+def _csr(
+    rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """A sparse CSR matrix from COO triplets (duplicates are not expected)."""
+    order = torch.argsort(rows * shape[1] + cols)
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=rows.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(crow, cols, vals, size=shape)
+
+
+class _FixedSparseMM(torch.autograd.Function):
+    """``y = M @ x`` for a constant sparse ``M``; the backward multiplies by the cached ``M^T``
+    (an explicit CSR matrix), so neither direction sorts or scatters at run time."""
+
+    @staticmethod
+    def forward(ctx: Any, m: torch.Tensor, m_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.m_t = m_t
+        with torch.autocast(x.device.type, enabled=False):  # sparse products need x's dtype
+            return torch.sparse.mm(m, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor | None]:
+        if not ctx.needs_input_grad[2]:
+            return None, None, None
+        with torch.autocast(grad.device.type, enabled=False):
+            return None, None, torch.sparse.mm(ctx.m_t, grad.to(ctx.m_t.dtype).contiguous())
+
+
+class _GatherRows(torch.autograd.Function):
+    """``table[index]`` whose backward is a product with the cached CSR transpose ``g_t``
+    instead of autograd's ``index_add`` (which sorts the ``3E`` indices at every call)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, table: torch.Tensor, index: torch.Tensor, g_t: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.g_t = g_t
+        return table.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        with torch.autocast(grad.device.type, enabled=False):
+            return torch.sparse.mm(ctx.g_t, grad.to(ctx.g_t.dtype).contiguous()), None, None
+
+
+def _sparse_plan(
+    graph: Data, neighbourhood: str, include_self: bool, reduce: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fast path's structure as sparse matrices, cached on ``graph`` (see :func:`perceive`).
+
+    Returns:
+        index: ``(3E,)`` rows of ``[0; T]`` gathered per weight: the zero row, then the rows of
+            ``v`` (forward) and ``u`` (backward) in ``T``.
+        coef: ``(E, 3, 1)`` multiplier of ``x_w`` per slot (as in :func:`_plan`).
+        a, a_t: ``(R, E)`` CSR summing the weights into the scaled neuron table ``T`` (``R = N``
+            when both relations share one table, as ``incident`` does, else ``2N``) and its
+            transpose.
+        g_t: ``(1 + R, 3E)`` CSR transpose of the gather, for its backward.
+    """
+    key = f"_gnca_sparse_{neighbourhood}_{int(include_self)}_{reduce}_{dtype}"
+    cached = graph.__dict__.get(key)
+    if cached is not None and cached[0].device == graph.src.device:
+        return cached
+    _, coef, scale_f, scale_b = _plan(graph, neighbourhood, include_self, reduce, dtype)
+    n = total_neurons(graph)
+    e = graph.src.numel()
+    arange = torch.arange(e, device=graph.src.device)
+    ends = {"in": graph.dst, "out": graph.src}
+    fwd, bwd = NEIGHBOURHOODS[neighbourhood]
+    shared = fwd == bwd and torch.equal(scale_f, scale_b)
+    rows, cols, vals = [], [], []
+    for r, (parts, scale) in enumerate(((fwd, scale_f), (bwd, scale_b))):
+        if r == 1 and shared:
+            break
+        for part in parts:
+            rows.append(ends[part] + r * n)
+            cols.append(arange)
+            vals.append(scale[ends[part], 0])
+    n_rows = n if shared else 2 * n
+    rows_t, cols_t, vals_t = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+    a = _csr(rows_t, cols_t, vals_t, (n_rows, e))
+    a_t = _csr(cols_t, rows_t, vals_t, (e, n_rows))
+    row_b = 1 + (0 if shared else n) + graph.src
+    index = torch.stack([torch.zeros_like(graph.dst), 1 + graph.dst, row_b], 1).flatten()
+    g_t = _csr(  # slot 0 reads the zero row, which needs no gradient
+        torch.cat([1 + graph.dst, row_b]),
+        torch.cat([3 * arange + 1, 3 * arange + 2]),
+        torch.ones(2 * e, dtype=dtype, device=graph.src.device),
+        (1 + n_rows, 3 * e),
+    )
+    plan = (index, coef, a, a_t, g_t)
+    graph.__dict__[key] = plan
+    return plan
+
+
 def perceive(
     graph: Data,
     w: torch.Tensor,
@@ -68,6 +227,13 @@ def perceive(
     reduce: str = "mean",
 ) -> torch.Tensor:
     """Perception vectors of all weights, ``O(E)`` (the fast path).
+
+    With ``x = [w, h]``: the scaled neuron sums ``T = A x`` (one sparse product, ``1 / count``
+    folded into ``A``), one gather of ``[0; T]`` that writes the whole ``(E, 3, 1 + C)`` result,
+    and one fused ``addcmul`` that puts ``x`` in the first slot and removes (or adds) the weight's
+    own term in the other two. The structure (``A``, its transpose, the gather's transpose) is
+    built once per graph and option set; the backward is two more sparse products and gathers,
+    with no sorting or atomic scatter at run time.
 
     Args:
         graph: a :class:`~gnca.WeightGraph` or a batch of them, ``E`` weights, ``N`` neurons.
@@ -84,39 +250,23 @@ def perceive(
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
     check_neighbourhood(neighbourhood)
-    x = torch.cat([w.unsqueeze(1), h], dim=1)  # (E, 1 + C)
-    n = total_neurons(graph)
-    fwd, bwd = NEIGHBOURHOODS[neighbourhood]
-    need_in = "in" in fwd or "in" in bwd
-    need_out = "out" in fwd or "out" in bwd
-    zeros = x.new_zeros(n, x.shape[1])
-    sums = {}
-    if need_in:
-        sums["in"] = zeros.index_add(0, graph.dst, x)  # (N, 1 + C) sum over in-weights
-    if need_out:
-        sums["out"] = zeros.index_add(0, graph.src, x)  # (N, 1 + C) sum over out-weights
-    if neighbourhood == "incident":
-        both = sums["in"] + sums["out"]
-        per_rel = ((both, graph.dst, "in"), (both, graph.src, "out"))
-    else:
-        per_rel = (
-            (sums[fwd[0]], graph.dst, "in"),
-            (sums[bwd[0]], graph.src, "out"),
-        )
-    aggs = []
-    for (table, at, own), parts in zip(per_rel, (fwd, bwd), strict=True):
-        a = table.index_select(0, at)  # (E, 1 + C)
-        if own in parts and not include_self:
-            a = a - x
-        elif own not in parts and include_self:
-            a = a + x
-        aggs.append(a)
-    if reduce == "mean":
-        c_f, c_b = neighbour_counts(graph, neighbourhood, include_self)
-        inv_f = torch.where(c_f > 0, 1.0 / c_f.clamp(min=1), 0.0).to(x.dtype)
-        inv_b = torch.where(c_b > 0, 1.0 / c_b.clamp(min=1), 0.0).to(x.dtype)
-        aggs = [aggs[0] * inv_f.unsqueeze(1), aggs[1] * inv_b.unsqueeze(1)]
-    return torch.cat([x, aggs[0], aggs[1]], dim=1)  # (E, 3 + 3C)
+    x = torch.cat([w.unsqueeze(1), h], dim=1)  # (E, D), D = 1 + C
+    e, d = x.shape
+    if x.dtype in _SPARSE_DTYPES:
+        index, coef, a, a_t, g_t = _sparse_plan(graph, neighbourhood, include_self, reduce, x.dtype)
+        t = _FixedSparseMM.apply(a, a_t, x)  # (R, D) scaled sums per neuron (and relation)
+        table = torch.cat([x.new_zeros(1, d), t])  # (1 + R, D)
+        p = _GatherRows.apply(table, index, g_t).view(e, 3, d)  # [0, T_f[v], T_b[u]]
+    else:  # reduced precision: sparse CSR products are not implemented for it everywhere
+        index, coef, scale_f, scale_b = _plan(graph, neighbourhood, include_self, reduce, x.dtype)
+        n = total_neurons(graph)
+        fwd, bwd = NEIGHBOURHOODS[neighbourhood]
+        ends = {"in": graph.dst, "out": graph.src}
+        sums = {k: x.new_zeros(n, d).index_add(0, ends[k], x) for k in {*fwd, *bwd}}
+        s_f, s_b = (sum(sums[k] for k in parts) for parts in (fwd, bwd))
+        table = torch.cat([x.new_zeros(1, d), s_f * scale_f, s_b * scale_b])  # (1 + 2N, D)
+        p = table.index_select(0, index).view(e, 3, d)
+    return torch.addcmul(p, x.unsqueeze(1), coef).view(e, 3 * d)  # (E, 3 + 3C)
 
 
 def perception_size(hidden_channels: int) -> int:

@@ -22,9 +22,10 @@ positions normalised to ``p = (i + 0.5) / n``):
 ======================  =====  ==========================================================
 channels                count  content
 ======================  =====  ==========================================================
-``0 .. 4f-1``           4f     in-neuron ``u``: for image inputs ``[s_k(row), c_k(row),
-                               s_k(col), c_k(col)]_{k=1..f}``; otherwise ``[s_k(p), c_k(p)]``
-                               for ``k = 1..2f`` of ``u``'s position in its level; 0 for biases
+``0 .. 4f-1``           4f     in-neuron ``u``: for image inputs ``[s_k(row), c_k(row)]_{k=1..f}``
+                               then ``[s_k(col), c_k(col)]_{k=1..f}``; otherwise ``[s_k(p),
+                               c_k(p)]`` for ``k = 1..2f`` of ``u``'s position in its level; 0
+                               for biases
 ``4f .. 6f-1``          2f     out-neuron ``v``: ``[s_k(p), c_k(p)]_{k=1..f}`` of its position
                                (class index for outputs)
 ``6f``                  1      depth: ``level(v) / depth`` of the net

@@ -1,0 +1,203 @@
+"""Tests of gnca.rule: the LocalRule update (no-op start, fire mask, bound, gradients)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import NEIGHBOURHOOD_NAMES, float64_state
+
+from gnca import Architecture, LocalRule, WeightGraph, initial_state, task_forward
+from gnca.perception import perceive
+
+
+def _randomise_output(rule: LocalRule, std: float = 0.3, seed: int = 0) -> None:
+    """Give the zero-initialised output layer non-zero values (a fresh rule is a no-op)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        rule.out.weight.copy_(torch.randn(rule.out.weight.shape, generator=gen) * std)
+        rule.out.bias.copy_(torch.randn(rule.out.bias.shape, generator=gen) * std)
+
+
+@pytest.mark.parametrize("neighbourhood", NEIGHBOURHOOD_NAMES)
+@pytest.mark.parametrize("path", ["fast", "explicit"])
+def test_zero_initialised_rule_is_a_no_op(neighbourhood: str, path: str) -> None:
+    arch = Architecture.skip_mlp([3, 4, 3, 2])
+    g = WeightGraph.from_architecture(arch)
+    rule = LocalRule(4, widths=(16, 8), neighbourhood=neighbourhood, fire_rate=1.0)
+    assert torch.count_nonzero(rule.out.weight) == 0 and torch.count_nonzero(rule.out.bias) == 0
+    w, h = torch.randn(arch.num_weights), torch.randn(arch.num_weights, 4)
+    w1, h1 = rule(g, w, h, path=path)
+    assert torch.equal(w1, w) and torch.equal(h1, h)
+    _randomise_output(rule)
+    w2, h2 = rule(g, w, h, path=path)
+    assert not torch.equal(w2, w) and not torch.equal(h2, h)
+    rule.reset_parameters()
+    w3, h3 = rule(g, w, h, path=path)
+    assert torch.equal(w3, w) and torch.equal(h3, h)
+
+
+def test_fire_rate_statistics() -> None:
+    arch = Architecture.mlp([20, 30, 10])
+    g = WeightGraph.replicate(arch, 4)
+    e = g.num_nodes
+    rule = LocalRule(3, fire_rate=0.8)
+    _randomise_output(rule)
+    w, h = torch.randn(e), torch.randn(e, 3)
+    gen = torch.Generator().manual_seed(123)
+    fracs = []
+    for _ in range(3):
+        w1, h1 = rule(g, w, h, generator=gen)
+        changed = w1 != w
+        # weights and hidden states fire together: unchanged w <=> unchanged h (all channels)
+        assert torch.equal(changed, (h1 != h).any(dim=1))
+        assert torch.equal(~changed, (h1 == h).all(dim=1))
+        frac = changed.double().mean().item()
+        sigma = math.sqrt(0.8 * 0.2 / e)
+        assert abs(frac - 0.8) < 4 * sigma, (frac, sigma)
+        fracs.append(frac)
+    assert len(set(fracs)) > 1  # a fresh mask per step
+    # same generator seed, same mask
+    a = rule(g, w, h, generator=torch.Generator().manual_seed(5))[0]
+    b = rule(g, w, h, generator=torch.Generator().manual_seed(5))[0]
+    assert torch.equal(a, b)
+
+
+def test_fire_mask_rate_and_full_rate() -> None:
+    rule = LocalRule(2, fire_rate=0.3)
+    m = rule.fire_mask(20000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    assert abs(m.mean().item() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 20000)
+    assert torch.equal(LocalRule(2, fire_rate=1.0).fire_mask(7, torch.device("cpu")), torch.ones(7))
+
+
+def test_mask_argument_respected() -> None:
+    arch = Architecture.mlp([4, 5, 3])
+    g = WeightGraph.from_architecture(arch)
+    e = arch.num_weights
+    rule = LocalRule(2, fire_rate=0.5)
+    _randomise_output(rule)
+    w, h = torch.randn(e), torch.randn(e, 2)
+    mask = torch.zeros(e)
+    mask[::3] = 1.0
+    w1, h1 = rule(g, w, h, mask=mask)
+    on = mask.bool()
+    assert torch.equal(w1[~on], w[~on]) and torch.equal(h1[~on], h[~on])
+    assert (w1[on] != w[on]).all() and (h1[on] != h[on]).all(dim=1).all()
+    # the update of firing weights is the full delta of the rule
+    d = rule.delta(perceive(g, w, h))
+    torch.testing.assert_close(w1[on], w[on] + d[on, 0])
+    torch.testing.assert_close(h1[on], h[on] + d[on, 1:])
+    # bool masks work too and give the same result
+    w2, h2 = rule(g, w, h, mask=on)
+    assert torch.equal(w1, w2) and torch.equal(h1, h2)
+
+
+def test_forward_is_functional() -> None:
+    arch = Architecture.mlp([3, 4, 2])
+    g = WeightGraph.from_architecture(arch)
+    rule = LocalRule(3, fire_rate=1.0)
+    _randomise_output(rule)
+    w, h = torch.randn(arch.num_weights), torch.randn(arch.num_weights, 3)
+    w0, h0 = w.clone(), h.clone()
+    w1, h1 = rule(g, w, h)
+    assert torch.equal(w, w0) and torch.equal(h, h0)
+    assert w1.data_ptr() != w.data_ptr() and h1.data_ptr() != h.data_ptr()
+    # no in-place op on tensors needed for backward: a double backward-through works
+    w.requires_grad_(True)
+    w1, h1 = rule(g, w, h)
+    w2, h2 = rule(g, w1, h1)
+    (w2.square().sum() + h2.square().sum()).backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize("bound", [0.05, 0.5])
+def test_bound_bounds_updates(bound: float) -> None:
+    arch = Architecture.mlp([5, 6, 3])
+    g = WeightGraph.from_architecture(arch)
+    torch.manual_seed(0)
+    rule = LocalRule(3, fire_rate=1.0, bound=bound).double()  # float64: w1 - w is exact enough
+    _randomise_output(rule, std=50.0)
+    w, h = float64_state(arch.num_weights, 3, seed=0)
+    w1, h1 = rule(g, w, h)
+    dw, dh = (w1 - w).abs(), (h1 - h).abs()
+    assert dw.max() <= bound * (1 + 1e-9) and dh.max() <= bound * (1 + 1e-9)
+    assert dw.max() > 0.9 * bound  # saturated: the bound is what limits the update
+    unbounded = LocalRule(3, fire_rate=1.0).double()
+    unbounded.load_state_dict(rule.state_dict())
+    assert (unbounded(g, w, h)[0] - w).abs().max() > 2 * bound
+
+
+def test_gradients_reach_every_rule_parameter_after_three_steps() -> None:
+    torch.manual_seed(0)
+    arch = Architecture.mlp([4, 6, 3])
+    g = WeightGraph.replicate(arch, 2)
+    c = 4
+    rule = LocalRule(c, widths=(16, 16), bound=1.0)
+    # With the zero-initialised output layer only that layer would receive gradient (the hidden
+    # layers' gradients pass through its zero weights), so re-initialise it with small values.
+    _randomise_output(rule, std=0.05)
+    w, h = initial_state(g, c, "random", generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        w, h = rule(g, w, h, generator=gen)
+    x = torch.randn(16, 4)
+    y = torch.randint(0, 3, (16,))
+    logits = task_forward(g, w, x)  # (G, B, 3)
+    loss = F.cross_entropy(logits.reshape(-1, 3), y.repeat(2))
+    loss.backward()
+    for name, param in rule.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "part"),
+    [
+        ({"fire_rate": 0.0}, "fire_rate"),
+        ({"fire_rate": 1.5}, "fire_rate"),
+        ({"bound": 0.0}, "bound"),
+        ({"bound": -1.0}, "bound"),
+        ({"hidden_channels": -1}, "hidden_channels"),
+        ({"neighbourhood": "star"}, "unknown neighbourhood"),
+        ({"reduce": "max"}, "unknown reduce"),
+        ({"activation": "swish"}, "unknown activation"),
+    ],
+)
+def test_invalid_rule_arguments(kwargs: dict, part: str) -> None:
+    with pytest.raises(ValueError, match=part):
+        LocalRule(**kwargs)
+
+
+def test_invalid_call_arguments() -> None:
+    g = WeightGraph.from_architecture(Architecture.mlp([3, 2]))
+    rule = LocalRule(2)
+    w, h = torch.zeros(g.num_nodes), torch.zeros(g.num_nodes, 2)
+    with pytest.raises(ValueError, match="unknown path"):
+        rule(g, w, h, path="slow")
+    with pytest.raises(ValueError, match="w must have shape"):
+        rule(g, w[:-1], h)
+    with pytest.raises(ValueError, match="h must have shape"):
+        rule(g, w, h[:, :1].squeeze(1))
+
+
+def test_config_round_trip_and_shapes() -> None:
+    rule = LocalRule(5, widths=(7, 9), activation="tanh", neighbourhood="directed", bound=0.2)
+    again = LocalRule(**rule.config())
+    assert again.config() == rule.config()
+    dims = [m.in_features for m in rule.mlp if isinstance(m, torch.nn.Linear)]
+    assert dims == [18, 7, 9] and rule.out.out_features == 6
+    assert "C=5" in repr(rule) and "18-7-9-6" in repr(rule)
+
+
+def test_rule_in_float64() -> None:
+    arch = Architecture.mlp([3, 2])
+    g = WeightGraph.from_architecture(arch)
+    rule = LocalRule(2, fire_rate=1.0).double()
+    _randomise_output(rule)
+    w, h = float64_state(arch.num_weights, 2, seed=0)
+    w1, h1 = rule(g, w, h)
+    assert w1.dtype == torch.float64 and h1.dtype == torch.float64

@@ -1,0 +1,188 @@
+"""Tests of gnca.state: initial weights (fixed / random / codes) and the identity-code layout."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gnca import Architecture, WeightGraph, identity_codes, initial_state
+from gnca.state import code_channels, initial_weights
+
+
+def _sc(p: float, ks: range) -> list[float]:
+    """``[s_k(p), c_k(p)]`` for ``k`` in ``ks``."""
+    out = []
+    for k in ks:
+        out += [math.sin(2 * math.pi * k * p), math.cos(2 * math.pi * k * p)]
+    return out
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def test_fixed_is_identical_across_samples_and_calls() -> None:
+    arch = Architecture.mlp([4, 5, 3])
+    e = arch.num_weights
+    g = WeightGraph.replicate(arch, 3)
+    w, h = initial_state(g, 4, "fixed", seed=7)
+    per = w.view(3, e)
+    assert torch.equal(per[0], per[1]) and torch.equal(per[0], per[2])
+    assert (h == 0).all()
+    again, _ = initial_state(g, 4, "fixed", seed=7)
+    assert torch.equal(w, again)
+    single, _ = initial_state(WeightGraph.from_architecture(arch), 4, "fixed", seed=7)
+    assert torch.equal(single, per[0])
+    other, _ = initial_state(g, 4, "fixed", seed=8)
+    assert not torch.equal(other, w)
+    # same seed per architecture also inside a mixed batch
+    mixed = WeightGraph.collate(
+        [
+            WeightGraph.from_architecture(arch),
+            WeightGraph.from_architecture(Architecture.mlp([4, 3])),
+        ]
+    )
+    w_mixed, _ = initial_state(mixed, 4, "fixed", seed=7)
+    assert torch.equal(w_mixed[:e], per[0])
+
+
+def test_fixed_noise_differs_per_sample() -> None:
+    arch = Architecture.mlp([4, 5, 3])
+    g = WeightGraph.replicate(arch, 2)
+    w = initial_weights(g, "fixed", seed=0, noise=0.1, generator=torch.Generator().manual_seed(0))
+    per = w.view(2, -1)
+    assert not torch.equal(per[0], per[1])
+    base = initial_weights(g, "fixed", seed=0).view(2, -1)
+    nb = ~torch.as_tensor(arch.is_bias_weight.copy())
+    assert (per[0] - base[0])[nb].abs().max() < 1.0
+
+
+@pytest.mark.parametrize("kind", ["random", "codes"])
+def test_random_differs_across_samples(kind: str) -> None:
+    arch = Architecture.mlp([4, 5, 3])
+    g = WeightGraph.replicate(arch, 3)
+    w, _ = initial_state(g, 16, kind, generator=torch.Generator().manual_seed(0))
+    per = w.view(3, -1)
+    nb = ~torch.as_tensor(arch.is_bias_weight.copy())
+    assert (per[0][nb] != per[1][nb]).all() and (per[1][nb] != per[2][nb]).all()
+    w2, _ = initial_state(g, 16, kind, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(w, w2)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "random", "codes"])
+def test_bias_weights_start_at_zero_and_scale(kind: str) -> None:
+    arch = Architecture.mlp([200, 50, 3])
+    g = WeightGraph.replicate(arch, 2)
+    w, h = initial_state(g, 16, kind, scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert (w[g.is_bias] == 0).all()
+    assert (w[~g.is_bias] != 0).all()
+    assert h.shape == (g.num_nodes, 16)
+    # std of the first layer is scale / sqrt(fan_in) = 2 / sqrt(200)
+    first = w.view(2, -1)[:, : 200 * 50]
+    assert abs(first.std().item() - 2 / math.sqrt(200)) < 0.01
+
+
+def test_unknown_kind() -> None:
+    g = WeightGraph.from_architecture(Architecture.mlp([2, 2]))
+    with pytest.raises(ValueError, match="unknown init 'zeros'"):
+        initial_state(g, 4, "zeros")
+
+
+# ---------------------------------------------------------------------------- identity codes
+
+
+def test_code_layout_hidden_and_output_channels() -> None:
+    f, c = 2, 20
+    arch = Architecture.mlp([4, 3, 2])
+    g = WeightGraph.from_architecture(arch)
+    h = identity_codes(g, c, f)
+    assert h.shape == (arch.num_weights, c) and code_channels(f) == 16
+    _, h_codes = initial_state(g, c, "codes", code_freqs=f)
+    assert torch.equal(h, h_codes)
+    edges = arch.edges.tolist()
+    # layer 1 weight i -> j (index i*3 + j), layer 2 weight j -> k (index 15 + j*2 + k)
+    for i in range(4):
+        for j in range(3):
+            row = h[i * 3 + j].tolist()
+            assert edges[i * 3 + j] == [i, 4 + j]
+            np.testing.assert_allclose(row[0:8], _sc((i + 0.5) / 4, range(1, 5)), atol=1e-5)
+            np.testing.assert_allclose(row[8:12], _sc((j + 0.5) / 3, range(1, 3)), atol=1e-5)
+            assert row[12:16] == pytest.approx([0.5, 1.0, 0.0, 0.0])
+            assert row[16:] == [0.0] * 4
+    for j in range(3):
+        for k in range(2):
+            idx = 15 + j * 2 + k
+            row = h[idx].tolist()
+            assert edges[idx] == [4 + j, 7 + k]
+            np.testing.assert_allclose(row[0:8], _sc((j + 0.5) / 3, range(1, 5)), atol=1e-5)
+            # class index code of output weights
+            np.testing.assert_allclose(row[8:12], _sc((k + 0.5) / 2, range(1, 3)), atol=1e-5)
+            assert row[12:16] == pytest.approx([1.0, 0.0, 1.0, 0.0])
+    # bias weights: no in-neuron code, bias flag set, out-neuron code of the target
+    for j in range(3):
+        row = h[12 + j].tolist()
+        assert row[0:8] == [0.0] * 8
+        np.testing.assert_allclose(row[8:12], _sc((j + 0.5) / 3, range(1, 3)), atol=1e-5)
+        assert row[12:16] == pytest.approx([0.5, 0.0, 0.0, 1.0])
+    for k in range(2):
+        row = h[21 + k].tolist()
+        assert row[0:8] == [0.0] * 8
+        assert row[12:16] == pytest.approx([1.0, 0.0, 1.0, 1.0])
+
+
+def test_code_layout_image_inputs() -> None:
+    f = 2
+    arch = Architecture.mlp([6, 2], input_shape=(2, 3), bias=False)
+    g = WeightGraph.from_architecture(arch)
+    h = identity_codes(g, 16, f)
+    for i in range(6):
+        r, col = divmod(i, 3)
+        for k in range(2):
+            row = h[i * 2 + k].tolist()
+            # [s_k(row), c_k(row)]_{k=1..f} then [s_k(col), c_k(col)]_{k=1..f}
+            np.testing.assert_allclose(row[0:4], _sc((r + 0.5) / 2, range(1, 3)), atol=1e-5)
+            np.testing.assert_allclose(row[4:8], _sc((col + 0.5) / 3, range(1, 3)), atol=1e-5)
+            np.testing.assert_allclose(row[8:12], _sc((k + 0.5) / 2, range(1, 3)), atol=1e-5)
+            # linear net: depth 1, from an input, into an output, not a bias
+            assert row[12:16] == pytest.approx([1.0, 1.0, 1.0, 0.0])
+
+
+def test_codes_in_mixed_batch_match_single_graphs() -> None:
+    archs = [
+        Architecture.mlp([6, 3, 2], input_shape=(2, 3)),
+        Architecture.skip_mlp([6, 2, 2]),
+    ]
+    graphs = [WeightGraph.from_architecture(a) for a in archs]
+    batch = WeightGraph.collate(graphs)
+    h = identity_codes(batch, 18, 2)
+    ref = torch.cat([identity_codes(g, 18, 2) for g in graphs])
+    torch.testing.assert_close(h, ref)
+    # the image code is used for the first graph only: its input rows differ from a 1-D code
+    plain = identity_codes(WeightGraph.from_architecture(Architecture.mlp([6, 3, 2])), 18, 2)
+    assert not torch.allclose(h[: len(plain)], plain)
+    assert torch.equal(h[: len(plain), 8:], plain[:, 8:])
+
+
+def test_depth_channel_on_a_skip_net() -> None:
+    arch = Architecture.skip_mlp([2, 2, 2, 2], skip=3, bias=False)
+    g = WeightGraph.from_architecture(arch)
+    h = identity_codes(g, 16, 2)
+    lv = arch.levels[arch.edges[:, 1]] / arch.depth
+    np.testing.assert_allclose(h[:, 12].numpy(), lv, atol=1e-7)
+    is_in = np.isin(arch.edges[:, 0], arch.inputs)
+    is_out = np.isin(arch.edges[:, 1], arch.outputs)
+    assert h[:, 13].tolist() == is_in.astype(float).tolist()
+    assert h[:, 14].tolist() == is_out.astype(float).tolist()
+
+
+def test_codes_need_enough_channels() -> None:
+    g = WeightGraph.from_architecture(Architecture.mlp([3, 2]))
+    with pytest.raises(ValueError, match="need hidden_channels >= 16, got 15"):
+        identity_codes(g, 15, 2)
+    with pytest.raises(ValueError, match="need hidden_channels >= 22"):
+        initial_state(g, 16, "codes", code_freqs=3)
+    with pytest.raises(ValueError, match="code_freqs must be >= 1"):
+        identity_codes(g, 16, 0)
+    assert identity_codes(g, 10, 1).shape == (g.num_nodes, 10)
