@@ -6,7 +6,8 @@ weight graph. For every weight ``i`` with value :math:`w_i` and hidden state :ma
 .. math::
     x_i = [w_i, h_i], \qquad
     p_i = \big[x_i,\ \square_{j \in N_f(i)} x_j,\ \square_{j \in N_b(i)} x_j\big], \qquad
-    (\Delta w_i, \Delta h_i) = b \tanh\!\big(\mathrm{MLP}(p_i) / b\big) \text{ (or } \mathrm{MLP}(p_i)),
+    (\Delta w_i, \Delta h_i) =
+    b \tanh\!\big(\mathrm{MLP}(p_i) / b\big) \text{ (or } \mathrm{MLP}(p_i)),
 
 .. math::
     w_i' = w_i + m_i \Delta w_i, \qquad h_i' = h_i + m_i \Delta h_i, \qquad
@@ -27,12 +28,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 
-from gnca.graph import check_neighbourhood, line_graph_edge_index
-from gnca.perception import REDUCTIONS, perceive, perception_size
+from gnca.graph import NEIGHBOURHOODS, check_neighbourhood, line_graph_edge_index, total_neurons
+from gnca.perception import REDUCTIONS, _check, _plan, perceive, perception_size
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -41,6 +43,16 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "sigmoid": nn.Sigmoid,
     "identity": nn.Identity,
+}
+
+
+#: In-place versions of the activations, for the no-grad step (``None``: out of place).
+_INPLACE: dict[type[nn.Module], object] = {
+    nn.ReLU: torch.relu_,
+    nn.Tanh: torch.tanh_,
+    nn.Sigmoid: torch.sigmoid_,
+    nn.SiLU: lambda x: F.silu(x, inplace=True),
+    nn.Identity: lambda x: x,
 }
 
 
@@ -69,7 +81,17 @@ class LocalRule(MessagePassing):
     Shapes:
         graph: a :class:`~gnca.WeightGraph` (or batch) with ``E`` weights;
         w: ``(E,)``; h: ``(E, C)``; returns ``(w', h')`` of the same shapes.
+
+    Without gradients (``torch.no_grad()``, as when growing), the fast path runs a fused step
+    that never holds the ``(E, 3 + 3C)`` perception or the MLP's ``(E, width)`` activations:
+    it sums ``[w, h]`` to the neurons, then perceives, applies the MLP (activations in place)
+    and updates ``block_rows`` weights at a time on CPU (all at once on other devices). The
+    result equals the differentiable path up to float rounding.
     """
+
+    #: Weights per block of the no-grad step and of :meth:`delta` on CPU, sized so that a
+    #: block's activations stay in cache; ``None`` processes all weights at once.
+    block_rows: int | None = 16384
 
     def __init__(
         self,
@@ -161,11 +183,45 @@ class LocalRule(MessagePassing):
 
     # ------------------------------------------------------------------ update
     def delta(self, p: torch.Tensor) -> torch.Tensor:
-        """``(E, 1 + C)`` raw update ``[dw, dh]`` from perceptions ``p`` ``(E, 3 + 3C)``."""
+        """``(E, 1 + C)`` raw update ``[dw, dh]`` from perceptions ``p`` ``(E, 3 + 3C)``.
+
+        Without gradients it runs block by block with in-place activations, exactly as inside
+        the no-grad step (so it is that step's floor).
+        """
+        if not torch.is_grad_enabled():
+            e = p.shape[0]
+            out = p.new_empty(e, 1 + self.hidden_channels)
+            block = self._block(p.device, e)
+            for i in range(0, e, block):
+                self._delta_no_grad(p[i : i + block], out[i : i + block])
+            return out
         out = self.mlp(p)
         if self.bound is not None:
             out = self.bound * torch.tanh(out / self.bound)
         return out
+
+    def _block(self, device: torch.device, e: int) -> int:
+        if device.type != "cpu" or self.block_rows is None:
+            return max(e, 1)
+        return max(int(self.block_rows), 1)
+
+    def _delta_no_grad(self, p: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`delta` of one block without autograd: in-place activations, output written
+        into ``out`` when given."""
+        z = p
+        layers = list(self.mlp)
+        for i, m in enumerate(layers):
+            if isinstance(m, nn.Linear):
+                if i == len(layers) - 1 and out is not None:
+                    z = torch.addmm(m.bias, z, m.weight.t(), out=out)
+                else:
+                    z = F.linear(z, m.weight, m.bias)
+            else:
+                inplace = _INPLACE.get(type(m))
+                z = inplace(z) if inplace is not None else m(z)  # type: ignore[operator]
+        if self.bound is not None:
+            z = z.div_(self.bound).tanh_().mul_(self.bound)
+        return z
 
     def fire_mask(
         self, num_weights: int, device: torch.device, generator: torch.Generator | None = None
@@ -196,12 +252,63 @@ class LocalRule(MessagePassing):
             generator: random generator for the mask.
             path: ``"fast"`` or ``"explicit"`` perception.
         """
+        if path == "fast" and not torch.is_grad_enabled():
+            return self._forward_no_grad(graph, w, h, mask, generator)
         p = self.perceive(graph, w, h, path)  # (E, 3 + 3C)
         d = self.delta(p)  # (E, 1 + C)
         if mask is None:
             mask = self.fire_mask(w.shape[0], w.device, generator)
-        d = d * mask.to(d.dtype).unsqueeze(1)
-        return w + d[:, 0], h + d[:, 1:]
+        m = mask.to(d.dtype)
+        return torch.addcmul(w, d[:, 0], m), torch.addcmul(h, d[:, 1:], m.unsqueeze(1))
+
+    def _forward_no_grad(
+        self,
+        graph: Data,
+        w: torch.Tensor,
+        h: torch.Tensor,
+        mask: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused fast-path step without autograd (see the class docstring)."""
+        _check(w, h, graph)
+        e, d = w.shape[0], 1 + self.hidden_channels
+        if mask is None:
+            mask = self.fire_mask(e, w.device, generator)
+        mask = mask.to(w.dtype)
+        index, coef, scale_f, scale_b = _plan(
+            graph, self.neighbourhood, self.include_self, self.reduce, w.dtype
+        )
+        block = self._block(w.device, e)
+        n = total_neurons(graph)
+        fwd, bwd = NEIGHBOURHOODS[self.neighbourhood]
+        ends = {"in": graph.dst, "out": graph.src}
+        # sums of x = [w, h] over each neuron's in- and out-weights, block by block
+        sums = {"in": w.new_zeros(n, d), "out": w.new_zeros(n, d)}
+        for i in range(0, e, block):
+            x = torch.cat([w[i : i + block].unsqueeze(1), h[i : i + block]], dim=1)
+            for k, at in ends.items():
+                sums[k].index_add_(0, at[i : i + block], x)
+        if self.neighbourhood == "incident":
+            s_f = s_b = sums["in"].add_(sums["out"])
+        else:
+            s_f, s_b = sums[fwd[0]], sums[bwd[0]]
+        table = torch.cat([w.new_zeros(1, d), s_f * scale_f, s_b * scale_b])  # (1 + 2N, D)
+        w_new, h_new = torch.empty_like(w), torch.empty_like(h)
+        for i in range(0, e, block):
+            j = min(i + block, e)
+            # perception [x, agg_f, agg_b] of the block, built in place: gather the scaled
+            # sums (slot 0 reads the zero row), write x into slot 0, fix the own-weight term
+            p = table.index_select(0, index[3 * i : 3 * j]).view(j - i, 3 * d)  # (b, 3D)
+            p[:, 0] = w[i:j]
+            p[:, 1:d] = h[i:j]
+            x = p[:, :d]
+            p[:, d : 2 * d].addcmul_(x, coef[i:j, 1])
+            p[:, 2 * d :].addcmul_(x, coef[i:j, 2])
+            dx = self._delta_no_grad(p)  # (b, D)
+            m = mask[i:j]
+            torch.addcmul(w[i:j], dx[:, 0], m, out=w_new[i:j])
+            torch.addcmul(h[i:j], dx[:, 1:], m.unsqueeze(1), out=h_new[i:j])
+        return w_new, h_new
 
     def config(self) -> dict:
         """Constructor arguments, to rebuild the rule from a checkpoint."""

@@ -1,0 +1,127 @@
+"""The fused no-grad rule step (used when growing) equals the differentiable step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import NEIGHBOURHOOD_NAMES, dag_specs
+from hypothesis import given, settings
+
+from gnca import Architecture, LocalRule, WeightGraph
+
+
+def _rule(c: int, seed: int = 0, **kw) -> LocalRule:
+    torch.manual_seed(seed)
+    rule = LocalRule(c, **kw)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # a fresh rule is a no-op; give it a non-zero output layer
+        rule.out.weight.copy_(torch.randn(rule.out.weight.shape, generator=gen) * 0.3)
+        rule.out.bias.copy_(torch.randn(rule.out.bias.shape, generator=gen) * 0.3)
+    return rule
+
+
+def _both(rule: LocalRule, g, w, h, seed: int = 3):
+    """(grad-mode step, no-grad step) with the same fire-mask generator seed."""
+    a = rule(g, w, h, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        b = rule(g, w, h, generator=torch.Generator().manual_seed(seed))
+    return a, b
+
+
+@pytest.mark.parametrize("neighbourhood", NEIGHBOURHOOD_NAMES)
+@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+@pytest.mark.parametrize("block_rows", [None, 1, 7, 1000])
+def test_no_grad_step_equals_grad_step_float64(
+    neighbourhood: str, include_self: bool, reduce: str, block_rows: int | None
+) -> None:
+    arch = Architecture.skip_mlp([3, 5, 4, 2], skip=2)
+    g = WeightGraph.collate(
+        [
+            WeightGraph.from_architecture(arch),
+            WeightGraph.from_architecture(Architecture.mlp([3, 2])),
+        ]
+    )
+    e = g.num_nodes
+    rule = _rule(
+        4, neighbourhood=neighbourhood, include_self=include_self, reduce=reduce, fire_rate=0.6
+    ).double()
+    rule.block_rows = block_rows
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(e, generator=gen, dtype=torch.float64)
+    h = torch.randn(e, 4, generator=gen, dtype=torch.float64)
+    (wa, ha), (wb, hb) = _both(rule, g, w, h)
+    assert wb.dtype == torch.float64 and hb.shape == h.shape
+    torch.testing.assert_close(wb, wa, rtol=0, atol=1e-12)
+    torch.testing.assert_close(hb, ha, rtol=0, atol=1e-12)
+    assert not torch.equal(wb, w)
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=dag_specs())
+def test_no_grad_step_equals_grad_step_random_dags(spec) -> None:
+    arch = spec.build()
+    g = WeightGraph.replicate(arch, 3)
+    e = g.num_nodes
+    rule = _rule(3, widths=(16, 8), bound=0.5, activation="tanh").double()
+    rule.block_rows = 5
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(e, generator=gen, dtype=torch.float64)
+    h = torch.randn(e, 3, generator=gen, dtype=torch.float64)
+    (wa, ha), (wb, hb) = _both(rule, g, w, h)
+    torch.testing.assert_close(wb, wa, rtol=0, atol=1e-12)
+    torch.testing.assert_close(hb, ha, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "silu", "sigmoid", "identity"])
+@pytest.mark.parametrize("bound", [None, 0.1])
+def test_no_grad_delta_equals_mlp(activation: str, bound: float | None) -> None:
+    rule = _rule(5, widths=(12, 6), activation=activation, bound=bound)
+    rule.block_rows = 3
+    p = torch.randn(20, 18)
+    ref = rule.delta(p)
+    with torch.no_grad():
+        got = rule.delta(p)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    if bound is not None:
+        assert got.abs().max() <= bound
+
+
+def test_no_grad_step_float32_large_blocks_and_inputs_untouched() -> None:
+    arch = Architecture.mlp([30, 20, 10])
+    g = WeightGraph.replicate(arch, 2)
+    e = g.num_nodes
+    rule = _rule(8)
+    rule.block_rows = 256
+    w, h = torch.randn(e), torch.randn(e, 8)
+    w0, h0 = w.clone(), h.clone()
+    (wa, ha), (wb, hb) = _both(rule, g, w, h)
+    torch.testing.assert_close(wb, wa, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hb, ha, rtol=1e-5, atol=1e-5)
+    assert torch.equal(w, w0) and torch.equal(h, h0)  # functional: inputs unchanged
+
+
+def test_zero_rule_is_exact_no_op_without_grad() -> None:
+    arch = Architecture.mlp([4, 6, 3])
+    g = WeightGraph.from_architecture(arch)
+    rule = LocalRule(2, fire_rate=1.0)
+    rule.block_rows = 4
+    w, h = torch.randn(arch.num_weights), torch.randn(arch.num_weights, 2)
+    with torch.no_grad():
+        w1, h1 = rule(g, w, h)
+    assert torch.equal(w1, w) and torch.equal(h1, h)
+
+
+def test_mask_argument_respected_without_grad() -> None:
+    arch = Architecture.mlp([4, 5, 3])
+    g = WeightGraph.from_architecture(arch)
+    e = arch.num_weights
+    rule = _rule(2)
+    rule.block_rows = 8
+    mask = (torch.arange(e) % 3 == 0).float()
+    w, h = torch.randn(e), torch.randn(e, 2)
+    with torch.no_grad():
+        w1, h1 = rule(g, w, h, mask=mask)
+    keep = mask == 0
+    assert torch.equal(w1[keep], w[keep]) and torch.equal(h1[keep], h[keep])
+    assert not torch.equal(w1[~keep], w[~keep])
