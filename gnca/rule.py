@@ -192,8 +192,9 @@ class LocalRule(MessagePassing):
             e = p.shape[0]
             out = p.new_empty(e, 1 + self.hidden_channels)
             block = self._block(p.device, e)
+            bufs: dict[int, torch.Tensor] = {}
             for i in range(0, e, block):
-                self._delta_no_grad(p[i : i + block], out[i : i + block])
+                self._delta_no_grad(p[i : i + block], out[i : i + block], bufs)
             return out
         out = self.mlp(p)
         if self.bound is not None:
@@ -205,15 +206,33 @@ class LocalRule(MessagePassing):
             return max(e, 1)
         return max(int(self.block_rows), 1)
 
-    def _delta_no_grad(self, p: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def _delta_no_grad(
+        self,
+        p: torch.Tensor,
+        out: torch.Tensor | None = None,
+        bufs: dict[int, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """:meth:`delta` of one block without autograd: in-place activations, output written
-        into ``out`` when given."""
+        into ``out`` when given, hidden layers written into the reusable ``bufs`` (one buffer
+        per layer, allocated on first use for as many rows as ``p``)."""
         z = p
         layers = list(self.mlp)
+        plain = not torch.is_autocast_enabled(p.device.type)  # out= ops skip autocast
+        reuse = bufs is not None and plain
+        rows = p.shape[0]
         for i, m in enumerate(layers):
             if isinstance(m, nn.Linear):
                 if i == len(layers) - 1 and out is not None:
-                    z = torch.addmm(m.bias, z, m.weight.t(), out=out)
+                    if plain:
+                        z = torch.addmm(m.bias, z, m.weight.t(), out=out)
+                    else:
+                        z = out.copy_(F.linear(z, m.weight, m.bias))
+                elif reuse:
+                    assert bufs is not None
+                    buf = bufs.get(i)
+                    if buf is None or buf.shape[0] < rows:
+                        buf = bufs[i] = p.new_empty(rows, m.out_features)
+                    z = torch.addmm(m.bias, z, m.weight.t(), out=buf[:rows])
                 else:
                     z = F.linear(z, m.weight, m.bias)
             else:
@@ -294,6 +313,8 @@ class LocalRule(MessagePassing):
             s_f, s_b = sums[fwd[0]], sums[bwd[0]]
         table = torch.cat([w.new_zeros(1, d), s_f * scale_f, s_b * scale_b])  # (1 + 2N, D)
         w_new, h_new = torch.empty_like(w), torch.empty_like(h)
+        d_buf = w.new_empty(min(block, e), d)
+        bufs: dict[int, torch.Tensor] = {}
         for i in range(0, e, block):
             j = min(i + block, e)
             # perception [x, agg_f, agg_b] of the block, built in place: gather the scaled
@@ -304,7 +325,7 @@ class LocalRule(MessagePassing):
             x = p[:, :d]
             p[:, d : 2 * d].addcmul_(x, coef[i:j, 1])
             p[:, 2 * d :].addcmul_(x, coef[i:j, 2])
-            dx = self._delta_no_grad(p)  # (b, D)
+            dx = self._delta_no_grad(p, d_buf[: j - i], bufs)  # (b, D)
             m = mask[i:j]
             torch.addcmul(w[i:j], dx[:, 0], m, out=w_new[i:j])
             torch.addcmul(h[i:j], dx[:, 1:], m.unsqueeze(1), out=h_new[i:j])

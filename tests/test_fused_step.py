@@ -125,3 +125,22 @@ def test_mask_argument_respected_without_grad() -> None:
     keep = mask == 0
     assert torch.equal(w1[keep], w[keep]) and torch.equal(h1[keep], h[keep])
     assert not torch.equal(w1[~keep], w[~keep])
+
+
+def test_no_grad_step_under_bf16_autocast() -> None:
+    arch = Architecture.mlp([30, 20, 10])
+    g = WeightGraph.from_architecture(arch)
+    e = arch.num_weights
+    rule = _rule(8)
+    rule.block_rows = 100
+    w, h, mask = torch.randn(e), torch.randn(e, 8), torch.ones(e)
+    with torch.no_grad():
+        ref = rule(g, w, h, mask=mask)
+        ref_d = rule.delta(torch.randn(7, 27))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = rule(g, w, h, mask=mask)
+            got_d = rule.delta(torch.randn(7, 27))
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
+    assert got_d.shape == ref_d.shape
+    torch.testing.assert_close(got[0], ref[0], rtol=0.05, atol=0.05)
+    torch.testing.assert_close(got[1], ref[1], rtol=0.05, atol=0.05)
