@@ -6,6 +6,8 @@ For MLP task nets (with biases) it times, with and without gradients:
   MLP, fire mask, update), plus ``backward`` of a scalar of its outputs in the ``fwd+bwd`` mode;
 * ``mlp``: the rule's MLP alone (``rule.mlp(p)``) on a precomputed perception tensor of the same
   number of rows, the floor any perception scheme must pay;
+* ``delta``: :meth:`gnca.LocalRule.delta` on the same tensor, the MLP as the step runs it
+  (without gradients block by block with in-place activations, so below ``rule.mlp``);
 * ``explicit``: the same step with ``path="explicit"`` (message passing over the materialised line
   graph), when the line graph fits the memory limit; otherwise the line-graph size is printed and
   the measurement is skipped.
@@ -154,6 +156,26 @@ def mlp_fn(rule: LocalRule, case: Case, grad: bool) -> Callable[[], None]:
     return run_bwd
 
 
+def delta_fn(rule: LocalRule, case: Case, grad: bool) -> Callable[[], None]:
+    """:meth:`LocalRule.delta` on ``case.p``: the MLP as the step runs it (without gradients
+    gnca runs it block by block with in-place activations, so it is the no-grad step's floor)."""
+    if not grad:
+
+        def run() -> None:
+            with torch.no_grad():
+                rule.delta(case.p)
+
+        return run
+    p = case.p.clone().requires_grad_(True)
+
+    def run_bwd() -> None:
+        rule.zero_grad(set_to_none=True)
+        p.grad = None
+        rule.delta(p).sum().backward()
+
+    return run_bwd
+
+
 def interleaved(
     fns: dict[str, Callable[[], None]], rounds: int, limited: dict[str, int] | None = None
 ) -> dict[str, float]:
@@ -230,15 +252,20 @@ def main() -> None:
         for c in cases:
             if args.quick and grad and c.arch.num_weights > 1_000_000:
                 continue
-            fns = {"step": step_fn(rule, c, grad, "fast"), "mlp": mlp_fn(rule, c, grad)}
+            fns = {
+                "step": step_fn(rule, c, grad, "fast"),
+                "mlp": mlp_fn(rule, c, grad),
+                "delta": delta_fn(rule, c, grad),
+            }
             if c.explicit_ok:
                 fns["explicit"] = step_fn(rule, c, grad, "explicit")
             res = interleaved(fns, rounds, {"explicit": min(rounds, 3)})
             rows.append((c, mode, res))
 
     header = (
-        f"| {'task net':<18} | {'weights':>9} | {'mode':<7} | {'step ms':>8} | {'MLP ms':>8} | "
-        f"{'step/MLP':>8} | {'explicit ms':>11} | {'expl/fast':>9} | {'updates/s':>9} |"
+        f"| {'task net':<16} | {'weights':>9} | {'mode':<7} | {'step ms':>7} | {'MLP ms':>7} | "
+        f"{'step/MLP':>8} | {'delta ms':>8} | {'step/delta':>10} | {'explicit ms':>11} | "
+        f"{'expl/fast':>9} | {'updates/s':>9} |"
     )
     print(header)
     print("|" + "|".join("-" * (len(s)) for s in header.split("|")[1:-1]) + "|")
@@ -247,14 +274,16 @@ def main() -> None:
         expl = res.get("explicit")
         ratio = f"{expl / res['step']:.1f}x" if expl else "-"
         print(
-            f"| {c.name:<18} | {e:>9,} | {mode:<7} | {fmt_ms(res['step']):>8} | "
-            f"{fmt_ms(res['mlp']):>8} | {res['step'] / res['mlp']:>7.2f}x | {fmt_ms(expl):>11} | "
-            f"{ratio:>9} | "
-            f"{e / res['step'] / 1e6:>7.2f} M |"
+            f"| {c.name:<16} | {e:>9,} | {mode:<7} | {fmt_ms(res['step']):>7} | "
+            f"{fmt_ms(res['mlp']):>7} | {res['step'] / res['mlp']:>7.2f}x | "
+            f"{fmt_ms(res['delta']):>8} | {res['step'] / res['delta']:>9.2f}x | "
+            f"{fmt_ms(expl):>11} | {ratio:>9} | {e / res['step'] / 1e6:>7.2f} M |"
         )
     print(
-        "\nupdates/s: weights whose rule output is computed per second (E / step time); with "
-        f"fire_rate {args.fire_rate} that share of them is applied."
+        "\nMLP: rule.mlp(p) on all rows at once. delta: rule.delta(p), the MLP as the step runs "
+        "it\n(without gradients: block by block, in-place activations). updates/s: weights whose "
+        f"rule output\nis computed per second (E / step time); with fire_rate {args.fire_rate} "
+        "that share of them is applied."
     )
 
     # scaling of the fast path with the number of weights (no grad)
