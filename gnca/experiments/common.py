@@ -118,10 +118,14 @@ def obtain_rule(
             f"{cfg.train.steps - trainer.step} meta-steps in {run_dir}",
             file=sys.stderr,
         )
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer.train(run_dir, progress=progress)
         seconds += time.perf_counter() - start
-        write_json(run_dir / "train_time.json", {"seconds": seconds, "meta_steps": trainer.step})
+        cpu = (_read_train_time(run_dir, "cpu_seconds") or 0.0) + time.process_time() - cpu_start
+        write_json(
+            run_dir / "train_time.json",
+            {"seconds": seconds, "cpu_seconds": cpu, "meta_steps": trainer.step},
+        )
     else:
         print(f"reusing rule {source.label!r} from {ckpt}", file=sys.stderr)
     rule = trainer.rule.eval()
@@ -139,12 +143,12 @@ def _saved_step(path: Path) -> int:
     return int(d.get("config", {}).get("train", {}).get("steps", 0))
 
 
-def _read_train_time(run_dir: Path) -> float | None:
+def _read_train_time(run_dir: Path, key: str = "seconds") -> float | None:
     p = run_dir / "train_time.json"
     if not p.is_file():
         return None
     try:
-        return float(json.loads(p.read_text())["seconds"])
+        return float(json.loads(p.read_text())[key])
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -199,6 +203,7 @@ def rule_info(tr: TrainedRule) -> dict[str, Any]:
         "rule": repr(tr.rule),
         "meta_steps": tr.meta_steps,
         "train_seconds": tr.train_seconds,
+        "train_cpu_seconds": _read_train_time(tr.checkpoint.parent, "cpu_seconds"),
         "trained_now": tr.trained_now,
         "config": config_to_dict(tr.cfg),
     }

@@ -107,7 +107,7 @@ def run_generalization(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     tr = obtain_rule(
         source, out / "rules" / source.label, device=device, retrain=retrain, progress=progress
     )
@@ -205,6 +205,7 @@ def run_generalization(
         "table": rows,
         "figure": str(png),
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
         "environment": environment(),
     }
     write_json(out / "summary.json", summary)

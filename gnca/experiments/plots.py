@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+LOSS_CLIP = 1e3  # the loss axis of the stability plot stops here (exploding nets go beyond)
 
 
 def _band(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,11 +52,19 @@ def plot_stability(
         k = horizons[label]
         for ax in (ax_l, ax_a):
             ax.axvline(k, color=color, ls="--", lw=0.8)
-            ax.axvline(10 * k, color=color, ls=":", lw=0.8)
+            if 10 * k <= steps[-1]:
+                ax.axvline(10 * k, color=color, ls=":", lw=0.8)
     ax_l.set_yscale("log")
+    low, high = ax_l.get_ylim()
+    clipped = high > LOSS_CLIP
+    if clipped:
+        ax_l.set_ylim(low, LOSS_CLIP)
     ax_l.set_xlabel("rule steps")
     ax_l.set_ylabel("training cross-entropy")
-    ax_l.set_title("loss of grown nets (dashed: K, dotted: 10K)")
+    ax_l.set_title(
+        "loss of grown nets (dashed: K, dotted: 10K)"
+        + (f"\n(axis clipped at {LOSS_CLIP:g})" if clipped else "")
+    )
     ax_l.legend(fontsize=8)
     ax_a.set_xlabel("rule steps")
     ax_a.set_ylabel("test accuracy")

@@ -93,7 +93,7 @@ def run_robustness(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     sources = [damaged] + ([undamaged] if undamaged is not None else [])
     rules: list[TrainedRule] = [
         obtain_rule(
@@ -234,6 +234,7 @@ def run_robustness(
         "per_zero_out": per_zero_rows,
         "figure": str(png),
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
         "environment": environment(),
     }
     write_json(out / "summary.json", summary)

@@ -115,7 +115,7 @@ def run_stability(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     sources = [pooled] + ([unpooled] if unpooled is not None else [])
     rules: list[TrainedRule] = []
     for src in sources:
@@ -257,6 +257,7 @@ def run_stability(
         "table": summary_rows,
         "figure": str(png),
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
         "environment": environment(),
     }
     write_json(out / "summary.json", summary)
