@@ -63,6 +63,19 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+#: Below this many weights per meta-step, CPU training runs on one thread by default: the
+#: tensors are so small that thread synchronisation costs more than it saves (on a busy 2-core
+#: machine, Iris meta-steps took 0.11 s with one thread and 0.49 s with two; docs/cli.md).
+SMALL_STEP_WEIGHTS = 100_000
+
+
+def _auto_threads(args: argparse.Namespace, trainer) -> None:
+    if args.threads is None and trainer.device.type == "cpu":
+        per_step = sum(a.num_weights for a in trainer.archs) * trainer.cfg.train.batch_size
+        if per_step < SMALL_STEP_WEIGHTS:
+            torch.set_num_threads(1)
+
+
 def _fmt_table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
@@ -139,6 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"run directory {run_dir}",
             file=sys.stderr,
         )
+    _auto_threads(args, trainer)
     try:
         trainer.train(run_dir, progress=not args.no_progress, log_lines=True)
     except RuntimeError as err:
