@@ -63,17 +63,19 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-#: Below this many weights per meta-step, CPU training runs on one thread by default: the
+_DEFAULT_THREADS = torch.get_num_threads()
+
+#: Below this many weights per (meta-)step, CPU work runs on one thread by default: the
 #: tensors are so small that thread synchronisation costs more than it saves (on a busy 2-core
 #: machine, Iris meta-steps took 0.11 s with one thread and 0.49 s with two; docs/cli.md).
 SMALL_STEP_WEIGHTS = 100_000
 
 
-def _auto_threads(args: argparse.Namespace, trainer) -> None:
-    if args.threads is None and trainer.device.type == "cpu":
-        per_step = sum(a.num_weights for a in trainer.archs) * trainer.cfg.train.batch_size
-        if per_step < SMALL_STEP_WEIGHTS:
-            torch.set_num_threads(1)
+def _auto_threads(args: argparse.Namespace, device: torch.device, per_step: int) -> None:
+    """One CPU thread when ``--threads`` is not given and a step holds ``per_step`` weights
+    below :data:`SMALL_STEP_WEIGHTS`."""
+    if args.threads is None and device.type == "cpu" and per_step < SMALL_STEP_WEIGHTS:
+        torch.set_num_threads(1)
 
 
 def _fmt_table(rows: list[list[str]], header: list[str]) -> str:
@@ -152,7 +154,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"run directory {run_dir}",
             file=sys.stderr,
         )
-    _auto_threads(args, trainer)
+    _auto_threads(
+        args,
+        trainer.device,
+        sum(a.num_weights for a in trainer.archs) * trainer.cfg.train.batch_size,
+    )
     try:
         trainer.train(run_dir, progress=not args.no_progress, log_lines=True)
     except RuntimeError as err:
@@ -211,6 +217,9 @@ def _grow_for(args, rule, cfg, device, data, init, arch, steps, record_at):
     split_x = data.X_test if args.split == "test" else data.X_train
     split_y = data.y_test if args.split == "test" else data.y_train
     X, y = split_x.to(device), split_y.to(device)
+    if args.threads is None:
+        torch.set_num_threads(_DEFAULT_THREADS)  # decided per architecture
+    _auto_threads(args, torch.device(device), arch.num_weights * args.num)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     return grow(
         rule,
