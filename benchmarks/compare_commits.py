@@ -1,0 +1,117 @@
+"""Time one rule step of gnca at several commits, side by side (before/after of an engine change).
+
+Each commit is checked out into a temporary ``git worktree``; a fresh process per commit and
+round imports gnca from that tree and times one step (no grad, and forward+backward) of the
+default rule on 784-100-10 and 784-1000-1000-10 on one thread, in process CPU time. Processes
+alternate between the commits for ``--rounds`` rounds; the table shows the median over rounds.
+
+    python benchmarks/compare_commits.py 300f9be 612251e HEAD --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = r"""
+import json, statistics, time
+import torch
+import gnca
+print("GNCA " + gnca.__file__)
+torch.set_num_threads(1)
+from gnca import Architecture, LocalRule, WeightGraph
+torch.manual_seed(0)
+rule = LocalRule(8, widths=[64])
+with torch.no_grad():
+    rule.out.weight.normal_(0, 0.01)
+out = {}
+for sizes in ([784, 100, 10], [784, 1000, 1000, 10]):
+    g = WeightGraph.from_architecture(Architecture.mlp(sizes))
+    e = g.num_nodes
+    w = torch.randn(e) * 0.03
+    h = torch.randn(e, 8) * 0.1
+    mask = (torch.rand(e) < 0.8).float()
+    res = {}
+    for mode in ("no-grad", "fwd+bwd"):
+        def f():
+            if mode == "no-grad":
+                with torch.no_grad():
+                    rule(g, w, h, mask=mask)
+            else:
+                wg, hg = w.clone().requires_grad_(True), h.clone().requires_grad_(True)
+                a, b = rule(g, wg, hg, mask=mask)
+                (a.sum() + b.sum()).backward()
+        f()
+        ts = []
+        for _ in range(20 if e < 1e6 else 3):
+            t0 = time.process_time()
+            f()
+            ts.append(time.process_time() - t0)
+        res[mode] = statistics.median(ts)
+    out["-".join(map(str, sizes))] = res
+print("RESULT " + json.dumps(out))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("commits", nargs="+", help="commits to compare (e.g. 300f9be HEAD)")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="gnca-commits-"))
+    trees = {}
+    for c in args.commits:
+        sha = subprocess.check_output(["git", "rev-parse", "--short", c], cwd=ROOT, text=True)
+        sha = sha.strip()
+        tree = tmp / sha
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "-f", str(tree), sha],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        trees[c] = (sha, tree)
+    runs: dict[str, list[dict]] = {c: [] for c in args.commits}
+    try:
+        for r in range(args.rounds):
+            for c, (sha, tree) in trees.items():
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                out = subprocess.run(  # cwd: `python -c` puts it first on sys.path
+                    [sys.executable, "-c", CHILD],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    cwd=str(tree),
+                )
+                where = next(x for x in out.stdout.splitlines() if x.startswith("GNCA "))
+                assert where[5:].startswith(str(tree)), f"imported {where[5:]}, not {tree}"
+                line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+                runs[c].append(json.loads(line[7:]))
+                print(f"round {r + 1} {sha}: {line[7:]}", file=sys.stderr, flush=True)
+    finally:
+        for _, tree in trees.values():
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True
+            )
+    nets = list(runs[args.commits[0]][0])
+    heads = [f"{n} {m} ms" for n in nets for m in ("no-grad", "fwd+bwd")]
+    print("| commit | " + " | ".join(heads) + " |")
+    print("|---" * (1 + 2 * len(nets)) + "|")
+    for c, (sha, _) in trees.items():
+        cells = []
+        for n in nets:
+            for m in ("no-grad", "fwd+bwd"):
+                cells.append(f"{statistics.median(x[n][m] for x in runs[c]) * 1e3:.1f}")
+        print(f"| {sha} ({c}) | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
