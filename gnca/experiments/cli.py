@@ -77,7 +77,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
     if args.config is None and args.checkpoint is None:
         raise ExperimentError("gnca experiment stability needs --config FILE or --checkpoint")
     cfg = _config(args.config, args.set, args.data_dir)
-    pooled = RuleSource("pooled", cfg, args.checkpoint)
+    pooled = RuleSource("pooled", cfg, args.checkpoint, args.data_dir)
     unpooled: RuleSource | None = None
     if not args.pooled_only:
         other = _config(args.nopool_config, args.set, args.data_dir)
@@ -88,7 +88,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
                 "the unpooled rule needs --nopool-config, --nopool-checkpoint or --config "
                 "(or pass --pooled-only)"
             )
-        unpooled = RuleSource("unpooled", other, args.nopool_checkpoint)
+        unpooled = RuleSource("unpooled", other, args.nopool_checkpoint, args.data_dir)
     out = _out(args, "stability", cfg, args.checkpoint)
     summary = run_stability(
         pooled,
@@ -114,7 +114,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     if args.config is None and args.checkpoint is None:
         raise ExperimentError("gnca experiment robustness needs --config FILE or --checkpoint")
     cfg = _config(args.config, args.set, args.data_dir)
-    damaged = RuleSource("damage", cfg, args.checkpoint)
+    damaged = RuleSource("damage", cfg, args.checkpoint, args.data_dir)
     undamaged: RuleSource | None = None
     if not args.damage_only:
         other = _config(args.nodamage_config, args.set, args.data_dir)
@@ -125,7 +125,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
                 "the rule without damage needs --nodamage-config, --nodamage-checkpoint or "
                 "--config (or pass --damage-only)"
             )
-        undamaged = RuleSource("no-damage", other, args.nodamage_checkpoint)
+        undamaged = RuleSource("no-damage", other, args.nodamage_checkpoint, args.data_dir)
     out = _out(args, "robustness", cfg, args.checkpoint)
     summary = run_robustness(
         damaged,
@@ -156,7 +156,7 @@ def cmd_generalization(args: argparse.Namespace) -> int:
     cfg = _config(args.config, args.set, args.data_dir)
     out = _out(args, "generalization", cfg, args.checkpoint)
     summary = run_generalization(
-        RuleSource("rule", cfg, args.checkpoint),
+        RuleSource("rule", cfg, args.checkpoint, args.data_dir),
         out,
         depths=_parse_ints(args.depths, "--depths"),
         widths=_parse_ints(args.widths, "--widths"),

@@ -34,11 +34,13 @@ class RuleSource:
         cfg: the configuration to meta-train with (ignored when ``checkpoint`` is set: a
             checkpoint carries its own configuration).
         checkpoint: a ``last.pt`` written by ``gnca train`` or by an experiment.
+        data_dir: replaces ``data.data_dir`` of a checkpoint's configuration (MNIST elsewhere).
     """
 
     label: str
     cfg: Config | None = None
     checkpoint: str | os.PathLike | None = None
+    data_dir: str | None = None
 
 
 @dataclass
@@ -87,6 +89,8 @@ def obtain_rule(
         if not path.is_file():
             raise ExperimentError(f"checkpoint not found: {path} (rule {source.label!r})")
         rule, cfg = load_rule(path)
+        if source.data_dir:
+            cfg.data.data_dir = source.data_dir
         steps = _saved_step(path)
         seconds = _read_train_time(path.parent)
         return TrainedRule(
@@ -219,7 +223,31 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": _git_commit(),
     }
+
+
+def _git_commit() -> str | None:
+    """The commit of the gnca checkout (``+dirty`` with uncommitted changes), if it is one."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def split_tensors(
