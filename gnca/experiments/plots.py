@@ -39,11 +39,20 @@ def plot_stability(
         path: the PNG to write.
     """
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
+    lowest, highest = np.inf, 0.0
     for i, (label, c) in enumerate(curves.items()):
         color = COLORS[i % len(COLORS)]
         steps = np.arange(c["loss"].shape[0])
-        mean, lo, hi = _band(c["loss"])
+        _, lo, hi = _band(c["loss"])
         median = torch.nan_to_num(c["loss"].double(), nan=float("inf")).median(1).values.numpy()
+        # non-finite and huge losses are drawn at the top of the (clipped) axis
+        median, lo, hi = (
+            np.minimum(np.nan_to_num(a, posinf=1e300), 10 * LOSS_CLIP) for a in (median, lo, hi)
+        )
+        positive = lo[lo > 0]
+        if positive.size:
+            lowest = min(lowest, float(positive.min()))
+        highest = max(highest, float(hi.max()), float(median.max()))
         ax_l.plot(steps, median, color=color, label=f"{label}: median")
         ax_l.fill_between(steps, lo, hi, color=color, alpha=0.2, label=f"{label}: 10-90%")
         acc_m, acc_lo, acc_hi = _band(c["acc"])
@@ -55,10 +64,9 @@ def plot_stability(
             if 10 * k <= steps[-1]:
                 ax.axvline(10 * k, color=color, ls=":", lw=0.8)
     ax_l.set_yscale("log")
-    low, high = ax_l.get_ylim()
-    clipped = high > LOSS_CLIP
-    if clipped:
-        ax_l.set_ylim(low, LOSS_CLIP)
+    clipped = highest > LOSS_CLIP
+    if np.isfinite(lowest):
+        ax_l.set_ylim(lowest / 2, min(highest * 2, LOSS_CLIP))
     ax_l.set_xlabel("rule steps")
     ax_l.set_ylabel("training cross-entropy")
     ax_l.set_title(
