@@ -77,9 +77,11 @@ def _time(trainer, steps: int, barrier: Callable[[], None]) -> dict[str, list[fl
     return {"wall": wall, "cpu": cpu}
 
 
-def _worker(rank: int, world: int, port: int, overrides: list[str], steps: int, out: str) -> None:
-    """One spawned process: rank 0 writes the times to ``out``."""
-    torch.set_num_threads(1)
+def _worker(
+    rank: int, world: int, port: int, overrides: list[str], steps: int, out: str, threads: int
+) -> None:
+    """One spawned process with ``threads`` threads: rank 0 writes the times to ``out``."""
+    torch.set_num_threads(threads)
     cfg = _config(overrides)
     if world == 1:
         from gnca.trainer import MetaTrainer
@@ -112,12 +114,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(world: int, overrides: list[str], steps: int) -> dict[str, list[float]]:
+def _spawn(
+    world: int, overrides: list[str], steps: int, threads: int = 1
+) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "times.json")
         mp.start_processes(
             _worker,
-            args=(world, _free_port(), overrides, steps, out),
+            args=(world, _free_port(), overrides, steps, out, threads),
             nprocs=world,
             start_method="spawn",
         )
@@ -164,6 +168,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed meta-steps per run")
     p.add_argument("--repeats", type=int, default=2, help="alternating pairs of runs")
     p.add_argument("--threads", type=int, default=1, help="threads per process (torchrun mode)")
+    p.add_argument(
+        "--thread-baseline",
+        action="store_true",
+        help="also time one process with --nproc threads (the same cores used by intra-op threads)",
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args()
     mnist = REPO.parent / "shared" / "data" / "mnist"
@@ -186,18 +195,30 @@ def main() -> None:
     if env_requests_distributed():
         _under_torchrun(args)
         return
-    os.environ["OMP_NUM_THREADS"] = "1"
-    per_step: dict[int, list[float]] = {1: [], args.nproc: []}
+    # (processes, threads per process): one thread, W processes, and (with --thread-baseline)
+    # one process using the same W cores through W intra-op threads
+    runs = [(1, 1), (args.nproc, 1)] + ([(1, args.nproc)] if args.thread_baseline else [])
+    per_step: dict[tuple[int, int], list[float]] = {r: [] for r in runs}
     for _ in range(args.repeats):
-        for world in (1, args.nproc):
+        for world, threads in runs:
             load = os.getloadavg()[0]
-            res = _spawn(world, args.set, args.steps)
-            per_step[world].append(statistics.median(res["wall"]))
-            label = f"{world} process{'es' if world > 1 else ''} (1 thread each)"
+            res = _spawn(world, args.set, args.steps, threads)
+            per_step[(world, threads)].append(statistics.median(res["wall"]))
+            procs = f"{world} process{'es' if world > 1 else ''}"
+            label = f"{procs} ({threads} thread{'s' if threads > 1 else ''} each)"
             print(_line(label, res, f"; load average before {load:.2f}"), flush=True)
-    one, many = statistics.median(per_step[1]), statistics.median(per_step[args.nproc])
-    ratio = one / many
-    print(f"speed-up of {args.nproc} processes over 1: {ratio:.2f}x ({one:.3f} s -> {many:.3f} s)")
+    med = {r: statistics.median(v) for r, v in per_step.items()}
+    one, many = med[(1, 1)], med[(args.nproc, 1)]
+    print(
+        f"speed-up of {args.nproc} processes over 1: {one / many:.2f}x "
+        f"({one:.3f} s -> {many:.3f} s)"
+    )
+    if args.thread_baseline:
+        thr = med[(1, args.nproc)]
+        print(
+            f"speed-up of {args.nproc} processes over 1 process with {args.nproc} threads: "
+            f"{thr / many:.2f}x ({thr:.3f} s -> {many:.3f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ class TaskConfig:
     init_scale: float = 1.0  # initial weights ~ init_scale * N(0,1)/sqrt(fan_in)
     init_noise: float = 0.0  # extra N(0, init_noise) added to each sample's initial weights
     code_freqs: int = 2  # sinusoid frequencies per identity code (init=codes)
+    depth_code: bool = True  # identity codes carry level/depth (false: 0, same for every depth)
 
 
 @dataclass

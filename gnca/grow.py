@@ -24,6 +24,7 @@ class InitSpec:
     seed: int = 0
     noise: float = 0.0
     code_freqs: int = 2
+    depth_code: bool = True
 
 
 @dataclass
@@ -107,6 +108,7 @@ def grow(
         seed=init.seed,
         noise=init.noise,
         code_freqs=init.code_freqs,
+        depth_code=init.depth_code,
         generator=generator,
     )
     want = sorted(set(int(s) for s in record_at if 0 <= s <= steps))

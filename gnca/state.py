@@ -28,7 +28,8 @@ channels                count  content
                                for biases
 ``4f .. 6f-1``          2f     out-neuron ``v``: ``[s_k(p), c_k(p)]_{k=1..f}`` of its position
                                (class index for outputs)
-``6f``                  1      depth: ``level(v) / depth`` of the net
+``6f``                  1      depth: ``level(v) / depth`` of the net (0 with
+                               ``depth_code=False``)
 ``6f+1``                1      1 if ``u`` is an input neuron
 ``6f+2``                1      1 if ``v`` is an output neuron
 ``6f+3``                1      1 for bias weights
@@ -63,8 +64,14 @@ def _sincos(p: torch.Tensor, freqs: range) -> torch.Tensor:
     return torch.stack([torch.sin(ang), torch.cos(ang)], dim=2).flatten(1)  # (M, 2F)
 
 
-def identity_codes(graph: Data, hidden_channels: int, code_freqs: int = 2) -> torch.Tensor:
-    """``(E, C)`` identity codes of every weight (see the module docstring for the layout)."""
+def identity_codes(
+    graph: Data, hidden_channels: int, code_freqs: int = 2, depth_code: bool = True
+) -> torch.Tensor:
+    """``(E, C)`` identity codes of every weight (see the module docstring for the layout).
+
+    With ``depth_code=False`` the depth channel is 0, so that the hidden-to-hidden layers of nets
+    of every depth carry the same codes (only the input/output flags tell layers apart).
+    """
     f = code_freqs
     need = code_channels(f)
     if f < 1:
@@ -103,6 +110,8 @@ def identity_codes(graph: Data, hidden_channels: int, code_freqs: int = 2) -> to
     depth_w = (
         graph.neuron_level[dst].to(dtype) / depth.expand(num_graphs(graph))[weight_batch(graph)]
     )
+    if not depth_code:
+        depth_w = torch.zeros_like(depth_w)
     flags = torch.stack(
         [
             depth_w,
@@ -167,6 +176,7 @@ def initial_state(
     seed: int = 0,
     noise: float = 0.0,
     code_freqs: int = 2,
+    depth_code: bool = True,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial ``(w, h)`` of every task net in ``graph``: ``(E,)`` and ``(E, C)``.
@@ -179,11 +189,12 @@ def initial_state(
         seed: the seed of the ``fixed`` net.
         noise: standard deviation of per-sample noise added to ``fixed`` weights.
         code_freqs: frequencies per identity code (``codes``).
+        depth_code: whether the codes carry ``level(v) / depth`` (``codes``).
         generator: random generator for the per-sample draws.
     """
     w = initial_weights(graph, kind, scale=scale, seed=seed, noise=noise, generator=generator)
     if kind == "codes":
-        h = identity_codes(graph, hidden_channels, code_freqs)
+        h = identity_codes(graph, hidden_channels, code_freqs, depth_code)
     else:
         h = torch.zeros(w.shape[0], hidden_channels, dtype=w.dtype, device=w.device)
     return w, h

@@ -68,7 +68,7 @@ def build_rule(cfg: Config) -> LocalRule:
 
 def init_spec(cfg: Config) -> InitSpec:
     t = cfg.task
-    return InitSpec(t.init, t.init_scale, t.init_seed, t.init_noise, t.code_freqs)
+    return InitSpec(t.init, t.init_scale, t.init_seed, t.init_noise, t.code_freqs, t.depth_code)
 
 
 def build_architectures(cfg: Config, dataset: Dataset) -> list[Architecture]:
@@ -204,6 +204,7 @@ class MetaTrainer:
             seed=self.init.seed,
             noise=self.init.noise,
             code_freqs=self.init.code_freqs,
+            depth_code=self.init.depth_code,
             generator=self.dev_gen,
         )
 

@@ -186,3 +186,36 @@ def test_codes_need_enough_channels() -> None:
     with pytest.raises(ValueError, match="code_freqs must be >= 1"):
         identity_codes(g, 16, 0)
     assert identity_codes(g, 10, 1).shape == (g.num_nodes, 10)
+
+
+def test_without_depth_code_hidden_layers_of_any_depth_share_codes() -> None:
+    f, c = 2, 16
+    deep, shallow = Architecture.mlp([4, 3, 3, 3, 2]), Architecture.mlp([4, 3, 3, 2])
+    gd, gs = (WeightGraph.from_architecture(a) for a in (deep, shallow))
+    with_depth = identity_codes(gd, c, f)
+    h = identity_codes(gd, c, f, depth_code=False)
+    # only the depth channel changes, and it is 0 everywhere
+    assert torch.equal(h[:, 12], torch.zeros(gd.num_nodes))
+    assert torch.equal(
+        torch.cat([h[:, :12], h[:, 13:]], 1), torch.cat([with_depth[:, :12], with_depth[:, 13:]], 1)
+    )
+    assert not torch.equal(with_depth[:, 12], torch.zeros(gd.num_nodes))
+
+    # every hidden-to-hidden layer (3x3 weights + 3 biases) of both nets has the same codes
+    def hidden_layers(arch: Architecture, h: torch.Tensor) -> list[torch.Tensor]:
+        off, out = 0, []
+        sizes = arch.mlp_sizes
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            if 0 < i < len(sizes) - 2:
+                out.append(h[off : off + a * b + b])
+            off += a * b + b
+        return out
+
+    layers = hidden_layers(deep, h) + hidden_layers(
+        shallow, identity_codes(gs, c, f, depth_code=False)
+    )
+    assert len(layers) == 3
+    for layer in layers[1:]:
+        assert torch.equal(layer, layers[0])
+    _, h_init = initial_state(gd, c, "codes", code_freqs=f, depth_code=False)
+    assert torch.equal(h_init, h)

@@ -205,3 +205,20 @@ def test_evaluate_reports_both_horizons():
     assert set(per) == {"5", "50"}
     for s in per.values():
         assert 0.0 <= s["min"] <= s["mean"] <= s["max"] <= 1.0
+
+
+@pytest.mark.parametrize("depth_code", [True, False])
+def test_depth_code_option_reaches_the_seeds_and_grow(depth_code):
+    cfg = tiny_config()
+    cfg.task.init = "codes"
+    cfg.task.depth_code = depth_code
+    cfg.rule.hidden_channels = 16
+    trainer = MetaTrainer(cfg)
+    from gnca import Architecture, WeightGraph
+    from gnca.trainer import init_spec
+
+    graph = WeightGraph.from_architecture(Architecture.mlp([4, 8, 3]))
+    _, h = trainer._seed_states(graph)
+    assert bool((h[:, 12] != 0).any()) is depth_code  # channel 6f with code_freqs = 2
+    res = grow(trainer.rule, Architecture.mlp([4, 8, 3]), 2, 0, init_spec(cfg))
+    assert bool((res.h[:, 12] != 0).any()) is depth_code
