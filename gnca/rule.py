@@ -25,6 +25,10 @@ any torch-geometric aggregation (``aggr="max"``, ...).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from collections.abc import Sequence
 
 import torch
@@ -54,6 +58,22 @@ _INPLACE: dict[type[nn.Module], object] = {
     nn.SiLU: lambda x: F.silu(x, inplace=True),
     nn.Identity: lambda x: x,
 }
+
+
+def _remove_generated_propagate_file(cls: type) -> None:
+    """Delete the ``propagate`` module that torch-geometric rendered into the temp folder.
+
+    ``MessagePassing`` writes a generated ``<module>_<Class>_propagate_*.py`` into the system temp
+    folder the first time a class is instantiated in a process, imports it, and never deletes
+    it, so every process that builds a rule left one file behind. The module stays imported (it
+    is in ``sys.modules``); only the file goes.
+    """
+    name = f"{cls.__module__}_{cls.__name__}_propagate"
+    path = getattr(sys.modules.get(name), "__file__", None)
+    if not path or os.path.dirname(os.path.abspath(path)) != os.path.abspath(tempfile.gettempdir()):
+        return
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -107,6 +127,7 @@ class LocalRule(MessagePassing):
         aggr: str | None = None,
     ) -> None:
         super().__init__(aggr=aggr or reduce)
+        _remove_generated_propagate_file(type(self))
         check_neighbourhood(neighbourhood)
         if reduce not in REDUCTIONS:
             raise ValueError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")

@@ -201,3 +201,21 @@ def test_rule_in_float64() -> None:
     w, h = float64_state(arch.num_weights, 2, seed=0)
     w1, h1 = rule(g, w, h)
     assert w1.dtype == torch.float64 and h1.dtype == torch.float64
+
+
+def test_building_a_rule_leaves_no_generated_file_in_the_temp_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from gnca import Architecture, LocalRule, WeightGraph\n"
+        "r = LocalRule(hidden_channels=2)\n"
+        "g = WeightGraph.from_architecture(Architecture.mlp([3, 2]))\n"
+        "w, h = torch.randn(g.num_nodes), torch.randn(g.num_nodes, 2)\n"
+        "assert torch.allclose(r.perceive(g, w, h, 'explicit'), r.perceive(g, w, h), atol=1e-6)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+    assert not list(tmp_path.glob("*propagate*.py"))
