@@ -69,26 +69,51 @@ def _start(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _rules(
+    args: argparse.Namespace,
+    experiment: str,
+    labels: tuple[str, str],
+    *,
+    control: tuple[str | None, str | None, str, dict[str, int]] | None = None,
+    skip_control: bool = True,
+    control_error: str = "",
+) -> tuple[Config | None, RuleSource, RuleSource | None]:
+    """The experiment's main rule and, unless ``skip_control``, the control rule it is
+    compared with.
+
+    ``control`` is ``(config file, checkpoint, name suffix, pool overrides)``: the control rule
+    comes from its own config or checkpoint, or else from the main config with the pool
+    overrides (e.g. ``{"size": 0}`` for the unpooled rule).
+    """
+    _start(args)
+    if args.config is None and args.checkpoint is None:
+        raise ExperimentError(f"gnca experiment {experiment} needs --config FILE or --checkpoint")
+    cfg = _config(args.config, args.set, args.data_dir)
+    main = RuleSource(labels[0], cfg, args.checkpoint, args.data_dir)
+    if skip_control or control is None:
+        return cfg, main, None
+    config_file, checkpoint, suffix, pool = control
+    other = _config(config_file, args.set, args.data_dir)
+    if other is None and cfg is not None and checkpoint is None:
+        other = _derived(cfg, suffix, **pool)
+    if other is None and checkpoint is None:
+        raise ExperimentError(control_error)
+    return cfg, main, RuleSource(labels[1], other, checkpoint, args.data_dir)
+
+
 # ---------------------------------------------------------------------- stability
 def cmd_stability(args: argparse.Namespace) -> int:
     from gnca.experiments.stability import run_stability
 
-    _start(args)
-    if args.config is None and args.checkpoint is None:
-        raise ExperimentError("gnca experiment stability needs --config FILE or --checkpoint")
-    cfg = _config(args.config, args.set, args.data_dir)
-    pooled = RuleSource("pooled", cfg, args.checkpoint, args.data_dir)
-    unpooled: RuleSource | None = None
-    if not args.pooled_only:
-        other = _config(args.nopool_config, args.set, args.data_dir)
-        if other is None and cfg is not None and args.nopool_checkpoint is None:
-            other = _derived(cfg, "nopool", size=0)
-        if other is None and args.nopool_checkpoint is None:
-            raise ExperimentError(
-                "the unpooled rule needs --nopool-config, --nopool-checkpoint or --config "
-                "(or pass --pooled-only)"
-            )
-        unpooled = RuleSource("unpooled", other, args.nopool_checkpoint, args.data_dir)
+    cfg, pooled, unpooled = _rules(
+        args,
+        "stability",
+        ("pooled", "unpooled"),
+        control=(args.nopool_config, args.nopool_checkpoint, "nopool", {"size": 0}),
+        skip_control=args.pooled_only,
+        control_error="the unpooled rule needs --nopool-config, --nopool-checkpoint or --config "
+        "(or pass --pooled-only)",
+    )
     out = _out(args, "stability", cfg, args.checkpoint)
     summary = run_stability(
         pooled,
@@ -110,22 +135,15 @@ def cmd_stability(args: argparse.Namespace) -> int:
 def cmd_robustness(args: argparse.Namespace) -> int:
     from gnca.experiments.robustness import run_robustness
 
-    _start(args)
-    if args.config is None and args.checkpoint is None:
-        raise ExperimentError("gnca experiment robustness needs --config FILE or --checkpoint")
-    cfg = _config(args.config, args.set, args.data_dir)
-    damaged = RuleSource("damage", cfg, args.checkpoint, args.data_dir)
-    undamaged: RuleSource | None = None
-    if not args.damage_only:
-        other = _config(args.nodamage_config, args.set, args.data_dir)
-        if other is None and cfg is not None and args.nodamage_checkpoint is None:
-            other = _derived(cfg, "nodamage", damage=0)
-        if other is None and args.nodamage_checkpoint is None:
-            raise ExperimentError(
-                "the rule without damage needs --nodamage-config, --nodamage-checkpoint or "
-                "--config (or pass --damage-only)"
-            )
-        undamaged = RuleSource("no-damage", other, args.nodamage_checkpoint, args.data_dir)
+    cfg, damaged, undamaged = _rules(
+        args,
+        "robustness",
+        ("damage", "no-damage"),
+        control=(args.nodamage_config, args.nodamage_checkpoint, "nodamage", {"damage": 0}),
+        skip_control=args.damage_only,
+        control_error="the rule without damage needs --nodamage-config, --nodamage-checkpoint "
+        "or --config (or pass --damage-only)",
+    )
     out = _out(args, "robustness", cfg, args.checkpoint)
     summary = run_robustness(
         damaged,
@@ -150,13 +168,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 def cmd_generalization(args: argparse.Namespace) -> int:
     from gnca.experiments.generalization import run_generalization
 
-    _start(args)
-    if args.config is None and args.checkpoint is None:
-        raise ExperimentError("gnca experiment generalization needs --config FILE or --checkpoint")
-    cfg = _config(args.config, args.set, args.data_dir)
+    cfg, rule, _ = _rules(args, "generalization", ("rule", ""))
     out = _out(args, "generalization", cfg, args.checkpoint)
     summary = run_generalization(
-        RuleSource("rule", cfg, args.checkpoint, args.data_dir),
+        rule,
         out,
         depths=_parse_ints(args.depths, "--depths"),
         widths=_parse_ints(args.widths, "--widths"),

@@ -213,6 +213,21 @@ def rule_info(tr: TrainedRule) -> dict[str, Any]:
     }
 
 
+def finish_summary(
+    out: Path, summary: dict[str, Any], start: float, cpu_start: float
+) -> dict[str, Any]:
+    """Add wall and CPU seconds since ``start``/``cpu_start`` (``time.perf_counter()`` /
+    ``time.process_time()``) and the environment to ``summary``; write ``out/summary.json``."""
+    summary = {
+        **summary,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "environment": environment(),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
 def environment() -> dict[str, Any]:
     """Hardware and software the experiment ran on."""
     return {

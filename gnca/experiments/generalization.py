@@ -23,13 +23,12 @@ from gnca.architecture import Architecture
 from gnca.experiments.common import (
     ExperimentError,
     RuleSource,
-    environment,
+    finish_summary,
     md_table,
     mean_std,
     obtain_rule,
     rule_info,
     write_csv,
-    write_json,
 )
 from gnca.forward import task_forward
 from gnca.grow import grow
@@ -204,12 +203,8 @@ def run_generalization(
         "rule": rule_info(tr),
         "table": rows,
         "figure": str(png),
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - cpu_start,
-        "environment": environment(),
     }
-    write_json(out / "summary.json", summary)
-    return summary
+    return finish_summary(out, summary, start, cpu_start)
 
 
 def generalization_markdown(

@@ -33,13 +33,12 @@ from gnca.experiments.common import (
     ExperimentError,
     RuleSource,
     TrainedRule,
-    environment,
+    finish_summary,
     md_table,
     obtain_rule,
     rule_info,
     split_tensors,
     write_csv,
-    write_json,
 )
 from gnca.grow import accuracy, grow
 
@@ -233,12 +232,8 @@ def run_robustness(
         "table": summary_rows,
         "per_zero_out": per_zero_rows,
         "figure": str(png),
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - cpu_start,
-        "environment": environment(),
     }
-    write_json(out / "summary.json", summary)
-    return summary
+    return finish_summary(out, summary, start, cpu_start)
 
 
 def robustness_markdown(

@@ -30,14 +30,13 @@ from gnca.experiments.common import (
     ExperimentError,
     RuleSource,
     TrainedRule,
-    environment,
+    finish_summary,
     md_table,
     mean_std,
     obtain_rule,
     rule_info,
     split_tensors,
     write_csv,
-    write_json,
 )
 from gnca.graph import num_graphs, weight_batch
 from gnca.grow import accuracy, cross_entropy, grow
@@ -256,12 +255,8 @@ def run_stability(
         "rules": [rule_info(tr) for tr in rules],
         "table": summary_rows,
         "figure": str(png),
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - cpu_start,
-        "environment": environment(),
     }
-    write_json(out / "summary.json", summary)
-    return summary
+    return finish_summary(out, summary, start, cpu_start)
 
 
 def stability_markdown(rows: list[dict[str, Any]], tolerance: float = 0.1) -> str:
