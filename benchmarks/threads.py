@@ -1,6 +1,6 @@
 """Meta-step time of the Iris config with 1 and 2 torch threads, interleaved.
 
-    python benchmarks/threads.py
+python benchmarks/threads.py
 """
 
 import statistics
