@@ -298,8 +298,11 @@ class LocalRule(MessagePassing):
         d = self.delta(p)  # (E, 1 + C)
         if mask is None:
             mask = self.fire_mask(w.shape[0], w.device, generator)
-        m = mask.to(d.dtype)
-        return torch.addcmul(w, d[:, 0], m), torch.addcmul(h, d[:, 1:], m.unsqueeze(1))
+        m = mask.to(d.dtype).unsqueeze(1)  # (E, 1)
+        # split, not two slices: its backward is one concatenation of the two gradients, where
+        # each slice's backward would write its gradient into a zero (E, 1 + C) tensor
+        dw, dh = d.split((1, self.hidden_channels), dim=1)
+        return torch.addcmul(w.unsqueeze(1), dw, m).squeeze(1), torch.addcmul(h, dh, m)
 
     def _forward_no_grad(
         self,

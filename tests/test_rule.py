@@ -219,3 +219,29 @@ def test_building_a_rule_leaves_no_generated_file_in_the_temp_folder(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
     assert not list(tmp_path.glob("*propagate*.py"))
+
+
+@pytest.mark.parametrize("neighbourhood", NEIGHBOURHOOD_NAMES)
+@pytest.mark.parametrize("include_self", [False, True])
+def test_gradcheck_of_a_whole_step(neighbourhood: str, include_self: bool) -> None:
+    """Two differentiable steps (fast path, fixed mask) against finite differences, for the
+    state and for every rule parameter, in float64."""
+    arch = Architecture.skip_mlp([3, 2, 2], skip=2)
+    g = WeightGraph.collate([WeightGraph.from_architecture(arch)] * 2)
+    c = 2
+    rule = LocalRule(c, widths=(5,), neighbourhood=neighbourhood, include_self=include_self)
+    rule = rule.double()
+    _randomise_output(rule)
+    w, h = float64_state(g.num_nodes, c, seed=1)
+    mask = (torch.arange(g.num_nodes) % 3 != 0).double()
+    names = [n for n, _ in rule.named_parameters()]
+
+    def fn(w, h, *params):
+        state = dict(zip(names, params, strict=True))
+        w1, h1 = torch.func.functional_call(rule, state, (g, w, h), {"mask": mask})
+        w2, h2 = torch.func.functional_call(rule, state, (g, w1, h1), {"mask": mask})
+        return w2, h2
+
+    params = tuple(p.detach().clone().requires_grad_(True) for p in rule.parameters())
+    inputs = (w.requires_grad_(True), h.requires_grad_(True), *params)
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
