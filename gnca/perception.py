@@ -186,9 +186,11 @@ class _GatherPerception(torch.autograd.Function):
                 g = grad.view(3 * e, d).to(ctx.g_t.dtype)
                 grad_table = torch.sparse.mm(ctx.g_t, g)
             if ctx.needs_input_grad[3]:
-                # the same product and sum autograd forms for ``addcmul``'s broadcast input, so
-                # that gradients (and trained rules) are bitwise those of the unfused version
-                grad_x = (grad.view(e, 3, d) * coef).sum(1)
+                # separately rounded products summed slot by slot, as autograd's product and
+                # sum for ``addcmul``'s broadcast input do (an ``addcmul`` here would fuse the
+                # multiply-add and change the last bit), without the (E, 3, D) temporary
+                grad_x = grad[:, :d] + grad[:, d : 2 * d] * coef[:, 1]
+                grad_x += grad[:, 2 * d :] * coef[:, 2]
         return grad_table, None, None, grad_x, None
 
 
