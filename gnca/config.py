@@ -30,6 +30,7 @@ __all__ = [
     "ACTIVATIONS",
     "DATASETS",
     "GRAD_MODES",
+    "PRECISIONS",
     "INITS",
     "NEIGHBOURHOODS",
     "REDUCTIONS",
@@ -58,6 +59,7 @@ INITS = ("fixed", "random", "codes")
 NEIGHBOURHOODS = ("incident", "directed", "sibling")
 REDUCTIONS = ("mean", "sum")
 GRAD_MODES = ("normalize", "clip", "none")
+PRECISIONS = ("fp32", "bf16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -142,6 +144,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm for grad=clip
     rollback_factor: float = 10.0  # skip a meta-step whose loss > this x running mean (or NaN)
     checkpointing: bool = False  # activation checkpointing of each rule step
+    precision: str = "fp32"  # fp32 | bf16 (the rule's MLP under bf16 autocast; state stays fp32)
     seed: int = 0  # seed of everything random in training
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 25  # meta-steps between log lines
@@ -421,6 +424,7 @@ def _validate_train(c: TrainConfig, p: str) -> None:
     _check_min(c, p, "lr", 0, strict=True)
     _check_min(c, p, "lr_final", 0)
     _check_choice(c, p, "grad", GRAD_MODES)
+    _check_choice(c, p, "precision", PRECISIONS)
     _check_min(c, p, "grad_clip", 0, strict=True)
     _check_min(c, p, "rollback_factor", 0, strict=True)
     if not _DEVICE_RE.match(c.device):

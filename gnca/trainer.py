@@ -252,6 +252,11 @@ class MetaTrainer:
         return self.X_train[idx], self.y_train[idx]
 
     def _unroll(self, graph, w, h, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        bf16 = self.cfg.train.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self._unroll_steps(graph, w, h, k)
+
+    def _unroll_steps(self, graph, w, h, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         for _ in range(k):
             mask = self._fire_mask(w)
             if self.cfg.train.checkpointing:

@@ -222,3 +222,24 @@ def test_depth_code_option_reaches_the_seeds_and_grow(depth_code):
     assert bool((h[:, 12] != 0).any()) is depth_code  # channel 6f with code_freqs = 2
     res = grow(trainer.rule, Architecture.mlp([4, 8, 3]), 2, 0, init_spec(cfg))
     assert bool((res.h[:, 12] != 0).any()) is depth_code
+
+
+def test_bf16_precision_trains_and_keeps_fp32_state():
+    cfg = tiny_config(precision="bf16", steps=8)
+    trainer = MetaTrainer(cfg)
+    before = grown_loss(trainer)
+    for _ in range(cfg.train.steps):
+        stats = trainer.meta_step()
+        assert not stats.skipped
+    assert grown_loss(trainer) < before
+    assert trainer.pools[0].w.dtype == torch.float32 and trainer.pools[0].h.dtype == torch.float32
+    # the rule's MLP did run in bf16: the same second meta-step (the first one starts from the
+    # zero-initialised no-op rule) gives a different loss in fp32
+    losses = []
+    for precision in ("fp32", "bf16"):
+        t = MetaTrainer(tiny_config(precision=precision))
+        t.meta_step()
+        losses.append(t.meta_step().loss)
+    assert losses[0] != losses[1]
+    with pytest.raises(ValueError, match="precision"):
+        tiny_config(precision="fp16")
