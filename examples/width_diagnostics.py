@@ -22,7 +22,6 @@ import argparse
 
 import torch
 
-import gnca.grow as grow_module
 from gnca import Architecture
 from gnca.architecture import INPUT
 from gnca.grow import accuracy, grow
@@ -56,7 +55,7 @@ def main() -> None:
     base = [wide[0]] + [args.base] * (len(wide) - 2) + [wide[-1]]
     init, k = init_spec(cfg), cfg.train.k_max
 
-    def grown(sizes: list[int], steps: int = k, record=()):
+    def grown(sizes: list[int], steps: int = k, record=(), perturb=None):
         arch = Architecture.mlp(sizes, bias=cfg.task.bias, input_shape=data.image_shape)
         gen = torch.Generator().manual_seed(0)
         return grow(
@@ -68,6 +67,7 @@ def main() -> None:
             generator=gen,
             metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation),
             record_at=record,
+            perturb=perturb,
         )
 
     steps = [0, 2, 4, 6, 8, 12, 16, 24, 32]
@@ -112,18 +112,14 @@ def main() -> None:
         print(f"   a = {a}: {acc:.3f}")
 
     print(f"4. non-input weights of {args.sizes} start with the spread of width {args.base}")
-    original = grow_module.initial_state
 
-    def matched(graph, *a, **kw):
-        w, h = original(graph, *a, **kw)
+    def matched_start(step: int, graph, w: torch.Tensor) -> torch.Tensor:
+        if step != 1:  # rescale the initial state only, before the first rule step
+            return w
         hid = (graph.neuron_kind[graph.src] != INPUT) & ~graph.is_bias
-        return torch.where(hid, w * (graph.fan_in.clamp(min=1) / args.base).sqrt(), w), h
+        return torch.where(hid, w * (graph.fan_in.clamp(min=1) / args.base).sqrt(), w)
 
-    grow_module.initial_state = matched
-    try:
-        res = grown(wide, k, [k])
-    finally:
-        grow_module.initial_state = original
+    res = grown(wide, k, [k], perturb=matched_start)
     print(
         f"   accuracy at step {k}: {res.curve.mean().item():.3f} "
         f"(default start: {accuracy(g, rw.w, X, y, cfg.task.activation).mean().item():.3f})"

@@ -26,6 +26,22 @@ class InitSpec:
     code_freqs: int = 2
     depth_code: bool = True
 
+    def state(
+        self, graph: Data, hidden_channels: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial ``(w (E,), h (E, C))`` of every net in ``graph`` (:func:`gnca.initial_state`)."""
+        return initial_state(
+            graph,
+            hidden_channels,
+            self.kind,
+            scale=self.scale,
+            seed=self.seed,
+            noise=self.noise,
+            code_freqs=self.code_freqs,
+            depth_code=self.depth_code,
+            generator=generator,
+        )
+
 
 @dataclass
 class GrowResult:
@@ -100,17 +116,7 @@ def grow(
     """
     rule = rule.to(device).eval()
     graph = WeightGraph.replicate(arch, num, device=device)
-    w, h = initial_state(
-        graph,
-        rule.hidden_channels,
-        init.kind,
-        scale=init.scale,
-        seed=init.seed,
-        noise=init.noise,
-        code_freqs=init.code_freqs,
-        depth_code=init.depth_code,
-        generator=generator,
-    )
+    w, h = init.state(graph, rule.hidden_channels, generator)
     want = sorted(set(int(s) for s in record_at if 0 <= s <= steps))
     rows = []
     if metric is not None and 0 in want:

@@ -106,12 +106,12 @@ def identity_codes(
         in_code = torch.where(img.unsqueeze(1), img_code, in_code)
     in_code = in_code * (~graph.is_bias).to(dtype).unsqueeze(1)
     out_code = _sincos(pos[dst], range(1, f + 1))  # (E, 2f)
-    depth = torch.as_tensor(graph.depth, dtype=dtype, device=src.device).reshape(-1)
-    depth_w = (
-        graph.neuron_level[dst].to(dtype) / depth.expand(num_graphs(graph))[weight_batch(graph)]
-    )
-    if not depth_code:
-        depth_w = torch.zeros_like(depth_w)
+    if depth_code:
+        depth = torch.as_tensor(graph.depth, dtype=dtype, device=src.device).reshape(-1)
+        per_weight_depth = depth.expand(num_graphs(graph))[weight_batch(graph)]
+        depth_w = graph.neuron_level[dst].to(dtype) / per_weight_depth
+    else:
+        depth_w = torch.zeros(e, dtype=dtype, device=src.device)
     flags = torch.stack(
         [
             depth_w,

@@ -38,7 +38,6 @@ from gnca.graph import WeightGraph
 from gnca.grow import InitSpec, accuracy, cross_entropy, grow
 from gnca.pool import SamplePool
 from gnca.rule import LocalRule
-from gnca.state import initial_state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -196,17 +195,7 @@ class MetaTrainer:
 
     # ------------------------------------------------------------------ pieces
     def _seed_states(self, graph) -> tuple[torch.Tensor, torch.Tensor]:
-        return initial_state(
-            graph,
-            self.cfg.rule.hidden_channels,
-            self.init.kind,
-            scale=self.init.scale,
-            seed=self.init.seed,
-            noise=self.init.noise,
-            code_freqs=self.init.code_freqs,
-            depth_code=self.init.depth_code,
-            generator=self.dev_gen,
-        )
+        return self.init.state(graph, self.cfg.rule.hidden_channels, self.dev_gen)
 
     def lr_at(self, step: int) -> float:
         """Cosine decay from ``train.lr`` to ``train.lr_final`` (constant when unset)."""
@@ -252,19 +241,16 @@ class MetaTrainer:
         return self.X_train[idx], self.y_train[idx]
 
     def _unroll(self, graph, w, h, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        bf16 = self.cfg.train.precision == "bf16"
+        bf16 = self.cfg.train.precision == "bf16"  # the rule's MLP under bf16 autocast
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            return self._unroll_steps(graph, w, h, k)
-
-    def _unroll_steps(self, graph, w, h, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        for _ in range(k):
-            mask = self._fire_mask(w)
-            if self.cfg.train.checkpointing:
-                w, h = activation_checkpoint(
-                    self._rule_step, graph, w, h, mask, use_reentrant=False
-                )
-            else:
-                w, h = self.rule(graph, w, h, mask=mask)
+            for _ in range(k):
+                mask = self._fire_mask(w)
+                if self.cfg.train.checkpointing:
+                    w, h = activation_checkpoint(
+                        self._rule_step, graph, w, h, mask, use_reentrant=False
+                    )
+                else:
+                    w, h = self.rule(graph, w, h, mask=mask)
         return w, h
 
     def _rule_step(self, graph, w, h, mask):
