@@ -101,6 +101,7 @@ class TaskConfig:
     init_noise: float = 0.0  # extra N(0, init_noise) added to each sample's initial weights
     code_freqs: int = 2  # sinusoid frequencies per identity code (init=codes)
     depth_code: bool = True  # identity codes carry level/depth (false: 0, same for every depth)
+    code_jitter: float = 0.0  # meta-training only: random shift of hidden code positions, 0..1
 
 
 @dataclass
@@ -390,6 +391,7 @@ def _validate_task(c: TaskConfig, p: str) -> None:
     _check_min(c, p, "init_scale", 0)
     _check_min(c, p, "init_noise", 0)
     _check_min(c, p, "code_freqs", 0)
+    _check_range(c, p, "code_jitter", 0.0, 1.0, "in [0, 1]")
 
 
 def _validate_rule(c: RuleConfig, p: str) -> None:

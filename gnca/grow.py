@@ -25,6 +25,7 @@ class InitSpec:
     noise: float = 0.0
     code_freqs: int = 2
     depth_code: bool = True
+    code_jitter: float = 0.0
 
     def state(
         self, graph: Data, hidden_channels: int, generator: torch.Generator | None = None
@@ -39,6 +40,7 @@ class InitSpec:
             noise=self.noise,
             code_freqs=self.code_freqs,
             depth_code=self.depth_code,
+            code_jitter=self.code_jitter,
             generator=generator,
         )
 

@@ -37,6 +37,12 @@ channels                count  content
 ======================  =====  ==========================================================
 
 So ``codes`` needs ``C >= 6f + 4`` (16 for the default ``f = 2``).
+
+``code_jitter = j > 0`` (meant for meta-training only) moves every hidden neuron's position, per
+net, to ``p = (i + 0.5 + j * (u - 0.5)) / n`` with ``u ~ U(0, 1)`` drawn from the generator, so
+that the rule meets positions between the ``n`` exact ones (those of wider layers) in training.
+Input, output and bias positions are never moved. ``j = 0`` (the default) is exact and draws
+nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import math
 import torch
 from torch_geometric.data import Data
 
-from gnca.architecture import INPUT, OUTPUT
+from gnca.architecture import HIDDEN, INPUT, OUTPUT
 from gnca.graph import num_graphs, per_graph_attr, same_architecture, weight_batch
 
 INIT_KINDS = ("fixed", "random", "codes")
@@ -65,12 +71,20 @@ def _sincos(p: torch.Tensor, freqs: range) -> torch.Tensor:
 
 
 def identity_codes(
-    graph: Data, hidden_channels: int, code_freqs: int = 2, depth_code: bool = True
+    graph: Data,
+    hidden_channels: int,
+    code_freqs: int = 2,
+    depth_code: bool = True,
+    *,
+    code_jitter: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``(E, C)`` identity codes of every weight (see the module docstring for the layout).
 
     With ``depth_code=False`` the depth channel is 0, so that the hidden-to-hidden layers of nets
     of every depth carry the same codes (only the input/output flags tell layers apart).
+    ``code_jitter`` in ``[0, 1]`` moves hidden neurons' positions at random by up to half of
+    ``code_jitter`` neuron spacings, one draw per neuron from ``generator``.
     """
     f = code_freqs
     need = code_channels(f)
@@ -81,10 +95,17 @@ def identity_codes(
             f"identity codes with code_freqs={f} need hidden_channels >= {need}, "
             f"got {hidden_channels}"
         )
+    if not 0.0 <= code_jitter <= 1.0:
+        raise ValueError(f"code_jitter must be in [0, 1], got {code_jitter}")
     dtype = torch.get_default_dtype()
     src, dst = graph.src, graph.dst
-    pos = (graph.neuron_position.to(dtype) + 0.5) / graph.neuron_level_size.clamp(min=1).to(dtype)
     kind = graph.neuron_kind
+    offset = torch.full_like(graph.neuron_position, 0.5, dtype=dtype)  # (N,)
+    if code_jitter > 0:
+        u = torch.rand(offset.shape, generator=generator, dtype=dtype, device=offset.device)
+        offset = torch.where(kind == HIDDEN, offset + code_jitter * (u - 0.5), offset)
+    size = graph.neuron_level_size.clamp(min=1).to(dtype)
+    pos = (graph.neuron_position.to(dtype) + offset) / size  # (N,)
     e = src.numel()
     h = torch.zeros(e, hidden_channels, dtype=dtype, device=src.device)
     # in-neuron code
@@ -177,6 +198,7 @@ def initial_state(
     noise: float = 0.0,
     code_freqs: int = 2,
     depth_code: bool = True,
+    code_jitter: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial ``(w, h)`` of every task net in ``graph``: ``(E,)`` and ``(E, C)``.
@@ -190,11 +212,20 @@ def initial_state(
         noise: standard deviation of per-sample noise added to ``fixed`` weights.
         code_freqs: frequencies per identity code (``codes``).
         depth_code: whether the codes carry ``level(v) / depth`` (``codes``).
+        code_jitter: random shift of hidden neurons' code positions, in neuron spacings
+            (``codes``; module docstring). Drawn after the weights.
         generator: random generator for the per-sample draws.
     """
     w = initial_weights(graph, kind, scale=scale, seed=seed, noise=noise, generator=generator)
     if kind == "codes":
-        h = identity_codes(graph, hidden_channels, code_freqs, depth_code)
+        h = identity_codes(
+            graph,
+            hidden_channels,
+            code_freqs,
+            depth_code,
+            code_jitter=code_jitter,
+            generator=generator,
+        )
     else:
         h = torch.zeros(w.shape[0], hidden_channels, dtype=w.dtype, device=w.device)
     return w, h

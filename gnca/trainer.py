@@ -65,9 +65,18 @@ def build_rule(cfg: Config) -> LocalRule:
     )
 
 
-def init_spec(cfg: Config) -> InitSpec:
+def init_spec(cfg: Config, training: bool = False) -> InitSpec:
+    """How task nets start; ``task.code_jitter`` applies only to meta-training seeds."""
     t = cfg.task
-    return InitSpec(t.init, t.init_scale, t.init_seed, t.init_noise, t.code_freqs, t.depth_code)
+    return InitSpec(
+        t.init,
+        t.init_scale,
+        t.init_seed,
+        t.init_noise,
+        t.code_freqs,
+        t.depth_code,
+        code_jitter=t.code_jitter if training else 0.0,
+    )
 
 
 def build_architectures(cfg: Config, dataset: Dataset) -> list[Architecture]:
@@ -156,7 +165,8 @@ class MetaTrainer:
             self.archs = build_architectures(cfg, self.data)
         torch.manual_seed(cfg.train.seed)
         self.rule = build_rule(cfg).to(self.device)
-        self.init = init_spec(cfg)
+        self.init = init_spec(cfg)  # growing and evaluation: exact codes
+        self.seed_init = init_spec(cfg, training=True)  # meta-training seeds
         t = cfg.train
         if cfg.pool.size and cfg.pool.size < t.batch_size:
             raise ValueError(
@@ -195,7 +205,7 @@ class MetaTrainer:
 
     # ------------------------------------------------------------------ pieces
     def _seed_states(self, graph) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.init.state(graph, self.cfg.rule.hidden_channels, self.dev_gen)
+        return self.seed_init.state(graph, self.cfg.rule.hidden_channels, self.dev_gen)
 
     def lr_at(self, step: int) -> float:
         """Cosine decay from ``train.lr`` to ``train.lr_final`` (constant when unset)."""

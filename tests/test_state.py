@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gnca import Architecture, WeightGraph, identity_codes, initial_state
+from gnca.architecture import HIDDEN
 from gnca.state import code_channels, initial_weights
 
 
@@ -219,3 +220,50 @@ def test_without_depth_code_hidden_layers_of_any_depth_share_codes() -> None:
         assert torch.equal(layer, layers[0])
     _, h_init = initial_state(gd, c, "codes", code_freqs=f, depth_code=False)
     assert torch.equal(h_init, h)
+
+
+# ---------------------------------------------------------------------------- code jitter
+
+
+def test_zero_jitter_is_exact_and_draws_nothing() -> None:
+    g = WeightGraph.from_architecture(Architecture.mlp([4, 6, 5, 3]))
+    gen = torch.Generator().manual_seed(3)
+    before = gen.get_state()
+    h = identity_codes(g, 16, 2, code_jitter=0.0, generator=gen)
+    assert torch.equal(h, identity_codes(g, 16, 2))
+    assert torch.equal(gen.get_state(), before)
+    with pytest.raises(ValueError, match="code_jitter must be in"):
+        identity_codes(g, 16, 2, code_jitter=1.5)
+
+
+@pytest.mark.parametrize("jitter", [0.3, 1.0])
+def test_jitter_moves_only_hidden_positions_within_their_cell(jitter: float) -> None:
+    f, c = 1, 10
+    arch = Architecture.mlp([3, 7, 4, 2])
+    g = WeightGraph.replicate(arch, 5)
+    exact = identity_codes(g, c, f)
+    h = identity_codes(g, c, f, code_jitter=jitter, generator=torch.Generator().manual_seed(0))
+    src, dst, kind = g.src, g.dst, g.neuron_kind
+    hidden = kind == HIDDEN
+    # channels 4f.. 6f-1: out-neuron code [s_1(p), c_1(p)]; recover p and check it
+    p_out = torch.atan2(h[:, 4], h[:, 5]) / (2 * math.pi) % 1.0
+    i = g.neuron_position[dst].double()
+    n = g.neuron_level_size[dst].double()
+    lo, hi = (i + 0.5 - jitter / 2) / n, (i + 0.5 + jitter / 2) / n
+    tol = 1e-5
+    assert bool(((p_out >= lo - tol) & (p_out <= hi + tol)).all())
+    # hidden out-neurons moved (almost surely), output out-neurons did not
+    moved = (h[:, 4:6] - exact[:, 4:6]).abs().amax(1) > 0
+    assert bool(moved[hidden[dst]].all())
+    assert not bool(moved[~hidden[dst]].any())
+    # in-codes of input and bias neurons, and the flags, are untouched
+    fixed_in = ~hidden[src]
+    assert torch.equal(h[fixed_in, :4], exact[fixed_in, :4])
+    assert torch.equal(h[:, 6:], exact[:, 6:])
+    # one draw per neuron: every weight leaving a hidden neuron carries the same in-code
+    for u in torch.nonzero(hidden).flatten()[:6].tolist():
+        rows = h[src == u, :4]
+        assert torch.equal(rows, rows[:1].expand_as(rows))
+    # the 5 copies draw independently
+    per = arch.num_weights
+    assert not torch.equal(h[:per], h[per : 2 * per])

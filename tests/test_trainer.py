@@ -243,3 +243,22 @@ def test_bf16_precision_trains_and_keeps_fp32_state():
     assert losses[0] != losses[1]
     with pytest.raises(ValueError, match="precision"):
         tiny_config(precision="fp16")
+
+
+def test_code_jitter_reaches_training_seeds_but_not_growth():
+    cfg = tiny_config()
+    cfg.task.init = "codes"
+    cfg.task.code_jitter = 0.5
+    cfg.rule.hidden_channels = 16
+    trainer = MetaTrainer(cfg)
+    from gnca import Architecture, WeightGraph, identity_codes
+    from gnca.trainer import init_spec
+
+    arch = Architecture.mlp([4, 8, 3])
+    graph = WeightGraph.from_architecture(arch)
+    exact = identity_codes(graph, 16, cfg.task.code_freqs, cfg.task.depth_code)
+    _, h = trainer._seed_states(graph)
+    assert not torch.equal(h, exact)
+    assert trainer.init.code_jitter == 0.0 and init_spec(cfg).code_jitter == 0.0
+    res = grow(trainer.rule, arch, 1, 0, init_spec(cfg))
+    assert torch.equal(res.h, exact)
