@@ -267,3 +267,21 @@ def test_jitter_moves_only_hidden_positions_within_their_cell(jitter: float) -> 
     # the 5 copies draw independently
     per = arch.num_weights
     assert not torch.equal(h[:per], h[per : 2 * per])
+
+
+@pytest.mark.parametrize("depth_code", [True, False])
+def test_codes_of_a_batch_equal_each_nets_own_codes(depth_code: bool) -> None:
+    # copies of one net (computed once and repeated) and a mixed batch (computed per weight)
+    a = Architecture.mlp([196, 5, 4, 3], input_shape=(14, 14))
+    b = Architecture.mlp([196, 6, 3], input_shape=(14, 14))
+    c = Architecture.mlp([7, 6, 3])
+    f, ch = 2, 20
+    single = {
+        arch: identity_codes(WeightGraph.from_architecture(arch), ch, f, depth_code)
+        for arch in (a, b, c)
+    }
+    rep = WeightGraph.replicate(a, 4)
+    assert torch.equal(identity_codes(rep, ch, f, depth_code), single[a].repeat(4, 1))
+    mixed = WeightGraph.collate([WeightGraph.from_architecture(x) for x in (a, b, c, a)])
+    expect = torch.cat([single[a], single[b], single[c], single[a]])
+    assert torch.equal(identity_codes(mixed, ch, f, depth_code), expect)
