@@ -57,13 +57,11 @@ def get_rule(sec: Section, ctx: Context, task: str):
     if ckpt:
         rule, cfg = load_rule(ckpt, map_location=ctx.device)
         return rule.to(ctx.device), cfg, f"checkpoint {ckpt}"
-    path = ROOT / "configs" / ("iris.yaml" if task == "iris" else "mnist_cpu.yaml")
+    path = ROOT / "configs" / ("iris.yaml" if task == "iris" else "mnist_fast.yaml")
     over = [f"train.device={ctx.device}"]
     if task == "mnist":
         over.append(f"data.data_dir={find_mnist_dir(ctx)}")
     cfg = load_config(path, over)
-    if task == "mnist":
-        cfg.task.architectures = cfg.task.architectures[:1]  # one architecture: faster
     seconds = ctx.options.get("train_seconds")
     if seconds is None:
         seconds = 20 if ctx.quick else (60 if ctx.cuda else 240)

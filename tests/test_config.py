@@ -121,6 +121,12 @@ def test_repo_iris_config_loads() -> None:
     assert cfg.train.lr == pytest.approx(2e-3) and cfg.train.lr_final == pytest.approx(2e-4)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_repo_config_loads(path: Path) -> None:
+    cfg = load_config(path)  # strict keys and validated values
+    assert cfg.name == path.stem
+
+
 def test_save_then_load_equal(tmp_path: Path) -> None:
     cfg = config_from_dict(
         {
