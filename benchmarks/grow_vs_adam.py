@@ -204,7 +204,7 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
         init,
         device=dev,
         generator=torch.Generator(device=dev).manual_seed(11),
-        metric=lambda g, w: accuracy(g, w, Xsel, ysel, act),
+        metric=lambda g, w: accuracy(g, w, Xsel, ysel, act, cfg.task.fan_in_ref),
         record_at=range(s_max + 1),
     )
     curve = res.curve.mean(1).tolist()  # mean over nets, per rule step
@@ -334,7 +334,7 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
             init,
             device=dev,
             generator=torch.Generator(device=dev).manual_seed(999),
-            metric=lambda g, w: accuracy(g, w, Xte, yte, act),
+            metric=lambda g, w: accuracy(g, w, Xte, yte, act, cfg.task.fan_in_ref),
             record_at=[steps],
         )
         return r.curve[0]

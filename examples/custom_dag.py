@@ -47,7 +47,7 @@ def main() -> None:
             steps=cfg.train.k_max,
             init=trainer.init,
             generator=torch.Generator().manual_seed(0),
-            metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation),
+            metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation, cfg.task.fan_in_ref),
             record_at=[cfg.train.k_max],
         )
         acc = res.curve[-1]

@@ -65,7 +65,7 @@ def main() -> None:
             steps,
             init,
             generator=gen,
-            metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation),
+            metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation, cfg.task.fan_in_ref),
             record_at=record,
             perturb=perturb,
         )
@@ -108,7 +108,7 @@ def main() -> None:
     hidden_in = (g.neuron_kind[g.src] != INPUT) & ~g.is_bias
     for a in (0.0, 0.5, 1.0):
         gain = torch.where(hidden_in, (args.base / g.fan_in.clamp(min=1)) ** a, 1.0)
-        acc = accuracy(g, rw.w * gain, X, y, cfg.task.activation).mean().item()
+        acc = accuracy(g, rw.w * gain, X, y, cfg.task.activation, cfg.task.fan_in_ref).mean().item()
         print(f"   a = {a}: {acc:.3f}")
 
     print(f"4. non-input weights of {args.sizes} start with the spread of width {args.base}")
@@ -120,10 +120,8 @@ def main() -> None:
         return torch.where(hid, w * (graph.fan_in.clamp(min=1) / args.base).sqrt(), w)
 
     res = grown(wide, k, [k], perturb=matched_start)
-    print(
-        f"   accuracy at step {k}: {res.curve.mean().item():.3f} "
-        f"(default start: {accuracy(g, rw.w, X, y, cfg.task.activation).mean().item():.3f})"
-    )
+    default = accuracy(g, rw.w, X, y, cfg.task.activation, cfg.task.fan_in_ref).mean().item()
+    print(f"   accuracy at step {k}: {res.curve.mean().item():.3f} (default start: {default:.3f})")
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ def _grow_for(args, rule, cfg, device, data, init, arch, steps, record_at):
         init,
         device=device,
         generator=gen,
-        metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation),
+        metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation, cfg.task.fan_in_ref),
         record_at=record_at,
     )
 
@@ -336,7 +336,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CLIError("gnca export takes exactly one --arch")
     steps = args.steps or cfg.train.k_max
     res = _grow_for(args, rule, cfg, device, data, init, archs[0], steps, [steps])
-    nets = export_nets(res, cfg.task.activation)
+    nets = export_nets(res, cfg.task.activation, cfg.task.fan_in_ref)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

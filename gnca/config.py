@@ -102,6 +102,7 @@ class TaskConfig:
     code_freqs: int = 2  # sinusoid frequencies per identity code (init=codes)
     depth_code: bool = True  # identity codes carry level/depth (false: 0, same for every depth)
     code_jitter: float = 0.0  # meta-training only: random shift of hidden code positions, 0..1
+    fan_in_ref: float | None = None  # if set: non-bias weights count as w * fan_in_ref / fan_in
 
 
 @dataclass
@@ -392,6 +393,7 @@ def _validate_task(c: TaskConfig, p: str) -> None:
     _check_min(c, p, "init_noise", 0)
     _check_min(c, p, "code_freqs", 0)
     _check_range(c, p, "code_jitter", 0.0, 1.0, "in [0, 1]")
+    _check_min(c, p, "fan_in_ref", 0, strict=True)
 
 
 def _validate_rule(c: RuleConfig, p: str) -> None:

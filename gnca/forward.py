@@ -8,6 +8,12 @@ numbers much faster. Both are functional (no in-place writes on tensors that nee
 
 Hidden neurons apply the activation; output neurons are linear and return logits; bias neurons
 hold the constant 1.
+
+With ``fan_in_ref = r`` every non-bias weight into a neuron of fan-in ``n`` counts as
+``w * r / n`` (:func:`effective_weights`): a neuron's input is ``r`` times the *mean* of its
+weighted inputs instead of their sum, so that a layer whose weights are the same smooth function
+of the neurons' positions has the same gain at every width (``r`` = the trained width keeps the
+training nets' hidden layers as they are). Biases are not scaled.
 """
 
 from __future__ import annotations
@@ -38,6 +44,17 @@ def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return TASK_ACTIVATIONS[name]
 
 
+def effective_weights(graph: Data, w: torch.Tensor, fan_in_ref: float | None) -> torch.Tensor:
+    """``(E,)`` weights as the forward pass uses them: ``w * fan_in_ref / fan_in`` for non-bias
+    weights (``fan_in`` of the head neuron), ``w`` for biases; ``w`` itself when
+    ``fan_in_ref`` is None."""
+    if fan_in_ref is None:
+        return w
+    if not fan_in_ref > 0:
+        raise ValueError(f"fan_in_ref must be > 0, got {fan_in_ref}")
+    return torch.where(graph.is_bias, w, w * (float(fan_in_ref) / graph.fan_in.to(w.dtype)))
+
+
 def task_forward(
     graph: Data,
     w: torch.Tensor,
@@ -45,6 +62,7 @@ def task_forward(
     activation: str = "tanh",
     *,
     path: str = "auto",
+    fan_in_ref: float | None = None,
 ) -> torch.Tensor:
     """Logits of every task net in ``graph`` on inputs ``X``.
 
@@ -56,6 +74,8 @@ def task_forward(
         activation: hidden activation: ``tanh`` (default), ``relu``, ``gelu``, ``sigmoid``,
             ``identity``.
         path: ``"auto"`` (dense when possible), ``"dense"`` (MLP batches only) or ``"general"``.
+        fan_in_ref: if set, non-bias weights count as ``w * fan_in_ref / fan_in`` (module
+            docstring); None (default): plain weighted sums.
 
     Returns:
         ``(G, B, n_out)`` logits.
@@ -63,6 +83,7 @@ def task_forward(
     act = _activation(activation)
     if w.dim() != 1 or w.shape[0] != graph.src.numel():
         raise ValueError(f"w must have shape ({graph.src.numel()},), got {tuple(w.shape)}")
+    w = effective_weights(graph, w, fan_in_ref)
     g = num_graphs(graph)
     n_in = graph.input_index.numel() // g
     if X.dim() == 2:

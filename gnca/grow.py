@@ -9,7 +9,7 @@ import torch
 from torch_geometric.data import Data
 
 from gnca.architecture import Architecture
-from gnca.forward import task_forward
+from gnca.forward import effective_weights, task_forward
 from gnca.graph import WeightGraph, num_graphs
 from gnca.rule import LocalRule
 from gnca.state import initial_state
@@ -65,19 +65,29 @@ class GrowResult:
 
 
 def accuracy(
-    graph: Data, w: torch.Tensor, X: torch.Tensor, y: torch.Tensor, activation: str = "tanh"
+    graph: Data,
+    w: torch.Tensor,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    activation: str = "tanh",
+    fan_in_ref: float | None = None,
 ) -> torch.Tensor:
     """``(G,)`` accuracy of every net in ``graph`` on ``X (B, n_in)``, ``y (B,)``."""
     with torch.no_grad():
-        logits = task_forward(graph, w, X, activation)  # (G, B, n_out)
+        logits = task_forward(graph, w, X, activation, fan_in_ref=fan_in_ref)  # (G, B, n_out)
         return (logits.argmax(-1) == y.unsqueeze(0)).to(torch.float32).mean(1)
 
 
 def cross_entropy(
-    graph: Data, w: torch.Tensor, X: torch.Tensor, y: torch.Tensor, activation: str = "tanh"
+    graph: Data,
+    w: torch.Tensor,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    activation: str = "tanh",
+    fan_in_ref: float | None = None,
 ) -> torch.Tensor:
     """``(G,)`` mean cross-entropy of every net (differentiable)."""
-    logits = task_forward(graph, w, X, activation)  # (G, B, n_out)
+    logits = task_forward(graph, w, X, activation, fan_in_ref=fan_in_ref)  # (G, B, n_out)
     g, b, c = logits.shape
     per = torch.nn.functional.cross_entropy(
         logits.reshape(g * b, c), y.repeat(g), reduction="none"
@@ -136,14 +146,16 @@ def grow(
     return GrowResult(arch, graph, w, h, want if metric is not None else [], curve)
 
 
-def export_nets(result: GrowResult, activation: str = "tanh"):
-    """The grown nets of ``result`` as a standalone :class:`gnca.export.GrownNets` module."""
+def export_nets(result: GrowResult, activation: str = "tanh", fan_in_ref: float | None = None):
+    """The grown nets of ``result`` as a standalone :class:`gnca.export.GrownNets` module
+    (with ``fan_in_ref``, the weights are exported as the forward pass uses them)."""
     from gnca.export import GrownNets
 
     a = result.arch
     g = num_graphs(result.graph)
+    w = effective_weights(result.graph, result.w.detach(), fan_in_ref)
     return GrownNets(
-        result.w.detach().cpu().view(g, a.num_weights),
+        w.cpu().view(g, a.num_weights),
         torch.tensor(a.edges[:, 0]),
         torch.tensor(a.edges[:, 1]),
         torch.tensor(a.levels),

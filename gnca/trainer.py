@@ -292,9 +292,11 @@ class MetaTrainer:
         for i, graph in enumerate(self.graphs):
             idx, w, h = self._batch(i)
             w, h = self._unroll(graph, w, h, k)
-            per_net = cross_entropy(graph, w, X, y, cfg.task.activation)  # (B,)
+            per_net = cross_entropy(
+                graph, w, X, y, cfg.task.activation, cfg.task.fan_in_ref
+            )  # (B,)
             losses.append(per_net)
-            accs.append(accuracy(graph, w.detach(), X, y, cfg.task.activation))
+            accs.append(accuracy(graph, w.detach(), X, y, cfg.task.activation, cfg.task.fan_in_ref))
             finals.append((idx, w, h, per_net))
         loss = torch.stack([lo.mean() for lo in losses]).mean()
         loss_v, acc = self._step_stats(loss.detach(), accs)
@@ -360,7 +362,9 @@ class MetaTrainer:
                 self.init,
                 device=self.device,
                 generator=gen,
-                metric=lambda g, w: accuracy(g, w, X, y, self.cfg.task.activation),
+                metric=lambda g, w: accuracy(
+                    g, w, X, y, self.cfg.task.activation, self.cfg.task.fan_in_ref
+                ),
                 record_at=horizons,
             )
             assert res.curve is not None

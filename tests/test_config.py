@@ -322,6 +322,7 @@ def test_non_mapping_input() -> None:
         ({"pool": {"damage_fraction": 2.0}}, "pool.damage_fraction"),
         ({"task": {"code_jitter": 1.5}}, "task.code_jitter"),
         ({"task": {"code_jitter": -0.1}}, "task.code_jitter"),
+        ({"task": {"fan_in_ref": 0}}, "task.fan_in_ref"),
         ({"train": {"steps": 0}}, "train.steps"),
         ({"train": {"batch_size": -3}}, "train.batch_size"),
         ({"train": {"k_min": 50, "k_max": 40}}, "train.k_max"),

@@ -26,8 +26,15 @@ NP_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def numpy_forward(arch: Architecture, w: np.ndarray, x: np.ndarray, activation: str) -> np.ndarray:
-    """Logits ``(B, n_out)`` by a loop over neurons in topological order (float64)."""
+def numpy_forward(
+    arch: Architecture,
+    w: np.ndarray,
+    x: np.ndarray,
+    activation: str,
+    fan_in_ref: float | None = None,
+) -> np.ndarray:
+    """Logits ``(B, n_out)`` by a loop over neurons in topological order (float64); with
+    ``fan_in_ref``, each neuron's non-bias sum is divided by its count and times the ref."""
     act = NP_ACTIVATIONS[activation]
     edges = edge_list(arch)
     into: dict[int, list[tuple[int, int]]] = {v: [] for v in range(arch.num_neurons)}
@@ -42,8 +49,17 @@ def numpy_forward(arch: Architecture, w: np.ndarray, x: np.ndarray, activation: 
             vals[neuron] = np.ones(x.shape[0])
         else:
             z = np.zeros(x.shape[0])
+            zb = np.zeros(x.shape[0])
+            count = 0
             for k, u in into[neuron]:
-                z = z + w[k] * vals[u]
+                if arch.kinds[u] == BIAS:
+                    zb = zb + w[k] * vals[u]
+                else:
+                    z = z + w[k] * vals[u]
+                    count += 1
+            if fan_in_ref is not None and count:
+                z = z / count * fan_in_ref
+            z = z + zb
             vals[neuron] = z if kind == OUTPUT else act(z)
     return np.stack([vals[o] for o in arch.outputs.tolist()], axis=1)
 
@@ -164,3 +180,51 @@ def test_wrong_shapes_raise() -> None:
     skip = WeightGraph.from_architecture(Architecture.skip_mlp([3, 2, 2]))
     with pytest.raises(ValueError, match="dense path"):
         task_forward(skip, torch.randn(skip.num_nodes), torch.randn(5, 3), path="dense")
+
+
+# ---------------------------------------------------------------------------- fan_in_ref
+
+
+@settings(max_examples=30, deadline=None)
+@given(spec=dag_specs(bias=True), ref=st.sampled_from([1.0, 3.0, 32.0]), seed=st.integers(0, 99))
+def test_fan_in_ref_equals_numpy_mean_field_reference(spec: DagSpec, ref: float, seed: int) -> None:
+    arch = spec.build()
+    g = WeightGraph.from_architecture(arch)
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=arch.num_weights)
+    x = rng.normal(size=(4, arch.num_inputs))
+    out = task_forward(g, torch.from_numpy(w), torch.from_numpy(x), "tanh", fan_in_ref=ref)
+    expect = numpy_forward(arch, w, x, "tanh", fan_in_ref=ref)
+    np.testing.assert_allclose(out[0].numpy(), expect, rtol=1e-9, atol=1e-12)
+
+
+def test_fan_in_ref_dense_and_general_paths_agree() -> None:
+    arch = Architecture.mlp([5, 7, 3, 2])
+    g = WeightGraph.replicate(arch, 3)
+    w = torch.randn(g.src.numel(), dtype=torch.float64)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    dense = task_forward(g, w, x, path="dense", fan_in_ref=4.0)
+    general = task_forward(g, w, x, path="general", fan_in_ref=4.0)
+    torch.testing.assert_close(dense, general)
+    assert not torch.allclose(dense, task_forward(g, w, x))
+
+
+@pytest.mark.parametrize("width", [4, 8, 16, 64])
+def test_fan_in_ref_makes_constant_layers_width_invariant(width: int) -> None:
+    # every weight 0.3, biases 0.1: with mean-field sums each hidden neuron sees the same input
+    # whatever the width, so the logits are those of the width-4 net; plain sums grow with width
+    def logits(n: int, ref: float | None) -> torch.Tensor:
+        arch = Architecture.mlp([3, n, n, 2])
+        g = WeightGraph.from_architecture(arch)
+        w = torch.where(g.is_bias, 0.1, 0.3).to(torch.float64)
+        x = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+        return task_forward(g, w, x, fan_in_ref=ref)
+
+    torch.testing.assert_close(logits(width, 4.0), logits(4, 4.0))
+    assert torch.allclose(logits(width, None), logits(4, None)) is (width == 4)
+
+
+def test_fan_in_ref_must_be_positive() -> None:
+    g = WeightGraph.from_architecture(Architecture.mlp([2, 3, 2]))
+    with pytest.raises(ValueError, match="fan_in_ref must be > 0"):
+        task_forward(g, torch.zeros(g.src.numel()), torch.zeros(1, 2), fan_in_ref=0.0)

@@ -9,7 +9,7 @@ import torch
 
 from gnca.checkpoint import load_checkpoint
 from gnca.config import Config, config_from_dict, config_to_dict
-from gnca.grow import cross_entropy, export_nets, grow
+from gnca.grow import accuracy, cross_entropy, export_nets, grow
 from gnca.pool import SamplePool
 from gnca.trainer import MetaTrainer, load_rule
 
@@ -262,3 +262,23 @@ def test_code_jitter_reaches_training_seeds_but_not_growth():
     assert trainer.init.code_jitter == 0.0 and init_spec(cfg).code_jitter == 0.0
     res = grow(trainer.rule, arch, 1, 0, init_spec(cfg))
     assert torch.equal(res.h, exact)
+
+
+def test_fan_in_ref_reaches_training_evaluation_and_export(tmp_path):
+    cfg = tiny_config(steps=3)
+    cfg.task.fan_in_ref = 8.0
+    tr = MetaTrainer(cfg)
+    tr.train(progress=False)
+    from gnca.forward import task_forward
+
+    res = grow(tr.rule, tr.archs[0], 4, 5, tr.init, generator=torch.Generator().manual_seed(1))
+    X, y = tr.data.X_test, tr.data.y_test
+    # the trainer's loss uses the option: its cross-entropy differs from plain sums
+    scaled = cross_entropy(res.graph, res.w, X, y, "tanh", 8.0)
+    assert not torch.allclose(scaled, cross_entropy(res.graph, res.w, X, y, "tanh"))
+    # export bakes the scaling into the weights
+    nets = export_nets(res, cfg.task.activation, cfg.task.fan_in_ref)
+    ref = task_forward(res.graph, res.w, X, "tanh", fan_in_ref=8.0)
+    assert torch.allclose(nets(X), ref, atol=1e-6)
+    acc = accuracy(res.graph, res.w, X, y, "tanh", 8.0)
+    assert torch.equal(acc, (ref.argmax(-1) == y).float().mean(1))

@@ -44,12 +44,13 @@ def batched_accuracy(
     y: torch.Tensor,
     activation: str = "tanh",
     batch: int = 2048,
+    fan_in_ref: float | None = None,
 ) -> torch.Tensor:
     """``(G,)`` accuracy of every net on ``X, y``, evaluated ``batch`` examples at a time."""
     correct = None
     with torch.no_grad():
         for i in range(0, X.shape[0], batch):
-            logits = task_forward(graph, w, X[i : i + batch], activation)  # (G, b, n_out)
+            logits = task_forward(graph, w, X[i : i + batch], activation, fan_in_ref=fan_in_ref)
             hits = (logits.argmax(-1) == y[i : i + batch].unsqueeze(0)).sum(1)
             correct = hits if correct is None else correct + hits
     assert correct is not None
@@ -139,7 +140,11 @@ def run_generalization(
             g = min(n_chunk, num - lo)
             gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
             res = grow(tr.rule, arch, g, steps, init, device=device, generator=gen)
-            accs.append(batched_accuracy(res.graph, res.w, X, y, cfg.task.activation).cpu())
+            accs.append(
+                batched_accuracy(
+                    res.graph, res.w, X, y, cfg.task.activation, fan_in_ref=cfg.task.fan_in_ref
+                ).cpu()
+            )
         acc = torch.cat(accs)
         m, s = mean_std(acc)
         trained = sizes in train_sizes

@@ -315,6 +315,7 @@ def _grow_with_zero_outs(
     arch = build_architectures(cfg, data)[0]
     k = cfg.train.k_max
     act = cfg.task.activation
+    ref = cfg.task.fan_in_ref
     X_tr, y_tr = split_tensors(data, "train", device)
     X_te, y_te = split_tensors(data, "test", device)
     init = init_spec(cfg)
@@ -328,7 +329,7 @@ def _grow_with_zero_outs(
         init,
         device=device,
         generator=torch.Generator(device=device).manual_seed(seed),
-        metric=lambda g, w: accuracy(g, w, X_tr, y_tr, act),
+        metric=lambda g, w: accuracy(g, w, X_tr, y_tr, act, ref),
         record_at=range(1, search + 1),
     )
     assert res.curve is not None
@@ -343,14 +344,14 @@ def _grow_with_zero_outs(
         if step not in damage_at:
             return w
         w = zero_out(graph, w, fraction=fraction, generator=dgen)
-        damaged_acc.append(accuracy(graph, w, X_te, y_te, act).cpu())
+        damaged_acc.append(accuracy(graph, w, X_te, y_te, act, ref).cpu())
         return w
 
     train_acc: list[torch.Tensor] = []
 
     def metric(graph, w: torch.Tensor) -> torch.Tensor:
-        train_acc.append(accuracy(graph, w, X_tr, y_tr, act).cpu())
-        return accuracy(graph, w, X_te, y_te, act)
+        train_acc.append(accuracy(graph, w, X_tr, y_tr, act, ref).cpu())
+        return accuracy(graph, w, X_te, y_te, act, ref)
 
     # the same seed: identical growth up to W (the zero-outs draw from their own generator)
     res = grow(

@@ -148,16 +148,25 @@ def run_stability(
         total = horizon_mult * k
         X_tr, y_tr = split_tensors(data, "train", device)
         X_te, y_te = split_tensors(data, "test", device)
-        act = cfg.task.activation
+        act, ref = cfg.task.activation, cfg.task.fan_in_ref
         test_acc: list[torch.Tensor] = []
         max_w: list[torch.Tensor] = []
 
         def metric(
-            graph, w, X_tr=X_tr, y_tr=y_tr, X_te=X_te, y_te=y_te, act=act, ta=test_acc, mw=max_w
+            graph,
+            w,
+            X_tr=X_tr,
+            y_tr=y_tr,
+            X_te=X_te,
+            y_te=y_te,
+            act=act,
+            ref=ref,
+            ta=test_acc,
+            mw=max_w,
         ):
-            ta.append(accuracy(graph, w, X_te, y_te, act).cpu())
+            ta.append(accuracy(graph, w, X_te, y_te, act, ref).cpu())
             mw.append(max_abs_weight(graph, w).cpu())
-            return cross_entropy(graph, w, X_tr, y_tr, act)
+            return cross_entropy(graph, w, X_tr, y_tr, act, ref)
 
         bar = _bar(total, f"stability {tr.label}", progress)
         res = grow(
