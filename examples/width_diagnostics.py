@@ -1,7 +1,7 @@
 """Why does a rule trained on 32-wide MLPs fail on 128-wide deep ones? Four checks.
 
 For a trained MNIST rule with identity codes (e.g. the one ``gnca experiment generalization
---config configs/mnist_cpu.yaml`` keeps in ``results/generalization/mnist_cpu/rules/rule``), and
+--config configs/mnist_cpu.yaml`` keeps in ``<out>/rules/rule``), and
 for one deep MLP of an unseen width against the same depth at the trained width:
 
 1. test accuracy against rule steps (is the wide net just slower or faster to grow?);
