@@ -74,8 +74,7 @@ def accuracy(
 ) -> torch.Tensor:
     """``(G,)`` accuracy of every net in ``graph`` on ``X (B, n_in)``, ``y (B,)``."""
     with torch.no_grad():
-        logits = task_forward(graph, w, X, activation, fan_in_ref=fan_in_ref)  # (G, B, n_out)
-        return (logits.argmax(-1) == y.unsqueeze(0)).to(torch.float32).mean(1)
+        return logits_accuracy(task_forward(graph, w, X, activation, fan_in_ref=fan_in_ref), y)
 
 
 def cross_entropy(
@@ -87,7 +86,16 @@ def cross_entropy(
     fan_in_ref: float | None = None,
 ) -> torch.Tensor:
     """``(G,)`` mean cross-entropy of every net (differentiable)."""
-    logits = task_forward(graph, w, X, activation, fan_in_ref=fan_in_ref)  # (G, B, n_out)
+    return logits_cross_entropy(task_forward(graph, w, X, activation, fan_in_ref=fan_in_ref), y)
+
+
+def logits_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(G,)`` accuracy of logits ``(G, B, n_out)`` against labels ``y (B,)``."""
+    return (logits.argmax(-1) == y.unsqueeze(0)).to(torch.float32).mean(1)
+
+
+def logits_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(G,)`` mean cross-entropy of logits ``(G, B, n_out)`` against ``y (B,)``."""
     g, b, c = logits.shape
     per = torch.nn.functional.cross_entropy(
         logits.reshape(g * b, c), y.repeat(g), reduction="none"

@@ -34,8 +34,9 @@ from gnca.checkpoint import load_checkpoint, save_checkpoint
 from gnca.config import Config, config_from_dict, config_to_dict
 from gnca.damage import zero_out
 from gnca.data import Dataset, load_dataset
+from gnca.forward import task_forward
 from gnca.graph import WeightGraph
-from gnca.grow import InitSpec, accuracy, cross_entropy, grow
+from gnca.grow import InitSpec, accuracy, grow, logits_accuracy, logits_cross_entropy
 from gnca.pool import SamplePool
 from gnca.rule import LocalRule
 
@@ -292,11 +293,11 @@ class MetaTrainer:
         for i, graph in enumerate(self.graphs):
             idx, w, h = self._batch(i)
             w, h = self._unroll(graph, w, h, k)
-            per_net = cross_entropy(
-                graph, w, X, y, cfg.task.activation, cfg.task.fan_in_ref
-            )  # (B,)
+            # one forward pass gives both the loss and the logged accuracy
+            logits = task_forward(graph, w, X, cfg.task.activation, fan_in_ref=cfg.task.fan_in_ref)
+            per_net = logits_cross_entropy(logits, y)  # (B,)
             losses.append(per_net)
-            accs.append(accuracy(graph, w.detach(), X, y, cfg.task.activation, cfg.task.fan_in_ref))
+            accs.append(logits_accuracy(logits.detach(), y))
             finals.append((idx, w, h, per_net))
         loss = torch.stack([lo.mean() for lo in losses]).mean()
         loss_v, acc = self._step_stats(loss.detach(), accs)
