@@ -86,7 +86,7 @@ def _worker(
     if world == 1:
         from gnca.trainer import MetaTrainer
 
-        res = _time(MetaTrainer(cfg), steps, lambda: None)
+        res = _time(MetaTrainer.from_config(cfg), steps, lambda: None)
     else:
         import torch.distributed as dist
 
@@ -149,7 +149,7 @@ def _under_torchrun(args: argparse.Namespace) -> None:
     try:
         out = []
         if ctx.world_size == 1:
-            base = MetaTrainer(cfg, device=ctx.device(cfg.train.device))
+            base = MetaTrainer.from_config(cfg, device=ctx.device(cfg.train.device))
             out.append(("1 process, no process group", _time(base, args.steps, lambda: None)))
             del base
         trainer = gd.DistributedMetaTrainer(cfg)

@@ -50,8 +50,9 @@ def find_mnist_dir(ctx: Context) -> str | None:
 
 def get_rule(sec: Section, ctx: Context, task: str):
     """(rule, cfg, how it was obtained) from a checkpoint or a short meta-training run."""
+    from gnca.build import load_rule, make_dataset
     from gnca.config import load_config
-    from gnca.trainer import MetaTrainer, load_config_dataset, load_rule
+    from gnca.trainer import MetaTrainer
 
     ckpt = ctx.options.get(f"{task}_checkpoint")
     if ckpt:
@@ -66,8 +67,8 @@ def get_rule(sec: Section, ctx: Context, task: str):
     if seconds is None:
         seconds = 20 if ctx.quick else (60 if ctx.cuda else 240)
     seconds = min(seconds, max(ctx.budget.left() * 0.3, 5))
-    data = load_config_dataset(cfg)
-    trainer = MetaTrainer(cfg, data, ctx.device)
+    data = make_dataset(cfg.data)
+    trainer = MetaTrainer.from_config(cfg, data, ctx.device)
     t0 = time.perf_counter()
     planned = cfg.train.steps
     while trainer.step < planned:
@@ -171,24 +172,22 @@ def adam_flops_per_step(sizes: list[int], batch: int) -> int:
 
 # ---------------------------------------------------------------------- one task
 def run_task(sec: Section, ctx: Context, task: str) -> None:
-    from gnca import Architecture
-    from gnca.grow import accuracy, grow
-    from gnca.trainer import init_spec, load_config_dataset
+    from gnca.build import trained_from
+    from gnca.grow import grow
 
     dev = ctx.device
     if task == "mnist" and find_mnist_dir(ctx) is None and not ctx.options.get("mnist_dir"):
         sec.note("mnist: skipped (no MNIST IDX files: pass --mnist-dir or set GNCA_DATA)")
         return
     rule, cfg, how = get_rule(sec, ctx, task)
-    if task == "mnist":
-        cfg.data.data_dir = ctx.options.get("mnist_dir") or find_mnist_dir(ctx)
-    data = load_config_dataset(cfg)
-    sizes = list(cfg.task.architectures[0])
-    arch = Architecture.mlp(sizes, bias=cfg.task.bias, input_shape=data.image_shape)
+    data_dir = (ctx.options.get("mnist_dir") or find_mnist_dir(ctx)) if task == "mnist" else None
+    trained = trained_from(rule, cfg, device=dev, data_dir=data_dir)
+    the_task, init, data = trained.task, trained.init, trained.task.data
+    arch = the_task.mlp(cfg.task.architectures[0])
+    sizes = list(arch.mlp_sizes)
     act = cfg.task.activation
     if act != "tanh":
         sec.note(f"{task}: the rule's task activation is {act}; Adam nets use tanh")
-    init = init_spec(cfg)
     Xtr, ytr = data.X_train.to(dev), data.y_train.to(dev)
     Xte, yte = data.X_test.to(dev), data.y_test.to(dev)
     sel = torch.randperm(Xte.shape[0], generator=torch.Generator().manual_seed(0))[:5000]
@@ -204,7 +203,7 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
         init,
         device=dev,
         generator=torch.Generator(device=dev).manual_seed(11),
-        metric=lambda g, w: accuracy(g, w, Xsel, ysel, act, cfg.task.fan_in_ref),
+        metric=lambda g, w: the_task.accuracy(g, w, Xsel, ysel),
         record_at=range(s_max + 1),
     )
     curve = res.curve.mean(1).tolist()  # mean over nets, per rule step
@@ -334,7 +333,7 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
             init,
             device=dev,
             generator=torch.Generator(device=dev).manual_seed(999),
-            metric=lambda g, w: accuracy(g, w, Xte, yte, act, cfg.task.fan_in_ref),
+            metric=lambda g, w: the_task.accuracy(g, w, Xte, yte),
             record_at=[steps],
         )
         return r.curve[0]

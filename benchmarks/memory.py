@@ -94,7 +94,7 @@ def make_trainer(k: int, checkpointing: bool, nets: int, device: torch.device):
     cfg.train.k_min = cfg.train.k_max = k
     cfg.train.checkpointing = checkpointing
     cfg.train.device = str(device)
-    return MetaTrainer(cfg, data, device)
+    return MetaTrainer.from_config(cfg, data, device)
 
 
 class ManualMetaStep:
@@ -119,7 +119,8 @@ class ManualMetaStep:
     def meta_step(self) -> None:
         from torch.utils.checkpoint import checkpoint
 
-        from gnca.grow import cross_entropy
+        from gnca.forward import task_forward
+        from gnca.task import logits_cross_entropy
 
         w, h = self.w0, self.h0
         for _ in range(self.cfg.train.k_max):
@@ -135,7 +136,7 @@ class ManualMetaStep:
                 )
             else:
                 w, h = self.rule(self.graph, w, h, mask=mask)
-        loss = cross_entropy(self.graph, w, self.X, self.y).mean()
+        loss = logits_cross_entropy(task_forward(self.graph, w, self.X), self.y).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

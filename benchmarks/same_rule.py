@@ -88,12 +88,18 @@ def flatten(obj, prefix: str = "") -> dict[str, torch.Tensor | object]:
     return {prefix.rstrip("."): obj}
 
 
-def compare(a: Path, b: Path) -> list[str]:
-    """Names of the checkpoint entries that differ (tensors compared bit for bit)."""
+def compare(a: Path, b: Path) -> tuple[list[str], list[str]]:
+    """Names of the checkpoint entries that differ (tensors compared bit for bit), and of the
+    non-tensor entries only one side has (e.g. a constructor argument a refactor records)."""
     da = flatten(torch.load(a, weights_only=True))
     db = flatten(torch.load(b, weights_only=True))
     diff = []
-    for key in sorted(set(da) | set(db)):
+    one_sided = [
+        k
+        for k in sorted(set(da) ^ set(db))
+        if not isinstance(da.get(k, db.get(k)), torch.Tensor) and not k.startswith("config.")
+    ]
+    for key in sorted((set(da) | set(db)) - set(one_sided)):
         if key.startswith("config."):  # the resolved config may gain keys in a refactor
             continue
         va, vb = da.get(key), db.get(key)
@@ -103,7 +109,7 @@ def compare(a: Path, b: Path) -> list[str]:
             same = va == vb
         if not same:
             diff.append(key)
-    return diff
+    return diff, one_sided
 
 
 def main() -> int:
@@ -128,8 +134,10 @@ def main() -> int:
                     continue
                 a = train(old, config, overrides, args.steps, Path(tmp) / f"{name}-old")
                 b = train(ROOT, config, overrides, args.steps, Path(tmp) / f"{name}-new")
-                diff = compare(a, b)
+                diff, one_sided = compare(a, b)
                 verdict = "bitwise equal" if not diff else f"DIFFER in {', '.join(diff[:6])}"
+                if one_sided:
+                    verdict += f" (entries on one side only: {', '.join(one_sided)})"
                 print(f"{name}: {args.steps} meta-steps, {args.against} vs working tree: {verdict}")
                 ok &= not diff
         finally:

@@ -439,10 +439,10 @@ def functional_step(rule: LocalRule, graph) -> Callable:
     ``[w, h]`` per neuron by ``index_add``, one gather, the own-weight fix, MLP, masked update.
     """
     from gnca.graph import NEIGHBOURHOODS, total_neurons
-    from gnca.perception import _plan
+    from gnca.perception import neuron_plan
 
     dtype = next(rule.parameters()).dtype
-    index, coef, scale_f, scale_b = _plan(
+    index, coef, scale_f, scale_b = neuron_plan(
         graph, rule.neighbourhood, rule.include_self, rule.reduce, dtype
     )
     n = total_neurons(graph)

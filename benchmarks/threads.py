@@ -11,7 +11,7 @@ import torch
 from gnca.config import Config
 from gnca.trainer import MetaTrainer
 
-tr = MetaTrainer(Config())
+tr = MetaTrainer.from_config(Config())
 for _ in range(3):
     tr.meta_step()
 res: dict[int, list[float]] = {1: [], 2: []}

@@ -2,6 +2,8 @@
 
     python examples/custom_dag.py            # about a minute on 2 CPU cores
 
+Everything is built from Python objects (a task, a rule, the training settings): no config file.
+
 The task net is not a plain MLP: four Iris features feed two hidden "branches" of different
 widths, one branch also feeds the other, and the first feature skips straight to the outputs.
 """
@@ -10,9 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from gnca import Architecture
-from gnca.config import Config
-from gnca.grow import accuracy, grow
+from gnca import Architecture, LocalRule
+from gnca.config import PoolConfig, TrainConfig
+from gnca.data import load_dataset
+from gnca.grow import grow
+from gnca.task import Task
 from gnca.trainer import MetaTrainer
 
 
@@ -32,23 +36,23 @@ def main() -> None:
     torch.set_num_threads(1)
     arch = branchy_dag()
     print(arch)
-    cfg = Config()
-    cfg.train.steps = 400
-    cfg.train.device = "cpu"
-    trainer = MetaTrainer(cfg, archs=[arch])
+    task = Task(load_dataset("iris"), activation="tanh")
+    torch.manual_seed(0)  # the rule's initial parameters
+    rule = LocalRule(hidden_channels=8, widths=[64], fire_rate=0.8)
+    settings = TrainConfig(steps=400, k_min=20, k_max=40, lr=2e-3, device="cpu")
+    trainer = MetaTrainer(rule, task, [arch], train=settings, pool=PoolConfig(size=256, fresh=2))
     trainer.train(progress=True)
 
-    X, y = trainer.data.X_test, trainer.data.y_test
-    for target in (arch, Architecture.mlp([4, 16, 3]), Architecture.mlp([4, 8, 8, 3])):
+    for target in (arch, task.mlp([4, 16, 3]), task.mlp([4, 8, 8, 3])):
         res = grow(
             trainer.rule,
             target,
             num=100,
-            steps=cfg.train.k_max,
+            steps=settings.k_max,
             init=trainer.init,
             generator=torch.Generator().manual_seed(0),
-            metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation, cfg.task.fan_in_ref),
-            record_at=[cfg.train.k_max],
+            metric=task.metric("test"),
+            record_at=[settings.k_max],
         )
         acc = res.curve[-1]
         print(f"{target.describe():<40} test accuracy of 100 grown nets: mean {acc.mean():.3f}")

@@ -22,10 +22,9 @@ import argparse
 
 import torch
 
-from gnca import Architecture
 from gnca.architecture import INPUT
-from gnca.grow import accuracy, grow
-from gnca.trainer import init_spec, load_config_dataset, load_rule
+from gnca.build import load_trained
+from gnca.grow import grow
 
 
 def layers(sizes: list[int], w: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -48,15 +47,15 @@ def main() -> None:
     p.add_argument("--test", type=int, default=3000, help="test images used")
     args = p.parse_args()
     torch.set_num_threads(1)
-    rule, cfg = load_rule(args.checkpoint)
-    data = load_config_dataset(cfg)
-    X, y = data.X_test[: args.test], data.y_test[: args.test]
+    trained = load_trained(args.checkpoint, device="cpu")
+    rule, cfg, task = trained.rule, trained.cfg, trained.task
+    X, y = task.data.X_test[: args.test], task.data.y_test[: args.test]
     wide = [int(x) for x in args.sizes.split("-")]
     base = [wide[0]] + [args.base] * (len(wide) - 2) + [wide[-1]]
-    init, k = init_spec(cfg), cfg.train.k_max
+    init, k = trained.init, cfg.train.k_max
 
     def grown(sizes: list[int], steps: int = k, record=(), perturb=None):
-        arch = Architecture.mlp(sizes, bias=cfg.task.bias, input_shape=data.image_shape)
+        arch = task.mlp(sizes)
         gen = torch.Generator().manual_seed(0)
         return grow(
             rule,
@@ -65,7 +64,7 @@ def main() -> None:
             steps,
             init,
             generator=gen,
-            metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation, cfg.task.fan_in_ref),
+            metric=lambda g, w: task.accuracy(g, w, X, y),
             record_at=record,
             perturb=perturb,
         )
@@ -108,7 +107,7 @@ def main() -> None:
     hidden_in = (g.neuron_kind[g.src] != INPUT) & ~g.is_bias
     for a in (0.0, 0.5, 1.0):
         gain = torch.where(hidden_in, (args.base / g.fan_in.clamp(min=1)) ** a, 1.0)
-        acc = accuracy(g, rw.w * gain, X, y, cfg.task.activation, cfg.task.fan_in_ref).mean().item()
+        acc = task.accuracy(g, rw.w * gain, X, y).mean().item()
         print(f"   a = {a}: {acc:.3f}")
 
     print(f"4. non-input weights of {args.sizes} start with the spread of width {args.base}")
@@ -120,7 +119,7 @@ def main() -> None:
         return torch.where(hid, w * (graph.fan_in.clamp(min=1) / args.base).sqrt(), w)
 
     res = grown(wide, k, [k], perturb=matched_start)
-    default = accuracy(g, rw.w, X, y, cfg.task.activation, cfg.task.fan_in_ref).mean().item()
+    default = task.accuracy(g, rw.w, X, y).mean().item()
     print(f"   accuracy at step {k}: {res.curve.mean().item():.3f} (default start: {default:.3f})")
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from gnca.config import atomic_write
+from gnca.files import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 

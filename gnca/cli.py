@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
                 f"replace it, or --out DIR for a new one"
             )
-        trainer = trainer_cls(cfg)
+        trainer = trainer_cls.from_config(cfg)
         if main and args.overwrite and run_dir.exists():
             for stale in ("metrics.csv", "summary.json", "last.pt"):
                 (run_dir / stale).unlink(missing_ok=True)
@@ -201,40 +201,39 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- grow / eval / export
 def _load(args: argparse.Namespace):
-    from gnca.trainer import init_spec, load_config_dataset, load_rule, resolve_device
+    """The checkpoint of ``--checkpoint`` as a :class:`gnca.build.TrainedRule` (data loaded,
+    ``--data-dir`` and ``--device`` applied)."""
+    from gnca.build import load_trained
 
-    rule, cfg = load_rule(args.checkpoint)
-    if getattr(args, "data_dir", None):
-        cfg.data.data_dir = args.data_dir
-    device = resolve_device(args.device or cfg.train.device)
-    data = load_config_dataset(cfg)
-    return rule, cfg, device, data, init_spec(cfg)
+    return load_trained(
+        args.checkpoint, device=args.device, data_dir=getattr(args, "data_dir", None)
+    )
 
 
-def _grow_for(args, rule, cfg, device, data, init, arch, steps, record_at):
-    from gnca.grow import accuracy, grow
+def _grow_for(args, trained, arch: Architecture, steps: int, record_at):
+    """Grow ``--num`` nets of ``arch`` with the loaded rule, recording ``--split`` accuracy."""
+    from gnca.grow import grow
 
-    split_x = data.X_test if args.split == "test" else data.X_train
-    split_y = data.y_test if args.split == "test" else data.y_train
-    X, y = split_x.to(device), split_y.to(device)
+    device = trained.device
     if args.threads is None:
         torch.set_num_threads(_DEFAULT_THREADS)  # decided per architecture
-    _auto_threads(args, torch.device(device), arch.num_weights * args.num)
+    _auto_threads(args, device, arch.num_weights * args.num)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     return grow(
-        rule,
+        trained.rule,
         arch,
         args.num,
         steps,
-        init,
+        trained.init,
         device=device,
         generator=gen,
-        metric=lambda g, w: accuracy(g, w, X, y, cfg.task.activation, cfg.task.fan_in_ref),
+        metric=trained.task.metric(args.split, device),
         record_at=record_at,
     )
 
 
-def _archs(args, cfg, data) -> list[Architecture]:
+def _archs(args, trained) -> list[Architecture]:
+    cfg, data = trained.cfg, trained.task.data
     specs = args.arch or ["-".join(map(str, a)) for a in cfg.task.architectures]
     return [
         parse_arch(s, data.n_features, data.n_classes, cfg.task.bias, data.image_shape)
@@ -244,7 +243,8 @@ def _archs(args, cfg, data) -> list[Architecture]:
 
 def cmd_grow(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    rule, cfg, device, data, init = _load(args)
+    trained = _load(args)
+    cfg = trained.cfg
     steps = args.steps or cfg.train.k_max
     every = args.curve
     record = list(range(0, steps + 1, every)) if every else []
@@ -256,8 +256,8 @@ def cmd_grow(args: argparse.Namespace) -> int:
         "steps": steps,
         "architectures": {},
     }
-    for arch in _archs(args, cfg, data):
-        res = _grow_for(args, rule, cfg, device, data, init, arch, steps, record)
+    for arch in _archs(args, trained):
+        res = _grow_for(args, trained, arch, steps, record)
         assert res.curve is not None
         final = res.curve[-1]
         entry = {
@@ -291,12 +291,13 @@ def cmd_grow(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    rule, cfg, device, data, init = _load(args)
+    trained = _load(args)
+    cfg = trained.cfg
     k = cfg.train.k_max
     horizons = [int(x) for x in args.horizons.split(",")] if args.horizons else [k, 10 * k]
     results = {}
-    for arch in _archs(args, cfg, data):
-        res = _grow_for(args, rule, cfg, device, data, init, arch, max(horizons), horizons)
+    for arch in _archs(args, trained):
+        res = _grow_for(args, trained, arch, max(horizons), horizons)
         assert res.curve is not None
         results[arch.describe()] = {
             str(s): {
@@ -327,16 +328,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gnca.grow import export_nets
-
     _set_threads(args.threads)
-    rule, cfg, device, data, init = _load(args)
-    archs = _archs(args, cfg, data)
+    trained = _load(args)
+    cfg = trained.cfg
+    archs = _archs(args, trained)
     if len(archs) != 1:
         raise CLIError("gnca export takes exactly one --arch")
     steps = args.steps or cfg.train.k_max
-    res = _grow_for(args, rule, cfg, device, data, init, archs[0], steps, [steps])
-    nets = export_nets(res, cfg.task.activation, cfg.task.fan_in_ref)
+    res = _grow_for(args, trained, archs[0], steps, [steps])
+    nets = trained.task.export(res)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -450,12 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output file, e.g. nets.pt")
     x.set_defaults(func=cmd_export)
 
-    try:
-        from gnca.experiments.cli import add_experiment_parser
-    except ImportError:
-        pass
-    else:
-        add_experiment_parser(sub, common)
+    from gnca.experiments.cli import add_experiment_parser
+
+    add_experiment_parser(sub, common)
     return p
 
 

@@ -16,18 +16,26 @@ import dataclasses
 import difflib
 import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar, Union
+from typing import Any, TypeVar, Union
 
 import yaml
 
+from gnca.data import DATASET_NAMES
+from gnca.files import atomic_write
+from gnca.forward import TASK_ACTIVATIONS
+from gnca.graph import NEIGHBOURHOODS as _NEIGHBOURHOODS
+from gnca.perception import REDUCTIONS as _REDUCTIONS
+from gnca.rule import ACTIVATIONS as _RULE_ACTIVATIONS
+from gnca.state import INIT_KINDS
+
 __all__ = [
     "ACTIVATIONS",
+    "RULE_ACTIVATIONS",
     "DATASETS",
     "GRAD_MODES",
     "PRECISIONS",
@@ -43,7 +51,6 @@ __all__ = [
     "TaskConfig",
     "TrainConfig",
     "apply_overrides",
-    "atomic_write",
     "config_from_dict",
     "config_to_dict",
     "load_config",
@@ -51,13 +58,15 @@ __all__ = [
     "validate_config",
 ]
 
-# Allowed values of the enum-like string fields.
-DATASETS = ("iris", "wine", "digits", "mnist", "csv")
+# Allowed values of the enum-like string fields: each list is taken from the module that
+# implements the names, so that a name is offered exactly where it works.
+DATASETS = DATASET_NAMES
 SPLITS = ("random", "standard")
-ACTIVATIONS = ("tanh", "relu", "gelu", "sigmoid", "identity")
-INITS = ("fixed", "random", "codes")
-NEIGHBOURHOODS = ("incident", "directed", "sibling")
-REDUCTIONS = ("mean", "sum")
+ACTIVATIONS = tuple(TASK_ACTIVATIONS)  # task nets' hidden activation
+RULE_ACTIVATIONS = tuple(_RULE_ACTIVATIONS)  # the rule MLP's activation
+INITS = INIT_KINDS
+NEIGHBOURHOODS = tuple(_NEIGHBOURHOODS)
+REDUCTIONS = _REDUCTIONS
 GRAD_MODES = ("normalize", "clip", "none")
 PRECISIONS = ("fp32", "bf16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -111,12 +120,13 @@ class RuleConfig:
 
     hidden_channels: int = 8  # C, size of each weight's hidden state
     widths: list[int] = field(default_factory=lambda: [64])  # hidden layer widths of the rule MLP
-    activation: str = "relu"  # hidden activation of the rule MLP (same choices as task)
+    activation: str = "relu"  # hidden activation of the rule MLP (task choices and silu)
     neighbourhood: str = "incident"  # incident | directed | sibling
     include_self: bool = False  # whether a weight is part of its own neighbourhood
     reduce: str = "mean"  # mean | sum, aggregation over the neighbourhood
     fire_rate: float = 0.8  # probability that a weight is updated in a rule step
     bound: float | None = None  # if set, outputs are bound * tanh(.)
+    aggr: str | None = None  # explicit line-graph aggregation (max, ...); None = reduce
 
 
 @dataclass
@@ -401,7 +411,7 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
     for i, width in enumerate(c.widths):
         if width < 1:
             raise ConfigError(f"config key '{_key(p, 'widths')}[{i}]' must be >= 1, got {width}")
-    _check_choice(c, p, "activation", ACTIVATIONS)
+    _check_choice(c, p, "activation", RULE_ACTIVATIONS)
     _check_choice(c, p, "neighbourhood", NEIGHBOURHOODS)
     _check_choice(c, p, "reduce", REDUCTIONS)
     if not 0.0 < c.fire_rate <= 1.0:
@@ -599,49 +609,6 @@ def apply_overrides(cfg_dict: dict, overrides: Sequence[str], cls: type = Config
                 raise ConfigError(f"config key '{here}' must be a mapping, got {_got(child)}")
             node, schema = child, tp
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file atomically: ``write(f)`` into a temp file beside ``path``, fsync, rename.
-
-    Parent directories are created.  On any failure (including KeyboardInterrupt) the temp file
-    is removed and a previous file at ``path`` is left untouched.  The new file gets the usual
-    umask-based permissions.
-    """
-    path = Path(path)
-    parent = path.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable (best effort, POSIX only)
-        dir_fd = os.open(parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:

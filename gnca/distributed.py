@@ -56,12 +56,13 @@ import torch
 import torch.distributed as dist
 
 from gnca.architecture import Architecture
+from gnca.build import resolve_device, trainer_parts
 from gnca.config import Config, config_to_dict
 from gnca.damage import zero_out
 from gnca.data import Dataset
 from gnca.graph import WeightGraph
 from gnca.pool import SamplePool
-from gnca.trainer import MetaTrainer, resolve_device
+from gnca.trainer import MetaTrainer
 
 __all__ = [
     "DEFAULT_RDZV_TIMEOUT",
@@ -341,7 +342,8 @@ class DistributedMetaTrainer(MetaTrainer):
         self.ctx = context()
         check_world_size(cfg, self.ctx.world_size)
         check_same(_config_digest(cfg), "the configuration (start every rank with the same one)")
-        super().__init__(cfg, dataset, device or self.ctx.device(cfg.train.device), archs)
+        device = device or self.ctx.device(cfg.train.device)
+        super().__init__(**trainer_parts(cfg, dataset, device, list(archs) if archs else None))
         self.is_main = self.ctx.is_main
         world = self.ctx.world_size
         self.local_batch = cfg.train.batch_size // world
@@ -359,6 +361,17 @@ class DistributedMetaTrainer(MetaTrainer):
         )
         self.saved_step: int | None = None
         self._broadcast_rule()
+
+    @classmethod
+    def from_config(  # type: ignore[override]
+        cls,
+        cfg: Config,
+        dataset: Dataset | None = None,
+        device: torch.device | None = None,
+        archs: Sequence[Architecture] | None = None,
+    ) -> DistributedMetaTrainer:
+        """The same as the constructor (collective)."""
+        return cls(cfg, dataset, device, archs)
 
     # ------------------------------------------------------------------ sharding
     def _shard(self, pool: SamplePool) -> SamplePool:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from gnca.architecture import BIAS, INPUT, OUTPUT
-from gnca.graph import common_attr, num_graphs, same_architecture, total_neurons
+from gnca.graph import cached, common_attr, num_graphs, same_architecture, total_neurons
 
 TASK_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
@@ -129,11 +129,14 @@ def _levels_plan(
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per level >= 1: (edge ids into it, their local dst, its neuron ids, is-output mask).
 
-    Cached on the graph (structure only).
+    Cached on the graph (structure only, :func:`gnca.graph.cached`).
     """
-    cached = graph.__dict__.get("_gnca_levels")
-    if cached is not None and (not cached or cached[0][0].device == graph.src.device):
-        return cached
+    return cached(graph, ("levels",), lambda: _build_levels_plan(graph))
+
+
+def _build_levels_plan(
+    graph: Data,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     lvl = graph.neuron_level
     kind = graph.neuron_kind
     computed = (kind != INPUT) & (kind != BIAS)
@@ -146,7 +149,6 @@ def _levels_plan(
         local = local.index_put((neurons,), torch.arange(len(neurons), device=lvl.device))
         edges = torch.nonzero(dst_level == level).flatten()
         plan.append((edges, local[graph.dst[edges]], neurons, kind[neurons] == OUTPUT))
-    graph.__dict__["_gnca_levels"] = plan
     return plan
 
 

@@ -15,14 +15,16 @@ number of weights; neuron-level tensors are concatenated.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
 
 from gnca.architecture import Architecture
+
+T = TypeVar("T")
 
 _NEURON_INDEX_KEYS = ("src", "dst", "input_index", "output_index")
 
@@ -160,10 +162,26 @@ def weight_batch(graph: Data) -> torch.Tensor:
     return torch.zeros(graph.num_nodes, dtype=torch.long, device=graph.src.device)
 
 
-def neuron_batch(graph: Data) -> torch.Tensor:
-    """``(N,)`` graph id of each neuron."""
-    counts = graph.num_neurons_per_graph
-    return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+def structure_cache(graph: Data) -> dict:
+    """The one store of structure-only tensors derived from ``graph`` (plans of the perception,
+    the forward pass's levels, the materialised line graphs).
+
+    It lives on the graph object (outside PyG's attribute store, so batching and ``.to()`` never
+    copy it) and is keyed by what each entry depends on, plus the graph's device.
+    """
+    store = graph.__dict__.get("_gnca_structure")
+    if store is None:
+        store = graph.__dict__["_gnca_structure"] = {}
+    return store
+
+
+def cached(graph: Data, key: tuple, build: Callable[[], T]) -> T:
+    """``build()`` computed once per ``graph``, ``key`` and device (see :func:`structure_cache`)."""
+    store = structure_cache(graph)
+    full = (*key, str(graph.src.device))
+    if full not in store:
+        store[full] = build()
+    return store[full]
 
 
 def same_architecture(graph: Data) -> bool:

@@ -9,7 +9,8 @@ out-weights (minus the weight itself), so each aggregate is computed by two scat
 neurons (a sum of ``[w, h]`` per neuron over its in-weights and over its out-weights), then
 neurons back to weights (a gather at ``v`` for the forward relation, at ``u`` for the backward
 one), subtracting the weight's own contribution where the neighbourhood excludes it. Counts
-depend on the structure only and are cached on the graph. An empty neighbourhood aggregates to 0.
+depend on the structure only and are cached on the graph (:func:`gnca.graph.cached`). An empty
+neighbourhood aggregates to 0.
 
 Every count depends on one neuron only (``v`` for the forward relation, ``u`` for the backward
 one), so the mean's ``1 / count`` is applied on the neuron side. The scatter to the neurons is a
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 from torch_geometric.data import Data
 
-from gnca.graph import NEIGHBOURHOODS, check_neighbourhood, total_neurons
+from gnca.graph import NEIGHBOURHOODS, cached, check_neighbourhood, total_neurons
 
 REDUCTIONS = ("mean", "sum")
 
@@ -36,7 +37,8 @@ REDUCTIONS = ("mean", "sum")
 _SPARSE_DTYPES = (torch.float32, torch.float64)
 
 
-def _check(w: torch.Tensor, h: torch.Tensor, graph: Data) -> None:
+def check_state(w: torch.Tensor, h: torch.Tensor, graph: Data) -> None:
+    """Raise a ValueError unless ``w`` is ``(E,)`` and ``h`` is ``(E, C)`` for ``graph``."""
     e = graph.src.numel()
     if w.dim() != 1 or w.shape[0] != e:
         raise ValueError(f"w must have shape ({e},) for this graph, got {tuple(w.shape)}")
@@ -44,35 +46,7 @@ def _check(w: torch.Tensor, h: torch.Tensor, graph: Data) -> None:
         raise ValueError(f"h must have shape ({e}, C) for this graph, got {tuple(h.shape)}")
 
 
-def neighbour_counts(
-    graph: Data, neighbourhood: str = "incident", include_self: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(|N_f(w)|, |N_b(w)|)``, each ``(E,)`` float, cached on ``graph``.
-
-    Depends on the structure only, so it is computed once per graph and option set.
-    """
-    key = f"_gnca_counts_{neighbourhood}_{int(include_self)}"
-    cached = graph.__dict__.get(key)
-    if cached is not None and cached[0].device == graph.src.device:
-        return cached
-    check_neighbourhood(neighbourhood)
-    n = total_neurons(graph)
-    deg = {
-        "in": torch.bincount(graph.dst, minlength=n),
-        "out": torch.bincount(graph.src, minlength=n),
-    }
-    fwd, bwd = NEIGHBOURHOODS[neighbourhood]
-    out = []
-    for own, at, parts in (("in", graph.dst, fwd), ("out", graph.src, bwd)):
-        c = sum(deg[p] for p in parts)[at].to(torch.get_default_dtype())
-        c = c - 1 if own in parts else c  # a weight never counts as its own neighbour...
-        out.append(c + 1 if include_self else c)  # ...unless asked to
-    result = (out[0], out[1])
-    graph.__dict__[key] = result
-    return result
-
-
-def _plan(
+def neuron_plan(
     graph: Data, neighbourhood: str, include_self: bool, reduce: str, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Structure-only tensors of the fast path, cached on ``graph`` per option set and dtype.
@@ -88,10 +62,16 @@ def _plan(
             ``s = (include_self - own) * scale``.
         scale_f, scale_b: ``(N, 1)`` per-neuron ``1 / count`` (0 when empty; 1 for ``sum``).
     """
-    key = f"_gnca_plan_{neighbourhood}_{int(include_self)}_{reduce}_{dtype}"
-    cached = graph.__dict__.get(key)
-    if cached is not None and cached[0].device == graph.src.device:
-        return cached
+    return cached(
+        graph,
+        ("neuron_plan", neighbourhood, include_self, reduce, dtype),
+        lambda: _build_neuron_plan(graph, neighbourhood, include_self, reduce, dtype),
+    )
+
+
+def _build_neuron_plan(
+    graph: Data, neighbourhood: str, include_self: bool, reduce: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n = total_neurons(graph)
     deg = {
         "in": torch.bincount(graph.dst, minlength=n).double(),
@@ -112,9 +92,7 @@ def _plan(
         selfs.append(shift * scale[at])
     index = torch.stack([torch.zeros_like(graph.dst), 1 + graph.dst, 1 + n + graph.src], 1)
     coef = torch.stack([torch.ones_like(selfs[0]), *selfs], 1).to(dtype).unsqueeze(2)
-    plan = (index.flatten(), coef, scales[0], scales[1])
-    graph.__dict__[key] = plan
-    return plan
+    return index.flatten(), coef, scales[0], scales[1]
 
 
 def _csr(
@@ -202,17 +180,23 @@ def _sparse_plan(
     Returns:
         index: ``(3E,)`` rows of ``[0; T]`` gathered per weight: the zero row, then the rows of
             ``v`` (forward) and ``u`` (backward) in ``T``.
-        coef: ``(E, 3, 1)`` multiplier of ``x_w`` per slot (as in :func:`_plan`).
+        coef: ``(E, 3, 1)`` multiplier of ``x_w`` per slot (as in :func:`neuron_plan`).
         a, a_t: ``(R, E)`` CSR summing the weights into the scaled neuron table ``T`` (``R = N``
             when both relations share one table, as ``incident`` does, else ``2N``) and its
             transpose.
         g_t: ``(1 + R, 3E)`` CSR transpose of the gather, for its backward.
     """
-    key = f"_gnca_sparse_{neighbourhood}_{int(include_self)}_{reduce}_{dtype}"
-    cached = graph.__dict__.get(key)
-    if cached is not None and cached[0].device == graph.src.device:
-        return cached
-    _, coef, scale_f, scale_b = _plan(graph, neighbourhood, include_self, reduce, dtype)
+    return cached(
+        graph,
+        ("sparse_plan", neighbourhood, include_self, reduce, dtype),
+        lambda: _build_sparse_plan(graph, neighbourhood, include_self, reduce, dtype),
+    )
+
+
+def _build_sparse_plan(
+    graph: Data, neighbourhood: str, include_self: bool, reduce: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _, coef, scale_f, scale_b = neuron_plan(graph, neighbourhood, include_self, reduce, dtype)
     n = total_neurons(graph)
     e = graph.src.numel()
     arange = torch.arange(e, device=graph.src.device)
@@ -239,9 +223,7 @@ def _sparse_plan(
         torch.ones(2 * e, dtype=dtype, device=graph.src.device),
         (1 + n_rows, 3 * e),
     )
-    plan = (index, coef, a, a_t, g_t)
-    graph.__dict__[key] = plan
-    return plan
+    return index, coef, a, a_t, g_t
 
 
 def perceive(
@@ -273,7 +255,7 @@ def perceive(
     Returns:
         ``(E, 3 + 3C)``: ``[w, h, w_f, h_f, w_b, h_b]``.
     """
-    _check(w, h, graph)
+    check_state(w, h, graph)
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
     check_neighbourhood(neighbourhood)
@@ -285,7 +267,9 @@ def perceive(
         table = torch.cat([x.new_zeros(1, d), t])  # (1 + R, D)
         return _GatherPerception.apply(table, index, g_t, x, coef)  # (E, 3 + 3C)
     else:  # reduced precision: sparse CSR products are not implemented for it everywhere
-        index, coef, scale_f, scale_b = _plan(graph, neighbourhood, include_self, reduce, x.dtype)
+        index, coef, scale_f, scale_b = neuron_plan(
+            graph, neighbourhood, include_self, reduce, x.dtype
+        )
         n = total_neurons(graph)
         fwd, bwd = NEIGHBOURHOODS[neighbourhood]
         ends = {"in": graph.dst, "out": graph.src}

@@ -37,8 +37,14 @@ from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 
-from gnca.graph import NEIGHBOURHOODS, check_neighbourhood, line_graph_edge_index, total_neurons
-from gnca.perception import REDUCTIONS, _check, _plan, perceive, perception_size
+from gnca.graph import (
+    NEIGHBOURHOODS,
+    cached,
+    check_neighbourhood,
+    line_graph_edge_index,
+    total_neurons,
+)
+from gnca.perception import REDUCTIONS, check_state, neuron_plan, perceive, perception_size
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -96,7 +102,10 @@ class LocalRule(MessagePassing):
         reduce: ``"mean"`` (default) or ``"sum"`` for the fast path.
         fire_rate: probability that a weight is updated at a step (default 0.8).
         bound: when set, outputs are ``bound * tanh(out / bound)``.
-        aggr: aggregation of the explicit path; defaults to ``reduce``.
+        aggr: the neighbourhood aggregation, any torch-geometric one (``"max"``, ...);
+            defaults to ``reduce``. ``mean`` and ``sum`` factor through the neurons and use the
+            ``O(E)`` route; any other runs on the materialised line graph only (its ``route``
+            is ``"explicit"``, and asking such a rule for ``path="fast"`` is an error).
 
     Shapes:
         graph: a :class:`~gnca.WeightGraph` (or batch) with ``E`` weights;
@@ -126,11 +135,28 @@ class LocalRule(MessagePassing):
         bound: float | None = None,
         aggr: str | None = None,
     ) -> None:
-        super().__init__(aggr=aggr or reduce)
-        _remove_generated_propagate_file(type(self))
-        check_neighbourhood(neighbourhood)
         if reduce not in REDUCTIONS:
             raise ValueError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
+        if aggr is not None and aggr in REDUCTIONS and aggr != reduce:
+            raise ValueError(
+                f"aggr={aggr!r} contradicts reduce={reduce!r}; give one of them (for mean and "
+                f"sum they name the same aggregation)"
+            )
+        if aggr is not None and not isinstance(aggr, str):
+            raise ValueError(f"aggr must be the name of an aggregation, got {aggr!r}")
+        try:
+            super().__init__(aggr=aggr or reduce)
+        except (ValueError, KeyError) as err:
+            raise ValueError(
+                f"unknown aggregation aggr={aggr!r}; use a torch-geometric aggregation name "
+                f"such as mean, sum, max, min"
+            ) from err
+        _remove_generated_propagate_file(type(self))
+        check_neighbourhood(neighbourhood)
+        self.aggr_name = aggr or reduce
+        #: how this rule perceives by default: through the neurons when the aggregation
+        #: factors (mean, sum), else over the materialised line graph
+        self.route = "fast" if self.aggr_name in REDUCTIONS else "explicit"
         if not 0.0 < fire_rate <= 1.0:
             raise ValueError(f"fire_rate must be in (0, 1], got {fire_rate}")
         if hidden_channels < 0:
@@ -168,9 +194,11 @@ class LocalRule(MessagePassing):
         graph: Data,
         w: torch.Tensor,
         h: torch.Tensor,
-        path: str = "fast",
+        path: str | None = None,
     ) -> torch.Tensor:
-        """``(E, 3 + 3C)`` perception vectors by the fast path or the explicit line graph."""
+        """``(E, 3 + 3C)`` perception vectors by the fast route or the explicit line graph
+        (``path=None``: the rule's :attr:`route`)."""
+        path = self._path(path)
         if path == "fast":
             return perceive(
                 graph,
@@ -180,24 +208,33 @@ class LocalRule(MessagePassing):
                 include_self=self.include_self,
                 reduce=self.reduce,
             )
-        if path != "explicit":
-            raise ValueError(f"unknown path {path!r}; choose 'fast' or 'explicit'")
         ei_f, ei_b = self.line_graph(graph)
         x = torch.cat([w.unsqueeze(1), h], dim=1)  # (E, 1 + C)
         x_f = self.propagate(ei_f, x=x)  # (E, 1 + C)
         x_b = self.propagate(ei_b, x=x)  # (E, 1 + C)
         return torch.cat([x, x_f, x_b], dim=1)
 
+    def _path(self, path: str | None) -> str:
+        if path is None:
+            return self.route
+        if path not in ("fast", "explicit"):
+            raise ValueError(f"unknown path {path!r}; choose 'fast' or 'explicit'")
+        if path == "fast" and self.route != "fast":
+            raise ValueError(
+                f"aggr={self.aggr_name!r} does not factor through the neurons: this rule has no "
+                f"fast route; use path='explicit' (or aggr mean / sum)"
+            )
+        return path
+
     def line_graph(self, graph: Data) -> tuple[torch.Tensor, torch.Tensor]:
         """The materialised forward/backward relations, cached on ``graph``."""
-        key = f"_gnca_lg_{self.neighbourhood}_{int(self.include_self)}"
-        cached = graph.__dict__.get(key)
-        if cached is None or cached[0].device != graph.src.device:
-            cached = line_graph_edge_index(
+        return cached(
+            graph,
+            ("line_graph", self.neighbourhood, self.include_self),
+            lambda: line_graph_edge_index(
                 graph, self.neighbourhood, include_self=self.include_self
-            )
-            graph.__dict__[key] = cached
-        return cached
+            ),
+        )
 
     def message(self, x_j: torch.Tensor) -> torch.Tensor:
         return x_j
@@ -280,7 +317,7 @@ class LocalRule(MessagePassing):
         *,
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-        path: str = "fast",
+        path: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One rule step on every weight; returns new tensors ``(w', h')``.
 
@@ -290,8 +327,9 @@ class LocalRule(MessagePassing):
             mask: ``(E,)`` which weights fire (1) or keep their value (0); drawn with
                 ``fire_rate`` when ``None``.
             generator: random generator for the mask.
-            path: ``"fast"`` or ``"explicit"`` perception.
+            path: ``"fast"`` or ``"explicit"`` perception; ``None``: the rule's :attr:`route`.
         """
+        path = self._path(path)
         if path == "fast" and not torch.is_grad_enabled():
             return self._forward_no_grad(graph, w, h, mask, generator)
         p = self.perceive(graph, w, h, path)  # (E, 3 + 3C)
@@ -313,12 +351,12 @@ class LocalRule(MessagePassing):
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused fast-path step without autograd (see the class docstring)."""
-        _check(w, h, graph)
+        check_state(w, h, graph)
         e, d = w.shape[0], 1 + self.hidden_channels
         if mask is None:
             mask = self.fire_mask(e, w.device, generator)
         mask = mask.to(w.dtype)
-        index, coef, scale_f, scale_b = _plan(
+        index, coef, scale_f, scale_b = neuron_plan(
             graph, self.neighbourhood, self.include_self, self.reduce, w.dtype
         )
         block = self._block(w.device, e)
@@ -366,6 +404,7 @@ class LocalRule(MessagePassing):
             "reduce": self.reduce,
             "fire_rate": self.fire_rate,
             "bound": self.bound,
+            "aggr": self.aggr_name,
         }
 
     def __repr__(self) -> str:
@@ -373,5 +412,7 @@ class LocalRule(MessagePassing):
         return (
             f"{self.__class__.__name__}(C={self.hidden_channels}, "
             f"mlp={'-'.join(map(str, dims))}, {self.neighbourhood}, reduce={self.reduce}, "
-            f"fire_rate={self.fire_rate}, bound={self.bound})"
+            f"fire_rate={self.fire_rate}, bound={self.bound}"
+            + (f", aggr={self.aggr_name}" if self.aggr_name != self.reduce else "")
+            + ")"
         )

@@ -48,6 +48,7 @@ nothing.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch_geometric.data import Batch, Data
@@ -235,3 +236,33 @@ def initial_state(
     else:
         h = torch.zeros(w.shape[0], hidden_channels, dtype=w.dtype, device=w.device)
     return w, h
+
+
+@dataclass
+class InitSpec:
+    """How task nets start (see :mod:`gnca.state`)."""
+
+    kind: str = "fixed"
+    scale: float = 1.0
+    seed: int = 0
+    noise: float = 0.0
+    code_freqs: int = 2
+    depth_code: bool = True
+    code_jitter: float = 0.0
+
+    def state(
+        self, graph: Data, hidden_channels: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial ``(w (E,), h (E, C))`` of every net in ``graph`` (:func:`gnca.initial_state`)."""
+        return initial_state(
+            graph,
+            hidden_channels,
+            self.kind,
+            scale=self.scale,
+            seed=self.seed,
+            noise=self.noise,
+            code_freqs=self.code_freqs,
+            depth_code=self.depth_code,
+            code_jitter=self.code_jitter,
+            generator=generator,
+        )

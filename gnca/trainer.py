@@ -31,80 +31,15 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from gnca.architecture import Architecture
 from gnca.checkpoint import load_checkpoint, save_checkpoint
-from gnca.config import Config, config_from_dict, config_to_dict
+from gnca.config import Config, PoolConfig, TrainConfig, config_from_dict, config_to_dict
 from gnca.damage import zero_out
-from gnca.data import Dataset, load_dataset
-from gnca.forward import task_forward
+from gnca.data import Dataset
 from gnca.graph import WeightGraph
-from gnca.grow import InitSpec, accuracy, grow, logits_accuracy, logits_cross_entropy
+from gnca.grow import grow
 from gnca.pool import SamplePool
 from gnca.rule import LocalRule
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device is {name!r} but CUDA is not available on this machine")
-    return dev
-
-
-def build_rule(cfg: Config) -> LocalRule:
-    """The local rule described by ``cfg.rule``."""
-    r = cfg.rule
-    return LocalRule(
-        r.hidden_channels,
-        r.widths,
-        r.activation,
-        r.neighbourhood,
-        include_self=r.include_self,
-        reduce=r.reduce,
-        fire_rate=r.fire_rate,
-        bound=r.bound,
-    )
-
-
-def init_spec(cfg: Config, training: bool = False) -> InitSpec:
-    """How task nets start; ``task.code_jitter`` applies only to meta-training seeds."""
-    t = cfg.task
-    return InitSpec(
-        t.init,
-        t.init_scale,
-        t.init_seed,
-        t.init_noise,
-        t.code_freqs,
-        t.depth_code,
-        code_jitter=t.code_jitter if training else 0.0,
-    )
-
-
-def build_architectures(cfg: Config, dataset: Dataset) -> list[Architecture]:
-    """The training MLPs, checked against the dataset's feature and class counts."""
-    archs = []
-    for i, sizes in enumerate(cfg.task.architectures):
-        if sizes[0] != dataset.n_features or sizes[-1] != dataset.n_classes:
-            raise ValueError(
-                f"task.architectures[{i}] = {sizes} does not fit {dataset.name}: it needs "
-                f"{dataset.n_features} inputs and {dataset.n_classes} outputs"
-            )
-        archs.append(Architecture.mlp(sizes, bias=cfg.task.bias, input_shape=dataset.image_shape))
-    return archs
-
-
-def load_config_dataset(cfg: Config) -> Dataset:
-    d = cfg.data
-    return load_dataset(
-        d.name,
-        data_dir=d.data_dir,
-        csv_path=d.csv_path,
-        test_fraction=d.test_fraction,
-        split=d.split,
-        seed=d.seed,
-        downsample=d.downsample,
-        max_train=d.max_train,
-    )
+from gnca.state import InitSpec
+from gnca.task import Task, logits_accuracy, logits_cross_entropy
 
 
 @dataclass
@@ -120,93 +55,106 @@ class StepStats:
 
 
 class MetaTrainer:
-    """Meta-trains a :class:`~gnca.LocalRule` as configured by a :class:`~gnca.config.Config`.
+    """Meta-trains a :class:`~gnca.LocalRule` on a :class:`~gnca.task.Task`.
+
+    It receives built objects and its own settings, so a rule can be meta-trained from Python
+    without a :class:`~gnca.config.Config`::
+
+        task = Task(load_dataset("iris"))
+        torch.manual_seed(0)
+        trainer = MetaTrainer(LocalRule(8), task, [task.mlp([4, 16, 3])],
+                              train=TrainConfig(steps=200), pool=PoolConfig(size=64))
+        trainer.train("runs/python")
+
+    :func:`gnca.build.make_trainer` builds one from a configuration.
 
     Args:
-        cfg: the resolved configuration.
-        dataset: the data (loaded from ``cfg.data`` when ``None``).
-        device: overrides ``cfg.train.device``.
-        archs: custom training architectures (any DAGs) instead of the MLPs of
-            ``cfg.task.architectures``; they are not stored in the config, so pass them again
-            when resuming.
+        rule: the rule to meta-train (moved to ``device``).
+        task: the data and the task nets' forward conventions.
+        archs: the training architectures (any DAGs fitting the task).
+        train: meta-training settings (steps, batch of nets, unroll, optimiser, logging).
+        pool: sample-pool settings (``size = 0``: fresh seeds every meta-step).
+        init: initial states for growing and evaluation (default: a fixed seed net).
+        seed_init: initial states of meta-training seeds (default: ``init``).
+        device: where to train (default: ``train.device`` resolved).
+        config: the configuration these objects were built from, stored in checkpoints; when
+            ``None`` one is recorded from the objects (:func:`gnca.build.config_record`).
     """
 
     is_main: bool = True  # False on the non-zero ranks of a distributed run: no logs, no files
 
     def __init__(
         self,
-        cfg: Config,
-        dataset: Dataset | None = None,
+        rule: LocalRule,
+        task: Task,
+        archs: Sequence[Architecture],
+        *,
+        train: TrainConfig | None = None,
+        pool: PoolConfig | None = None,
+        init: InitSpec | None = None,
+        seed_init: InitSpec | None = None,
         device: torch.device | None = None,
-        archs: Sequence[Architecture] | None = None,
+        config: Config | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.device = device or resolve_device(cfg.train.device)
-        self.data = dataset if dataset is not None else load_config_dataset(cfg)
-        if cfg.task.init == "codes":
-            from gnca.state import code_channels
+        from gnca import build
 
-            need = code_channels(cfg.task.code_freqs)
-            if cfg.rule.hidden_channels < need:
-                raise ValueError(
-                    f"rule.hidden_channels = {cfg.rule.hidden_channels} is too small for "
-                    f"task.init = codes with task.code_freqs = {cfg.task.code_freqs} "
-                    f"(needs >= {need})"
-                )
-        if archs is not None:
-            for a in archs:
-                if a.num_inputs != self.data.n_features or a.num_outputs != self.data.n_classes:
-                    raise ValueError(
-                        f"architecture {a.describe()} has {a.num_inputs} inputs and "
-                        f"{a.num_outputs} outputs; {self.data.name} needs "
-                        f"{self.data.n_features} and {self.data.n_classes}"
-                    )
-            self.archs = list(archs)
-        else:
-            self.archs = build_architectures(cfg, self.data)
-        torch.manual_seed(cfg.train.seed)
-        self.rule = build_rule(cfg).to(self.device)
-        self.init = init_spec(cfg)  # growing and evaluation: exact codes
-        self.seed_init = init_spec(cfg, training=True)  # meta-training seeds
-        t = cfg.train
-        if cfg.pool.size and cfg.pool.size < t.batch_size:
-            raise ValueError(
-                f"pool.size = {cfg.pool.size} is smaller than train.batch_size = {t.batch_size}"
+        train = train if train is not None else TrainConfig()
+        pool = pool if pool is not None else PoolConfig()
+        init = init if init is not None else InitSpec()
+        seed_init = seed_init if seed_init is not None else init
+        if config is None:
+            data_c, task_c, rule_c = build.config_record(rule, task, list(archs), init, seed_init)
+            config = Config(
+                name="python", data=data_c, task=task_c, rule=rule_c, pool=pool, train=train
             )
-        if cfg.pool.size and cfg.pool.fresh + cfg.pool.damage > t.batch_size:
-            raise ValueError(
-                f"pool.fresh + pool.damage = {cfg.pool.fresh + cfg.pool.damage} exceeds "
-                f"train.batch_size = {t.batch_size}"
-            )
-        if cfg.pool.fresh > t.batch_size:
-            raise ValueError(
-                f"pool.fresh = {cfg.pool.fresh} exceeds train.batch_size = {t.batch_size}"
-            )
+        self.cfg = config
+        self.device = device or build.resolve_device(train.device)
+        self.task = task
+        self.data = task.data
+        build.check_codes_fit(seed_init, rule.hidden_channels)
+        self.archs = [task.check(a) for a in archs]
+        if not self.archs:
+            raise ValueError("MetaTrainer needs at least one training architecture")
+        self.rule = rule.to(self.device)
+        self.init = init  # growing and evaluation: exact codes
+        self.seed_init = seed_init  # meta-training seeds
+        _check_pool(pool, train)
+        t = train
         self.optimizer = torch.optim.Adam(self.rule.parameters(), lr=t.lr)
         self.gen = torch.Generator().manual_seed(t.seed)  # K, pool indices, data batches
         self.dev_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)  # masks, seeds
         self.graphs = [
             WeightGraph.replicate(a, t.batch_size, device=self.device) for a in self.archs
         ]
-        self.X_train = self.data.X_train.to(self.device)
-        self.y_train = self.data.y_train.to(self.device)
+        self.X_train, self.y_train = task.split("train", self.device)
         self.pools: list[SamplePool] = []
-        if cfg.pool.size:
+        if pool.size:
             for a in self.archs:
-                g = WeightGraph.replicate(a, cfg.pool.size, device=self.device)
+                g = WeightGraph.replicate(a, pool.size, device=self.device)
                 w0, h0 = self._seed_states(g)
                 self.pools.append(
-                    SamplePool.filled(
-                        w0.view(cfg.pool.size, -1), h0.view(cfg.pool.size, a.num_weights, -1)
-                    )
+                    SamplePool.filled(w0.view(pool.size, -1), h0.view(pool.size, a.num_weights, -1))
                 )
         self.step = 0
         self.loss_ema: float | None = None
         self.history: list[StepStats] = []
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        dataset: Dataset | None = None,
+        device: torch.device | None = None,
+        archs: Sequence[Architecture] | None = None,
+    ) -> MetaTrainer:
+        """A trainer built from ``cfg`` (:func:`gnca.build.trainer_parts`)."""
+        from gnca.build import trainer_parts
+
+        return cls(**trainer_parts(cfg, dataset, device, list(archs) if archs else None))
+
     # ------------------------------------------------------------------ pieces
     def _seed_states(self, graph) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.seed_init.state(graph, self.cfg.rule.hidden_channels, self.dev_gen)
+        return self.seed_init.state(graph, self.rule.hidden_channels, self.dev_gen)
 
     def lr_at(self, step: int) -> float:
         """Cosine decay from ``train.lr`` to ``train.lr_final`` (constant when unset)."""
@@ -242,14 +190,6 @@ class MetaTrainer:
                 graph, w, fraction=cfg.pool.damage_fraction, which=which, generator=self.dev_gen
             )
         return idx, w, h
-
-    def _data_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        bs = self.cfg.data.batch_size
-        n = self.X_train.shape[0]
-        if bs is None or bs >= n:
-            return self.X_train, self.y_train
-        idx = torch.randperm(n, generator=self.gen)[:bs].to(self.device)
-        return self.X_train[idx], self.y_train[idx]
 
     def _unroll(self, graph, w, h, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         bf16 = self.cfg.train.precision == "bf16"  # the rule's MLP under bf16 autocast
@@ -288,13 +228,13 @@ class MetaTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         k = int(torch.randint(t.k_min, t.k_max + 1, (1,), generator=self.gen))
-        X, y = self._data_batch()
+        X, y = self.task.train_batch(self.gen, self.device)
         losses, accs, finals = [], [], []
         for i, graph in enumerate(self.graphs):
             idx, w, h = self._batch(i)
             w, h = self._unroll(graph, w, h, k)
             # one forward pass gives both the loss and the logged accuracy
-            logits = task_forward(graph, w, X, cfg.task.activation, fan_in_ref=cfg.task.fan_in_ref)
+            logits = self.task.logits(graph, w, X)
             per_net = logits_cross_entropy(logits, y)  # (B,)
             losses.append(per_net)
             accs.append(logits_accuracy(logits.detach(), y))
@@ -349,9 +289,7 @@ class MetaTrainer:
         num = num or self.cfg.train.eval_nets
         k = self.cfg.train.k_max
         horizons = horizons or (k, 10 * k)
-        X = self.data.X_test if split == "test" else self.data.X_train
-        y = self.data.y_test if split == "test" else self.data.y_train
-        X, y = X.to(self.device), y.to(self.device)
+        metric = self.task.metric(split, self.device)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed + 12345)
         out = {}
         for arch in self.archs:
@@ -363,9 +301,7 @@ class MetaTrainer:
                 self.init,
                 device=self.device,
                 generator=gen,
-                metric=lambda g, w: accuracy(
-                    g, w, X, y, self.cfg.task.activation, self.cfg.task.fan_in_ref
-                ),
+                metric=metric,
                 record_at=horizons,
             )
             assert res.curve is not None
@@ -502,9 +438,22 @@ class MetaTrainer:
                     f"the config does not match the checkpoint {path}: {', '.join(diff[:5])} differ"
                 )
             saved = cfg
-        trainer = cls(saved, dataset, device, archs)
+        trainer = cls.from_config(saved, dataset, device, archs)
         trainer.load_state_dict(d)
         return trainer
+
+
+def _check_pool(pool: PoolConfig, train: TrainConfig) -> None:
+    """One-line errors for pool settings that cannot fill a batch of ``train.batch_size``."""
+    b = train.batch_size
+    if pool.size and pool.size < b:
+        raise ValueError(f"pool.size = {pool.size} is smaller than train.batch_size = {b}")
+    if pool.size and pool.fresh + pool.damage > b:
+        raise ValueError(
+            f"pool.fresh + pool.damage = {pool.fresh + pool.damage} exceeds train.batch_size = {b}"
+        )
+    if pool.fresh > b:
+        raise ValueError(f"pool.fresh = {pool.fresh} exceeds train.batch_size = {b}")
 
 
 def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -539,23 +488,3 @@ def _tensorboard(run: Path):
     except Exception:  # tensorboard not installed
         return None
     return SummaryWriter(str(run / "tb"))
-
-
-def load_rule(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[LocalRule, Config]:
-    """Load a trained rule and its configuration from a checkpoint."""
-    d = load_checkpoint(path, map_location=map_location)
-    for key in ("rule", "rule_config", "config"):
-        if key not in d:
-            raise ValueError(f"{path} is a gnca checkpoint without {key!r}; it holds no rule")
-    cfg = config_from_dict(d["config"])
-    rule = LocalRule(**d["rule_config"])
-    try:
-        rule.load_state_dict(d["rule"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(
-            f"{path}: the rule weights do not match its configuration ({first})"
-        ) from None
-    return rule, cfg

@@ -261,3 +261,25 @@ def np_rng(seed: int) -> np.random.Generator:
 def _seed_torch() -> None:
     """Every test starts from the same global torch RNG state (deterministic suite)."""
     torch.manual_seed(0)
+
+
+def neighbour_counts(
+    graph, neighbourhood: str = "incident", include_self: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(|N_f(w)|, |N_b(w)|)`` per weight, each ``(E,)``, from the neurons' degrees (a second
+    way of counting, checked against brute-force enumeration and used by the empty-neighbourhood
+    test)."""
+    from gnca.graph import NEIGHBOURHOODS, total_neurons
+
+    n = total_neurons(graph)
+    deg = {
+        "in": torch.bincount(graph.dst, minlength=n),
+        "out": torch.bincount(graph.src, minlength=n),
+    }
+    fwd, bwd = NEIGHBOURHOODS[neighbourhood]
+    out = []
+    for own, at, parts in (("in", graph.dst, fwd), ("out", graph.src, bwd)):
+        c = sum(deg[p] for p in parts)[at].to(torch.get_default_dtype())
+        c = c - 1 if own in parts else c  # a weight never counts as its own neighbour...
+        out.append(c + 1 if include_self else c)  # ...unless asked to
+    return out[0], out[1]

@@ -183,7 +183,7 @@ def _worker(rank: int, port: int, tmp: str, single_ckpt: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> tuple[Path, dict, dict]:
     tmp = tmp_path_factory.mktemp("dist")
-    single = MetaTrainer(tiny_config())
+    single = MetaTrainer.from_config(tiny_config())
     for _ in range(2):
         single.meta_step()
     single.save(tmp / "single.pt")
@@ -215,7 +215,7 @@ def assert_close_lists(a: list[torch.Tensor], b: list[torch.Tensor], **tol) -> N
 # ---------------------------------------------------------------------- against one process
 def test_two_processes_match_one_process_without_pool(two_ranks):
     _, r0, r1 = two_ranks
-    ref = MetaTrainer(tiny_config(pool=False))
+    ref = MetaTrainer.from_config(tiny_config(pool=False))
     grads = record_grads(ref)
     for _ in range(3):
         ref.meta_step()
@@ -233,7 +233,7 @@ def test_two_processes_match_one_process_without_pool(two_ranks):
 
 def test_first_step_with_pool_fresh_and_damage_matches_one_process(two_ranks):
     _, r0, r1 = two_ranks
-    ref = perturb(MetaTrainer(tiny_config()))
+    ref = perturb(MetaTrainer.from_config(tiny_config()))
     grads = record_grads(ref)
     ref.meta_step()
     assert r0["pool"]["local_pool"] == 4 and r1["pool"]["pools"] is None
@@ -299,7 +299,7 @@ def one_rank(monkeypatch):
 def test_one_rank_is_bitwise_single_process_training(one_rank):
     cfg = tiny_config()
     cfg.task.init_noise = 0.1  # per-sample seeds: the seed draws must match too
-    a, b = MetaTrainer(cfg), gd.DistributedMetaTrainer(cfg)
+    a, b = MetaTrainer.from_config(cfg), gd.DistributedMetaTrainer(cfg)
     for _ in range(4):
         a.meta_step()
         b.meta_step()

@@ -26,7 +26,7 @@ def test_width_diagnostics_runs_on_a_tiny_rule(tmp_path, monkeypatch, capsys) ->
     cfg.pool.fresh = 1
     cfg.train.steps, cfg.train.batch_size, cfg.train.k_min, cfg.train.k_max = 1, 2, 2, 2
     cfg.train.device = "cpu"
-    trainer = MetaTrainer(cfg)
+    trainer = MetaTrainer.from_config(cfg)
     trainer.meta_step()
     ckpt = tmp_path / "rule.pt"
     trainer.save(ckpt)

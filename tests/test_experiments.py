@@ -17,7 +17,7 @@ import torch
 from gnca.cli import main
 from gnca.config import load_config
 from gnca.experiments import RuleSource, run_generalization, run_robustness, run_stability
-from gnca.experiments.generalization import batched_accuracy, grid_sizes
+from gnca.experiments.generalization import grid_sizes
 from gnca.experiments.plots import plot_heatmap
 from gnca.experiments.stability import band_metrics
 
@@ -76,20 +76,7 @@ def test_band_metrics_capped_and_nan():
     assert capped.tolist() == [True, True]
 
 
-def test_batched_accuracy_matches_unbatched():
-    from gnca.architecture import Architecture
-    from gnca.graph import WeightGraph
-    from gnca.grow import accuracy
-    from gnca.state import initial_state
-
-    arch = Architecture.mlp([5, 7, 3])
-    graph = WeightGraph.replicate(arch, 4)
-    w, _ = initial_state(graph, 4, "random", generator=torch.Generator().manual_seed(0))
-    X = torch.randn(50, 5)
-    y = torch.randint(0, 3, (50,))
-    ref = accuracy(graph, w, X, y)
-    got = batched_accuracy(graph, w, X, y, batch=7)
-    assert torch.allclose(ref.double(), got)
+def test_grid_sizes():
     assert grid_sizes(196, 10, 2, 32) == [196, 32, 32, 10]
 
 

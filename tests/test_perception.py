@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from gnca import Architecture, LocalRule, WeightGraph, perceive
 from gnca.architecture import BIAS, INPUT
-from gnca.perception import neighbour_counts, perception_size
+from gnca.perception import perception_size
 
 TOL = {"rtol": 0.0, "atol": 1e-12}
 
@@ -146,6 +146,8 @@ def test_empty_neighbourhoods_give_zero(path: str, reduce: str) -> None:
         is_b = torch.as_tensor(arch.is_bias_weight.copy())
         assert (p[is_b, b_sl] == 0).all()
         assert (p[~is_b, b_sl] != 0).all()
+    from conftest import neighbour_counts
+
     c_f, c_b = neighbour_counts(g, "directed")
     assert torch.equal(c_b == 0, empty_b)
     assert torch.equal(c_f == 0, empty_f)
@@ -154,7 +156,7 @@ def test_empty_neighbourhoods_give_zero(path: str, reduce: str) -> None:
 @pytest.mark.parametrize("neighbourhood", NEIGHBOURHOOD_NAMES)
 @pytest.mark.parametrize("include_self", [False, True])
 def test_neighbour_counts_match_brute_force(neighbourhood: str, include_self: bool) -> None:
-    from conftest import brute_neighbours
+    from conftest import brute_neighbours, neighbour_counts
 
     arch = Architecture.skip_mlp([3, 2, 3, 2], skip=2)
     g = WeightGraph.from_architecture(arch)

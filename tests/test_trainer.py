@@ -7,11 +7,12 @@ import os
 import pytest
 import torch
 
+from gnca.build import make_init
 from gnca.checkpoint import load_checkpoint
 from gnca.config import Config, config_from_dict, config_to_dict
-from gnca.grow import accuracy, cross_entropy, export_nets, grow
-from gnca.pool import SamplePool
-from gnca.trainer import MetaTrainer, load_rule
+from gnca.grow import grow
+from gnca.task import Task
+from gnca.trainer import MetaTrainer
 
 
 def tiny_config(**train) -> Config:
@@ -39,7 +40,7 @@ def grown_loss(trainer: MetaTrainer, steps: int = 5, num: int = 16) -> float:
     gen = torch.Generator().manual_seed(123)
     res = grow(trainer.rule, trainer.archs[0], num, steps, trainer.init, generator=gen)
     with torch.no_grad():
-        return float(cross_entropy(res.graph, res.w, trainer.X_train, trainer.y_train).mean())
+        return float(trainer.task.loss(res.graph, res.w, trainer.X_train, trainer.y_train).mean())
 
 
 def rule_params(trainer: MetaTrainer) -> list[torch.Tensor]:
@@ -47,7 +48,7 @@ def rule_params(trainer: MetaTrainer) -> list[torch.Tensor]:
 
 
 def test_tiny_training_lowers_the_loss():
-    tr = MetaTrainer(tiny_config(steps=40))
+    tr = MetaTrainer.from_config(tiny_config(steps=40))
     before = grown_loss(tr)
     tr.train(progress=False)
     after = grown_loss(tr)
@@ -60,7 +61,7 @@ def test_fresh_rule_grows_nothing():
     from gnca.graph import WeightGraph
     from gnca.state import initial_state
 
-    tr = MetaTrainer(tiny_config())
+    tr = MetaTrainer.from_config(tiny_config())
     res = grow(tr.rule, tr.archs[0], 3, 4, tr.init, generator=torch.Generator().manual_seed(0))
     one = WeightGraph.from_architecture(tr.archs[0])
     w0, _ = initial_state(one, tr.cfg.rule.hidden_channels, "fixed", seed=tr.init.seed)
@@ -70,10 +71,10 @@ def test_fresh_rule_grows_nothing():
 
 def test_resume_is_bitwise_identical(tmp_path):
     cfg = tiny_config(steps=10)
-    a = MetaTrainer(cfg)
+    a = MetaTrainer.from_config(cfg)
     a.train(progress=False)
 
-    b = MetaTrainer(cfg)
+    b = MetaTrainer.from_config(cfg)
     for _ in range(6):
         b.meta_step()
     b.save(tmp_path / "mid.pt")
@@ -89,7 +90,7 @@ def test_resume_is_bitwise_identical(tmp_path):
 
 
 def test_train_writes_run_files(tmp_path):
-    tr = MetaTrainer(tiny_config(steps=8))
+    tr = MetaTrainer.from_config(tiny_config(steps=8))
     tr.train(tmp_path, progress=False)
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].split(",")[:3] == ["step", "loss", "accuracy"]
@@ -100,7 +101,7 @@ def test_train_writes_run_files(tmp_path):
 
 
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
-    tr = MetaTrainer(tiny_config())
+    tr = MetaTrainer.from_config(tiny_config())
     tr.meta_step()
     path = tmp_path / "last.pt"
     tr.save(path)
@@ -120,7 +121,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 
 
 def test_resume_with_mismatched_config_is_refused(tmp_path):
-    tr = MetaTrainer(tiny_config())
+    tr = MetaTrainer.from_config(tiny_config())
     tr.save(tmp_path / "last.pt")
     other = tiny_config()
     other.rule.widths = [32]
@@ -131,7 +132,7 @@ def test_resume_with_mismatched_config_is_refused(tmp_path):
 
 
 def test_rollback_skips_a_spiking_step():
-    tr = MetaTrainer(tiny_config())
+    tr = MetaTrainer.from_config(tiny_config())
     tr.meta_step()
     tr.loss_ema = 1e-6  # any real loss is now a spike
     params = rule_params(tr)
@@ -144,8 +145,8 @@ def test_rollback_skips_a_spiking_step():
 
 @pytest.mark.parametrize("grad", ["normalize", "clip", "none"])
 def test_gradient_modes_and_checkpointing_agree_on_the_loss(grad):
-    plain = MetaTrainer(tiny_config(grad=grad))
-    ckpt = MetaTrainer(tiny_config(grad=grad, checkpointing=True))
+    plain = MetaTrainer.from_config(tiny_config(grad=grad))
+    ckpt = MetaTrainer.from_config(tiny_config(grad=grad, checkpointing=True))
     for _ in range(3):
         a, b = plain.meta_step(), ckpt.meta_step()
         assert a.loss == pytest.approx(b.loss, rel=1e-5)
@@ -156,49 +157,18 @@ def test_gradient_modes_and_checkpointing_agree_on_the_loss(grad):
 def test_no_pool_and_damage_options_run():
     cfg = tiny_config(steps=3)
     cfg.pool.size = 0
-    tr = MetaTrainer(cfg)
+    tr = MetaTrainer.from_config(cfg)
     assert tr.pools == []
     tr.train(progress=False)
     cfg = tiny_config(steps=3)
     cfg.pool.damage = 2
-    tr = MetaTrainer(cfg)
+    tr = MetaTrainer.from_config(cfg)
     tr.train(progress=False)
     assert len(tr.history) == 3
 
 
-def test_pool_sample_and_commit():
-    pool = SamplePool.filled(torch.zeros(6, 5), torch.zeros(6, 5, 2))
-    pool.loss = torch.tensor([0.1, 0.5, 0.3, 0.9, 0.2, 0.4])
-    gen = torch.Generator().manual_seed(0)
-    idx = pool.sample(6, gen)
-    assert pool.loss[idx].tolist() == sorted(pool.loss.tolist(), reverse=True)
-    pool.commit(idx[:2], torch.ones(2, 5), torch.ones(2, 5, 2), torch.tensor([0.0, 0.0]))
-    assert pool.w[idx[:2]].eq(1).all() and pool.w.sum() == 10
-    with pytest.raises(ValueError):
-        pool.sample(7, gen)
-
-
-def test_export_round_trips_to_the_same_logits(tmp_path):
-    tr = MetaTrainer(tiny_config(steps=5))
-    tr.train(progress=False)
-    tr.save(tmp_path / "r.pt")
-    rule, cfg = load_rule(tmp_path / "r.pt")
-    res = grow(rule, tr.archs[0], 5, 6, tr.init, generator=torch.Generator().manual_seed(1))
-    nets = export_nets(res, cfg.task.activation)
-    nets.save(str(tmp_path / "nets.pt"))
-    from gnca.export import GrownNets
-    from gnca.forward import task_forward
-
-    loaded = GrownNets.load(str(tmp_path / "nets.pt"))
-    X = tr.data.X_test
-    ref = task_forward(res.graph, res.w, X, cfg.task.activation)
-    assert torch.allclose(loaded(X), ref, atol=1e-6)
-    seq = loaded.to_sequential(2)
-    assert torch.allclose(seq(X), ref[2], atol=1e-6)
-
-
 def test_evaluate_reports_both_horizons():
-    tr = MetaTrainer(tiny_config(steps=2))
+    tr = MetaTrainer.from_config(tiny_config(steps=2))
     out = tr.evaluate(num=4)
     ((arch, per),) = out.items()
     assert arch == "mlp 4-8-3 (+bias)"
@@ -213,20 +183,19 @@ def test_depth_code_option_reaches_the_seeds_and_grow(depth_code):
     cfg.task.init = "codes"
     cfg.task.depth_code = depth_code
     cfg.rule.hidden_channels = 16
-    trainer = MetaTrainer(cfg)
+    trainer = MetaTrainer.from_config(cfg)
     from gnca import Architecture, WeightGraph
-    from gnca.trainer import init_spec
 
     graph = WeightGraph.from_architecture(Architecture.mlp([4, 8, 3]))
     _, h = trainer._seed_states(graph)
     assert bool((h[:, 12] != 0).any()) is depth_code  # channel 6f with code_freqs = 2
-    res = grow(trainer.rule, Architecture.mlp([4, 8, 3]), 2, 0, init_spec(cfg))
+    res = grow(trainer.rule, Architecture.mlp([4, 8, 3]), 2, 0, make_init(cfg.task))
     assert bool((res.h[:, 12] != 0).any()) is depth_code
 
 
 def test_bf16_precision_trains_and_keeps_fp32_state():
     cfg = tiny_config(precision="bf16", steps=8)
-    trainer = MetaTrainer(cfg)
+    trainer = MetaTrainer.from_config(cfg)
     before = grown_loss(trainer)
     for _ in range(cfg.train.steps):
         stats = trainer.meta_step()
@@ -237,7 +206,7 @@ def test_bf16_precision_trains_and_keeps_fp32_state():
     # zero-initialised no-op rule) gives a different loss in fp32
     losses = []
     for precision in ("fp32", "bf16"):
-        t = MetaTrainer(tiny_config(precision=precision))
+        t = MetaTrainer.from_config(tiny_config(precision=precision))
         t.meta_step()
         losses.append(t.meta_step().loss)
     assert losses[0] != losses[1]
@@ -250,35 +219,36 @@ def test_code_jitter_reaches_training_seeds_but_not_growth():
     cfg.task.init = "codes"
     cfg.task.code_jitter = 0.5
     cfg.rule.hidden_channels = 16
-    trainer = MetaTrainer(cfg)
+    trainer = MetaTrainer.from_config(cfg)
     from gnca import Architecture, WeightGraph, identity_codes
-    from gnca.trainer import init_spec
 
     arch = Architecture.mlp([4, 8, 3])
     graph = WeightGraph.from_architecture(arch)
     exact = identity_codes(graph, 16, cfg.task.code_freqs, cfg.task.depth_code)
     _, h = trainer._seed_states(graph)
     assert not torch.equal(h, exact)
-    assert trainer.init.code_jitter == 0.0 and init_spec(cfg).code_jitter == 0.0
-    res = grow(trainer.rule, arch, 1, 0, init_spec(cfg))
+    assert trainer.init.code_jitter == 0.0 and make_init(cfg.task).code_jitter == 0.0
+    res = grow(trainer.rule, arch, 1, 0, make_init(cfg.task))
     assert torch.equal(res.h, exact)
 
 
 def test_fan_in_ref_reaches_training_evaluation_and_export(tmp_path):
     cfg = tiny_config(steps=3)
     cfg.task.fan_in_ref = 8.0
-    tr = MetaTrainer(cfg)
+    tr = MetaTrainer.from_config(cfg)
     tr.train(progress=False)
     from gnca.forward import task_forward
 
     res = grow(tr.rule, tr.archs[0], 4, 5, tr.init, generator=torch.Generator().manual_seed(1))
     X, y = tr.data.X_test, tr.data.y_test
     # the trainer's loss uses the option: its cross-entropy differs from plain sums
-    scaled = cross_entropy(res.graph, res.w, X, y, "tanh", 8.0)
-    assert not torch.allclose(scaled, cross_entropy(res.graph, res.w, X, y, "tanh"))
+    assert tr.task.fan_in_ref == 8.0
+    scaled = tr.task.loss(res.graph, res.w, X, y)
+    assert torch.equal(scaled, Task(tr.data, "tanh", 8.0).loss(res.graph, res.w, X, y))
+    assert not torch.allclose(scaled, Task(tr.data, "tanh").loss(res.graph, res.w, X, y))
     # export bakes the scaling into the weights
-    nets = export_nets(res, cfg.task.activation, cfg.task.fan_in_ref)
+    nets = tr.task.export(res)
     ref = task_forward(res.graph, res.w, X, "tanh", fan_in_ref=8.0)
     assert torch.allclose(nets(X), ref, atol=1e-6)
-    acc = accuracy(res.graph, res.w, X, y, "tanh", 8.0)
+    acc = tr.task.accuracy(res.graph, res.w, X, y)
     assert torch.equal(acc, (ref.argmax(-1) == y).float().mean(1))

@@ -9,7 +9,6 @@ experiment and writes a Markdown table, CSV files, a PNG and ``summary.json`` in
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,10 +31,9 @@ def _parse_ints(text: str, what: str) -> list[int]:
 def _config(path: str | None, overrides: list[str], data_dir: str | None) -> Config | None:
     if path is None:
         return None
-    cfg = load_config(path, overrides)
-    if data_dir:
-        cfg.data.data_dir = data_dir
-    return cfg
+    # the flag is one more override, so it is validated like the config's own value
+    extra = [f"data.data_dir={data_dir}"] if data_dir else []
+    return load_config(path, [*overrides, *extra])
 
 
 def _derived(cfg: Config, suffix: str, **pool: int) -> Config:
@@ -47,7 +45,7 @@ def _derived(cfg: Config, suffix: str, **pool: int) -> Config:
 
 
 def _device(args: argparse.Namespace, cfg: Config | None) -> torch.device:
-    from gnca.trainer import resolve_device
+    from gnca.build import resolve_device
 
     return resolve_device(args.device or (cfg.train.device if cfg else "auto"))
 
@@ -284,8 +282,3 @@ def add_experiment_parser(
     g.set_defaults(func=cmd_generalization)
     return exp
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from gnca.cli import main
-
-    sys.exit(main(["experiment", *sys.argv[1:]]))

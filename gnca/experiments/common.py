@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from gnca.build import TrainedRule as BuiltRule
+from gnca.build import load_trained, trained_from
 from gnca.config import Config, config_to_dict
 from gnca.data import Dataset
-from gnca.rule import LocalRule
 
 
 class ExperimentError(ValueError):
@@ -43,28 +44,8 @@ class RuleSource:
     data_dir: str | None = None
 
 
-@dataclass
-class TrainedRule:
-    """A rule ready to grow nets.
-
-    Attributes:
-        label: as in :class:`RuleSource`.
-        rule: the local rule (eval mode, on the experiment's device).
-        cfg: the configuration it was meta-trained with.
-        checkpoint: the checkpoint it was loaded from or saved to.
-        meta_steps: meta-steps it was trained for.
-        train_seconds: wall time of meta-training in this or earlier runs (``None`` if unknown,
-            e.g. a checkpoint made by ``gnca train``).
-        trained_now: whether this call meta-trained (some of) it.
-    """
-
-    label: str
-    rule: LocalRule
-    cfg: Config
-    checkpoint: Path
-    meta_steps: int
-    train_seconds: float | None
-    trained_now: bool
+#: A rule ready to grow nets, with its label and training time (one object everywhere).
+TrainedRule = BuiltRule
 
 
 def obtain_rule(
@@ -82,20 +63,16 @@ def obtain_rule(
     (and completed); ``retrain`` starts over. The run directory gets ``last.pt``, ``metrics.csv``
     and ``train_time.json`` (accumulated meta-training wall time).
     """
-    from gnca.trainer import MetaTrainer, load_rule
+    from gnca.trainer import MetaTrainer
 
     if source.checkpoint is not None:
         path = Path(source.checkpoint)
         if not path.is_file():
             raise ExperimentError(f"checkpoint not found: {path} (rule {source.label!r})")
-        rule, cfg = load_rule(path)
-        if source.data_dir:
-            cfg.data.data_dir = source.data_dir
-        steps = _saved_step(path)
-        seconds = _read_train_time(path.parent)
-        return TrainedRule(
-            source.label, rule.to(device).eval(), cfg, path, steps, seconds, trained_now=False
-        )
+        tr = load_trained(path, device=device, data_dir=source.data_dir, dataset=dataset)
+        tr.label = source.label
+        tr.train_seconds = _read_train_time(path.parent)
+        return tr
     if source.cfg is None:
         raise ExperimentError(f"rule {source.label!r} needs a config or a checkpoint")
     cfg = source.cfg
@@ -113,7 +90,7 @@ def obtain_rule(
                 f"--retrain to replace it or --out for a new folder"
             ) from None
     else:
-        trainer = MetaTrainer(cfg, dataset=dataset, device=device)
+        trainer = MetaTrainer.from_config(cfg, dataset=dataset, device=device)
     trained_now = trainer.step < cfg.train.steps
     seconds = _read_train_time(run_dir) or 0.0
     if trained_now:
@@ -132,19 +109,17 @@ def obtain_rule(
         )
     else:
         print(f"reusing rule {source.label!r} from {ckpt}", file=sys.stderr)
-    rule = trainer.rule.eval()
-    return TrainedRule(
-        source.label, rule, cfg, ckpt, trainer.step, seconds or None, trained_now=trained_now
+    return trained_from(
+        trainer.rule,
+        cfg,
+        device=device,
+        dataset=trainer.data,
+        checkpoint=ckpt,
+        meta_steps=trainer.step,
+        label=source.label,
+        train_seconds=seconds or None,
+        trained_now=trained_now,
     )
-
-
-def _saved_step(path: Path) -> int:
-    from gnca.checkpoint import load_checkpoint
-
-    d = load_checkpoint(path)
-    if "step" in d:
-        return int(d["step"])
-    return int(d.get("config", {}).get("train", {}).get("steps", 0))
 
 
 def _read_train_time(run_dir: Path, key: str = "seconds") -> float | None:
@@ -263,14 +238,3 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def split_tensors(
-    data: Dataset, split: str, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``X, y`` of the ``train`` or ``test`` split on ``device``."""
-    if split == "train":
-        return data.X_train.to(device), data.y_train.to(device)
-    if split == "test":
-        return data.X_test.to(device), data.y_test.to(device)
-    raise ExperimentError(f"unknown split {split!r}; use 'train' or 'test'")

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from gnca.architecture import Architecture
 from gnca.experiments.common import (
     ExperimentError,
     RuleSource,
@@ -30,31 +29,10 @@ from gnca.experiments.common import (
     rule_info,
     write_csv,
 )
-from gnca.forward import task_forward
 from gnca.grow import grow
 
 #: default budget of weight-cells grown at once (nets are split into chunks to respect it)
 WEIGHT_BUDGET = 1_000_000
-
-
-def batched_accuracy(
-    graph,
-    w: torch.Tensor,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    activation: str = "tanh",
-    batch: int = 2048,
-    fan_in_ref: float | None = None,
-) -> torch.Tensor:
-    """``(G,)`` accuracy of every net on ``X, y``, evaluated ``batch`` examples at a time."""
-    correct = None
-    with torch.no_grad():
-        for i in range(0, X.shape[0], batch):
-            logits = task_forward(graph, w, X[i : i + batch], activation, fan_in_ref=fan_in_ref)
-            hits = (logits.argmax(-1) == y[i : i + batch].unsqueeze(0)).sum(1)
-            correct = hits if correct is None else correct + hits
-    assert correct is not None
-    return correct.to(torch.float64) / X.shape[0]
 
 
 def grid_sizes(n_in: int, n_out: int, depth: int, width: int) -> list[int]:
@@ -95,7 +73,6 @@ def run_generalization(
         progress: show progress.
     """
     from gnca.experiments.plots import plot_heatmap
-    from gnca.trainer import init_spec, load_config_dataset
 
     depths, widths = [int(d) for d in depths], [int(w) for w in widths]
     if not depths or not widths or min(depths) < 1 or min(widths) < 1:
@@ -111,12 +88,10 @@ def run_generalization(
     tr = obtain_rule(
         source, out / "rules" / source.label, device=device, retrain=retrain, progress=progress
     )
-    cfg = tr.cfg
-    data = load_config_dataset(cfg)
-    n_in, n_out = data.n_features, data.n_classes
+    cfg, task, init = tr.cfg, tr.task, tr.init
+    n_in, n_out = task.n_features, task.n_classes
     steps = cfg.train.k_max if steps is None else steps
-    X, y = data.X_test.to(device), data.y_test.to(device)
-    init = init_spec(cfg)
+    X, y = task.split("test", device)
     train_sizes = [list(a) for a in cfg.task.architectures]
 
     cells: list[tuple[int | None, int | None, list[int]]] = []
@@ -132,7 +107,7 @@ def run_generalization(
     rows: list[dict[str, Any]] = []
     trained_cells: list[tuple[int, int]] = []
     for r, c, sizes in cells:
-        arch = Architecture.mlp(sizes, bias=cfg.task.bias, input_shape=data.image_shape)
+        arch = task.mlp(sizes)
         n_chunk = chunk or max(1, min(num, WEIGHT_BUDGET // arch.num_weights))
         t0 = time.perf_counter()
         accs = []
@@ -140,11 +115,7 @@ def run_generalization(
             g = min(n_chunk, num - lo)
             gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
             res = grow(tr.rule, arch, g, steps, init, device=device, generator=gen)
-            accs.append(
-                batched_accuracy(
-                    res.graph, res.w, X, y, cfg.task.activation, fan_in_ref=cfg.task.fan_in_ref
-                ).cpu()
-            )
+            accs.append(task.batched_accuracy(res.graph, res.w, X, y).cpu())
         acc = torch.cat(accs)
         m, s = mean_std(acc)
         trained = sizes in train_sizes

@@ -37,10 +37,9 @@ from gnca.experiments.common import (
     md_table,
     obtain_rule,
     rule_info,
-    split_tensors,
     write_csv,
 )
-from gnca.grow import accuracy, grow
+from gnca.grow import grow
 
 
 def run_robustness(
@@ -308,17 +307,11 @@ def _grow_with_zero_outs(
     ``train_acc`` (same shape) and ``damaged_acc``: the test accuracy of the damaged nets of each
     zero-out, before the rule acts.
     """
-    from gnca.trainer import build_architectures, init_spec, load_config_dataset
-
-    cfg = tr.cfg
-    data = load_config_dataset(cfg)
-    arch = build_architectures(cfg, data)[0]
-    k = cfg.train.k_max
-    act = cfg.task.activation
-    ref = cfg.task.fan_in_ref
-    X_tr, y_tr = split_tensors(data, "train", device)
-    X_te, y_te = split_tensors(data, "test", device)
-    init = init_spec(cfg)
+    task, init = tr.task, tr.init
+    arch = tr.architectures()[0]
+    k = tr.cfg.train.k_max
+    X_tr, y_tr = task.split("train", device)
+    X_te, y_te = task.split("test", device)
 
     search = search_mult * k
     res = grow(
@@ -329,7 +322,7 @@ def _grow_with_zero_outs(
         init,
         device=device,
         generator=torch.Generator(device=device).manual_seed(seed),
-        metric=lambda g, w: accuracy(g, w, X_tr, y_tr, act, ref),
+        metric=lambda g, w: task.accuracy(g, w, X_tr, y_tr),
         record_at=range(1, search + 1),
     )
     assert res.curve is not None
@@ -344,14 +337,14 @@ def _grow_with_zero_outs(
         if step not in damage_at:
             return w
         w = zero_out(graph, w, fraction=fraction, generator=dgen)
-        damaged_acc.append(accuracy(graph, w, X_te, y_te, act, ref).cpu())
+        damaged_acc.append(task.accuracy(graph, w, X_te, y_te).cpu())
         return w
 
     train_acc: list[torch.Tensor] = []
 
     def metric(graph, w: torch.Tensor) -> torch.Tensor:
-        train_acc.append(accuracy(graph, w, X_tr, y_tr, act, ref).cpu())
-        return accuracy(graph, w, X_te, y_te, act, ref)
+        train_acc.append(task.accuracy(graph, w, X_tr, y_tr).cpu())
+        return task.accuracy(graph, w, X_te, y_te)
 
     # the same seed: identical growth up to W (the zero-outs draw from their own generator)
     res = grow(

@@ -35,11 +35,10 @@ from gnca.experiments.common import (
     mean_std,
     obtain_rule,
     rule_info,
-    split_tensors,
     write_csv,
 )
 from gnca.graph import num_graphs, weight_batch
-from gnca.grow import accuracy, cross_entropy, grow
+from gnca.grow import grow
 
 
 def band_metrics(
@@ -107,7 +106,6 @@ def run_stability(
         progress: show progress bars.
     """
     from gnca.experiments.plots import plot_stability
-    from gnca.trainer import build_architectures, init_spec, load_config_dataset
 
     if num < 1 or horizon_mult < 1 or tolerance < 0:
         raise ExperimentError("num and horizon_mult must be >= 1 and tolerance >= 0")
@@ -141,32 +139,20 @@ def run_stability(
     curves: dict[str, dict[str, torch.Tensor]] = {}
     horizons: dict[str, int] = {}
     for tr in rules:
-        cfg = tr.cfg
-        data = load_config_dataset(cfg)
-        arch = build_architectures(cfg, data)[0]
-        k = cfg.train.k_max
+        task = tr.task
+        arch = tr.architectures()[0]
+        k = tr.cfg.train.k_max
         total = horizon_mult * k
-        X_tr, y_tr = split_tensors(data, "train", device)
-        X_te, y_te = split_tensors(data, "test", device)
-        act, ref = cfg.task.activation, cfg.task.fan_in_ref
+        X_tr, y_tr = task.split("train", device)
+        X_te, y_te = task.split("test", device)
         test_acc: list[torch.Tensor] = []
         max_w: list[torch.Tensor] = []
 
-        def metric(
-            graph,
-            w,
-            X_tr=X_tr,
-            y_tr=y_tr,
-            X_te=X_te,
-            y_te=y_te,
-            act=act,
-            ref=ref,
-            ta=test_acc,
-            mw=max_w,
-        ):
-            ta.append(accuracy(graph, w, X_te, y_te, act, ref).cpu())
+        def metric(graph, w, task=task, X_tr=X_tr, y_tr=y_tr, X_te=X_te, y_te=y_te,
+                   ta=test_acc, mw=max_w):  # fmt: skip
+            ta.append(task.accuracy(graph, w, X_te, y_te).cpu())
             mw.append(max_abs_weight(graph, w).cpu())
-            return cross_entropy(graph, w, X_tr, y_tr, act, ref)
+            return task.loss(graph, w, X_tr, y_tr)
 
         bar = _bar(total, f"stability {tr.label}", progress)
         res = grow(
@@ -174,7 +160,7 @@ def run_stability(
             arch,
             num,
             total,
-            init_spec(cfg),
+            tr.init,
             device=device,
             generator=torch.Generator(device=device).manual_seed(seed),
             metric=metric,
@@ -224,7 +210,7 @@ def run_stability(
         summary_rows.append(
             {
                 "rule": tr.label,
-                "pool_size": cfg.pool.size,
+                "pool_size": tr.cfg.pool.size,
                 "meta_steps": tr.meta_steps,
                 "horizon_k_max": k,
                 "steps_grown": total,

@@ -1,0 +1,302 @@
+"""From a :class:`~gnca.config.Config` to the objects that do the work, in one place.
+
+Every module that starts from a configuration (the CLI, the experiments, distributed training,
+the examples and benchmarks) builds its pieces here; the pieces themselves never see a
+``Config``. Each builder takes only the section it needs:
+
+========================  ===========================================================
+:func:`make_rule`         ``cfg.rule`` -> :class:`~gnca.LocalRule`
+:func:`make_dataset`      ``cfg.data`` -> :class:`~gnca.data.Dataset`
+:func:`make_task`         ``cfg.task`` + dataset -> :class:`~gnca.task.Task`
+:func:`make_architectures` ``cfg.task`` + task -> the training MLPs
+:func:`make_init`         ``cfg.task`` -> :class:`~gnca.state.InitSpec`
+:func:`make_trainer`      the whole config -> :class:`~gnca.trainer.MetaTrainer`
+:func:`load_trained`      a checkpoint -> :class:`TrainedRule` (rule, task, init, config)
+========================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from gnca.architecture import Architecture
+from gnca.checkpoint import load_checkpoint
+from gnca.config import Config, DataConfig, RuleConfig, TaskConfig, config_from_dict
+from gnca.data import Dataset, load_dataset
+from gnca.rule import LocalRule
+from gnca.state import InitSpec, code_channels
+from gnca.task import Task
+
+if TYPE_CHECKING:
+    from gnca.trainer import MetaTrainer
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {name!r} but CUDA is not available on this machine")
+    return dev
+
+
+def make_rule(r: RuleConfig) -> LocalRule:
+    """The local rule described by ``cfg.rule`` (its parameters drawn from torch's global RNG)."""
+    return LocalRule(
+        r.hidden_channels,
+        r.widths,
+        r.activation,
+        r.neighbourhood,
+        include_self=r.include_self,
+        reduce=r.reduce,
+        fire_rate=r.fire_rate,
+        bound=r.bound,
+        aggr=r.aggr,
+    )
+
+
+def make_dataset(d: DataConfig, data_dir: str | None = None) -> Dataset:
+    """The data of ``cfg.data``; ``data_dir`` (a command-line flag) wins over ``d.data_dir``,
+    which wins over ``$GNCA_DATA``."""
+    return load_dataset(
+        d.name,
+        data_dir=data_dir or d.data_dir,
+        csv_path=d.csv_path,
+        test_fraction=d.test_fraction,
+        split=d.split,
+        seed=d.seed,
+        downsample=d.downsample,
+        max_train=d.max_train,
+    )
+
+
+def make_task(t: TaskConfig, data: Dataset, batch_size: int | None = None) -> Task:
+    """The task of ``cfg.task`` on ``data``; ``batch_size`` is ``cfg.data.batch_size``."""
+    return Task(data, t.activation, t.fan_in_ref, t.bias, batch_size)
+
+
+def make_architectures(t: TaskConfig, task: Task) -> list[Architecture]:
+    """The training MLPs of ``cfg.task.architectures``, checked against the task's data."""
+    archs = []
+    for i, sizes in enumerate(t.architectures):
+        try:
+            archs.append(task.mlp(sizes))
+        except ValueError:
+            raise ValueError(
+                f"task.architectures[{i}] = {sizes} does not fit {task.name}: it needs "
+                f"{task.n_features} inputs and {task.n_classes} outputs"
+            ) from None
+    return archs
+
+
+def make_init(t: TaskConfig, training: bool = False) -> InitSpec:
+    """How task nets start; ``task.code_jitter`` applies only to meta-training seeds."""
+    return InitSpec(
+        t.init,
+        t.init_scale,
+        t.init_seed,
+        t.init_noise,
+        t.code_freqs,
+        t.depth_code,
+        code_jitter=t.code_jitter if training else 0.0,
+    )
+
+
+def trainer_parts(
+    cfg: Config,
+    dataset: Dataset | None = None,
+    device: torch.device | None = None,
+    archs: list[Architecture] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of :class:`~gnca.trainer.MetaTrainer` for ``cfg``.
+
+    Order matters for reproducibility: the rule's parameters are drawn right after
+    ``torch.manual_seed(cfg.train.seed)``.
+    """
+    data = dataset if dataset is not None else make_dataset(cfg.data)
+    task = make_task(cfg.task, data, cfg.data.batch_size)
+    archs = [task.check(a) for a in archs] if archs is not None else None
+    archs = archs if archs is not None else make_architectures(cfg.task, task)
+    torch.manual_seed(cfg.train.seed)
+    return {
+        "rule": make_rule(cfg.rule),
+        "task": task,
+        "archs": archs,
+        "train": cfg.train,
+        "pool": cfg.pool,
+        "init": make_init(cfg.task),
+        "seed_init": make_init(cfg.task, training=True),
+        "device": device or resolve_device(cfg.train.device),
+        "config": cfg,
+    }
+
+
+def make_trainer(
+    cfg: Config,
+    dataset: Dataset | None = None,
+    device: torch.device | None = None,
+    archs: list[Architecture] | None = None,
+) -> MetaTrainer:
+    """A :class:`~gnca.trainer.MetaTrainer` for ``cfg`` (custom ``archs`` replace the config's
+    MLPs; they are not stored in the config, so pass them again when resuming)."""
+    from gnca.trainer import MetaTrainer
+
+    return MetaTrainer(**trainer_parts(cfg, dataset, device, archs))
+
+
+def config_record(
+    rule: LocalRule, task: Task, archs: list[Architecture], init: InitSpec, seed_init: InitSpec
+) -> tuple[DataConfig, TaskConfig, RuleConfig]:
+    """The ``data``, ``task`` and ``rule`` sections that describe objects built in Python, so
+    that their checkpoints load like any other (custom DAGs are not recorded: only MLPs are)."""
+    rc = rule.config()
+    aggr = rc.pop("aggr")
+    sizes = [list(a.mlp_sizes) for a in archs if a.mlp_sizes]
+    data = DataConfig(name=task.name, batch_size=task.batch_size)
+    tc = TaskConfig(
+        architectures=sizes or [[task.n_features, task.n_classes]],
+        bias=task.bias,
+        activation=task.activation,
+        init=init.kind,
+        init_seed=init.seed,
+        init_scale=init.scale,
+        init_noise=init.noise,
+        code_freqs=init.code_freqs,
+        depth_code=init.depth_code,
+        code_jitter=seed_init.code_jitter,
+        fan_in_ref=task.fan_in_ref,
+    )
+    return data, tc, RuleConfig(**rc, aggr=None if aggr == rc["reduce"] else aggr)
+
+
+def check_codes_fit(init: InitSpec, hidden_channels: int) -> None:
+    """A ValueError when identity codes need more channels than the rule's hidden state has."""
+    if init.kind == "codes":
+        need = code_channels(init.code_freqs)
+        if hidden_channels < need:
+            raise ValueError(
+                f"rule.hidden_channels = {hidden_channels} is too small for task.init = codes "
+                f"with task.code_freqs = {init.code_freqs} (needs >= {need})"
+            )
+
+
+# ---------------------------------------------------------------------- loading
+def load_rule(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[LocalRule, Config]:
+    """A trained rule and its configuration from a checkpoint."""
+    return _rule_from(load_checkpoint(path, map_location=map_location), path)
+
+
+def _rule_from(d: dict, path: str | os.PathLike) -> tuple[LocalRule, Config]:
+    for key in ("rule", "rule_config", "config"):
+        if key not in d:
+            raise ValueError(f"{path} is a gnca checkpoint without {key!r}; it holds no rule")
+    cfg = config_from_dict(d["config"])
+    rule = LocalRule(**d["rule_config"])
+    try:
+        rule.load_state_dict(d["rule"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(
+            f"{path}: the rule weights do not match its configuration ({first})"
+        ) from None
+    return rule, cfg
+
+
+@dataclass
+class TrainedRule:
+    """A meta-trained rule with everything needed to grow and evaluate nets.
+
+    Attributes:
+        rule: the local rule (eval mode, on ``device``).
+        cfg: the configuration it was meta-trained with (``data.data_dir`` as used now).
+        task: its task (data and forward conventions).
+        init: the initial-state spec for growing (exact identity codes).
+        device: where it grows.
+        checkpoint: where it was loaded from or saved to (``None`` when built in memory).
+        meta_steps: meta-steps it was trained for.
+        label: short name in experiment tables and plots (e.g. ``"pooled"``).
+        train_seconds: wall time of meta-training (``None`` if unknown).
+        trained_now: whether this process meta-trained (some of) it.
+    """
+
+    rule: LocalRule
+    cfg: Config
+    task: Task
+    init: InitSpec
+    device: torch.device
+    checkpoint: Path | None = None
+    meta_steps: int = 0
+    label: str = ""
+    train_seconds: float | None = None
+    trained_now: bool = False
+
+    def architectures(self) -> list[Architecture]:
+        """The architectures it was meta-trained on (MLPs of ``cfg.task.architectures``)."""
+        return make_architectures(self.cfg.task, self.task)
+
+
+def trained_from(
+    rule: LocalRule,
+    cfg: Config,
+    *,
+    device: torch.device | str | None = None,
+    data_dir: str | None = None,
+    dataset: Dataset | None = None,
+    checkpoint: Path | None = None,
+    meta_steps: int | None = None,
+    **extra: Any,
+) -> TrainedRule:
+    """A :class:`TrainedRule` for ``rule`` and its ``cfg`` (data loaded unless given); ``extra``
+    sets the experiment fields (``label``, ``train_seconds``, ``trained_now``)."""
+    if data_dir:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=data_dir))
+    dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+    data = dataset if dataset is not None else make_dataset(cfg.data)
+    return TrainedRule(
+        rule.to(dev).eval(),
+        cfg,
+        make_task(cfg.task, data, cfg.data.batch_size),
+        make_init(cfg.task),
+        dev,
+        checkpoint,
+        cfg.train.steps if meta_steps is None else meta_steps,
+        **extra,
+    )
+
+
+def load_trained(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    data_dir: str | None = None,
+    dataset: Dataset | None = None,
+) -> TrainedRule:
+    """Load a checkpoint written by ``gnca train`` or an experiment, ready to grow.
+
+    Args:
+        path: the ``last.pt``.
+        device: where to grow (default: the checkpoint's ``train.device``).
+        data_dir: replaces the configuration's ``data.data_dir`` (the command-line flag).
+        dataset: use this data instead of loading the configuration's.
+    """
+    d = load_checkpoint(path)
+    rule, cfg = _rule_from(d, path)
+    steps = int(d["step"]) if "step" in d else cfg.train.steps
+    return trained_from(
+        rule,
+        cfg,
+        device=device,
+        data_dir=data_dir,
+        dataset=dataset,
+        checkpoint=Path(path),
+        meta_steps=steps,
+    )
