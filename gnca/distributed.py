@@ -58,10 +58,9 @@ import torch.distributed as dist
 from gnca.architecture import Architecture
 from gnca.build import resolve_device, trainer_parts
 from gnca.config import Config, config_to_dict
-from gnca.damage import zero_out
 from gnca.data import Dataset
 from gnca.graph import WeightGraph
-from gnca.pool import SamplePool
+from gnca.pool import SamplePool, Shard
 from gnca.trainer import MetaTrainer
 
 __all__ = [
@@ -348,17 +347,13 @@ class DistributedMetaTrainer(MetaTrainer):
         world = self.ctx.world_size
         self.local_batch = cfg.train.batch_size // world
         # The global batch's graphs draw the per-net randomness; the local ones grow our share.
-        self.global_graphs = self.graphs
+        self.seed_graphs = self.graphs
         if world > 1:
             self.graphs = [
                 WeightGraph.replicate(a, self.local_batch, device=self.device) for a in self.archs
             ]
         self.pools = [self._shard(p) for p in self.pools]
-        shard = cfg.pool.size // world
-        # Stands in for the other ranks' shards so that `gen` advances identically everywhere.
-        self._stand_in = SamplePool(
-            torch.empty(shard, 0), torch.empty(shard, 0, 0), torch.zeros(shard)
-        )
+        self.shard = Shard(self.ctx.rank, world, _all_gather_cat) if world > 1 else Shard()
         self.saved_step: int | None = None
         self._broadcast_rule()
 
@@ -383,57 +378,6 @@ class DistributedMetaTrainer(MetaTrainer):
     def _broadcast_rule(self) -> None:
         for t in self.rule.state_dict().values():
             dist.broadcast(t, src=0)
-
-    def _sample(self, i: int) -> torch.Tensor:
-        """This rank's ``b`` local pool indices, worst first; every rank draws every rank's."""
-        idx = None
-        for q in range(self.ctx.world_size):
-            if q == self.ctx.rank:
-                idx = self.pools[i].sample(self.local_batch, self.gen)
-            else:
-                self._stand_in.sample(self.local_batch, self.gen)
-        assert idx is not None
-        return idx
-
-    # ------------------------------------------------------------------ hooks of meta_step
-    def _batch(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """Local pool indices and starting ``w (b*E,)``, ``h (b*E, C)`` of arch ``i``."""
-        cfg = self.cfg
-        world, rank, b = self.ctx.world_size, self.ctx.rank, self.local_batch
-        big_b = cfg.train.batch_size
-        e = self.archs[i].num_weights
-        lo, hi = rank * b * e, (rank + 1) * b * e  # our slice of the global batch's weights
-        w_seed, h_seed = self._seed_states(self.global_graphs[i])  # (B*E,), (B*E, C)
-        w_seed, h_seed = w_seed[lo:hi], h_seed[lo:hi]
-        if not self.pools:
-            return None, w_seed, h_seed
-        pool = self.pools[i]
-        idx = self._sample(i)
-        w = pool.w[idx.to(pool.w.device)]  # (b, E)
-        h = pool.h[idx.to(pool.h.device)]  # (b, E, C)
-        # Rank the global batch (rank-major positions) by the sampled losses, worst first.
-        losses = _all_gather_cat(pool.loss[idx]) if world > 1 else pool.loss[idx]  # (B,)
-        order = torch.argsort(losses, descending=True, stable=True)
-        n_fresh = cfg.pool.fresh if cfg.pool.replace_worst else 0
-        fresh = torch.zeros(big_b, dtype=torch.bool)
-        fresh[order[:n_fresh]] = True
-        mine = fresh[rank * b : (rank + 1) * b].to(self.device)
-        w = torch.where(mine[:, None], w_seed.view(b, e), w).reshape(-1)
-        h = torch.where(mine[:, None, None], h_seed.view(b, e, -1), h).reshape(b * e, -1)
-        if cfg.pool.damage:
-            which = torch.zeros(big_b, dtype=torch.bool)
-            which[order[big_b - cfg.pool.damage :]] = True  # the lowest losses
-            which &= ~fresh
-            ones = torch.ones(big_b * e, dtype=w.dtype, device=self.device)
-            kept = zero_out(
-                self.global_graphs[i],
-                ones,
-                fraction=cfg.pool.damage_fraction,
-                which=which.to(self.device),
-                generator=self.dev_gen,
-            )[lo:hi]
-            w = torch.where(kept == 0, torch.zeros_like(w), w)
-        return idx, w, h
 
     def _fire_mask(self, w: torch.Tensor) -> torch.Tensor:
         n = w.shape[0]  # b * E

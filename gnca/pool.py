@@ -8,9 +8,43 @@ steps than one unroll, which is what makes growth stable (design notes, section 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which part of a global batch this process holds (data-parallel training).
+
+    Attributes:
+        rank: this process's index; world: number of processes, each holding an equal shard
+            of every pool and ``n`` of the ``world * n`` nets of a batch (rank-major).
+        gather: ``(n,) -> (world * n,)`` concatenation over the ranks (an all-gather).
+    """
+
+    rank: int = 0
+    world: int = 1
+    gather: Callable[[torch.Tensor], torch.Tensor] = field(default=_same, compare=False)
+
+
+@dataclass
+class PoolBatch:
+    """A meta-step's starting states taken from a pool.
+
+    Attributes:
+        idx: ``(n,)`` the pool indices they came from (worst first, for :meth:`SamplePool.commit`).
+        w: ``(n, E)`` weights; h: ``(n, E, C)`` hidden states.
+    """
+
+    idx: torch.Tensor
+    w: torch.Tensor
+    h: torch.Tensor
 
 
 @dataclass
@@ -45,6 +79,62 @@ class SamplePool:
         idx = torch.randperm(self.size, generator=generator)[:n]
         order = torch.argsort(self.loss[idx], descending=True, stable=True)
         return idx[order]
+
+    def batch(
+        self,
+        n: int,
+        generator: torch.Generator,
+        seeds: tuple[torch.Tensor, torch.Tensor],
+        *,
+        fresh: int = 0,
+        damage: int = 0,
+        damage_mask: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        shard: Shard | None = None,
+    ) -> PoolBatch:
+        """The starting states of a meta-step: sample, renew the worst, damage the best.
+
+        Every rank of a data-parallel run calls this with the same ``generator`` state; the
+        global batch is the ranks' ``n`` samples each, ranked together by their last loss.
+
+        Args:
+            n: samples from this pool (this rank's share of the batch).
+            generator: draws the sample (every rank draws every rank's, to stay in step).
+            seeds: fresh ``w (n, E)``, ``h (n, E, C)`` for this rank's positions.
+            fresh: the ``fresh`` worst samples of the global batch start again from ``seeds``.
+            damage: the ``damage`` best samples (not renewed) are damaged ...
+            damage_mask: ... by ``damage_mask(which) -> (world * n * E,)``, zero where a weight
+                is zeroed, given ``which`` ``(world * n,)`` bool (e.g. :func:`gnca.zero_out`
+                of ones).
+            shard: this process's part (default: the whole batch).
+        """
+        shard = shard or Shard()
+        idx = None
+        for q in range(shard.world):
+            if q == shard.rank:
+                idx = self.sample(n, generator)
+            else:  # another rank's draw: advance the generator exactly as it does
+                torch.randperm(self.size, generator=generator)
+        assert idx is not None
+        w = self.w[idx.to(self.w.device)]  # (n, E)
+        h = self.h[idx.to(self.h.device)]  # (n, E, C)
+        big = n * shard.world
+        order = torch.argsort(shard.gather(self.loss[idx]), descending=True, stable=True)  # (B,)
+        renew = torch.zeros(big, dtype=torch.bool)
+        renew[order[:fresh]] = True
+        lo, hi = shard.rank * n, (shard.rank + 1) * n
+        mine = renew[lo:hi].to(w.device)
+        w = torch.where(mine[:, None], seeds[0], w)
+        h = torch.where(mine[:, None, None], seeds[1], h)
+        if damage:
+            if damage_mask is None:
+                raise ValueError("damage > 0 needs a damage_mask")
+            which = torch.zeros(big, dtype=torch.bool)
+            which[order[big - damage :]] = True  # the lowest losses
+            which &= ~renew
+            e = w.shape[1]
+            kept = damage_mask(which)[lo * e : hi * e].view(n, e)
+            w = torch.where(kept == 0, torch.zeros_like(w), w)
+        return PoolBatch(idx, w, h)
 
     def commit(
         self, idx: torch.Tensor, w: torch.Tensor, h: torch.Tensor, loss: torch.Tensor

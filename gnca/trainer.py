@@ -36,7 +36,7 @@ from gnca.damage import zero_out
 from gnca.data import Dataset
 from gnca.graph import WeightGraph
 from gnca.grow import grow
-from gnca.pool import SamplePool
+from gnca.pool import SamplePool, Shard
 from gnca.rule import LocalRule
 from gnca.state import InitSpec
 from gnca.task import Task, logits_accuracy, logits_cross_entropy
@@ -126,6 +126,8 @@ class MetaTrainer:
         self.graphs = [
             WeightGraph.replicate(a, t.batch_size, device=self.device) for a in self.archs
         ]
+        self.seed_graphs = self.graphs  # the whole batch (a distributed rank grows a share)
+        self.shard = Shard()  # this process's part of every batch
         self.X_train, self.y_train = task.split("train", self.device)
         self.pools: list[SamplePool] = []
         if pool.size:
@@ -165,31 +167,38 @@ class MetaTrainer:
         return t.lr_final + 0.5 * (t.lr - t.lr_final) * (1 + math.cos(math.pi * frac))
 
     def _batch(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """Pool indices (or None) and the starting ``w (B*E,)``, ``h (B*E, C)`` of arch ``i``."""
-        cfg, graph = self.cfg, self.graphs[i]
-        b = cfg.train.batch_size
-        w_seed, h_seed = self._seed_states(graph)
+        """Pool indices (or None) and the starting ``w (b*E,)``, ``h (b*E, C)`` of arch ``i``
+        (``b`` nets: the batch, or this rank's share of it)."""
+        pool_cfg, shard = self.cfg.pool, self.shard
+        seed_graph = self.seed_graphs[i]  # the whole batch: it draws the per-net randomness
+        e = self.archs[i].num_weights
+        b = self.cfg.train.batch_size // shard.world
+        lo, hi = shard.rank * b * e, (shard.rank + 1) * b * e
+        w_seed, h_seed = self._seed_states(seed_graph)  # (B*E,), (B*E, C)
+        w_seed, h_seed = w_seed[lo:hi], h_seed[lo:hi]
         if not self.pools:
             return None, w_seed, h_seed
-        pool = self.pools[i]
-        idx = pool.sample(b, self.gen)  # worst first
-        e = self.archs[i].num_weights
-        w = pool.w[idx.to(pool.w.device)]  # (B, E)
-        h = pool.h[idx.to(pool.h.device)]  # (B, E, C)
-        n_fresh = cfg.pool.fresh if cfg.pool.replace_worst else 0
-        if n_fresh:
-            w = torch.cat([w_seed.view(b, e)[:n_fresh], w[n_fresh:]])
-            h = torch.cat([h_seed.view(b, e, -1)[:n_fresh], h[n_fresh:]])
-        w = w.reshape(-1)
-        h = h.reshape(b * e, -1)
-        if cfg.pool.damage:
-            which = torch.zeros(b, dtype=torch.bool, device=self.device)
-            which[b - cfg.pool.damage :] = True  # the lowest-loss samples sit last
-            which[:n_fresh] = False
-            w = zero_out(
-                graph, w, fraction=cfg.pool.damage_fraction, which=which, generator=self.dev_gen
+
+        def damage_mask(which: torch.Tensor) -> torch.Tensor:
+            ones = torch.ones(w_seed.shape[0] * shard.world, device=self.device)
+            return zero_out(
+                seed_graph,
+                ones,
+                fraction=pool_cfg.damage_fraction,
+                which=which.to(self.device),
+                generator=self.dev_gen,
             )
-        return idx, w, h
+
+        got = self.pools[i].batch(
+            b,
+            self.gen,
+            (w_seed.view(b, e), h_seed.view(b, e, -1)),
+            fresh=pool_cfg.fresh if pool_cfg.replace_worst else 0,
+            damage=pool_cfg.damage,
+            damage_mask=damage_mask,
+            shard=shard,
+        )
+        return got.idx, got.w.reshape(-1), got.h.reshape(b * e, -1)
 
     def _unroll(self, graph, w, h, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         bf16 = self.cfg.train.precision == "bf16"  # the rule's MLP under bf16 autocast
