@@ -2,17 +2,17 @@
 
 Every module that starts from a configuration (the CLI, the experiments, distributed training,
 the examples and benchmarks) builds its pieces here; the pieces themselves never see a
-``Config``. Each builder takes only the section it needs:
+``Config``. ``MetaTrainer.from_config(cfg)`` is a trainer built from :func:`trainer_parts`
+(this module sits below the trainer and never imports it). Each builder takes only the section
+it needs:
 
-========================  ===========================================================
-:func:`make_rule`         ``cfg.rule`` -> :class:`~gnca.LocalRule`
-:func:`make_dataset`      ``cfg.data`` -> :class:`~gnca.data.Dataset`
-:func:`make_task`         ``cfg.task`` + dataset -> :class:`~gnca.task.Task`
-:func:`make_architectures` ``cfg.task`` + task -> the training MLPs
-:func:`make_init`         ``cfg.task`` -> :class:`~gnca.state.InitSpec`
-:func:`make_trainer`      the whole config -> :class:`~gnca.trainer.MetaTrainer`
-:func:`load_trained`      a checkpoint -> :class:`TrainedRule` (rule, task, init, config)
-========================  ===========================================================
+- :func:`make_rule`: ``cfg.rule`` -> :class:`~gnca.LocalRule`
+- :func:`make_dataset`: ``cfg.data`` -> :class:`~gnca.data.Dataset`
+- :func:`make_task`: ``cfg.task`` + dataset -> :class:`~gnca.task.Task`
+- :func:`make_architectures`: ``cfg.task`` + task -> the training MLPs
+- :func:`make_init`: ``cfg.task`` -> :class:`~gnca.state.InitSpec`
+- :func:`trainer_parts`: the whole config -> the arguments of the trainer
+- :func:`load_trained`: a checkpoint -> :class:`TrainedRule` (rule, task, init, config)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -29,22 +29,24 @@ from gnca.architecture import Architecture
 from gnca.checkpoint import load_checkpoint
 from gnca.config import Config, DataConfig, RuleConfig, TaskConfig, config_from_dict
 from gnca.data import Dataset, load_dataset
+from gnca.device import resolve_device
 from gnca.rule import LocalRule
-from gnca.state import InitSpec, code_channels
+from gnca.state import InitSpec
 from gnca.task import Task
 
-if TYPE_CHECKING:
-    from gnca.trainer import MetaTrainer
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device is {name!r} but CUDA is not available on this machine")
-    return dev
+__all__ = [
+    "TrainedRule",
+    "load_rule",
+    "load_trained",
+    "make_architectures",
+    "make_dataset",
+    "make_init",
+    "make_rule",
+    "make_task",
+    "resolve_device",
+    "trained_from",
+    "trainer_parts",
+]
 
 
 def make_rule(r: RuleConfig) -> LocalRule:
@@ -136,55 +138,6 @@ def trainer_parts(
         "device": device or resolve_device(cfg.train.device),
         "config": cfg,
     }
-
-
-def make_trainer(
-    cfg: Config,
-    dataset: Dataset | None = None,
-    device: torch.device | None = None,
-    archs: list[Architecture] | None = None,
-) -> MetaTrainer:
-    """A :class:`~gnca.trainer.MetaTrainer` for ``cfg`` (custom ``archs`` replace the config's
-    MLPs; they are not stored in the config, so pass them again when resuming)."""
-    from gnca.trainer import MetaTrainer
-
-    return MetaTrainer(**trainer_parts(cfg, dataset, device, archs))
-
-
-def config_record(
-    rule: LocalRule, task: Task, archs: list[Architecture], init: InitSpec, seed_init: InitSpec
-) -> tuple[DataConfig, TaskConfig, RuleConfig]:
-    """The ``data``, ``task`` and ``rule`` sections that describe objects built in Python, so
-    that their checkpoints load like any other (custom DAGs are not recorded: only MLPs are)."""
-    rc = rule.config()
-    aggr = rc.pop("aggr")
-    sizes = [list(a.mlp_sizes) for a in archs if a.mlp_sizes]
-    data = DataConfig(name=task.name, batch_size=task.batch_size)
-    tc = TaskConfig(
-        architectures=sizes or [[task.n_features, task.n_classes]],
-        bias=task.bias,
-        activation=task.activation,
-        init=init.kind,
-        init_seed=init.seed,
-        init_scale=init.scale,
-        init_noise=init.noise,
-        code_freqs=init.code_freqs,
-        depth_code=init.depth_code,
-        code_jitter=seed_init.code_jitter,
-        fan_in_ref=task.fan_in_ref,
-    )
-    return data, tc, RuleConfig(**rc, aggr=None if aggr == rc["reduce"] else aggr)
-
-
-def check_codes_fit(init: InitSpec, hidden_channels: int) -> None:
-    """A ValueError when identity codes need more channels than the rule's hidden state has."""
-    if init.kind == "codes":
-        need = code_channels(init.code_freqs)
-        if hidden_channels < need:
-            raise ValueError(
-                f"rule.hidden_channels = {hidden_channels} is too small for task.init = codes "
-                f"with task.code_freqs = {init.code_freqs} (needs >= {need})"
-            )
 
 
 # ---------------------------------------------------------------------- loading

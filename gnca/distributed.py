@@ -56,9 +56,10 @@ import torch
 import torch.distributed as dist
 
 from gnca.architecture import Architecture
-from gnca.build import resolve_device, trainer_parts
+from gnca.build import trainer_parts
 from gnca.config import Config, config_to_dict
 from gnca.data import Dataset
+from gnca.device import resolve_device
 from gnca.graph import WeightGraph
 from gnca.pool import SamplePool, Shard
 from gnca.trainer import MetaTrainer

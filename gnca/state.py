@@ -266,3 +266,14 @@ class InitSpec:
             code_jitter=self.code_jitter,
             generator=generator,
         )
+
+
+def check_codes_fit(init: InitSpec, hidden_channels: int) -> None:
+    """A ValueError when identity codes need more channels than the rule's hidden state has."""
+    if init.kind == "codes":
+        need = code_channels(init.code_freqs)
+        if hidden_channels < need:
+            raise ValueError(
+                f"rule.hidden_channels = {hidden_channels} is too small for task.init = codes "
+                f"with task.code_freqs = {init.code_freqs} (needs >= {need})"
+            )

@@ -31,14 +31,24 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from gnca.architecture import Architecture
 from gnca.checkpoint import load_checkpoint, save_checkpoint
-from gnca.config import Config, PoolConfig, TrainConfig, config_from_dict, config_to_dict
+from gnca.config import (
+    Config,
+    DataConfig,
+    PoolConfig,
+    RuleConfig,
+    TaskConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from gnca.damage import zero_out
 from gnca.data import Dataset
+from gnca.device import resolve_device
 from gnca.graph import WeightGraph
 from gnca.grow import grow
 from gnca.pool import SamplePool, Shard
 from gnca.rule import LocalRule
-from gnca.state import InitSpec
+from gnca.state import InitSpec, check_codes_fit
 from gnca.task import Task, logits_accuracy, logits_cross_entropy
 
 
@@ -66,7 +76,7 @@ class MetaTrainer:
                               train=TrainConfig(steps=200), pool=PoolConfig(size=64))
         trainer.train("runs/python")
 
-    :func:`gnca.build.make_trainer` builds one from a configuration.
+    :meth:`from_config` builds one from a configuration (through :mod:`gnca.build`).
 
     Args:
         rule: the rule to meta-train (moved to ``device``).
@@ -78,7 +88,7 @@ class MetaTrainer:
         seed_init: initial states of meta-training seeds (default: ``init``).
         device: where to train (default: ``train.device`` resolved).
         config: the configuration these objects were built from, stored in checkpoints; when
-            ``None`` one is recorded from the objects (:func:`gnca.build.config_record`).
+            ``None`` one is recorded from the objects (:func:`config_record`).
     """
 
     is_main: bool = True  # False on the non-zero ranks of a distributed run: no logs, no files
@@ -96,22 +106,20 @@ class MetaTrainer:
         device: torch.device | None = None,
         config: Config | None = None,
     ) -> None:
-        from gnca import build
-
         train = train if train is not None else TrainConfig()
         pool = pool if pool is not None else PoolConfig()
         init = init if init is not None else InitSpec()
         seed_init = seed_init if seed_init is not None else init
         if config is None:
-            data_c, task_c, rule_c = build.config_record(rule, task, list(archs), init, seed_init)
+            data_c, task_c, rule_c = config_record(rule, task, list(archs), init, seed_init)
             config = Config(
                 name="python", data=data_c, task=task_c, rule=rule_c, pool=pool, train=train
             )
         self.cfg = config
-        self.device = device or build.resolve_device(train.device)
+        self.device = device or resolve_device(train.device)
         self.task = task
         self.data = task.data
-        build.check_codes_fit(seed_init, rule.hidden_channels)
+        check_codes_fit(seed_init, rule.hidden_channels)
         self.archs = [task.check(a) for a in archs]
         if not self.archs:
             raise ValueError("MetaTrainer needs at least one training architecture")
@@ -450,6 +458,31 @@ class MetaTrainer:
         trainer = cls.from_config(saved, dataset, device, archs)
         trainer.load_state_dict(d)
         return trainer
+
+
+def config_record(
+    rule: LocalRule, task: Task, archs: list[Architecture], init: InitSpec, seed_init: InitSpec
+) -> tuple[DataConfig, TaskConfig, RuleConfig]:
+    """The ``data``, ``task`` and ``rule`` sections that describe objects built in Python, so
+    that their checkpoints load like any other (custom DAGs are not recorded: only MLPs are)."""
+    rc = rule.config()
+    aggr = rc.pop("aggr")
+    sizes = [list(a.mlp_sizes) for a in archs if a.mlp_sizes]
+    data = DataConfig(name=task.name, batch_size=task.batch_size)
+    tc = TaskConfig(
+        architectures=sizes or [[task.n_features, task.n_classes]],
+        bias=task.bias,
+        activation=task.activation,
+        init=init.kind,
+        init_seed=init.seed,
+        init_scale=init.scale,
+        init_noise=init.noise,
+        code_freqs=init.code_freqs,
+        depth_code=init.depth_code,
+        code_jitter=seed_init.code_jitter,
+        fan_in_ref=task.fan_in_ref,
+    )
+    return data, tc, RuleConfig(**rc, aggr=None if aggr == rc["reduce"] else aggr)
 
 
 def _check_pool(pool: PoolConfig, train: TrainConfig) -> None:

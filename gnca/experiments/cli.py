@@ -45,7 +45,7 @@ def _derived(cfg: Config, suffix: str, **pool: int) -> Config:
 
 
 def _device(args: argparse.Namespace, cfg: Config | None) -> torch.device:
-    from gnca.build import resolve_device
+    from gnca.device import resolve_device
 
     return resolve_device(args.device or (cfg.train.device if cfg else "auto"))
 
@@ -281,4 +281,3 @@ def add_experiment_parser(
     g.add_argument("--chunk", type=int, default=None, help="nets grown at once (default: auto)")
     g.set_defaults(func=cmd_generalization)
     return exp
-
