@@ -17,6 +17,17 @@ from pathlib import Path
 import torch
 
 from gnca.architecture import Architecture
+from gnca.cliargs import (
+    Parser,
+    fraction,
+    int_list,
+    nonneg_float,
+    nonneg_int,
+    positive_int,
+    seconds,
+    seed,
+    set_types,
+)
 
 
 class CLIError(Exception):
@@ -435,8 +446,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+#: The ``type=`` of every numeric flag of ``gnca experiment ...`` (registered by
+#: :func:`gnca.experiments.cli.add_experiment_parser`), by option name.
+EXPERIMENT_TYPES = {
+    "--num": positive_int,
+    "--seed": seed,
+    "--horizon-mult": positive_int,
+    "--tolerance": nonneg_float,
+    "--zero-outs": positive_int,
+    "--every": positive_int,
+    "--fraction": fraction,
+    "--tail": nonneg_int,
+    "--search-mult": positive_int,
+    "--steps": nonneg_int,  # generalization: 0 rule steps grows nothing (the initial nets)
+    "--chunk": positive_int,
+    "--depths": int_list(1, unique=True),
+    "--widths": int_list(1, unique=True),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="gnca",
         description="Meta-Neural Cellular Automata: grow task networks with a learned local rule.",
     )
@@ -445,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-        sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+        sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
 
     t = sub.add_parser("train", help="meta-train a local rule from a YAML config")
     t.add_argument("--config", help="YAML config file (e.g. configs/iris.yaml)")
@@ -462,21 +492,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(
         "--nproc",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="data-parallel training in N processes on this machine (started through torchrun)",
     )
     t.add_argument(
         "--rdzv-timeout",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SEC",
         help="distributed runs: seconds for all processes to meet (default 30)",
     )
     t.add_argument(
         "--dist-timeout",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SEC",
         help="distributed runs: seconds to wait for a slow process (default 1800)",
@@ -494,10 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
             "architectures)",
         )
         sp.add_argument(
-            "--num", type=int, default=100, help="nets grown per architecture (default 100)"
+            "--num",
+            type=positive_int,
+            default=100,
+            help="nets grown per architecture (default 100)",
         )
         sp.add_argument("--split", choices=["test", "train"], default="test")
-        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--seed", type=seed, default=0, help="seed of the grown nets (0)")
         sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
         sp.add_argument(
             "--data-dir", default=None, help="data folder (MNIST), overrides the config"
@@ -506,13 +539,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("grow", help="grow task nets with a trained rule and report accuracy")
     growing(g)
-    g.add_argument("--steps", type=int, default=None, help="rule steps (default: train.k_max)")
+    g.add_argument(
+        "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
+    )
     g.add_argument(
         "--curve",
-        type=int,
+        type=nonneg_int,
         default=0,
         metavar="EVERY",
-        help="also report accuracy every EVERY steps",
+        help="also report accuracy every EVERY steps (0: only at the end)",
     )
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=cmd_grow)
@@ -520,14 +555,19 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")
     growing(e)
     e.add_argument(
-        "--horizons", default=None, help="comma-separated rule steps (default: k_max,10*k_max)"
+        "--horizons",
+        type=int_list(0),
+        default=None,
+        help="comma-separated rule steps >= 0 (default: k_max,10*k_max)",
     )
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="grow nets and save them as a plain PyTorch module")
     growing(x)
-    x.add_argument("--steps", type=int, default=None, help="rule steps (default: train.k_max)")
+    x.add_argument(
+        "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
+    )
     x.add_argument("--out", required=True, help="output file, e.g. nets.pt")
     x.set_defaults(func=cmd_export)
 
@@ -536,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     else:
-        add_experiment_parser(sub, common)
+        set_types(add_experiment_parser(sub, common), EXPERIMENT_TYPES)
     return p
 
 
@@ -544,9 +584,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for gnca train --nproc
-    if args.command == "grow" or args.command == "eval" or args.command == "export":
-        if args.num is not None and args.num < 1:
-            parser.error("--num must be >= 1")
     try:
         return int(args.func(args) or 0)
     except Exception as err:  # one line for the user, the traceback with --debug
