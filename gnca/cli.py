@@ -1,4 +1,5 @@
-"""The ``gnca`` command line: ``train``, ``grow``, ``eval``, ``export`` and ``experiment``.
+"""The ``gnca`` command line: ``train``, ``grow``, ``eval``, ``export``, ``experiment`` and
+``data download``.
 
 Every failure the user can cause (a bad config, a missing file, a corrupt checkpoint) ends with
 one line ``gnca: error: ...`` and exit status 2; ``--debug`` shows the traceback instead.
@@ -20,6 +21,7 @@ from gnca.architecture import Architecture
 from gnca.cliargs import (
     Parser,
     fraction,
+    http_url,
     int_list,
     nonneg_float,
     nonneg_int,
@@ -445,6 +447,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- data download
+def cmd_data_download(args: argparse.Namespace) -> int:
+    """``gnca data download mnist DIR``: fetch and verify the MNIST files, say how to use them."""
+    import shlex
+
+    from gnca import download
+
+    folder = Path(args.dir).expanduser().resolve()
+    try:
+        fetched = download.download_mnist(folder, args.mirror, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; what was received is kept in {folder}: run the same command again "
+            f"to resume",
+            file=sys.stderr,
+        )
+        return 130
+    quoted = shlex.quote(str(folder))
+    print(
+        f"MNIST is in {folder} ({len(download.MNIST_FILES)} files, SHA-256 verified; "
+        f"{len(fetched)} downloaded now).\n"
+        f"Use it with:  export GNCA_DATA={quoted}\n"
+        f"(or pass --data-dir {quoted} to grow/eval/export/experiment, or set data.data_dir "
+        f"in a config)"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 #: The ``type=`` of every numeric flag of ``gnca experiment ...`` (registered by
 #: :func:`gnca.experiments.cli.add_experiment_parser`), by option name.
@@ -571,6 +601,39 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output file, e.g. nets.pt")
     x.set_defaults(func=cmd_export)
 
+    d = sub.add_parser(
+        "data",
+        help="get datasets: gnca data download mnist DIR",
+        description="Get datasets. Nothing else in gnca ever downloads.",
+    )
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser(
+        "download",
+        help="download the MNIST IDX files into DIR, checked against pinned SHA-256 sums",
+        description="Download the four MNIST IDX files (gzipped) into DIR from public mirrors, "
+        "each checked against its pinned SHA-256; an interrupted download continues where it "
+        "stopped, files already present are kept.",
+    )
+    dl.add_argument("dataset", choices=["mnist"], help="the dataset (mnist)")
+    dl.add_argument("dir", metavar="DIR", help="destination folder (created if needed)")
+    dl.add_argument(
+        "--mirror",
+        action="append",
+        type=http_url,
+        metavar="URL",
+        help="download from URL (the files' folder) instead of the default mirrors; repeatable, "
+        "tried in order",
+    )
+    dl.add_argument(
+        "--timeout",
+        type=seconds,
+        default=30.0,
+        metavar="SEC",
+        help="seconds a silent connection is waited for (30)",
+    )
+    dl.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    dl.set_defaults(func=cmd_data_download)
+
     try:
         from gnca.experiments.cli import add_experiment_parser
     except ImportError:
@@ -593,10 +656,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gnca.config import ConfigError
         from gnca.data import DataError
         from gnca.distributed import DistributedError
+        from gnca.download import DownloadError
 
         known = (
             CLIError,
             DistributedError,
+            DownloadError,
             ConfigError,
             DataError,
             CheckpointError,

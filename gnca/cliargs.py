@@ -20,6 +20,7 @@ from typing import NoReturn
 __all__ = [
     "Parser",
     "fraction",
+    "http_url",
     "int_list",
     "iter_parsers",
     "nonneg_float",
@@ -123,6 +124,13 @@ def fraction(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
+
+
+def http_url(text: str) -> str:
+    """An ``http://`` or ``https://`` URL with a host (``--mirror``)."""
+    if not re.match(r"https?://[^/\s]", text):
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
+    return text
 
 
 def int_list(minimum: int, *, unique: bool = False) -> Callable[[str], str]:
