@@ -645,7 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0), or a parse error already printed as one line (2)
+        return done.code if isinstance(done.code, int) else 2 if done.code else 0
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for gnca train --nproc
     try:
         return int(args.func(args) or 0)
