@@ -1,4 +1,5 @@
-"""The ``gnca`` command line: ``train``, ``grow``, ``eval``, ``export`` and ``experiment``.
+"""The ``gnca`` command line: ``train``, ``grow``, ``eval``, ``export``, ``experiment`` and
+``data download``.
 
 Every failure the user can cause (a bad config, a missing file, a corrupt checkpoint) ends with
 one line ``gnca: error: ...`` and exit status 2; ``--debug`` shows the traceback instead.
@@ -17,6 +18,18 @@ from pathlib import Path
 import torch
 
 from gnca.architecture import Architecture
+from gnca.cliargs import (
+    Parser,
+    fraction,
+    http_url,
+    int_list,
+    nonneg_float,
+    nonneg_int,
+    positive_int,
+    seconds,
+    seed,
+    set_types,
+)
 
 
 class CLIError(Exception):
@@ -24,9 +37,98 @@ class CLIError(Exception):
 
 
 # ---------------------------------------------------------------------- helpers
-def parse_arch(spec: str, n_in: int, n_out: int, bias: bool, input_shape) -> Architecture:
-    """``"4-32-3"`` (an MLP; ``"32"`` or ``"32-16"`` gives only the hidden widths) or a JSON
-    file ``{"edges": [[u, v], ...], "inputs": [...], "outputs": [...]}``."""
+#: Prefix of an ``--arch`` spec that lists only the hidden widths (``h:32-16``).
+HIDDEN_PREFIX = "h:"
+
+
+def _sizes(text: str, spec: str) -> list[int]:
+    """The layer sizes of ``text`` (``4-32-3`` or ``4x32x3``); ``spec`` is named in errors."""
+    if not text.strip():
+        raise CLIError(f"bad architecture {spec!r}: no layer sizes")
+    try:
+        return [int(x) for x in text.replace("x", "-").split("-")]
+    except ValueError:
+        raise CLIError(
+            f"bad architecture {spec!r}: use layer sizes like 4-32-3, hidden widths like h:32-16 "
+            f"or a .json edge list"
+        ) from None
+
+
+def mlp_sizes(spec: str, n_in: int, n_out: int, dataset: str | None = None) -> list[int]:
+    """The full layer sizes of an MLP ``--arch`` spec, inputs first and outputs last.
+
+    Two forms, never guessed from each other:
+
+    * a full spec ``4-32-3`` must start with the ``n_in`` features and end with the ``n_out``
+      classes;
+    * ``h:32-16`` gives the hidden widths only (``4-32-16-3`` for Iris).
+
+    Raises:
+        CLIError: a spec that does not fit, naming which end is wrong and the two ways to write
+            what was probably meant (e.g. ``5-16-3`` on Iris: ``4-16-3`` or ``h:5-16``).
+    """
+    data = dataset or "the data"
+    if spec[: len(HIDDEN_PREFIX)].lower() == HIDDEN_PREFIX:
+        if not spec[len(HIDDEN_PREFIX) :].strip():
+            raise CLIError(
+                f"bad architecture {spec!r}: no hidden widths after {HIDDEN_PREFIX} (write "
+                f"{n_in}-{n_out} for a net without hidden layers)"
+            )
+        return [n_in, *_sizes(spec[len(HIDDEN_PREFIX) :], spec), n_out]
+    sizes = _sizes(spec, spec)
+    starts, ends = sizes[0] == n_in, sizes[-1] == n_out
+    if len(sizes) >= 2 and starts and ends:
+        return sizes
+    if len(sizes) == 1:
+        full, hidden = [n_in, *sizes, n_out], sizes
+        problem = (
+            f"is a single layer size, but a full spec starts with the {n_in} features and ends "
+            f"with the {n_out} classes of {data}"
+        )
+    else:
+        hidden = sizes[int(starts) : len(sizes) - int(ends)]
+        # the wrong end(s) replaced; two sizes that both miss (8-8 on iris) are hidden widths
+        pair_of_widths = len(sizes) == 2 and not (starts or ends)
+        full = [n_in, *(sizes if pair_of_widths else sizes[1:-1]), n_out]
+        if ends:
+            problem = (
+                f"ends with the {n_out} classes but starts with {sizes[0]} inputs; {data} has "
+                f"{n_in} features"
+            )
+        elif starts:
+            problem = (
+                f"starts with the {n_in} features but ends with {sizes[-1]} outputs; {data} has "
+                f"{n_out} classes"
+            )
+        else:
+            problem = (
+                f"starts with {sizes[0]} inputs and ends with {sizes[-1]} outputs; {data} has "
+                f"{n_in} features and {n_out} classes"
+            )
+    short = HIDDEN_PREFIX + "-".join(map(str, hidden))
+    as_full = [n_in, *hidden, n_out]
+    meaning = "" if as_full == full else f", i.e. {'-'.join(map(str, as_full))}"
+    raise CLIError(
+        f"architecture {spec!r} {problem} (write {'-'.join(map(str, full))}, or {short} for "
+        f"hidden widths only{meaning})"
+    )
+
+
+def parse_arch(
+    spec: str,
+    n_in: int,
+    n_out: int,
+    bias: bool,
+    input_shape,
+    dataset: str | None = None,
+) -> Architecture:
+    """An ``--arch`` spec as an :class:`Architecture`.
+
+    ``spec`` is a full MLP spec ``"4-32-3"`` (features first, classes last), hidden widths only
+    ``"h:32-16"`` (see :func:`mlp_sizes`), or a JSON file
+    ``{"edges": [[u, v], ...], "inputs": [...], "outputs": [...]}``. ``dataset`` (e.g.
+    ``"iris"``) is named in errors.
+    """
     if spec.endswith(".json"):
         p = Path(spec)
         if not p.is_file():
@@ -42,16 +144,7 @@ def parse_arch(spec: str, n_in: int, n_out: int, bias: bool, input_shape) -> Arc
             )
         except (KeyError, json.JSONDecodeError, TypeError, ValueError) as err:
             raise CLIError(f"bad architecture file {spec}: {err}") from None
-    try:
-        sizes = [int(x) for x in spec.replace("x", "-").split("-") if x]
-    except ValueError:
-        raise CLIError(
-            f"bad architecture {spec!r}: use layer sizes like 4-32-3 or a .json edge list"
-        ) from None
-    if not sizes:
-        raise CLIError(f"bad architecture {spec!r}: no layer sizes")
-    if not (len(sizes) >= 2 and sizes[0] == n_in and sizes[-1] == n_out):
-        sizes = [n_in, *sizes, n_out]  # the hidden widths only
+    sizes = mlp_sizes(spec, n_in, n_out, dataset)
     try:
         return Architecture.mlp(sizes, bias=bias, input_shape=input_shape)
     except ValueError as err:
@@ -236,7 +329,9 @@ def _archs(args, trained) -> list[Architecture]:
     cfg, data = trained.cfg, trained.task.data
     specs = args.arch or ["-".join(map(str, a)) for a in cfg.task.architectures]
     return [
-        parse_arch(s, data.n_features, data.n_classes, cfg.task.bias, data.image_shape)
+        parse_arch(
+            s, data.n_features, data.n_classes, cfg.task.bias, data.image_shape, dataset=data.name
+        )
         for s in specs
     ]
 
@@ -354,9 +449,56 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- data download
+def cmd_data_download(args: argparse.Namespace) -> int:
+    """``gnca data download mnist DIR``: fetch and verify the MNIST files, say how to use them."""
+    import shlex
+
+    from gnca import download
+
+    folder = Path(args.dir).expanduser().resolve()
+    try:
+        fetched = download.download_mnist(folder, args.mirror, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; what was received is kept in {folder}: run the same command again "
+            f"to resume",
+            file=sys.stderr,
+        )
+        return 130
+    quoted = shlex.quote(str(folder))
+    print(
+        f"MNIST is in {folder} ({len(download.MNIST_FILES)} files, SHA-256 verified; "
+        f"{len(fetched)} downloaded now).\n"
+        f"Use it with:  export GNCA_DATA={quoted}\n"
+        f"(or pass --data-dir {quoted} to grow/eval/export/experiment, or set data.data_dir "
+        f"in a config)"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
+#: The ``type=`` of every numeric flag of ``gnca experiment ...`` (registered by
+#: :func:`gnca.experiments.cli.add_experiment_parser`), by option name.
+EXPERIMENT_TYPES = {
+    "--num": positive_int,
+    "--seed": seed,
+    "--horizon-mult": positive_int,
+    "--tolerance": nonneg_float,
+    "--zero-outs": positive_int,
+    "--every": positive_int,
+    "--fraction": fraction,
+    "--tail": nonneg_int,
+    "--search-mult": positive_int,
+    "--steps": nonneg_int,  # generalization: 0 rule steps grows nothing (the initial nets)
+    "--chunk": positive_int,
+    "--depths": int_list(1, unique=True),
+    "--widths": int_list(1, unique=True),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="gnca",
         description="Meta-Neural Cellular Automata: grow task networks with a learned local rule.",
     )
@@ -365,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-        sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+        sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
 
     t = sub.add_parser("train", help="meta-train a local rule from a YAML config")
     t.add_argument("--config", help="YAML config file (e.g. configs/iris.yaml)")
@@ -382,21 +524,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(
         "--nproc",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="data-parallel training in N processes on this machine (started through torchrun)",
     )
     t.add_argument(
         "--rdzv-timeout",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SEC",
         help="distributed runs: seconds for all processes to meet (default 30)",
     )
     t.add_argument(
         "--dist-timeout",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SEC",
         help="distributed runs: seconds to wait for a slow process (default 1800)",
@@ -409,14 +551,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--arch",
             action="append",
-            help="4-32-3, 32-16 (hidden widths only) or edges.json; repeatable "
-            "(default: the training architectures)",
+            help="an MLP's layer sizes from the features to the classes (4-32-3), its hidden "
+            "widths only (h:32-16), or edges.json; repeatable (default: the training "
+            "architectures)",
         )
         sp.add_argument(
-            "--num", type=int, default=100, help="nets grown per architecture (default 100)"
+            "--num",
+            type=positive_int,
+            default=100,
+            help="nets grown per architecture (default 100)",
         )
         sp.add_argument("--split", choices=["test", "train"], default="test")
-        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--seed", type=seed, default=0, help="seed of the grown nets (0)")
         sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
         sp.add_argument(
             "--data-dir", default=None, help="data folder (MNIST), overrides the config"
@@ -425,13 +571,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("grow", help="grow task nets with a trained rule and report accuracy")
     growing(g)
-    g.add_argument("--steps", type=int, default=None, help="rule steps (default: train.k_max)")
+    g.add_argument(
+        "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
+    )
     g.add_argument(
         "--curve",
-        type=int,
+        type=nonneg_int,
         default=0,
         metavar="EVERY",
-        help="also report accuracy every EVERY steps",
+        help="also report accuracy every EVERY steps (0: only at the end)",
     )
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=cmd_grow)
@@ -439,30 +587,68 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")
     growing(e)
     e.add_argument(
-        "--horizons", default=None, help="comma-separated rule steps (default: k_max,10*k_max)"
+        "--horizons",
+        type=int_list(0),
+        default=None,
+        help="comma-separated rule steps >= 0 (default: k_max,10*k_max)",
     )
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="grow nets and save them as a plain PyTorch module")
     growing(x)
-    x.add_argument("--steps", type=int, default=None, help="rule steps (default: train.k_max)")
+    x.add_argument(
+        "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
+    )
     x.add_argument("--out", required=True, help="output file, e.g. nets.pt")
     x.set_defaults(func=cmd_export)
 
+    d = sub.add_parser(
+        "data",
+        help="get datasets: gnca data download mnist DIR",
+        description="Get datasets. Nothing else in gnca ever downloads.",
+    )
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser(
+        "download",
+        help="download the MNIST IDX files into DIR, checked against pinned SHA-256 sums",
+        description="Download the four MNIST IDX files (gzipped) into DIR from public mirrors, "
+        "each checked against its pinned SHA-256; an interrupted download continues where it "
+        "stopped, files already present are kept.",
+    )
+    dl.add_argument("dataset", choices=["mnist"], help="the dataset (mnist)")
+    dl.add_argument("dir", metavar="DIR", help="destination folder (created if needed)")
+    dl.add_argument(
+        "--mirror",
+        action="append",
+        type=http_url,
+        metavar="URL",
+        help="download from URL (the files' folder) instead of the default mirrors; repeatable, "
+        "tried in order",
+    )
+    dl.add_argument(
+        "--timeout",
+        type=seconds,
+        default=30.0,
+        metavar="SEC",
+        help="seconds a silent connection is waited for (30)",
+    )
+    dl.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    dl.set_defaults(func=cmd_data_download)
+
     from gnca.experiments.cli import add_experiment_parser
 
-    add_experiment_parser(sub, common)
+    set_types(add_experiment_parser(sub, common), EXPERIMENT_TYPES)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0), or a parse error already printed as one line (2)
+        return done.code if isinstance(done.code, int) else 2 if done.code else 0
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for gnca train --nproc
-    if args.command == "grow" or args.command == "eval" or args.command == "export":
-        if args.num is not None and args.num < 1:
-            parser.error("--num must be >= 1")
     try:
         return int(args.func(args) or 0)
     except Exception as err:  # one line for the user, the traceback with --debug
@@ -472,10 +658,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gnca.config import ConfigError
         from gnca.data import DataError
         from gnca.distributed import DistributedError
+        from gnca.download import DownloadError
 
         known = (
             CLIError,
             DistributedError,
+            DownloadError,
             ConfigError,
             DataError,
             CheckpointError,

@@ -1,7 +1,8 @@
 """Dataset loaders: iris, wine, digits (scikit-learn, offline), MNIST (local IDX files) and CSV.
 
 Every loader returns a :class:`Dataset` with float32 features standardised using statistics of the
-training split only, and int64 labels in ``[0, n_classes)``. Nothing is ever downloaded.
+training split only, and int64 labels in ``[0, n_classes)``. Nothing is ever downloaded here
+(``gnca data download mnist DIR``, :mod:`gnca.download`, fetches MNIST when asked to).
 
 Preprocessing
 -------------
@@ -39,7 +40,8 @@ _MNIST_FILES: tuple[str, ...] = (
 _MNIST_NEEDS_DIR = (
     "MNIST needs a data directory: pass data.data_dir in the config or set GNCA_DATA to a folder "
     "with the IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
-    "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])"
+    "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]); gnca data download mnist DIR "
+    "fetches them"
 )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gnca.cli import main
+from gnca.cli import CLIError, main, mlp_sizes, parse_arch
 
 TINY = [
     "task.architectures=[[4,8,3]]",
@@ -70,7 +70,7 @@ def test_grow_json(capsys, trained):
         "--arch",
         "4-6-3",
         "--arch",
-        "12",
+        "h:12",
         "--steps",
         "4",
         "--curve",
@@ -273,3 +273,81 @@ def test_console_entry_point_exit_code(tmp_path):
     )
     assert res.returncode == 2
     assert res.stderr.strip().startswith("gnca: error:") and "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------------- --arch specs
+@pytest.mark.parametrize(
+    ("spec", "sizes"),
+    [
+        ("4-16-3", [4, 16, 3]),
+        ("4x16x3", [4, 16, 3]),
+        ("4-3", [4, 3]),
+        ("4-8-8-3", [4, 8, 8, 3]),
+        ("h:16", [4, 16, 3]),
+        ("h:5-16", [4, 5, 16, 3]),
+        ("H:32-16", [4, 32, 16, 3]),
+        ("h:4-3", [4, 4, 3, 3]),  # hidden widths may equal the ends: never guessed
+    ],
+)
+def test_arch_specs_on_iris(spec, sizes):
+    assert mlp_sizes(spec, 4, 3, "iris") == sizes
+    assert parse_arch(spec, 4, 3, True, None).mlp_sizes == tuple(sizes)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (  # the typo for 4-16-3: it used to become 4-5-16-3-3
+            "5-16-3",
+            "architecture '5-16-3' ends with the 3 classes but starts with 5 inputs; iris has "
+            "4 features (write 4-16-3, or h:5-16 for hidden widths only, i.e. 4-5-16-3)",
+        ),
+        (
+            "4-16-2",
+            "architecture '4-16-2' starts with the 4 features but ends with 2 outputs; iris has "
+            "3 classes (write 4-16-3, or h:16-2 for hidden widths only, i.e. 4-16-2-3)",
+        ),
+        (
+            "5-16-2",
+            "architecture '5-16-2' starts with 5 inputs and ends with 2 outputs; iris has 4 "
+            "features and 3 classes (write 4-16-3, or h:5-16-2 for hidden widths only, i.e. "
+            "4-5-16-2-3)",
+        ),
+        (  # hidden widths in the old plain syntax
+            "8-8",
+            "architecture '8-8' starts with 8 inputs and ends with 8 outputs; iris has 4 "
+            "features and 3 classes (write 4-8-8-3, or h:8-8 for hidden widths only)",
+        ),
+        (
+            "32",
+            "architecture '32' is a single layer size, but a full spec starts with the 4 "
+            "features and ends with the 3 classes of iris (write 4-32-3, or h:32 for hidden "
+            "widths only)",
+        ),
+        ("h:", "no hidden widths after h: (write 4-3 for a net without hidden layers)"),
+        ("", "no layer sizes"),
+        ("4--16-3", "use layer sizes like 4-32-3, hidden widths like h:32-16"),
+        ("h:16-", "use layer sizes like 4-32-3"),
+        ("four-16-3", "use layer sizes like 4-32-3"),
+    ],
+)
+def test_ambiguous_or_bad_arch_specs_are_errors(spec, expected):
+    with pytest.raises(CLIError) as info:
+        mlp_sizes(spec, 4, 3, "iris")
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_arch_error_without_a_dataset_name_and_zero_widths():
+    with pytest.raises(CLIError, match="the data has 4 features"):
+        mlp_sizes("5-16-3", 4, 3)
+    with pytest.raises(CLIError, match="bad architecture 'h:0'"):
+        parse_arch("h:0", 4, 3, True, None)
+
+
+def test_grow_rejects_the_typo_arch(capsys, trained):
+    code, out, err = run(
+        capsys, "grow", "--checkpoint", str(trained / "last.pt"), "--num", "2", "--arch", "5-16-3"
+    )
+    assert code == 2 and out == ""
+    assert "'5-16-3' ends with the 3 classes but starts with 5 inputs" in error_line(err)

@@ -1,0 +1,191 @@
+"""Argument types and the parser class of the ``gnca`` command line.
+
+Every numeric flag is parsed by one of the ``type=`` functions below, so that a value out of
+range ends, like every other user error, with one line and exit status 2::
+
+    gnca: error: --steps must be >= 1, got -3
+
+The functions raise :class:`argparse.ArgumentTypeError` with a message starting ``must``;
+:class:`Parser` turns argparse's ``argument --steps: must ...`` into ``--steps must ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import NoReturn
+
+__all__ = [
+    "Parser",
+    "fraction",
+    "http_url",
+    "int_list",
+    "iter_parsers",
+    "nonneg_float",
+    "nonneg_int",
+    "positive_float",
+    "positive_int",
+    "seconds",
+    "seed",
+    "set_types",
+]
+
+#: Seeds must fit torch's generators (``torch.Generator.manual_seed`` takes 64 bits).
+MAX_SEED = 2**64 - 1
+_TYPE_ERROR = re.compile(r"^argument (?P<flags>[^:]+): (?P<msg>must .*)$", re.DOTALL)
+
+
+class Parser(argparse.ArgumentParser):
+    """An :class:`argparse.ArgumentParser` whose errors are one line ``gnca: error: ...``.
+
+    Range errors of the ``type=`` functions of this module read ``--steps must be >= 1, got -3``;
+    any other parse error (a missing or unknown option, an invalid choice) keeps argparse's text
+    and points at the subcommand's ``--help`` instead of printing the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        match = _TYPE_ERROR.match(message)
+        if match:  # "argument -n/--num: must ..." -> "--num must ..."
+            line = f"{match['flags'].split('/')[-1]} {match['msg']}"
+        else:
+            line = f"{message} (see {self.prog} --help)"
+        self.exit(2, f"gnca: error: {' '.join(line.split())}\n")
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (``--num``, ``--steps``, ``--threads``, ...)."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    """An integer >= 0 (``--curve`` where 0 means off, ``--tail``, ...)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer in ``[0, 2**64 - 1]``."""
+    value = _integer(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**64 - 1, got {text}")
+    return value
+
+
+def positive_float(text: str, *, maximum: float | None = None) -> float:
+    """A finite number > 0 (and <= ``maximum`` when given)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(f"must be <= {maximum:.15g}, got {text}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A timeout in seconds: > 0 and at most 10,000,000 (about 115 days)."""
+    return positive_float(text, maximum=1e7)
+
+
+def nonneg_float(text: str) -> float:
+    """A finite number >= 0 (``--tolerance``)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in ``[0, 1]`` (``--fraction``)."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def http_url(text: str) -> str:
+    """An ``http://`` or ``https://`` URL with a host (``--mirror``)."""
+    if not re.match(r"https?://[^/\s]", text):
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
+    return text
+
+
+def int_list(minimum: int, *, unique: bool = False) -> Callable[[str], str]:
+    """A ``type=`` for comma-separated integers >= ``minimum`` (``--horizons 40,400``).
+
+    The flag's value stays a string (``"40,400"``, spaces removed) for the code that splits it;
+    ``unique`` also refuses repeated entries.
+    """
+
+    def parse(text: str) -> str:
+        parts = text.replace(" ", "").split(",")
+        if not any(parts):
+            raise argparse.ArgumentTypeError(
+                f"must be comma-separated integers >= {minimum}, got {text!r}"
+            )
+        values = []
+        for part in parts:
+            try:
+                values.append(int(part))
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"must be comma-separated integers >= {minimum}, got {text!r}"
+                ) from None
+        low = min(values)
+        if low < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be comma-separated integers >= {minimum}, got {low} in {text!r}"
+            )
+        if unique and len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"must not repeat a value, got {text!r}")
+        return ",".join(map(str, values))
+
+    parse.__name__ = f"int_list_ge_{minimum}"
+    return parse
+
+
+def iter_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``parser`` and every subcommand parser below it, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
+            for sub in action.choices.values():
+                if id(sub) not in seen:  # aliases map several names to one parser
+                    seen.add(id(sub))
+                    yield from iter_parsers(sub)
+
+
+def set_types(
+    parser: argparse.ArgumentParser, types: Mapping[str, Callable[[str], object]]
+) -> None:
+    """Give every option named in ``types`` (e.g. ``"--num"``), in ``parser`` and all its
+    subcommands, that ``type=``; for parsers registered elsewhere (``gnca experiment``)."""
+    for sub in iter_parsers(parser):
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag in types:
+                    action.type = types[flag]
