@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from test_data import _fake_mnist
 
+from gnca.build import make_dataset
 from gnca.cli import main
 from gnca.config import load_config
-from gnca.build import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_CONFIGS = sorted((REPO / "configs").glob("mnist*.yaml"))
