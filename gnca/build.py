@@ -61,6 +61,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         fire_rate=r.fire_rate,
         bound=r.bound,
         aggr=r.aggr,
+        senses=r.senses,
     )
 
 
@@ -137,6 +138,8 @@ def trainer_parts(
         "seed_init": make_init(cfg.task, training=True),
         "device": device or resolve_device(cfg.train.device),
         "config": cfg,
+        "sense_batch": cfg.rule.sense_batch,
+        "permute_labels": cfg.train.permute_labels,
     }
 
 

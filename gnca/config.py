@@ -31,6 +31,7 @@ from gnca.forward import TASK_ACTIVATIONS
 from gnca.graph import NEIGHBOURHOODS as _NEIGHBOURHOODS
 from gnca.perception import REDUCTIONS as _REDUCTIONS
 from gnca.rule import ACTIVATIONS as _RULE_ACTIVATIONS
+from gnca.senses import SENSES as SENSE_NAMES
 from gnca.state import INIT_KINDS
 
 __all__ = [
@@ -127,6 +128,8 @@ class RuleConfig:
     fire_rate: float = 0.8  # probability that a weight is updated in a rule step
     bound: float | None = None  # if set, outputs are bound * tanh(.)
     aggr: str | None = None  # explicit line-graph aggregation (max, ...); None = reduce
+    senses: list[str] = field(default_factory=list)  # data read: act hebb error delta loss
+    sense_batch: int = 64  # training examples read per rule step (rules with senses)
 
 
 @dataclass
@@ -162,6 +165,7 @@ class TrainConfig:
     log_every: int = 25  # meta-steps between log lines
     checkpoint_every: int = 250  # meta-steps between checkpoints
     eval_nets: int = 100  # task nets grown for evaluation
+    permute_labels: bool = False  # each net learns under its own random label permutation
 
 
 @dataclass
@@ -417,6 +421,15 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
     if not 0.0 < c.fire_rate <= 1.0:
         raise _bad(p, "fire_rate", "in (0, 1]", c.fire_rate)
     _check_min(c, p, "bound", 0, strict=True)
+    _check_min(c, p, "sense_batch", 1)
+    for i, name in enumerate(c.senses):
+        if name not in SENSE_NAMES:
+            raise ConfigError(
+                f"config key '{_key(p, 'senses')}[{i}]' must be one of "
+                f"{', '.join(SENSE_NAMES)}, got {name!r}"
+            )
+    if len(set(c.senses)) != len(c.senses):
+        raise ConfigError(f"config key '{_key(p, 'senses')}' repeats a sense: {c.senses}")
 
 
 def _validate_pool(c: PoolConfig, p: str) -> None:

@@ -47,6 +47,7 @@ def grow(
     record_at: Sequence[int] = (),
     perturb: Callable[[int, Data, torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
+    senses: Callable[[Data, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> GrowResult:
     """Grow ``num`` task nets of ``arch`` for ``steps`` rule steps from their initial state.
 
@@ -63,6 +64,9 @@ def grow(
         record_at: steps at which to evaluate ``metric``.
         perturb: ``perturb(step, graph, w) -> w`` applied before each step (e.g. damage).
         progress: called with each finished step number.
+        senses: ``senses(graph, w, h) -> (E, S)`` before each step, for a rule that reads data
+            (a :class:`gnca.senses.SenseReader` of the task to grow on; nothing here takes a
+            gradient: growing runs under ``torch.no_grad``).
     """
     rule = rule.to(device).eval()
     graph = WeightGraph.replicate(arch, num, device=device)
@@ -74,7 +78,8 @@ def grow(
     for t in range(1, steps + 1):
         if perturb is not None:
             w = perturb(t, graph, w)
-        w, h = rule(graph, w, h, generator=generator)
+        s = senses(graph, w, h) if senses is not None else None
+        w, h = rule(graph, w, h, generator=generator, senses=s)
         if metric is not None and t in want:
             rows.append(metric(graph, w))
         if progress is not None:

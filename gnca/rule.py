@@ -45,6 +45,7 @@ from gnca.graph import (
     total_neurons,
 )
 from gnca.perception import REDUCTIONS, check_state, neuron_plan, perceive, perception_size
+from gnca.senses import NEEDS_FEEDBACK, check_senses, sense_size
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -106,6 +107,10 @@ class LocalRule(MessagePassing):
             defaults to ``reduce``. ``mean`` and ``sum`` factor through the neurons and use the
             ``O(E)`` route; any other runs on the materialised line graph only (its ``route``
             is ``"explicit"``, and asking such a rule for ``path="fast"`` is an error).
+        senses: what the rule reads of the data at every step (:data:`gnca.senses.SENSES`);
+            their ``S`` channels are appended to the perception, and :meth:`forward` then needs
+            ``senses=`` (an ``(E, S)`` tensor, e.g. from :class:`gnca.senses.SenseReader`).
+            Empty (the default): a data-free rule, exactly as without this option.
 
     Shapes:
         graph: a :class:`~gnca.WeightGraph` (or batch) with ``E`` weights;
@@ -134,6 +139,7 @@ class LocalRule(MessagePassing):
         fire_rate: float = 0.8,
         bound: float | None = None,
         aggr: str | None = None,
+        senses: Sequence[str] = (),
     ) -> None:
         if reduce not in REDUCTIONS:
             raise ValueError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
@@ -171,8 +177,11 @@ class LocalRule(MessagePassing):
         self.reduce = reduce
         self.fire_rate = float(fire_rate)
         self.bound = bound
+        self.senses = check_senses(senses)
+        if any(n in NEEDS_FEEDBACK for n in self.senses) and self.hidden_channels < 1:
+            raise ValueError("senses error/delta read the feedback channel: hidden_channels >= 1")
         layers: list[nn.Module] = []
-        d = perception_size(self.hidden_channels)
+        d = perception_size(self.hidden_channels) + sense_size(self.senses)
         for width in self.widths:
             layers += [nn.Linear(d, width), make_activation(activation)]
             d = width
@@ -213,6 +222,20 @@ class LocalRule(MessagePassing):
         x_f = self.propagate(ei_f, x=x)  # (E, 1 + C)
         x_b = self.propagate(ei_b, x=x)  # (E, 1 + C)
         return torch.cat([x, x_f, x_b], dim=1)
+
+    def _check_senses(self, senses: torch.Tensor | None, e: int) -> None:
+        if self.senses and senses is None:
+            raise ValueError(
+                f"this rule reads data (senses {', '.join(self.senses)}): pass senses=, e.g. "
+                f"from gnca.senses.SenseReader"
+            )
+        if not self.senses and senses is not None:
+            raise ValueError("this rule has no senses (senses=[]): it cannot read data")
+        if senses is not None and tuple(senses.shape) != (e, sense_size(self.senses)):
+            raise ValueError(
+                f"senses must have shape ({e}, {sense_size(self.senses)}), got "
+                f"{tuple(senses.shape)}"
+            )
 
     def _path(self, path: str | None) -> str:
         if path is None:
@@ -318,6 +341,7 @@ class LocalRule(MessagePassing):
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         path: str | None = None,
+        senses: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One rule step on every weight; returns new tensors ``(w', h')``.
 
@@ -328,11 +352,15 @@ class LocalRule(MessagePassing):
                 ``fire_rate`` when ``None``.
             generator: random generator for the mask.
             path: ``"fast"`` or ``"explicit"`` perception; ``None``: the rule's :attr:`route`.
+            senses: ``(E, S)`` what each weight senses of the data (rules with ``senses``).
         """
         path = self._path(path)
+        self._check_senses(senses, w.shape[0])
         if path == "fast" and not torch.is_grad_enabled():
-            return self._forward_no_grad(graph, w, h, mask, generator)
+            return self._forward_no_grad(graph, w, h, mask, generator, senses)
         p = self.perceive(graph, w, h, path)  # (E, 3 + 3C)
+        if senses is not None:
+            p = torch.cat([p, senses.to(p.dtype)], dim=1)  # (E, 3 + 3C + S)
         d = self.delta(p)  # (E, 1 + C)
         if mask is None:
             mask = self.fire_mask(w.shape[0], w.device, generator)
@@ -349,6 +377,7 @@ class LocalRule(MessagePassing):
         h: torch.Tensor,
         mask: torch.Tensor | None,
         generator: torch.Generator | None,
+        senses: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused fast-path step without autograd (see the class docstring)."""
         check_state(w, h, graph)
@@ -387,6 +416,8 @@ class LocalRule(MessagePassing):
             x = p[:, :d]
             p[:, d : 2 * d].addcmul_(x, coef[i:j, 1])
             p[:, 2 * d :].addcmul_(x, coef[i:j, 2])
+            if senses is not None:
+                p = torch.cat([p, senses[i:j].to(p.dtype)], dim=1)  # (b, 3D + S)
             dx = self._delta_no_grad(p, d_buf[: j - i], bufs)  # (b, D)
             m = mask[i:j]
             torch.addcmul(w[i:j], dx[:, 0], m, out=w_new[i:j])
@@ -405,14 +436,17 @@ class LocalRule(MessagePassing):
             "fire_rate": self.fire_rate,
             "bound": self.bound,
             "aggr": self.aggr_name,
+            "senses": list(self.senses),
         }
 
     def __repr__(self) -> str:
-        dims = [perception_size(self.hidden_channels), *self.widths, 1 + self.hidden_channels]
+        d_in = perception_size(self.hidden_channels) + sense_size(self.senses)
+        dims = [d_in, *self.widths, 1 + self.hidden_channels]
         return (
             f"{self.__class__.__name__}(C={self.hidden_channels}, "
             f"mlp={'-'.join(map(str, dims))}, {self.neighbourhood}, reduce={self.reduce}, "
             f"fire_rate={self.fire_rate}, bound={self.bound}"
             + (f", aggr={self.aggr_name}" if self.aggr_name != self.reduce else "")
+            + (f", senses={'+'.join(self.senses)}" if self.senses else "")
             + ")"
         )

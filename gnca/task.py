@@ -36,14 +36,17 @@ Metric = Callable[[Data, torch.Tensor], torch.Tensor]
 
 
 def logits_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``(G,)`` accuracy of logits ``(G, B, n_out)`` against labels ``y (B,)``."""
-    return (logits.argmax(-1) == y.unsqueeze(0)).to(torch.float32).mean(1)
+    """``(G,)`` accuracy of logits ``(G, B, n_out)`` against labels ``y (B,)`` shared by all
+    nets, or ``(G, B)`` one set per net."""
+    yy = y.unsqueeze(0) if y.dim() == 1 else y
+    return (logits.argmax(-1) == yy).to(torch.float32).mean(1)
 
 
 def logits_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``(G,)`` mean cross-entropy of logits ``(G, B, n_out)`` against ``y (B,)``."""
+    """``(G,)`` mean cross-entropy of logits ``(G, B, n_out)`` against ``y (B,)`` or ``(G, B)``."""
     g, b, c = logits.shape
-    per = F.cross_entropy(logits.reshape(g * b, c), y.repeat(g), reduction="none")  # (G * B,)
+    yy = y.repeat(g) if y.dim() == 1 else y.reshape(-1)  # (G * B,)
+    per = F.cross_entropy(logits.reshape(g * b, c), yy, reduction="none")  # (G * B,)
     return per.view(g, b).mean(1)
 
 

@@ -48,6 +48,7 @@ from gnca.graph import WeightGraph
 from gnca.grow import grow
 from gnca.pool import SamplePool, Shard
 from gnca.rule import LocalRule
+from gnca.senses import SenseReader
 from gnca.state import InitSpec, check_codes_fit
 from gnca.task import Task, logits_accuracy, logits_cross_entropy
 
@@ -89,6 +90,9 @@ class MetaTrainer:
         device: where to train (default: ``train.device`` resolved).
         config: the configuration these objects were built from, stored in checkpoints; when
             ``None`` one is recorded from the objects (:func:`config_record`).
+        sense_batch: training examples a data-reading rule (``rule.senses``) reads per step.
+        permute_labels: task augmentation: every net of a meta-step learns the task under its
+            own random permutation of the class labels (forces the rule to read the labels).
     """
 
     is_main: bool = True  # False on the non-zero ranks of a distributed run: no logs, no files
@@ -105,6 +109,8 @@ class MetaTrainer:
         seed_init: InitSpec | None = None,
         device: torch.device | None = None,
         config: Config | None = None,
+        sense_batch: int = 64,
+        permute_labels: bool = False,
     ) -> None:
         train = train if train is not None else TrainConfig()
         pool = pool if pool is not None else PoolConfig()
@@ -145,6 +151,18 @@ class MetaTrainer:
                 self.pools.append(
                     SamplePool.filled(w0.view(pool.size, -1), h0.view(pool.size, a.num_weights, -1))
                 )
+        self.permute_labels = bool(permute_labels)
+        if self.permute_labels and not rule.senses:
+            raise ValueError(
+                "permute_labels needs a rule that reads data (rule.senses): a data-free rule "
+                "cannot know which permutation a net is to learn"
+            )
+        # a data-reading rule's batches and label permutations have their own generator, so
+        # that a data-free run draws exactly what it drew before senses existed
+        self.sense_gen = torch.Generator().manual_seed(t.seed + 2) if rule.senses else None
+        self.reader = (
+            SenseReader(rule.senses, task, sense_batch, self.sense_gen) if rule.senses else None
+        )
         self.step = 0
         self.loss_ema: float | None = None
         self.history: list[StepStats] = []
@@ -213,16 +231,30 @@ class MetaTrainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             for _ in range(k):
                 mask = self._fire_mask(w)
+                s = self.reader(graph, w, h) if self.reader is not None else None  # (E, S)
                 if self.cfg.train.checkpointing:
                     w, h = activation_checkpoint(
-                        self._rule_step, graph, w, h, mask, use_reentrant=False
+                        self._rule_step, graph, w, h, mask, s, use_reentrant=False
                     )
                 else:
-                    w, h = self.rule(graph, w, h, mask=mask)
+                    w, h = self.rule(graph, w, h, mask=mask, senses=s)
         return w, h
 
-    def _rule_step(self, graph, w, h, mask):
-        return self.rule(graph, w, h, mask=mask)
+    def _rule_step(self, graph, w, h, mask, senses=None):
+        return self.rule(graph, w, h, mask=mask, senses=senses)
+
+    def _permutations(self, n_nets: int) -> torch.Tensor | None:
+        """``(b, classes)`` label permutations of this process's nets (augmentation), drawn
+        for the whole batch so that every rank of a distributed run draws the same."""
+        if not self.permute_labels:
+            return None
+        assert self.sense_gen is not None
+        c = self.task.n_classes
+        every = torch.stack(
+            [torch.randperm(c, generator=self.sense_gen) for _ in range(self.cfg.train.batch_size)]
+        )
+        lo = self.shard.rank * n_nets
+        return every[lo : lo + n_nets].to(self.device)
 
     def _fire_mask(self, w: torch.Tensor) -> torch.Tensor:
         """``(E,)`` fire mask of one rule step (a distributed rank takes its slice)."""
@@ -249,12 +281,16 @@ class MetaTrainer:
         losses, accs, finals = [], [], []
         for i, graph in enumerate(self.graphs):
             idx, w, h = self._batch(i)
+            perm = self._permutations(w.shape[0] // self.archs[i].num_weights)
+            if self.reader is not None:
+                self.reader.permutation = perm
             w, h = self._unroll(graph, w, h, k)
+            yy = perm[:, y] if perm is not None else y  # (b, B) labels per net, or (B,)
             # one forward pass gives both the loss and the logged accuracy
             logits = self.task.logits(graph, w, X)
-            per_net = logits_cross_entropy(logits, y)  # (B,)
+            per_net = logits_cross_entropy(logits, yy)  # (b,)
             losses.append(per_net)
-            accs.append(logits_accuracy(logits.detach(), y))
+            accs.append(logits_accuracy(logits.detach(), yy))
             finals.append((idx, w, h, per_net))
         loss = torch.stack([lo.mean() for lo in losses]).mean()
         loss_v, acc = self._step_stats(loss.detach(), accs)
@@ -346,6 +382,7 @@ class MetaTrainer:
                 "gen": self.gen.get_state(),
                 "dev_gen": self.dev_gen.get_state().cpu(),
                 "torch": torch.get_rng_state(),
+                **({"senses": self.sense_gen.get_state()} if self.sense_gen is not None else {}),
             },
         }
 
@@ -360,6 +397,8 @@ class MetaTrainer:
         self.gen.set_state(d["rng"]["gen"])
         self.dev_gen.set_state(d["rng"]["dev_gen"].to(self.dev_gen.get_state().device))
         torch.set_rng_state(d["rng"]["torch"])
+        if self.sense_gen is not None:
+            self.sense_gen.set_state(d["rng"]["senses"])
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint atomically."""

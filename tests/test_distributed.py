@@ -54,6 +54,15 @@ def tiny_config(pool: bool = True, **train) -> Config:
     return config_from_dict(d)
 
 
+def senses_config() -> Config:
+    """A data-reading rule with per-net label permutations (no pool: pooled runs sample other
+    states in two processes after the first meta-step)."""
+    d = config_to_dict(tiny_config(pool=False))
+    d["rule"].update(senses=["act", "hebb", "error", "delta", "loss"], sense_batch=8)
+    d["train"]["permute_labels"] = True
+    return config_from_dict(d)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -133,6 +142,11 @@ def _worker(rank: int, port: int, tmp: str, single_ckpt: str) -> None:
             "pools": sd["pools"] if sd is not None else None,
             "local_pool": tr.pools[0].size,
         }
+        # 2b. a rule that reads data, with label permutations per net
+        tr = gd.DistributedMetaTrainer(senses_config())
+        for _ in range(2):
+            tr.meta_step()
+        out["senses"] = {"params": params(tr), "losses": [s.loss for s in tr.history]}
         # 3. resume at the same world size is exact
         tr = gd.DistributedMetaTrainer(tiny_config())
         for _ in range(2):
@@ -229,6 +243,17 @@ def test_two_processes_match_one_process_without_pool(two_ranks):
     assert_close_lists(r0["nopool"]["params"], params(ref), rtol=1e-5, atol=1e-6)
     assert r0["nopool"]["losses"] == pytest.approx([s.loss for s in ref.history], rel=1e-6)
     assert r0["nopool"]["accs"] == pytest.approx([s.accuracy for s in ref.history], rel=1e-6)
+
+
+def test_two_processes_match_one_process_with_senses(two_ranks):
+    _, r0, r1 = two_ranks
+    ref = MetaTrainer.from_config(senses_config())
+    for _ in range(2):
+        ref.meta_step()
+    for a, b in zip(r0["senses"]["params"], r1["senses"]["params"], strict=True):
+        assert torch.equal(a, b)
+    assert_close_lists(r0["senses"]["params"], params(ref), rtol=1e-5, atol=1e-6)
+    assert r0["senses"]["losses"] == pytest.approx([s.loss for s in ref.history], rel=1e-5)
 
 
 def test_first_step_with_pool_fresh_and_damage_matches_one_process(two_ranks):

@@ -1,0 +1,258 @@
+r"""Senses: what a data-reading rule perceives of the task, beside its neighbours.
+
+At every rule step a minibatch of training examples runs through the task nets, without
+autograd of the task loss and with the weights detached. Per-neuron statistics reach each weight
+``u -> v`` through its two neurons (the same ``O(E)`` gather as the perception's neighbour
+sums), and per-weight products are formed where they are local. Over a batch of ``B`` examples,
+with ``a`` the neurons' activations (inputs: the features; bias neurons: 1; outputs: the softmax)
+and ``m`` a per-example error message at every computed neuron:
+
+======== ====== =====================================================================
+name     size   per weight ``u -> v`` (each mean over the batch)
+======== ====== =====================================================================
+``act``   2     :math:`\bar a_u,\ \bar a_v` (tail and head activations)
+``hebb``  1     :math:`\overline{a_u a_v}` (Hebbian product)
+``error`` 1     :math:`\bar m_v` (the head's error message)
+``delta`` 1     :math:`\overline{a_u m_v}` (tail activation times head error)
+``loss``  1     the net's cross-entropy divided by :math:`\log(\text{classes})`
+======== ====== =====================================================================
+
+Every sense but ``loss`` is soft-clipped, ``s = x / (1 + |x|)``, so one rule reads nets of any
+width and data of any scale.
+
+**Error messages without backprop.** At an output neuron ``m = softmax - onehot(label)``. A
+hidden neuron ``u`` receives :math:`m_u = \phi'(z_u) \sum_{v \in out(u)} f_{uv} m_v`, where
+:math:`f_{uv}` is the *feedback* read from the weight's own hidden state, its last channel
+:math:`h_{uv, C-1}`, which the rule writes like any other channel. The task weights ``w`` never
+enter the backward messages (that would be backpropagation written by hand), and no autograd of
+the task loss is ever taken: the messages are a learned feedback pathway, as in feedback
+alignment with learned feedback weights (MPLP and VSML learn such backward messages for one
+fixed architecture; here they run on any DAG). The messages are differentiable in ``h`` (so
+meta-training learns the feedback), while the forward pass is detached from ``w`` (first-order,
+as learned optimisers treat their gradient inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch_geometric.data import Data
+
+from gnca.architecture import BIAS, INPUT, OUTPUT
+from gnca.forward import TASK_ACTIVATIONS, effective_weights
+from gnca.graph import cached, num_graphs, total_neurons, weight_batch
+
+#: sense name -> number of channels it adds to the perception
+SENSES: dict[str, int] = {"act": 2, "hebb": 1, "error": 1, "delta": 1, "loss": 1}
+
+#: senses that need the backward messages (and so the feedback channel of ``h``)
+NEEDS_FEEDBACK = ("error", "delta")
+
+
+def check_senses(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` as a tuple in canonical order, or a ValueError naming the unknown one."""
+    names = tuple(names)
+    for n in names:
+        if n not in SENSES:
+            raise ValueError(f"unknown sense {n!r}; choose from {', '.join(SENSES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"senses repeat: {list(names)}")
+    return tuple(n for n in SENSES if n in names)
+
+
+def sense_size(names: Sequence[str]) -> int:
+    """Channels the senses ``names`` add to each weight's perception."""
+    return sum(SENSES[n] for n in check_senses(names))
+
+
+def _derivative(activation: str, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """:math:`\\phi'(z)` of the task activation, from ``z`` and ``a = \\phi(z)``."""
+    if activation == "tanh":
+        return 1 - a * a
+    if activation == "relu":
+        return (z > 0).to(z.dtype)
+    if activation == "sigmoid":
+        return a * (1 - a)
+    if activation == "identity":
+        return torch.ones_like(z)
+    if activation == "gelu":
+        cdf = 0.5 * (1 + torch.erf(z / 2**0.5))
+        return cdf + z * torch.exp(-0.5 * z * z) / (2 * torch.pi) ** 0.5
+    raise ValueError(f"no derivative for task activation {activation!r}")
+
+
+def _plan(graph: Data) -> dict:
+    """Structure-only index tensors of the sense pass (cached on the graph)."""
+
+    def build() -> dict:
+        lvl, kind = graph.neuron_level, graph.neuron_kind
+        computed = (kind != INPUT) & (kind != BIAS)
+        forward = []  # per level, ascending: (edges into it, its neurons, which are outputs)
+        for level in torch.unique(lvl[computed]).tolist():
+            edges = torch.nonzero(lvl[graph.dst] == level).flatten()
+            neurons = torch.nonzero(computed & (lvl == level)).flatten()
+            forward.append((edges, neurons, kind[neurons] == OUTPUT))
+        hidden = computed & (kind != OUTPUT)
+        backward = []  # per hidden level, descending: (edges out of it, its neurons)
+        for level in sorted(torch.unique(lvl[hidden]).tolist(), reverse=True):
+            edges = torch.nonzero(hidden[graph.src] & (lvl[graph.src] == level)).flatten()
+            backward.append((edges, torch.nonzero(hidden & (lvl == level)).flatten()))
+        return {
+            "forward": forward,
+            "backward": backward,
+            "bias": torch.nonzero(kind == BIAS).flatten(),
+        }
+
+    return cached(graph, ("senses",), build)
+
+
+@dataclass
+class NeuronStats:
+    """What one batch did in the task nets.
+
+    Attributes:
+        a: ``(N, B)`` activations (inputs: features, biases: 1, outputs: softmax).
+        m: ``(N, B)`` error messages (0 at inputs and biases), or ``None``.
+        loss: ``(G,)`` cross-entropy of every net on the batch.
+    """
+
+    a: torch.Tensor
+    m: torch.Tensor | None
+    loss: torch.Tensor
+
+
+def neuron_stats(
+    graph: Data,
+    w: torch.Tensor,
+    feedback: torch.Tensor | None,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    activation: str = "tanh",
+    fan_in_ref: float | None = None,
+) -> NeuronStats:
+    """Run ``X (B, F)`` (or ``(G, B, F)``) through every net and send the errors back.
+
+    Args:
+        graph: a batch of ``G`` weight graphs, ``E`` weights, ``N`` neurons.
+        w: ``(E,)`` weights (detached here).
+        feedback: ``(E,)`` feedback weights of the backward messages, or ``None`` for no
+            messages.
+        X: inputs; y: ``(B,)`` labels shared by all nets or ``(G, B)`` one set per net.
+        activation, fan_in_ref: the task's forward conventions.
+    """
+    act = TASK_ACTIVATIONS[activation]
+    plan = _plan(graph)
+    g = num_graphs(graph)
+    n = total_neurons(graph)
+    with torch.no_grad():
+        we = effective_weights(graph, w.detach(), fan_in_ref)
+        if X.dim() == 2:
+            X = X.unsqueeze(0).expand(g, -1, -1)
+        b = X.shape[1]
+        A = we.new_zeros(n, b)  # (N, B)
+        Z = we.new_zeros(n, b)
+        A = A.index_put((graph.input_index,), X.to(we.dtype).transpose(1, 2).reshape(-1, b))
+        if plan["bias"].numel():
+            A = A.index_put((plan["bias"],), we.new_ones(plan["bias"].numel(), b))
+        for edges, neurons, is_out in plan["forward"]:
+            contrib = we[edges, None] * A[graph.src[edges]]  # (E_l, B)
+            z = we.new_zeros(n, b).index_add(0, graph.dst[edges], contrib)[neurons]  # (N_l, B)
+            Z = Z.index_put((neurons,), z)
+            A = A.index_put((neurons,), torch.where(is_out[:, None], z, act(z)))
+        n_out = graph.output_index.numel() // g
+        logits = A[graph.output_index].view(g, n_out, b).transpose(1, 2)  # (G, B, n_out)
+        yy = y if y.dim() == 2 else y.unsqueeze(0).expand(g, -1)  # (G, B)
+        loss = F.cross_entropy(logits.reshape(g * b, n_out), yy.reshape(-1), reduction="none")
+        loss = loss.view(g, b).mean(1)
+        prob = logits.softmax(-1)  # (G, B, n_out)
+        err = prob - F.one_hot(yy, n_out).to(prob.dtype)
+        A = A.index_put((graph.output_index,), prob.transpose(1, 2).reshape(-1, b))
+        deriv = _derivative(activation, Z, A)  # (N, B); only hidden rows are used
+    M = None
+    if feedback is not None:  # differentiable in the feedback (h), not in w
+        M = A.new_zeros(n, b).index_put((graph.output_index,), err.transpose(1, 2).reshape(-1, b))
+        for edges, neurons in plan["backward"]:
+            back = feedback[edges, None] * M[graph.dst[edges]]  # (E_l, B)
+            total = A.new_zeros(n, b).index_add(0, graph.src[edges], back)[neurons]  # (N_l, B)
+            M = M.index_put((neurons,), total * deriv[neurons])
+    return NeuronStats(A, M, loss)
+
+
+def soft_clip(x: torch.Tensor) -> torch.Tensor:
+    """``x / (1 + |x|)``: into (-1, 1), the identity near 0."""
+    return x / (1 + x.abs())
+
+
+def weight_senses(
+    graph: Data, stats: NeuronStats, names: Sequence[str], n_classes: int
+) -> torch.Tensor:
+    """``(E, S)`` senses of every weight from the neuron statistics (see the module docstring)."""
+    names = check_senses(names)
+    a_u, a_v = stats.a[graph.src], stats.a[graph.dst]  # (E, B)
+    m_v = stats.m[graph.dst] if stats.m is not None else None
+    out: list[torch.Tensor] = []
+    for name in names:
+        if name == "act":
+            out += [soft_clip(a_u.mean(1)), soft_clip(a_v.mean(1))]
+        elif name == "hebb":
+            out.append(soft_clip((a_u * a_v).mean(1)))
+        elif name == "loss":
+            per = stats.loss / torch.log(torch.tensor(float(n_classes)))  # (G,)
+            out.append(per[weight_batch(graph)].to(a_u.dtype))
+        else:
+            if m_v is None:
+                raise ValueError(f"sense {name!r} needs the backward messages (feedback)")
+            out.append(soft_clip(m_v.mean(1) if name == "error" else (a_u * m_v).mean(1)))
+    return torch.stack(out, 1)  # (E, S)
+
+
+class SenseReader:
+    """Draws a data batch at every rule step and turns it into the senses of every weight.
+
+    Args:
+        names: the senses (:data:`SENSES`).
+        task: the task whose training split is read (its forward conventions are used).
+        batch_size: examples per rule step.
+        generator: a CPU generator for the batch indices.
+        permutation: optional ``(G, classes)`` label permutation per net (an augmentation:
+            net ``i`` sees label ``c`` as ``permutation[i, c]``).
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        task,
+        batch_size: int = 64,
+        generator: torch.Generator | None = None,
+        permutation: torch.Tensor | None = None,
+    ) -> None:
+        self.names = check_senses(names)
+        self.task = task
+        self.batch_size = int(batch_size)
+        self.generator = generator if generator is not None else torch.Generator()
+        self.permutation = permutation
+        self.feedback = any(n in NEEDS_FEEDBACK for n in self.names)
+
+    def labels(self, y: torch.Tensor) -> torch.Tensor:
+        """``y (B,)`` as each net sees it: ``(G, B)`` under a permutation, else ``y``."""
+        if self.permutation is None:
+            return y
+        return self.permutation.to(y.device)[:, y]  # (G, B)
+
+    def batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        X, y = self.task.split("train", device)
+        idx = torch.randint(0, X.shape[0], (self.batch_size,), generator=self.generator)
+        idx = idx.to(X.device)
+        return X[idx], y[idx]
+
+    def __call__(self, graph: Data, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``(E, S)`` senses of the nets ``(w, h)`` on a fresh training batch."""
+        X, y = self.batch(w.device)
+        fb = h[:, -1] if self.feedback else None
+        stats = neuron_stats(
+            graph, w, fb, X, self.labels(y), self.task.activation, self.task.fan_in_ref
+        )
+        return weight_senses(graph, stats, self.names, self.task.n_classes).to(h.dtype)

@@ -1,0 +1,229 @@
+"""Senses: the data a rule reads, computed without backprop, against slow references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_trainer import tiny_config
+
+from gnca import Architecture, LocalRule, WeightGraph
+from gnca.config import config_from_dict, config_to_dict
+from gnca.data import load_dataset
+from gnca.grow import grow
+from gnca.senses import SENSES, SenseReader, neuron_stats, sense_size, weight_senses
+from gnca.state import initial_state
+from gnca.task import Task
+from gnca.trainer import MetaTrainer
+
+ALL = list(SENSES)
+
+
+def _state(arch: Architecture, g: int = 2, c: int = 4, seed: int = 0):
+    graph = WeightGraph.replicate(arch, g)
+    gen = torch.Generator().manual_seed(seed)
+    w, _ = initial_state(graph, c, "random", generator=gen)
+    h = torch.randn(w.shape[0], c, generator=gen, dtype=torch.float64)
+    return graph, w.double(), h
+
+
+def _loop_reference(arch: Architecture, w: np.ndarray, fb: np.ndarray, X, y):
+    """Activations and error messages of one net by a Python loop over neurons and weights."""
+    edges = [tuple(e) for e in arch.edges.tolist()]
+    kinds, levels = arch.kinds, arch.levels
+    n, b = arch.num_neurons, X.shape[0]
+    a = np.zeros((n, b))
+    z = np.zeros((n, b))
+    for i, u in enumerate(arch.inputs):
+        a[u] = X[:, i]
+    for u in range(n):
+        if kinds[u] == 3:  # bias
+            a[u] = 1.0
+    order = sorted(range(n), key=lambda u: levels[u])
+    for v in order:
+        if kinds[v] in (0, 3):
+            continue
+        z[v] = sum(w[k] * a[u] for k, (u, vv) in enumerate(edges) if vv == v)
+        a[v] = z[v] if kinds[v] == 2 else np.tanh(z[v])
+    outs = list(arch.outputs)
+    logits = a[outs].T  # (B, n_out)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    m = np.zeros((n, b))
+    m[outs] = (p - np.eye(len(outs))[y]).T
+    a[outs] = p.T
+    for u in sorted(range(n), key=lambda u: -levels[u]):
+        if kinds[u] != 1:
+            continue
+        s = sum(fb[k] * m[vv] for k, (uu, vv) in enumerate(edges) if uu == u)
+        m[u] = (1 - a[u] ** 2) * s
+    return a, m
+
+
+@pytest.mark.parametrize(
+    "arch", [Architecture.mlp([3, 4, 3, 2]), Architecture.skip_mlp([3, 4, 3, 2], skip=2)]
+)
+def test_neuron_stats_match_a_loop_over_neurons(arch):
+    graph, w, h = _state(arch, g=1)
+    X = torch.randn(5, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0, 1])
+    st = neuron_stats(graph, w, h[:, -1], X, y)
+    a, m = _loop_reference(arch, w.numpy(), h[:, -1].numpy(), X.numpy(), y.numpy())
+    np.testing.assert_allclose(st.a.numpy(), a, atol=1e-10)
+    np.testing.assert_allclose(st.m.detach().numpy(), m, atol=1e-10)
+
+
+def test_weight_senses_are_the_documented_products():
+    arch = Architecture.mlp([3, 4, 2])
+    graph, w, h = _state(arch)
+    X = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (6,))
+    st = neuron_stats(graph, w, h[:, -1], X, y)
+    s = weight_senses(graph, st, ALL, 2)
+    assert s.shape == (w.shape[0], sense_size(ALL)) == (w.shape[0], 6)
+    a_u, a_v, m_v = st.a[graph.src], st.a[graph.dst], st.m[graph.dst]
+    clip = lambda x: x / (1 + x.abs())  # noqa: E731
+    torch.testing.assert_close(s[:, 0], clip(a_u.mean(1)))
+    torch.testing.assert_close(s[:, 2], clip((a_u * a_v).mean(1)))
+    torch.testing.assert_close(s[:, 4], clip((a_u * m_v).mean(1)))
+    assert torch.allclose(s[:, 5].view(2, -1)[:, 0], st.loss / np.log(2))
+    assert (s[:, :5].abs() < 1).all()
+
+
+def test_a_rule_without_senses_is_bitwise_todays_rule():
+    """senses: [] builds the same MLP from the same seed and meta-trains identically."""
+    cfg = tiny_config(steps=4)
+    a = MetaTrainer.from_config(cfg)
+    d = config_to_dict(cfg)
+    d["rule"]["senses"] = []
+    b = MetaTrainer.from_config(config_from_dict(d))
+    assert b.reader is None and b.sense_gen is None
+    for _ in range(4):
+        assert a.meta_step().loss == b.meta_step().loss
+    for p, q in zip(a.rule.parameters(), b.rule.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def _senses_config(**train):
+    d = config_to_dict(tiny_config(**train))
+    d["rule"]["senses"] = ALL
+    d["rule"]["sense_batch"] = 16
+    return config_from_dict(d)
+
+
+def test_growth_with_senses_builds_no_autograd_graph_and_calls_no_backward(monkeypatch):
+    tr = MetaTrainer.from_config(_senses_config(steps=3))
+    tr.train(progress=False)
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "backward", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(a))
+    reader = SenseReader(ALL, tr.task, 16, torch.Generator().manual_seed(0))
+    seen = []
+
+    def spy(graph, w, h):
+        s = reader(graph, w, h)
+        seen.append(s.requires_grad or w.requires_grad or h.requires_grad or s.grad_fn is not None)
+        return s
+
+    res = grow(tr.rule, tr.archs[0], 4, 6, tr.init, senses=spy)
+    assert not calls and seen == [False] * 6
+    assert not res.w.requires_grad and res.w.grad_fn is None
+
+
+def test_the_backward_messages_never_read_the_task_weights():
+    """Changing the weights of the last layer changes the output errors, but with the output
+    errors held fixed the hidden messages depend only on the feedback channel."""
+    arch = Architecture.mlp([3, 4, 2])
+    graph, w, h = _state(arch, g=1)
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 1])
+    st = neuron_stats(graph, w, h[:, -1], X, y)
+    hid = (graph.neuron_kind == 1).nonzero().flatten()
+    # the hidden messages are exactly phi'(z) * sum(feedback * output error): w enters only
+    # through the forward activations
+    last = graph.neuron_level[graph.dst] == 2
+    expect = torch.zeros_like(st.m).index_add(
+        0, graph.src[last], h[last, -1, None] * st.m[graph.dst[last]]
+    )[hid] * (1 - st.a[hid] ** 2)
+    torch.testing.assert_close(st.m[hid], expect)
+    zero_fb = neuron_stats(graph, w, torch.zeros_like(h[:, -1]), X, y)
+    assert zero_fb.m[hid].abs().max() == 0
+
+
+def test_meta_gradient_reaches_the_feedback_through_the_senses():
+    arch = Architecture.mlp([3, 4, 2])
+    graph, w, h = _state(arch, g=1)
+    h = h.requires_grad_(True)
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 1])
+    st = neuron_stats(graph, w.requires_grad_(True), h[:, -1], X, y)
+    s = weight_senses(graph, st, ["delta"], 2)
+    s.sum().backward()
+    assert h.grad[:, -1].abs().sum() > 0 and h.grad[:, :-1].abs().sum() == 0
+    assert w.grad is None  # the forward pass is detached from the weights
+
+
+def test_training_with_senses_permutations_checkpointing_and_resume(tmp_path):
+    cfg = _senses_config(steps=4, checkpointing=True, permute_labels=True)
+    a = MetaTrainer.from_config(cfg)
+    for _ in range(2):
+        a.meta_step()
+    a.save(tmp_path / "last.pt")
+    for _ in range(2):
+        sa = a.meta_step()
+    b = MetaTrainer.from_checkpoint(tmp_path / "last.pt")
+    for _ in range(2):
+        sb = b.meta_step()
+    assert sa.loss == sb.loss
+    for p, q in zip(a.rule.parameters(), b.rule.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert any(p.abs().sum() > 0 for p in a.rule.out.parameters())
+
+
+@pytest.mark.parametrize("option", ["bf16", "damage"])
+def test_senses_work_with_bf16_and_damage(option):
+    kw = {"precision": "bf16"} if option == "bf16" else {}
+    cfg = _senses_config(steps=2, **kw)
+    if option == "damage":
+        cfg.pool.damage = 1
+    tr = MetaTrainer.from_config(cfg)
+    assert not any(tr.meta_step().skipped for _ in range(2))
+
+
+def test_rules_refuse_missing_or_unexpected_senses():
+    arch = Architecture.mlp([3, 4, 2])
+    graph, w, h = _state(arch)
+    rule = LocalRule(4, senses=["act"]).double()
+    with pytest.raises(ValueError, match="this rule reads data"):
+        rule(graph, w, h)
+    with pytest.raises(ValueError, match="senses must have shape"):
+        rule(graph, w, h, senses=torch.zeros(w.shape[0], 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="cannot read data"):
+        LocalRule(4).double()(graph, w, h, senses=torch.zeros(w.shape[0], 2))
+    with pytest.raises(ValueError, match="unknown sense 'smell'"):
+        LocalRule(4, senses=["smell"])
+    with pytest.raises(ValueError, match="permute_labels needs a rule that reads data"):
+        MetaTrainer.from_config(tiny_config(permute_labels=True))
+
+
+def test_fused_no_grad_step_with_senses_equals_the_differentiable_step():
+    arch = Architecture.mlp([3, 5, 2])
+    graph, w, h = _state(arch, g=3)
+    rule = LocalRule(4, senses=ALL).double()
+    torch.nn.init.normal_(rule.out.weight, std=0.1)
+    s = torch.randn(w.shape[0], sense_size(ALL), dtype=torch.float64)
+    mask = torch.ones(w.shape[0], dtype=torch.float64)
+    with torch.no_grad():
+        w1, h1 = rule(graph, w, h, mask=mask, senses=s)
+    w2, h2 = rule(graph, w, h, mask=mask, senses=s)
+    torch.testing.assert_close(w1, w2.detach())
+    torch.testing.assert_close(h1, h2.detach())
+    w3, h3 = rule(graph, w, h, mask=mask, senses=s, path="explicit")
+    torch.testing.assert_close(w3, w2)
+
+
+def test_label_permutations_are_per_net():
+    task = Task(load_dataset("iris"))
+    reader = SenseReader(["act"], task, 8, torch.Generator().manual_seed(0))
+    perm = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    reader.permutation = perm
+    y = torch.tensor([0, 1, 2, 2])
+    assert reader.labels(y).tolist() == [[0, 1, 2, 2], [2, 0, 1, 1]]
