@@ -31,6 +31,7 @@ from gnca.config import Config, DataConfig, RuleConfig, TaskConfig, config_from_
 from gnca.data import Dataset, load_dataset
 from gnca.device import resolve_device
 from gnca.rule import LocalRule
+from gnca.senses import SenseReader
 from gnca.state import InitSpec
 from gnca.task import Task
 
@@ -194,6 +195,14 @@ class TrainedRule:
     label: str = ""
     train_seconds: float | None = None
     trained_now: bool = False
+
+    def reader(self, seed: int = 0, task: Task | None = None) -> SenseReader | None:
+        """What the rule reads while growing on ``task`` (default: its own), or ``None`` for a
+        data-free rule; batches drawn with ``seed``."""
+        if not self.rule.senses:
+            return None
+        gen = torch.Generator().manual_seed(seed)
+        return SenseReader(self.rule.senses, task or self.task, self.cfg.rule.sense_batch, gen)
 
     def architectures(self) -> list[Architecture]:
         """The architectures it was meta-trained on (MLPs of ``cfg.task.architectures``)."""

@@ -322,6 +322,7 @@ def _grow_for(args, trained, arch: Architecture, steps: int, record_at):
         generator=gen,
         metric=trained.task.metric(args.split, device),
         record_at=record_at,
+        senses=trained.reader(args.seed),
     )
 
 

@@ -374,7 +374,10 @@ class DistributedMetaTrainer(MetaTrainer):
         """This rank's contiguous block of a full pool."""
         n = pool.size // self.ctx.world_size
         lo, hi = self.ctx.rank * n, (self.ctx.rank + 1) * n
-        return SamplePool(pool.w[lo:hi].clone(), pool.h[lo:hi].clone(), pool.loss[lo:hi].clone())
+        labels = pool.labels[lo:hi].clone() if pool.labels is not None else None
+        return SamplePool(
+            pool.w[lo:hi].clone(), pool.h[lo:hi].clone(), pool.loss[lo:hi].clone(), labels
+        )
 
     def _broadcast_rule(self) -> None:
         for t in self.rule.state_dict().values():

@@ -40,11 +40,16 @@ class PoolBatch:
     Attributes:
         idx: ``(n,)`` the pool indices they came from (worst first, for :meth:`SamplePool.commit`).
         w: ``(n, E)`` weights; h: ``(n, E, C)`` hidden states.
+        renewed: ``(n,)`` bool, the samples that start again from a fresh seed.
+        labels: ``(n, classes)`` the samples' label permutations (pools that keep them), with
+            the renewed rows still holding their old ones: the caller draws new ones.
     """
 
     idx: torch.Tensor
     w: torch.Tensor
     h: torch.Tensor
+    renewed: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
 
 @dataclass
@@ -55,11 +60,14 @@ class SamplePool:
         w: ``(P, E)`` weights.
         h: ``(P, E, C)`` hidden states.
         loss: ``(P,)`` last loss of each sample (``inf`` for fresh seeds).
+        labels: ``(P, classes)`` the label permutation each sample is learning (a task
+            augmentation, ``train.permute_labels``), kept with it across meta-steps; or ``None``.
     """
 
     w: torch.Tensor
     h: torch.Tensor
     loss: torch.Tensor
+    labels: torch.Tensor | None = None
 
     @classmethod
     def filled(cls, w0: torch.Tensor, h0: torch.Tensor) -> SamplePool:
@@ -134,19 +142,33 @@ class SamplePool:
             e = w.shape[1]
             kept = damage_mask(which)[lo * e : hi * e].view(n, e)
             w = torch.where(kept == 0, torch.zeros_like(w), w)
-        return PoolBatch(idx, w, h)
+        labels = self.labels[idx] if self.labels is not None else None
+        return PoolBatch(idx, w, h, mine, labels)
 
     def commit(
-        self, idx: torch.Tensor, w: torch.Tensor, h: torch.Tensor, loss: torch.Tensor
+        self,
+        idx: torch.Tensor,
+        w: torch.Tensor,
+        h: torch.Tensor,
+        loss: torch.Tensor,
+        labels: torch.Tensor | None = None,
     ) -> None:
-        """Write final states ``w (n, E)``, ``h (n, E, C)`` and ``loss (n,)`` back at ``idx``."""
+        """Write final states ``w (n, E)``, ``h (n, E, C)``, ``loss (n,)`` (and the samples'
+        label permutations ``(n, classes)``) back at ``idx``."""
         self.w = self.w.index_copy(0, idx.to(self.w.device), w.detach().to(self.w.device))
         self.h = self.h.index_copy(0, idx.to(self.h.device), h.detach().to(self.h.device))
         self.loss = self.loss.index_copy(0, idx, loss.detach().cpu().to(self.loss.dtype))
+        if self.labels is not None and labels is not None:
+            self.labels = self.labels.index_copy(0, idx.cpu(), labels.detach().cpu())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"w": self.w.cpu(), "h": self.h.cpu(), "loss": self.loss.cpu()}
+        d = {"w": self.w.cpu(), "h": self.h.cpu(), "loss": self.loss.cpu()}
+        if self.labels is not None:
+            d["labels"] = self.labels.cpu()
+        return d
 
     @classmethod
     def from_state_dict(cls, d: dict[str, torch.Tensor], device: torch.device) -> SamplePool:
-        return cls(d["w"].to(device), d["h"].to(device), d["loss"].cpu())
+        labels = d.get("labels")
+        return cls(d["w"].to(device), d["h"].to(device), d["loss"].cpu(),
+                   labels.cpu() if labels is not None else None)  # fmt: skip

@@ -46,7 +46,7 @@ from gnca.data import Dataset
 from gnca.device import resolve_device
 from gnca.graph import WeightGraph
 from gnca.grow import grow
-from gnca.pool import SamplePool, Shard
+from gnca.pool import PoolBatch, SamplePool, Shard
 from gnca.rule import LocalRule
 from gnca.senses import SenseReader
 from gnca.state import InitSpec, check_codes_fit
@@ -144,13 +144,6 @@ class MetaTrainer:
         self.shard = Shard()  # this process's part of every batch
         self.X_train, self.y_train = task.split("train", self.device)
         self.pools: list[SamplePool] = []
-        if pool.size:
-            for a in self.archs:
-                g = WeightGraph.replicate(a, pool.size, device=self.device)
-                w0, h0 = self._seed_states(g)
-                self.pools.append(
-                    SamplePool.filled(w0.view(pool.size, -1), h0.view(pool.size, a.num_weights, -1))
-                )
         self.permute_labels = bool(permute_labels)
         if self.permute_labels and not rule.senses:
             raise ValueError(
@@ -163,6 +156,16 @@ class MetaTrainer:
         self.reader = (
             SenseReader(rule.senses, task, sense_batch, self.sense_gen) if rule.senses else None
         )
+        if pool.size:
+            for a in self.archs:
+                g = WeightGraph.replicate(a, pool.size, device=self.device)
+                w0, h0 = self._seed_states(g)
+                sp = SamplePool.filled(
+                    w0.view(pool.size, -1), h0.view(pool.size, a.num_weights, -1)
+                )
+                if self.permute_labels:
+                    sp.labels = self._draw_permutations(pool.size)
+                self.pools.append(sp)
         self.step = 0
         self.loss_ema: float | None = None
         self.history: list[StepStats] = []
@@ -192,7 +195,9 @@ class MetaTrainer:
         frac = min(step / max(t.steps, 1), 1.0)
         return t.lr_final + 0.5 * (t.lr - t.lr_final) * (1 + math.cos(math.pi * frac))
 
-    def _batch(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    def _batch(
+        self, i: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, PoolBatch | None]:
         """Pool indices (or None) and the starting ``w (b*E,)``, ``h (b*E, C)`` of arch ``i``
         (``b`` nets: the batch, or this rank's share of it)."""
         pool_cfg, shard = self.cfg.pool, self.shard
@@ -203,7 +208,7 @@ class MetaTrainer:
         w_seed, h_seed = self._seed_states(seed_graph)  # (B*E,), (B*E, C)
         w_seed, h_seed = w_seed[lo:hi], h_seed[lo:hi]
         if not self.pools:
-            return None, w_seed, h_seed
+            return None, w_seed, h_seed, None
 
         def damage_mask(which: torch.Tensor) -> torch.Tensor:
             ones = torch.ones(w_seed.shape[0] * shard.world, device=self.device)
@@ -224,7 +229,7 @@ class MetaTrainer:
             damage_mask=damage_mask,
             shard=shard,
         )
-        return got.idx, got.w.reshape(-1), got.h.reshape(b * e, -1)
+        return got.idx, got.w.reshape(-1), got.h.reshape(b * e, -1), got
 
     def _unroll(self, graph, w, h, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         bf16 = self.cfg.train.precision == "bf16"  # the rule's MLP under bf16 autocast
@@ -243,18 +248,26 @@ class MetaTrainer:
     def _rule_step(self, graph, w, h, mask, senses=None):
         return self.rule(graph, w, h, mask=mask, senses=senses)
 
-    def _permutations(self, n_nets: int) -> torch.Tensor | None:
-        """``(b, classes)`` label permutations of this process's nets (augmentation), drawn
-        for the whole batch so that every rank of a distributed run draws the same."""
-        if not self.permute_labels:
-            return None
+    def _draw_permutations(self, n: int) -> torch.Tensor:
+        """``(n, classes)`` random label permutations from the senses' generator."""
         assert self.sense_gen is not None
         c = self.task.n_classes
-        every = torch.stack(
-            [torch.randperm(c, generator=self.sense_gen) for _ in range(self.cfg.train.batch_size)]
-        )
+        return torch.stack([torch.randperm(c, generator=self.sense_gen) for _ in range(n)])
+
+    def _permutations(
+        self, n_nets: int, renewed: torch.Tensor | None, pooled: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """``(b, classes)`` label permutations of this process's nets (augmentation): pooled
+        samples keep theirs, fresh ones get new ones (drawn for the whole batch, so that every
+        rank of a distributed run draws the same)."""
+        if not self.permute_labels:
+            return None
+        every = self._draw_permutations(self.cfg.train.batch_size)
         lo = self.shard.rank * n_nets
-        return every[lo : lo + n_nets].to(self.device)
+        fresh = every[lo : lo + n_nets]
+        if pooled is not None and renewed is not None:
+            fresh = torch.where(renewed.cpu()[:, None], fresh, pooled.cpu())
+        return fresh.to(self.device)
 
     def _fire_mask(self, w: torch.Tensor) -> torch.Tensor:
         """``(E,)`` fire mask of one rule step (a distributed rank takes its slice)."""
@@ -280,8 +293,11 @@ class MetaTrainer:
         X, y = self.task.train_batch(self.gen, self.device)
         losses, accs, finals = [], [], []
         for i, graph in enumerate(self.graphs):
-            idx, w, h = self._batch(i)
-            perm = self._permutations(w.shape[0] // self.archs[i].num_weights)
+            idx, w, h, got = self._batch(i)
+            n_nets = w.shape[0] // self.archs[i].num_weights
+            perm = self._permutations(
+                n_nets, got.renewed if got else None, got.labels if got else None
+            )
             if self.reader is not None:
                 self.reader.permutation = perm
             w, h = self._unroll(graph, w, h, k)
@@ -291,7 +307,7 @@ class MetaTrainer:
             per_net = logits_cross_entropy(logits, yy)  # (b,)
             losses.append(per_net)
             accs.append(logits_accuracy(logits.detach(), yy))
-            finals.append((idx, w, h, per_net))
+            finals.append((idx, w, h, per_net, perm))
         loss = torch.stack([lo.mean() for lo in losses]).mean()
         loss_v, acc = self._step_stats(loss.detach(), accs)
         skipped = not math.isfinite(loss_v) or (
@@ -311,11 +327,11 @@ class MetaTrainer:
             self.loss_ema = (
                 loss_v if self.loss_ema is None else 0.95 * self.loss_ema + 0.05 * loss_v
             )
-            for i, (idx, w, h, per_net) in enumerate(finals):
+            for i, (idx, w, h, per_net, perm) in enumerate(finals):
                 if idx is not None:
                     e = self.archs[i].num_weights
                     b = idx.shape[0]  # train.batch_size, or a rank's share of it
-                    self.pools[i].commit(idx, w.view(b, e), h.view(b, e, -1), per_net)
+                    self.pools[i].commit(idx, w.view(b, e), h.view(b, e, -1), per_net, perm)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         stats = StepStats(self.step, loss_v, acc, k, lr, skipped)
@@ -356,6 +372,7 @@ class MetaTrainer:
                 generator=gen,
                 metric=metric,
                 record_at=horizons,
+                senses=self._eval_reader(),
             )
             assert res.curve is not None
             out[arch.describe()] = {
@@ -367,6 +384,13 @@ class MetaTrainer:
                 for i, s in enumerate(res.curve_steps)
             }
         return out
+
+    def _eval_reader(self) -> SenseReader | None:
+        """What a data-reading rule reads while its nets grow for evaluation (its own seed)."""
+        if not self.rule.senses:
+            return None
+        gen = torch.Generator().manual_seed(self.cfg.train.seed + 54321)
+        return SenseReader(self.rule.senses, self.task, self.reader.batch_size, gen)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:

@@ -227,3 +227,21 @@ def test_label_permutations_are_per_net():
     reader.permutation = perm
     y = torch.tensor([0, 1, 2, 2])
     assert reader.labels(y).tolist() == [[0, 1, 2, 2], [2, 0, 1, 1]]
+
+
+def test_pooled_samples_keep_their_label_permutation(tmp_path):
+    cfg = _senses_config(steps=3, permute_labels=True)  # tiny_config has a pool of 16
+    tr = MetaTrainer.from_config(cfg)
+    labels = tr.pools[0].labels
+    assert labels is not None and labels.shape == (16, 3)
+    assert all(sorted(r.tolist()) == [0, 1, 2] for r in labels)
+    before = labels.clone()
+    got = tr._batch(0)[3]
+    kept = ~got.renewed.cpu()
+    tr.pools[0].commit(got.idx, got.w, got.h, torch.zeros(4), got.labels)
+    assert torch.equal(tr.pools[0].labels[got.idx[kept]], before[got.idx[kept]])
+    for _ in range(3):
+        tr.meta_step()
+    tr.save(tmp_path / "last.pt")
+    back = MetaTrainer.from_checkpoint(tmp_path / "last.pt")
+    assert torch.equal(back.pools[0].labels, tr.pools[0].labels)

@@ -185,6 +185,33 @@ def cmd_generalization(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- learning
+def cmd_learning(args: argparse.Namespace) -> int:
+    from gnca.experiments.learning import run_learning
+
+    cfg, rule, control = _rules(
+        args,
+        "learning",
+        ("senses", "data-free"),
+        control=(args.datafree_config, args.datafree_checkpoint, "", {}),
+        skip_control=args.datafree_config is None and args.datafree_checkpoint is None,
+    )
+    out = _out(args, "learning", cfg, args.checkpoint)
+    summary = run_learning(
+        rule,
+        control,
+        out,
+        num=args.num,
+        horizon_mult=args.horizon_mult,
+        seed=args.seed,
+        device=_device(args, cfg),
+        retrain=args.retrain,
+        progress=not args.no_progress,
+    )
+    _report(summary, out, "learning.md", "learning.png")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def add_experiment_parser(
     subparsers: argparse._SubParsersAction,
@@ -280,4 +307,20 @@ def add_experiment_parser(
     g.add_argument("--steps", type=int, default=None, help="rule steps (default: k_max)")
     g.add_argument("--chunk", type=int, default=None, help="nets grown at once (default: auto)")
     g.set_defaults(func=cmd_generalization)
+
+    lp = esub.add_parser(
+        "learning",
+        help="a rule that reads data, on label permutations never seen in meta-training",
+        description="Grow nets with a data-reading rule (rule.senses) on held-out label "
+        "permutations and on the plain labels; compare with a data-free rule, with the grown "
+        "nets' hidden layers reset, and with Adam (output layer only / all layers) at equal "
+        "examples seen; accuracy far past the horizon.",
+    )
+    shared(lp, "checkpoint of the data-reading rule (instead of meta-training --config)")
+    lp.add_argument("--datafree-config", help="config of the data-free control rule")
+    lp.add_argument("--datafree-checkpoint", help="checkpoint of the data-free control rule")
+    lp.add_argument(
+        "--horizon-mult", type=int, default=10, help="rule steps grown, in units of k_max (10)"
+    )
+    lp.set_defaults(func=cmd_learning)
     return exp
