@@ -45,6 +45,7 @@ __all__ = [
     "make_rule",
     "make_task",
     "resolve_device",
+    "rule_from_checkpoint",
     "trained_from",
     "trainer_parts",
 ]
@@ -149,10 +150,11 @@ def load_rule(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[LocalRule, Config]:
     """A trained rule and its configuration from a checkpoint."""
-    return _rule_from(load_checkpoint(path, map_location=map_location), path)
+    return rule_from_checkpoint(load_checkpoint(path, map_location=map_location), path)
 
 
-def _rule_from(d: dict, path: str | os.PathLike) -> tuple[LocalRule, Config]:
+def rule_from_checkpoint(d: dict, path: str | os.PathLike) -> tuple[LocalRule, Config]:
+    """The rule and configuration of a loaded checkpoint dict ``d`` (``path`` for errors)."""
     for key in ("rule", "rule_config", "config"):
         if key not in d:
             raise ValueError(f"{path} is a gnca checkpoint without {key!r}; it holds no rule")
@@ -254,7 +256,7 @@ def load_trained(
         dataset: use this data instead of loading the configuration's.
     """
     d = load_checkpoint(path)
-    rule, cfg = _rule_from(d, path)
+    rule, cfg = rule_from_checkpoint(d, path)
     steps = int(d["step"]) if "step" in d else cfg.train.steps
     return trained_from(
         rule,

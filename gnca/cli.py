@@ -295,11 +295,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- grow / eval / export
 def _load(args: argparse.Namespace):
     """The checkpoint of ``--checkpoint`` as a :class:`gnca.build.TrainedRule` (data loaded,
-    ``--data-dir`` and ``--device`` applied)."""
-    from gnca.build import load_trained
+    ``--data-dir``, ``--device`` and ``--set data.KEY=VALUE`` applied)."""
+    from gnca.build import rule_from_checkpoint, trained_from
+    from gnca.checkpoint import load_checkpoint
+    from gnca.config import apply_overrides, config_from_dict, config_to_dict
 
-    return load_trained(
-        args.checkpoint, device=args.device, data_dir=getattr(args, "data_dir", None)
+    d = load_checkpoint(args.checkpoint)
+    rule, cfg = rule_from_checkpoint(d, args.checkpoint)
+    data_set = list(getattr(args, "set", None) or [])
+    bad = [s for s in data_set if not s.startswith("data.")]
+    if bad:
+        raise CLIError(f"--set takes data.KEY=VALUE only here (the data to grow on), got {bad[0]}")
+    if data_set:
+        new = config_from_dict(apply_overrides(config_to_dict(cfg), data_set))
+        if new.data != cfg.data and not rule.senses:
+            raise CLIError(
+                f"this rule reads no data (rule.senses is empty): it regrows the nets it was "
+                f"meta-trained for on {cfg.data.name} and cannot learn {new.data.name}; "
+                f"meta-train a rule with rule.senses to grow on other data"
+            )
+        if new.data.name != cfg.data.name and not args.arch:
+            raise CLIError(
+                f"growing on {new.data.name} instead of {cfg.data.name}: pass --arch for its "
+                f"features and classes (e.g. h:16 for one hidden layer of 16)"
+            )
+        cfg = new
+    return trained_from(
+        rule,
+        cfg,
+        device=args.device,
+        data_dir=getattr(args, "data_dir", None),
+        checkpoint=Path(args.checkpoint),
+        meta_steps=int(d["step"]) if "step" in d else None,
     )
 
 
@@ -567,6 +594,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
         sp.add_argument(
             "--data-dir", default=None, help="data folder (MNIST), overrides the config"
+        )
+        sp.add_argument(
+            "--set",
+            nargs="*",
+            default=[],
+            metavar="data.KEY=VALUE",
+            help="grow on other data (rules with senses), e.g. data.name=wine or data.name=csv "
+            "data.csv_path=FILE, with a matching --arch",
         )
         common(sp)
 
