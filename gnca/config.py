@@ -39,6 +39,7 @@ __all__ = [
     "DATASETS",
     "GRAD_MODES",
     "PRECISIONS",
+    "WANDB_MODES",
     "INITS",
     "NEIGHBOURHOODS",
     "REDUCTIONS",
@@ -69,6 +70,8 @@ NEIGHBOURHOODS = tuple(_NEIGHBOURHOODS)
 REDUCTIONS = _REDUCTIONS
 GRAD_MODES = ("normalize", "clip", "none")
 PRECISIONS = ("fp32", "bf16")
+WANDB_MODES = ("offline", "online")
+_WANDB_BAD_CHARS = "/\\#?%:"  # characters W&B refuses in project names
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -162,6 +165,9 @@ class TrainConfig:
     log_every: int = 25  # meta-steps between log lines
     checkpoint_every: int = 250  # meta-steps between checkpoints
     eval_nets: int = 100  # task nets grown for evaluation
+    wandb: bool = False  # also log to Weights & Biases, in the run directory (gnca[wandb] extra)
+    wandb_project: str = "gnca"  # the W&B project of the run
+    wandb_mode: str = "offline"  # offline (files only; `wandb sync` uploads) | online
 
 
 @dataclass
@@ -446,6 +452,10 @@ def _validate_train(c: TrainConfig, p: str) -> None:
     _check_min(c, p, "log_every", 1)
     _check_min(c, p, "checkpoint_every", 1)
     _check_min(c, p, "eval_nets", 1)
+    if not c.wandb_project.strip() or any(ch in c.wandb_project for ch in _WANDB_BAD_CHARS):
+        need = f"a non-empty name without {_WANDB_BAD_CHARS}"
+        raise _bad(p, "wandb_project", need, c.wandb_project)
+    _check_choice(c, p, "wandb_mode", WANDB_MODES)
 
 
 def _validate_root(c: Config, p: str) -> None:
