@@ -194,12 +194,15 @@ def _eval_table(results: dict) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from gnca import distributed
     from gnca.config import load_config, save_config
+    from gnca.tracking import check_wandb
     from gnca.trainer import MetaTrainer
 
     _set_threads(args.threads)
     if getattr(args, "nproc", None) is not None:
         if args.config and args.nproc >= 1:  # fail here once, not in every process
-            distributed.check_world_size(load_config(args.config, args.set), args.nproc)
+            launch_cfg = load_config(args.config, args.set)
+            distributed.check_world_size(launch_cfg, args.nproc)
+            check_wandb(launch_cfg.train)
         return distributed.launch(args.nproc, distributed.without_nproc(args.argv))
     if distributed.env_requests_distributed() and not distributed.is_initialized():
         distributed.init_distributed(
@@ -216,6 +219,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.config is None and not args.resume:
         raise CLIError("gnca train needs --config FILE (or --resume with --out RUN_DIR)")
     cfg = load_config(args.config, args.set) if args.config else None
+    if cfg is not None and main:  # only the main process logs: it alone needs wandb
+        check_wandb(cfg.train)
     name = cfg.name if cfg else None
     run_dir = Path(args.out or (cfg.out_dir if cfg and cfg.out_dir else f"runs/{name}"))
     ckpt = run_dir / "last.pt"
@@ -224,6 +229,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot resume: no checkpoint at {ckpt}")
         trainer = trainer_cls.from_checkpoint(ckpt, cfg=cfg)
         cfg = trainer.cfg
+        if main:
+            check_wandb(cfg.train)
         if main:
             print(f"resuming {ckpt} at meta-step {trainer.step}/{cfg.train.steps}", file=sys.stderr)
     else:
@@ -695,9 +702,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gnca.data import DataError
         from gnca.distributed import DistributedError
         from gnca.download import DownloadError
+        from gnca.tracking import MissingDependencyError
 
         known = (
             CLIError,
+            MissingDependencyError,
             DistributedError,
             DownloadError,
             ConfigError,

@@ -40,6 +40,7 @@ __all__ = [
     "DATASETS",
     "GRAD_MODES",
     "PRECISIONS",
+    "WANDB_MODES",
     "INITS",
     "NEIGHBOURHOODS",
     "REDUCTIONS",
@@ -70,6 +71,8 @@ NEIGHBOURHOODS = tuple(_NEIGHBOURHOODS)
 REDUCTIONS = _REDUCTIONS
 GRAD_MODES = ("normalize", "clip", "none")
 PRECISIONS = ("fp32", "bf16")
+WANDB_MODES = ("offline", "online")
+_WANDB_BAD_CHARS = "/\\#?%:"  # characters W&B refuses in project names
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -166,6 +169,9 @@ class TrainConfig:
     checkpoint_every: int = 250  # meta-steps between checkpoints
     eval_nets: int = 100  # task nets grown for evaluation
     permute_labels: bool = False  # each net learns under its own random label permutation
+    wandb: bool = False  # also log to Weights & Biases, in the run directory (gnca[wandb] extra)
+    wandb_project: str = "gnca"  # the W&B project of the run
+    wandb_mode: str = "offline"  # offline (files only; `wandb sync` uploads) | online
 
 
 @dataclass
@@ -459,6 +465,10 @@ def _validate_train(c: TrainConfig, p: str) -> None:
     _check_min(c, p, "log_every", 1)
     _check_min(c, p, "checkpoint_every", 1)
     _check_min(c, p, "eval_nets", 1)
+    if not c.wandb_project.strip() or any(ch in c.wandb_project for ch in _WANDB_BAD_CHARS):
+        need = f"a non-empty name without {_WANDB_BAD_CHARS}"
+        raise _bad(p, "wandb_project", need, c.wandb_project)
+    _check_choice(c, p, "wandb_mode", WANDB_MODES)
 
 
 def _validate_root(c: Config, p: str) -> None:

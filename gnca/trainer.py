@@ -440,14 +440,15 @@ class MetaTrainer:
         """Meta-train until ``train.steps``; log, checkpoint and show progress.
 
         With ``run_dir``: appends to ``metrics.csv``, writes ``last.pt`` every
-        ``train.checkpoint_every`` steps and at the end, and TensorBoard events when the
-        ``tensorboard`` package is installed. Without a progress bar, ``log_lines`` prints one
-        line per logged step to stderr instead.
+        ``train.checkpoint_every`` steps and at the end, TensorBoard events when the
+        ``tensorboard`` package is installed, and with ``train.wandb`` the same scalars to a
+        Weights & Biases run in ``run_dir/wandb`` (:mod:`gnca.tracking`; it needs ``run_dir``
+        and the ``wandb`` package). Without a progress bar, ``log_lines`` prints one line per
+        logged step to stderr instead. Only the main process of a distributed run logs.
         """
         t = self.cfg.train
         run = Path(run_dir) if run_dir is not None else None
-        writer = _tensorboard(run) if run is not None and self.is_main else None
-        metrics = _MetricsCSV(run / "metrics.csv") if run is not None and self.is_main else None
+        logs = _RunLogs(self, run) if self.is_main else None
         bar = None
         if progress and self.is_main:
             from tqdm.auto import tqdm
@@ -466,11 +467,8 @@ class MetaTrainer:
                     loss = sum(x.loss for x in ok) / len(ok)
                     acc = sum(x.accuracy for x in ok) / len(ok)
                     skipped = sum(x.skipped for x in window)
-                    if metrics is not None:
-                        metrics.write(s.step, loss, acc, s.lr, skipped, time.perf_counter() - start)
-                    if writer is not None:
-                        writer.add_scalar("train/loss", loss, s.step)
-                        writer.add_scalar("train/accuracy", acc, s.step)
+                    if logs is not None:
+                        logs.write(s.step, loss, acc, s.lr, skipped, time.perf_counter() - start)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", skipped=skipped)
                     elif log_lines and self.is_main:
@@ -488,8 +486,8 @@ class MetaTrainer:
         finally:
             if bar is not None:
                 bar.close()
-            if writer is not None:
-                writer.close()
+            if logs is not None:
+                logs.close()
         return self.history
 
     @classmethod
@@ -593,3 +591,49 @@ def _tensorboard(run: Path):
     except Exception:  # tensorboard not installed
         return None
     return SummaryWriter(str(run / "tb"))
+
+
+class _RunLogs:
+    """Where :meth:`MetaTrainer.train` logs a window of meta-steps: ``metrics.csv`` and, when
+    available, TensorBoard (with ``run_dir``) and Weights & Biases (``train.wandb``).
+
+    W&B is set up first: a missing package or run directory is an error before any file is
+    written. A trainer that starts at meta-step > 0 (resumed) continues the run's W&B run.
+    """
+
+    def __init__(self, trainer: MetaTrainer, run: Path | None) -> None:
+        cfg = trainer.cfg
+        self.wandb = None
+        if cfg.train.wandb:
+            if run is None:
+                raise ValueError("train.wandb needs a run directory: call train(run_dir)")
+            from gnca.tracking import WandbRun
+
+            self.wandb = WandbRun(
+                run, config_to_dict(cfg), cfg.name, cfg.train, resume=trainer.step > 0
+            )
+        self.metrics = _MetricsCSV(run / "metrics.csv") if run is not None else None
+        self.writer = _tensorboard(run) if run is not None else None
+
+    def write(
+        self, step: int, loss: float, acc: float, lr: float, skipped: int, seconds: float
+    ) -> None:
+        if self.metrics is not None:
+            self.metrics.write(step, loss, acc, lr, skipped, seconds)
+        scalars = {
+            "train/loss": loss,
+            "train/accuracy": acc,
+            "train/lr": lr,
+            "train/skipped": skipped,
+        }
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close()

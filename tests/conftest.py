@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -261,6 +263,76 @@ def np_rng(seed: int) -> np.random.Generator:
 def _seed_torch() -> None:
     """Every test starts from the same global torch RNG state (deterministic suite)."""
     torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------------- the test device
+TEST_DEVICE_ENV = "GNCA_TEST_DEVICE"
+
+
+def resolve_test_device() -> torch.device:
+    """The device of the ``device`` tests: ``$GNCA_TEST_DEVICE`` (``cpu``, ``cuda`` or
+    ``cuda:N``; ``cpu`` when unset or empty). A ValueError names what is wrong, e.g. CUDA
+    requested on a machine without it."""
+    name = os.environ.get(TEST_DEVICE_ENV, "").strip() or "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ValueError(f"{TEST_DEVICE_ENV}={name!r} is not a device: use cpu, cuda or cuda:N")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{TEST_DEVICE_ENV}={name} but CUDA is not available on this machine (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda}); unset {TEST_DEVICE_ENV} "
+                f"to run the device tests on the CPU"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{TEST_DEVICE_ENV}={name} but this machine has {torch.cuda.device_count()} "
+                f"CUDA device(s)"
+            )
+    return dev
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where the ``device`` tests put graphs, rules, states and data (``$GNCA_TEST_DEVICE``,
+    default cpu). A device that cannot be used fails each such test with one clear line
+    instead of silently testing the CPU."""
+    try:
+        return resolve_test_device()
+    except ValueError as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+def on_device(t: torch.Tensor, device: torch.device) -> bool:
+    """Whether ``t`` lives on ``device`` (``cuda`` means the current CUDA device)."""
+    if t.device.type != device.type:
+        return False
+    if device.index is None:
+        return t.device.type == "cpu" or t.device.index == torch.cuda.current_device()
+    return t.device.index == device.index
+
+
+def pytest_report_header(config) -> str:
+    try:
+        dev = resolve_test_device()
+    except ValueError as err:
+        return f"gnca device tests: {err}"
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return f"gnca device tests (-m device) run on {dev} ({name}), torch {torch.__version__}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test that takes the ``device`` fixture is a ``device`` test (``-m device``); when
+    there are any and ``$GNCA_TEST_DEVICE`` cannot be used, the session stops with one line."""
+    uses = [item for item in items if "device" in getattr(item, "fixturenames", ())]
+    for item in uses:
+        item.add_marker(pytest.mark.device)
+    if uses:
+        try:
+            resolve_test_device()
+        except ValueError as err:
+            raise pytest.UsageError(str(err)) from None
 
 
 def neighbour_counts(
