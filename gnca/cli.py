@@ -498,17 +498,31 @@ EXPERIMENT_TYPES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gnca`` parser: one helper per subcommand, registered in the order of ``--help``."""
     p = Parser(
         prog="gnca",
         description="Meta-Neural Cellular Automata: grow task networks with a learned local rule.",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_grow(sub)
+    _add_eval(sub)
+    _add_export(sub)
+    _add_data(sub)
+    from gnca.experiments.cli import add_experiment_parser
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-        sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+    set_types(add_experiment_parser(sub, _common), EXPERIMENT_TYPES)
+    return p
 
+
+def _common(sp: argparse.ArgumentParser) -> None:
+    """Flags of every subcommand: ``--debug`` and ``--threads``."""
+    sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="meta-train a local rule from a YAML config")
     t.add_argument("--config", help="YAML config file (e.g. configs/iris.yaml)")
     t.add_argument(
@@ -543,34 +557,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEC",
         help="distributed runs: seconds to wait for a slow process (default 1800)",
     )
-    common(t)
+    _common(t)
     t.set_defaults(func=cmd_train)
 
-    def growing(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--checkpoint", required=True, help="a checkpoint written by gnca train")
-        sp.add_argument(
-            "--arch",
-            action="append",
-            help="an MLP's layer sizes from the features to the classes (4-32-3), its hidden "
-            "widths only (h:32-16), or edges.json; repeatable (default: the training "
-            "architectures)",
-        )
-        sp.add_argument(
-            "--num",
-            type=positive_int,
-            default=100,
-            help="nets grown per architecture (default 100)",
-        )
-        sp.add_argument("--split", choices=["test", "train"], default="test")
-        sp.add_argument("--seed", type=seed, default=0, help="seed of the grown nets (0)")
-        sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
-        sp.add_argument(
-            "--data-dir", default=None, help="data folder (MNIST), overrides the config"
-        )
-        common(sp)
 
+def _growing(sp: argparse.ArgumentParser) -> None:
+    """Flags of the subcommands that grow nets from a checkpoint (grow, eval, export)."""
+    sp.add_argument("--checkpoint", required=True, help="a checkpoint written by gnca train")
+    sp.add_argument(
+        "--arch",
+        action="append",
+        help="an MLP's layer sizes from the features to the classes (4-32-3), its hidden "
+        "widths only (h:32-16), or edges.json; repeatable (default: the training "
+        "architectures)",
+    )
+    sp.add_argument(
+        "--num",
+        type=positive_int,
+        default=100,
+        help="nets grown per architecture (default 100)",
+    )
+    sp.add_argument("--split", choices=["test", "train"], default="test")
+    sp.add_argument("--seed", type=seed, default=0, help="seed of the grown nets (0)")
+    sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
+    sp.add_argument("--data-dir", default=None, help="data folder (MNIST), overrides the config")
+    _common(sp)
+
+
+def _add_grow(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("grow", help="grow task nets with a trained rule and report accuracy")
-    growing(g)
+    _growing(g)
     g.add_argument(
         "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
     )
@@ -584,8 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=cmd_grow)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")
-    growing(e)
+    _growing(e)
     e.add_argument(
         "--horizons",
         type=int_list(0),
@@ -595,14 +613,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export", help="grow nets and save them as a plain PyTorch module")
-    growing(x)
+    _growing(x)
     x.add_argument(
         "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
     )
     x.add_argument("--out", required=True, help="output file, e.g. nets.pt")
     x.set_defaults(func=cmd_export)
 
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "data",
         help="get datasets: gnca data download mnist DIR",
@@ -635,11 +657,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dl.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     dl.set_defaults(func=cmd_data_download)
-
-    from gnca.experiments.cli import add_experiment_parser
-
-    set_types(add_experiment_parser(sub, common), EXPERIMENT_TYPES)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
