@@ -193,60 +193,20 @@ def _eval_table(results: dict) -> str:
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     from gnca import distributed
-    from gnca.config import load_config, save_config
     from gnca.trainer import MetaTrainer
 
     _set_threads(args.threads)
-    if getattr(args, "nproc", None) is not None:
-        if args.config and args.nproc >= 1:  # fail here once, not in every process
-            distributed.check_world_size(load_config(args.config, args.set), args.nproc)
-        return distributed.launch(args.nproc, distributed.without_nproc(args.argv))
-    if distributed.env_requests_distributed() and not distributed.is_initialized():
-        distributed.init_distributed(
-            args.rdzv_timeout or distributed.DEFAULT_RDZV_TIMEOUT,
-            args.dist_timeout or distributed.DEFAULT_TIMEOUT,
-        )
-        try:  # the same command again, now as one rank of the process group
-            return cmd_train(args)
-        finally:
-            distributed.shutdown()
+    if getattr(args, "nproc", None) is not None or (
+        distributed.env_requests_distributed() and not distributed.is_initialized()
+    ):
+        return _train_distributed(args)
     dist_run = distributed.is_initialized()
     trainer_cls = distributed.DistributedMetaTrainer if dist_run else MetaTrainer
     main = distributed.context().is_main  # only rank 0 prints and writes files
-    if args.config is None and not args.resume:
-        raise CLIError("gnca train needs --config FILE (or --resume with --out RUN_DIR)")
-    cfg = load_config(args.config, args.set) if args.config else None
-    name = cfg.name if cfg else None
-    run_dir = Path(args.out or (cfg.out_dir if cfg and cfg.out_dir else f"runs/{name}"))
+    trainer, run_dir = _make_trainer(args, trainer_cls, main)
     ckpt = run_dir / "last.pt"
-    if args.resume:
-        if not ckpt.is_file():
-            raise CLIError(f"cannot resume: no checkpoint at {ckpt}")
-        trainer = trainer_cls.from_checkpoint(ckpt, cfg=cfg)
-        cfg = trainer.cfg
-        if main:
-            print(f"resuming {ckpt} at meta-step {trainer.step}/{cfg.train.steps}", file=sys.stderr)
-    else:
-        if ckpt.exists() and not args.overwrite:
-            raise CLIError(
-                f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
-                f"replace it, or --out DIR for a new one"
-            )
-        trainer = trainer_cls.from_config(cfg)
-        if main and args.overwrite and run_dir.exists():
-            for stale in ("metrics.csv", "summary.json", "last.pt"):
-                (run_dir / stale).unlink(missing_ok=True)
-    assert cfg is not None
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        ranks = f", {distributed.context().world_size} processes" if dist_run else ""
-        print(
-            f"meta-training {trainer.rule!r} on {cfg.data.name}, architectures "
-            f"{', '.join(a.describe() for a in trainer.archs)}, device {trainer.device}{ranks}; "
-            f"run directory {run_dir}",
-            file=sys.stderr,
-        )
+        _announce(trainer, run_dir, dist_run)
     _auto_threads(
         args,
         trainer.device,
@@ -260,24 +220,105 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise
         raise CLIError(lost) from None
     except KeyboardInterrupt:
-        if dist_run:  # the other ranks may be gone: no collective save, keep the last checkpoint
-            if main:
-                print(
-                    f"\ninterrupted at meta-step {trainer.step}; last checkpoint: {ckpt} "
-                    f"(meta-step {trainer.saved_step}); continue with: gnca train --resume "
-                    f"--out {run_dir}",
-                    file=sys.stderr,
-                )
-            return 130
-        trainer.save(ckpt)
-        print(
-            f"\ninterrupted at meta-step {trainer.step}; checkpoint saved to {ckpt}; "
-            f"continue with: gnca train --resume --out {run_dir}",
-            file=sys.stderr,
+        return _interrupted(trainer, run_dir, dist_run, main)
+    if main:
+        _report_training(trainer, run_dir)
+    return 0
+
+
+def _train_distributed(args: argparse.Namespace) -> int:
+    """``--nproc N``: start N processes through torchrun; in a process torchrun started: join
+    the process group and run ``gnca train`` as one rank of it."""
+    from gnca import distributed
+    from gnca.config import load_config
+
+    if getattr(args, "nproc", None) is not None:
+        if args.config and args.nproc >= 1:  # fail here once, not in every process
+            distributed.check_world_size(load_config(args.config, args.set), args.nproc)
+        return distributed.launch(args.nproc, distributed.without_nproc(args.argv))
+    distributed.init_distributed(
+        args.rdzv_timeout or distributed.DEFAULT_RDZV_TIMEOUT,
+        args.dist_timeout or distributed.DEFAULT_TIMEOUT,
+    )
+    try:  # the same command again, now as one rank of the process group
+        return cmd_train(args)
+    finally:
+        distributed.shutdown()
+
+
+def _make_trainer(args: argparse.Namespace, trainer_cls, main: bool):
+    """The trainer of ``--config`` (a new run) or of the run in the run directory
+    (``--resume``), and the run directory."""
+    from gnca.config import load_config
+
+    if args.config is None and not args.resume:
+        raise CLIError("gnca train needs --config FILE (or --resume with --out RUN_DIR)")
+    cfg = load_config(args.config, args.set) if args.config else None
+    name = cfg.name if cfg else None
+    run_dir = Path(args.out or (cfg.out_dir if cfg and cfg.out_dir else f"runs/{name}"))
+    ckpt = run_dir / "last.pt"
+    if args.resume:
+        if not ckpt.is_file():
+            raise CLIError(f"cannot resume: no checkpoint at {ckpt}")
+        trainer = trainer_cls.from_checkpoint(ckpt, cfg=cfg)
+        if main:
+            print(
+                f"resuming {ckpt} at meta-step {trainer.step}/{trainer.cfg.train.steps}",
+                file=sys.stderr,
+            )
+        return trainer, run_dir
+    if ckpt.exists() and not args.overwrite:
+        raise CLIError(
+            f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+            f"replace it, or --out DIR for a new one"
         )
+    trainer = trainer_cls.from_config(cfg)
+    if main and args.overwrite and run_dir.exists():
+        for stale in ("metrics.csv", "summary.json", "last.pt"):
+            (run_dir / stale).unlink(missing_ok=True)
+    return trainer, run_dir
+
+
+def _announce(trainer, run_dir: Path, dist_run: bool) -> None:
+    """Make the run directory, save the configuration there and say what is trained."""
+    from gnca import distributed
+    from gnca.config import save_config
+
+    cfg = trainer.cfg
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    ranks = f", {distributed.context().world_size} processes" if dist_run else ""
+    print(
+        f"meta-training {trainer.rule!r} on {cfg.data.name}, architectures "
+        f"{', '.join(a.describe() for a in trainer.archs)}, device {trainer.device}{ranks}; "
+        f"run directory {run_dir}",
+        file=sys.stderr,
+    )
+
+
+def _interrupted(trainer, run_dir: Path, dist_run: bool, main: bool) -> int:
+    """Ctrl-C: save a checkpoint (single process) or point to the last one (distributed)."""
+    ckpt = run_dir / "last.pt"
+    if dist_run:  # the other ranks may be gone: no collective save, keep the last checkpoint
+        if main:
+            print(
+                f"\ninterrupted at meta-step {trainer.step}; last checkpoint: {ckpt} "
+                f"(meta-step {trainer.saved_step}); continue with: gnca train --resume "
+                f"--out {run_dir}",
+                file=sys.stderr,
+            )
         return 130
-    if not main:
-        return 0
+    trainer.save(ckpt)
+    print(
+        f"\ninterrupted at meta-step {trainer.step}; checkpoint saved to {ckpt}; "
+        f"continue with: gnca train --resume --out {run_dir}",
+        file=sys.stderr,
+    )
+    return 130
+
+
+def _report_training(trainer, run_dir: Path) -> None:
+    """Evaluate the trained rule, write ``summary.json`` and print the accuracy table."""
     results = trainer.evaluate()
     summary = {
         "run_dir": str(run_dir),
@@ -286,10 +327,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "test_accuracy": results,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nTest accuracy of {cfg.train.eval_nets} grown nets per architecture:")
+    print(f"\nTest accuracy of {trainer.cfg.train.eval_nets} grown nets per architecture:")
     print(_eval_table(results))
-    print(f"\ncheckpoint: {ckpt}\nsummary:    {run_dir / 'summary.json'}")
-    return 0
+    print(f"\ncheckpoint: {run_dir / 'last.pt'}\nsummary:    {run_dir / 'summary.json'}")
 
 
 # ---------------------------------------------------------------------- grow / eval / export
