@@ -193,67 +193,20 @@ def _eval_table(results: dict) -> str:
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     from gnca import distributed
-    from gnca.config import load_config, save_config
-    from gnca.tracking import check_wandb
     from gnca.trainer import MetaTrainer
 
     _set_threads(args.threads)
-    if getattr(args, "nproc", None) is not None:
-        if args.config and args.nproc >= 1:  # fail here once, not in every process
-            launch_cfg = load_config(args.config, args.set)
-            distributed.check_world_size(launch_cfg, args.nproc)
-            check_wandb(launch_cfg.train)
-        return distributed.launch(args.nproc, distributed.without_nproc(args.argv))
-    if distributed.env_requests_distributed() and not distributed.is_initialized():
-        distributed.init_distributed(
-            args.rdzv_timeout or distributed.DEFAULT_RDZV_TIMEOUT,
-            args.dist_timeout or distributed.DEFAULT_TIMEOUT,
-        )
-        try:  # the same command again, now as one rank of the process group
-            return cmd_train(args)
-        finally:
-            distributed.shutdown()
+    if getattr(args, "nproc", None) is not None or (
+        distributed.env_requests_distributed() and not distributed.is_initialized()
+    ):
+        return _train_distributed(args)
     dist_run = distributed.is_initialized()
     trainer_cls = distributed.DistributedMetaTrainer if dist_run else MetaTrainer
     main = distributed.context().is_main  # only rank 0 prints and writes files
-    if args.config is None and not args.resume:
-        raise CLIError("gnca train needs --config FILE (or --resume with --out RUN_DIR)")
-    cfg = load_config(args.config, args.set) if args.config else None
-    if cfg is not None and main:  # only the main process logs: it alone needs wandb
-        check_wandb(cfg.train)
-    name = cfg.name if cfg else None
-    run_dir = Path(args.out or (cfg.out_dir if cfg and cfg.out_dir else f"runs/{name}"))
+    trainer, run_dir = _make_trainer(args, trainer_cls, main)
     ckpt = run_dir / "last.pt"
-    if args.resume:
-        if not ckpt.is_file():
-            raise CLIError(f"cannot resume: no checkpoint at {ckpt}")
-        trainer = trainer_cls.from_checkpoint(ckpt, cfg=cfg)
-        cfg = trainer.cfg
-        if main:
-            check_wandb(cfg.train)
-        if main:
-            print(f"resuming {ckpt} at meta-step {trainer.step}/{cfg.train.steps}", file=sys.stderr)
-    else:
-        if ckpt.exists() and not args.overwrite:
-            raise CLIError(
-                f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
-                f"replace it, or --out DIR for a new one"
-            )
-        trainer = trainer_cls.from_config(cfg)
-        if main and args.overwrite and run_dir.exists():
-            for stale in ("metrics.csv", "summary.json", "last.pt"):
-                (run_dir / stale).unlink(missing_ok=True)
-    assert cfg is not None
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        ranks = f", {distributed.context().world_size} processes" if dist_run else ""
-        print(
-            f"meta-training {trainer.rule!r} on {cfg.data.name}, architectures "
-            f"{', '.join(a.describe() for a in trainer.archs)}, device {trainer.device}{ranks}; "
-            f"run directory {run_dir}",
-            file=sys.stderr,
-        )
+        _announce(trainer, run_dir, dist_run)
     _auto_threads(
         args,
         trainer.device,
@@ -267,24 +220,112 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise
         raise CLIError(lost) from None
     except KeyboardInterrupt:
-        if dist_run:  # the other ranks may be gone: no collective save, keep the last checkpoint
-            if main:
-                print(
-                    f"\ninterrupted at meta-step {trainer.step}; last checkpoint: {ckpt} "
-                    f"(meta-step {trainer.saved_step}); continue with: gnca train --resume "
-                    f"--out {run_dir}",
-                    file=sys.stderr,
-                )
-            return 130
-        trainer.save(ckpt)
-        print(
-            f"\ninterrupted at meta-step {trainer.step}; checkpoint saved to {ckpt}; "
-            f"continue with: gnca train --resume --out {run_dir}",
-            file=sys.stderr,
+        return _interrupted(trainer, run_dir, dist_run, main)
+    if main:
+        _report_training(trainer, run_dir)
+    return 0
+
+
+def _train_distributed(args: argparse.Namespace) -> int:
+    """``--nproc N``: start N processes through torchrun; in a process torchrun started: join
+    the process group and run ``gnca train`` as one rank of it."""
+    from gnca import distributed
+    from gnca.config import load_config
+    from gnca.tracking import check_wandb
+
+    if getattr(args, "nproc", None) is not None:
+        if args.config and args.nproc >= 1:  # fail here once, not in every process
+            launch_cfg = load_config(args.config, args.set)
+            distributed.check_world_size(launch_cfg, args.nproc)
+            check_wandb(launch_cfg.train)
+        return distributed.launch(args.nproc, distributed.without_nproc(args.argv))
+    distributed.init_distributed(
+        args.rdzv_timeout or distributed.DEFAULT_RDZV_TIMEOUT,
+        args.dist_timeout or distributed.DEFAULT_TIMEOUT,
+    )
+    try:  # the same command again, now as one rank of the process group
+        return cmd_train(args)
+    finally:
+        distributed.shutdown()
+
+
+def _make_trainer(args: argparse.Namespace, trainer_cls, main: bool):
+    """The trainer of ``--config`` (a new run) or of the run in the run directory
+    (``--resume``), and the run directory."""
+    from gnca.config import load_config
+    from gnca.tracking import check_wandb
+
+    if args.config is None and not args.resume:
+        raise CLIError("gnca train needs --config FILE (or --resume with --out RUN_DIR)")
+    cfg = load_config(args.config, args.set) if args.config else None
+    if cfg is not None and main:  # only the main process logs: it alone needs wandb
+        check_wandb(cfg.train)
+    name = cfg.name if cfg else None
+    run_dir = Path(args.out or (cfg.out_dir if cfg and cfg.out_dir else f"runs/{name}"))
+    ckpt = run_dir / "last.pt"
+    if args.resume:
+        if not ckpt.is_file():
+            raise CLIError(f"cannot resume: no checkpoint at {ckpt}")
+        trainer = trainer_cls.from_checkpoint(ckpt, cfg=cfg)
+        if main:
+            check_wandb(trainer.cfg.train)
+            print(
+                f"resuming {ckpt} at meta-step {trainer.step}/{trainer.cfg.train.steps}",
+                file=sys.stderr,
+            )
+        return trainer, run_dir
+    if ckpt.exists() and not args.overwrite:
+        raise CLIError(
+            f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+            f"replace it, or --out DIR for a new one"
         )
+    trainer = trainer_cls.from_config(cfg)
+    if main and args.overwrite and run_dir.exists():
+        for stale in ("metrics.csv", "summary.json", "last.pt"):
+            (run_dir / stale).unlink(missing_ok=True)
+    return trainer, run_dir
+
+
+def _announce(trainer, run_dir: Path, dist_run: bool) -> None:
+    """Make the run directory, save the configuration there and say what is trained."""
+    from gnca import distributed
+    from gnca.config import save_config
+
+    cfg = trainer.cfg
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    ranks = f", {distributed.context().world_size} processes" if dist_run else ""
+    print(
+        f"meta-training {trainer.rule!r} on {cfg.data.name}, architectures "
+        f"{', '.join(a.describe() for a in trainer.archs)}, device {trainer.device}{ranks}; "
+        f"run directory {run_dir}",
+        file=sys.stderr,
+    )
+
+
+def _interrupted(trainer, run_dir: Path, dist_run: bool, main: bool) -> int:
+    """Ctrl-C: save a checkpoint (single process) or point to the last one (distributed)."""
+    ckpt = run_dir / "last.pt"
+    if dist_run:  # the other ranks may be gone: no collective save, keep the last checkpoint
+        if main:
+            print(
+                f"\ninterrupted at meta-step {trainer.step}; last checkpoint: {ckpt} "
+                f"(meta-step {trainer.saved_step}); continue with: gnca train --resume "
+                f"--out {run_dir}",
+                file=sys.stderr,
+            )
         return 130
-    if not main:
-        return 0
+    trainer.save(ckpt)
+    print(
+        f"\ninterrupted at meta-step {trainer.step}; checkpoint saved to {ckpt}; "
+        f"continue with: gnca train --resume --out {run_dir}",
+        file=sys.stderr,
+    )
+    return 130
+
+
+def _report_training(trainer, run_dir: Path) -> None:
+    """Evaluate the trained rule, write ``summary.json`` and print the accuracy table."""
     results = trainer.evaluate()
     summary = {
         "run_dir": str(run_dir),
@@ -293,10 +334,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "test_accuracy": results,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nTest accuracy of {cfg.train.eval_nets} grown nets per architecture:")
+    print(f"\nTest accuracy of {trainer.cfg.train.eval_nets} grown nets per architecture:")
     print(_eval_table(results))
-    print(f"\ncheckpoint: {ckpt}\nsummary:    {run_dir / 'summary.json'}")
-    return 0
+    print(f"\ncheckpoint: {run_dir / 'last.pt'}\nsummary:    {run_dir / 'summary.json'}")
 
 
 # ---------------------------------------------------------------------- grow / eval / export
@@ -519,6 +559,7 @@ EXPERIMENT_TYPES = {
     "--num": positive_int,
     "--seed": seed,
     "--horizon-mult": positive_int,
+    "--split-seed": seed,
     "--tolerance": nonneg_float,
     "--zero-outs": positive_int,
     "--every": positive_int,
@@ -533,17 +574,31 @@ EXPERIMENT_TYPES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gnca`` parser: one helper per subcommand, registered in the order of ``--help``."""
     p = Parser(
         prog="gnca",
         description="Meta-Neural Cellular Automata: grow task networks with a learned local rule.",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_grow(sub)
+    _add_eval(sub)
+    _add_export(sub)
+    _add_data(sub)
+    from gnca.experiments.cli import add_experiment_parser
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-        sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+    set_types(add_experiment_parser(sub, _common), EXPERIMENT_TYPES)
+    return p
 
+
+def _common(sp: argparse.ArgumentParser) -> None:
+    """Flags of every subcommand: ``--debug`` and ``--threads``."""
+    sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="meta-train a local rule from a YAML config")
     t.add_argument("--config", help="YAML config file (e.g. configs/iris.yaml)")
     t.add_argument(
@@ -578,42 +633,44 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEC",
         help="distributed runs: seconds to wait for a slow process (default 1800)",
     )
-    common(t)
+    _common(t)
     t.set_defaults(func=cmd_train)
 
-    def growing(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--checkpoint", required=True, help="a checkpoint written by gnca train")
-        sp.add_argument(
-            "--arch",
-            action="append",
-            help="an MLP's layer sizes from the features to the classes (4-32-3), its hidden "
-            "widths only (h:32-16), or edges.json; repeatable (default: the training "
-            "architectures)",
-        )
-        sp.add_argument(
-            "--num",
-            type=positive_int,
-            default=100,
-            help="nets grown per architecture (default 100)",
-        )
-        sp.add_argument("--split", choices=["test", "train"], default="test")
-        sp.add_argument("--seed", type=seed, default=0, help="seed of the grown nets (0)")
-        sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
-        sp.add_argument(
-            "--data-dir", default=None, help="data folder (MNIST), overrides the config"
-        )
-        sp.add_argument(
-            "--set",
-            nargs="*",
-            default=[],
-            metavar="data.KEY=VALUE",
-            help="grow on other data (rules with senses), e.g. data.name=wine or data.name=csv "
-            "data.csv_path=FILE, with a matching --arch",
-        )
-        common(sp)
 
+def _growing(sp: argparse.ArgumentParser) -> None:
+    """Flags of the subcommands that grow nets from a checkpoint (grow, eval, export)."""
+    sp.add_argument("--checkpoint", required=True, help="a checkpoint written by gnca train")
+    sp.add_argument(
+        "--arch",
+        action="append",
+        help="an MLP's layer sizes from the features to the classes (4-32-3), its hidden "
+        "widths only (h:32-16), or edges.json; repeatable (default: the training "
+        "architectures)",
+    )
+    sp.add_argument(
+        "--num",
+        type=positive_int,
+        default=100,
+        help="nets grown per architecture (default 100)",
+    )
+    sp.add_argument("--split", choices=["test", "train"], default="test")
+    sp.add_argument("--seed", type=seed, default=0, help="seed of the grown nets (0)")
+    sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
+    sp.add_argument("--data-dir", default=None, help="data folder (MNIST), overrides the config")
+    sp.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="data.KEY=VALUE",
+        help="grow on other data (rules with senses), e.g. data.name=wine or data.name=csv "
+        "data.csv_path=FILE, with a matching --arch",
+    )
+    _common(sp)
+
+
+def _add_grow(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("grow", help="grow task nets with a trained rule and report accuracy")
-    growing(g)
+    _growing(g)
     g.add_argument(
         "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
     )
@@ -627,8 +684,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=cmd_grow)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")
-    growing(e)
+    _growing(e)
     e.add_argument(
         "--horizons",
         type=int_list(0),
@@ -638,14 +697,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export", help="grow nets and save them as a plain PyTorch module")
-    growing(x)
+    _growing(x)
     x.add_argument(
         "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
     )
     x.add_argument("--out", required=True, help="output file, e.g. nets.pt")
     x.set_defaults(func=cmd_export)
 
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "data",
         help="get datasets: gnca data download mnist DIR",
@@ -678,11 +741,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dl.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     dl.set_defaults(func=cmd_data_download)
-
-    from gnca.experiments.cli import add_experiment_parser
-
-    set_types(add_experiment_parser(sub, common), EXPERIMENT_TYPES)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

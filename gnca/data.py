@@ -453,6 +453,39 @@ def load_dataset(
     Raises:
         DataError: for any invalid option or unreadable data, with a one-line explanation.
     """
+    name, test_fraction, seed, k, max_train = _check_options(
+        name, split, test_fraction, seed, downsample, max_train
+    )
+    scale = 1.0  # maximum raw pixel value of image data
+    if name == "mnist":
+        train_x, train_y, test_x, test_y = _mnist_split(data_dir, split, test_fraction, seed)
+        scale, n_classes = 255.0, 10
+    else:
+        x, y, class_names = _read_table(name, csv_path)
+        n_classes = len(class_names) if class_names is not None else int(y.max()) + 1
+        if name == "digits":
+            x = x.reshape(-1, 8, 8)
+            scale = 16.0
+        what = f"CSV file {csv_path}" if name == "csv" else name
+        tr, te = _random_split(y, test_fraction, seed, what, class_names)
+        train_x, train_y, test_x, test_y = x[tr], y[tr], x[te], y[te]
+
+    keep = _subsample(len(train_y), max_train, seed)
+    if keep is not None:
+        train_x, train_y = train_x[keep], train_y[keep]
+    return _standardised(name, train_x, train_y, test_x, test_y, n_classes, scale, k)
+
+
+def _check_options(
+    name: str,
+    split: str,
+    test_fraction: float,
+    seed: int,
+    downsample: int,
+    max_train: int | None,
+) -> tuple[str, float, int, int, int | None]:
+    """:func:`load_dataset`'s options checked (a :class:`DataError` for the first bad one):
+    ``(name, test_fraction, seed, downsample, max_train)`` normalised."""
     if not isinstance(name, str) or name.strip().lower() not in DATASET_NAMES:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     name = name.strip().lower()
@@ -469,61 +502,68 @@ def load_dataset(
         or not 0.0 < float(test_fraction) < 1.0
     ):
         raise DataError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
-    test_fraction = float(test_fraction)
     seed = _check_int(seed, "seed", 0)
     k = _check_int(downsample, "downsample", 1)
     if max_train is not None:
         max_train = _check_int(max_train, "max_train", 1)
-    is_image = name in ("digits", "mnist")
-    scale = 1.0  # maximum raw pixel value of image data
-    class_names: list[str] | None = None
-    if k > 1 and not is_image:
+    if k > 1 and name not in ("digits", "mnist"):
         raise DataError(
             f"downsample={k} only applies to image datasets (digits, mnist), not {name}; use 1"
         )
+    return name, float(test_fraction), seed, k, max_train
 
-    if name == "mnist":
-        tr_img, tr_lab, te_img, te_lab = load_mnist_idx(_resolve_mnist_dir(data_dir))
-        if split == "standard":
-            train_x, train_y, test_x, test_y = tr_img, tr_lab, te_img, te_lab
-        else:
-            images = np.concatenate([tr_img, te_img])
-            labels = np.concatenate([tr_lab, te_lab])
-            tr, te = _random_split(labels, test_fraction, seed, "mnist")
-            train_x, train_y, test_x, test_y = images[tr], labels[tr], images[te], labels[te]
-        train_y = train_y.astype(np.int64)
-        test_y = test_y.astype(np.int64)
-        scale, n_classes = 255.0, 10
+
+def _mnist_split(
+    data_dir: str | os.PathLike[str] | None, split: str, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST's training images and labels and test images and labels: its own 60k/10k split
+    (``split="standard"``) or a seeded stratified split of all 70,000 images."""
+    tr_img, tr_lab, te_img, te_lab = load_mnist_idx(_resolve_mnist_dir(data_dir))
+    if split == "standard":
+        train_x, train_y, test_x, test_y = tr_img, tr_lab, te_img, te_lab
     else:
-        if name == "csv":
-            if csv_path is None or str(csv_path) == "":
-                raise DataError("dataset 'csv' needs a file: pass data.csv_path in the config")
-            path = Path(csv_path).expanduser()
-            if not path.is_file():
-                raise DataError(f"CSV file {path} not found (data.csv_path)")
-            x, y, class_names = _read_csv(path)
-            n_classes = len(class_names)
-        else:
-            from sklearn import datasets as skd
+        images = np.concatenate([tr_img, te_img])
+        labels = np.concatenate([tr_lab, te_lab])
+        tr, te = _random_split(labels, test_fraction, seed, "mnist")
+        train_x, train_y, test_x, test_y = images[tr], labels[tr], images[te], labels[te]
+    return train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64)
 
-            loader = {"iris": skd.load_iris, "wine": skd.load_wine, "digits": skd.load_digits}
-            bunch = loader[name]()
-            x = np.asarray(bunch.data, dtype=np.float64)
-            y = np.asarray(bunch.target, dtype=np.int64)
-            n_classes = int(y.max()) + 1
-        if name == "digits":
-            x = x.reshape(-1, 8, 8)
-            scale = 16.0
-        what = f"CSV file {csv_path}" if name == "csv" else name
-        tr, te = _random_split(y, test_fraction, seed, what, class_names)
-        train_x, train_y, test_x, test_y = x[tr], y[tr], x[te], y[te]
 
-    keep = _subsample(len(train_y), max_train, seed)
-    if keep is not None:
-        train_x, train_y = train_x[keep], train_y[keep]
+def _read_table(
+    name: str, csv_path: str | os.PathLike[str] | None
+) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """Features ``(N, F)`` float64, labels ``(N,)`` int64 and (CSV only) the class names of a
+    scikit-learn dataset (iris, wine, digits) or of the CSV file."""
+    if name == "csv":
+        if csv_path is None or str(csv_path) == "":
+            raise DataError("dataset 'csv' needs a file: pass data.csv_path in the config")
+        path = Path(csv_path).expanduser()
+        if not path.is_file():
+            raise DataError(f"CSV file {path} not found (data.csv_path)")
+        return _read_csv(path)
+    from sklearn import datasets as skd
 
+    loader = {"iris": skd.load_iris, "wine": skd.load_wine, "digits": skd.load_digits}
+    bunch = loader[name]()
+    x = np.asarray(bunch.data, dtype=np.float64)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    return x, y, None
+
+
+def _standardised(
+    name: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    n_classes: int,
+    scale: float,
+    k: int,
+) -> Dataset:
+    """The :class:`Dataset` of the split: images (digits, mnist) pooled ``k x k``, scaled by
+    ``scale`` and flattened, tables standardised, both with the training split's statistics."""
     image_shape: tuple[int, int] | None = None
-    if is_image:
+    if name in ("digits", "mnist"):
         h, w = train_x.shape[1:]
         if h % k or w % k:
             raise DataError(

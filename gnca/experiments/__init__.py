@@ -6,18 +6,22 @@
 * :mod:`gnca.experiments.generalization`: a heatmap of grown-net accuracy over a grid of MLP
   depths and widths, the training architectures outlined.
 
-Each ``run_*`` function writes a Markdown table, CSV files, a PNG and ``summary.json`` into an
-output folder and returns the summary; ``gnca experiment ...`` (:mod:`gnca.experiments.cli`) is
-the command line.
+Each ``run_*`` function is a protocol (what it grows, measures and tabulates) on top of
+:class:`~gnca.experiments.runner.ExperimentRun`, which does what they share (option checks, the
+output folder, obtaining the rules, seeded growth, clocks, ``summary.json``). Each writes a
+Markdown table, CSV files, a PNG and ``summary.json`` into an output folder and returns the
+summary; ``gnca experiment ...`` (:mod:`gnca.experiments.cli`) is the command line.
 """
 
 from gnca.experiments.common import ExperimentError, RuleSource
 from gnca.experiments.generalization import run_generalization
 from gnca.experiments.robustness import run_robustness
+from gnca.experiments.runner import ExperimentRun
 from gnca.experiments.stability import run_stability
 
 __all__ = [
     "ExperimentError",
+    "ExperimentRun",
     "RuleSource",
     "run_generalization",
     "run_robustness",

@@ -212,49 +212,98 @@ def cmd_learning(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from gnca.build import make_dataset, make_task
+    from gnca.cli import parse_arch
+    from gnca.config import DataConfig
+    from gnca.experiments.learning import run_transfer
+
+    cfg, rule, _ = _rules(args, "transfer", ("senses", ""))
+    if args.checkpoint is not None:
+        from gnca.build import load_rule
+
+        _, cfg = load_rule(args.checkpoint)
+    assert cfg is not None
+    data = make_dataset(DataConfig(name=args.dataset, csv_path=args.csv_path, seed=args.split_seed))
+    task = make_task(cfg.task, data)
+    if not args.arch:
+        raise ExperimentError("gnca experiment transfer needs --arch (e.g. h:32)")
+    archs = [
+        parse_arch(a, data.n_features, data.n_classes, cfg.task.bias, data.image_shape, data.name)
+        for a in args.arch
+    ]
+    out = Path(args.out) if args.out else Path("results") / "transfer" / data.name
+    summary = run_transfer(
+        rule,
+        task,
+        archs,
+        out,
+        num=args.num,
+        horizon_mult=args.horizon_mult,
+        seed=args.seed,
+        device=_device(args, cfg),
+        progress=not args.no_progress,
+    )
+    print((out / "transfer.md").read_text().rstrip())
+    print(f"\nresults: {out} ({summary['seconds']:.1f} s)")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def add_experiment_parser(
     subparsers: argparse._SubParsersAction,
     common: Callable[[argparse.ArgumentParser], None],
 ) -> argparse.ArgumentParser:
-    """Register ``gnca experiment {stability,robustness,generalization}``."""
+    """Register ``gnca experiment {stability,robustness,generalization,learning}``."""
     exp = subparsers.add_parser(
         "experiment",
         help="reproduce the paper's experiments (stability, robustness, generalization)",
         description="Reproduce the paper's experiments; each writes tables, CSVs and a PNG.",
     )
     esub = exp.add_subparsers(dest="experiment", required=True)
+    _add_stability(esub, common)
+    _add_robustness(esub, common)
+    _add_generalization(esub, common)
+    _add_learning(esub, common)
+    _add_transfer(esub, common)
+    return exp
 
-    def shared(sp: argparse.ArgumentParser, ckpt_help: str) -> None:
-        sp.add_argument("--config", help="YAML config of the (main) rule to meta-train")
-        sp.add_argument("--checkpoint", help=ckpt_help)
-        sp.add_argument(
-            "--set",
-            nargs="*",
-            default=[],
-            metavar="KEY=VALUE",
-            help="overrides applied to every config of the experiment, e.g. train.steps=200",
-        )
-        sp.add_argument("--out", help="output folder (default results/<experiment>/<name>)")
-        sp.add_argument(
-            "--num", type=int, default=100, help="nets grown per rule/architecture (100)"
-        )
-        sp.add_argument("--seed", type=int, default=0, help="seed of the grown nets (0)")
-        sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
-        sp.add_argument("--data-dir", default=None, help="data folder (MNIST), overrides configs")
-        sp.add_argument(
-            "--retrain", action="store_true", help="meta-train again, replacing kept rules"
-        )
-        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
-        common(sp)
 
+def _shared(
+    sp: argparse.ArgumentParser,
+    common: Callable[[argparse.ArgumentParser], None],
+    ckpt_help: str,
+) -> None:
+    """Flags of every experiment: the rule, overrides, output, nets, seed, device."""
+    sp.add_argument("--config", help="YAML config of the (main) rule to meta-train")
+    sp.add_argument("--checkpoint", help=ckpt_help)
+    sp.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides applied to every config of the experiment, e.g. train.steps=200",
+    )
+    sp.add_argument("--out", help="output folder (default results/<experiment>/<name>)")
+    sp.add_argument("--num", type=int, default=100, help="nets grown per rule/architecture (100)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the grown nets (0)")
+    sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
+    sp.add_argument("--data-dir", default=None, help="data folder (MNIST), overrides configs")
+    sp.add_argument("--retrain", action="store_true", help="meta-train again, replacing kept rules")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    common(sp)
+
+
+def _add_stability(
+    esub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]
+) -> None:
     s = esub.add_parser(
         "stability",
         help="loss far past the training horizon, pooled vs unpooled rule (Iris)",
         description="Grow nets for horizon-mult x k_max rule steps; report epochs to train and "
         "epochs within 10%% of the minimum training loss, pooled vs unpooled rule.",
     )
-    shared(s, "checkpoint of the pooled rule (instead of meta-training --config)")
+    _shared(s, common, "checkpoint of the pooled rule (instead of meta-training --config)")
     s.add_argument(
         "--nopool-config", help="config of the unpooled rule (default: --config, pool.size=0)"
     )
@@ -268,13 +317,17 @@ def add_experiment_parser(
     )
     s.set_defaults(func=cmd_stability)
 
+
+def _add_robustness(
+    esub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]
+) -> None:
     r = esub.add_parser(
         "robustness",
         help="20 zero-outs over 100 rule steps, rule trained with vs without damage (Iris)",
         description="After grown nets reach their best accuracy, zero out one layer and 30%% "
         "of the other weights every 5 steps, 20 times; report the recovery.",
     )
-    shared(r, "checkpoint of the damage-trained rule (instead of meta-training --config)")
+    _shared(r, common, "checkpoint of the damage-trained rule (instead of meta-training --config)")
     r.add_argument(
         "--nodamage-config",
         help="config of the rule trained without damage (default: --config, pool.damage=0)",
@@ -295,19 +348,27 @@ def add_experiment_parser(
     )
     r.set_defaults(func=cmd_robustness)
 
+
+def _add_generalization(
+    esub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]
+) -> None:
     g = esub.add_parser(
         "generalization",
         help="heatmap of grown-net accuracy over MLP depths x widths (MNIST, Iris)",
         description="Grow nets of every MLP of a grid of depths (hidden layers) and widths; "
         "heatmap of mean test accuracy, training architectures outlined in red.",
     )
-    shared(g, "checkpoint of the rule (instead of meta-training --config)")
+    _shared(g, common, "checkpoint of the rule (instead of meta-training --config)")
     g.add_argument("--depths", default="1,2,3", help="hidden layers per grid row (1,2,3)")
     g.add_argument("--widths", default="16,32,64,128", help="hidden widths (16,32,64,128)")
     g.add_argument("--steps", type=int, default=None, help="rule steps (default: k_max)")
     g.add_argument("--chunk", type=int, default=None, help="nets grown at once (default: auto)")
     g.set_defaults(func=cmd_generalization)
 
+
+def _add_learning(
+    esub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]
+) -> None:
     lp = esub.add_parser(
         "learning",
         help="a rule that reads data, on label permutations never seen in meta-training",
@@ -316,11 +377,30 @@ def add_experiment_parser(
         "nets' hidden layers reset, and with Adam (output layer only / all layers) at equal "
         "examples seen; accuracy far past the horizon.",
     )
-    shared(lp, "checkpoint of the data-reading rule (instead of meta-training --config)")
+    _shared(lp, common, "checkpoint of the data-reading rule (instead of meta-training --config)")
     lp.add_argument("--datafree-config", help="config of the data-free control rule")
     lp.add_argument("--datafree-checkpoint", help="checkpoint of the data-free control rule")
     lp.add_argument(
         "--horizon-mult", type=int, default=10, help="rule steps grown, in units of k_max (10)"
     )
     lp.set_defaults(func=cmd_learning)
-    return exp
+
+
+def _add_transfer(
+    esub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    tp = esub.add_parser(
+        "transfer",
+        help="grow with a data-reading rule on a dataset it never met, against Adam",
+        description="Grow nets on --dataset (not used in meta-training) for each --arch; "
+        "compare with Adam at equal examples seen and with the majority class.",
+    )
+    _shared(tp, common, "checkpoint of the data-reading rule (instead of meta-training --config)")
+    tp.add_argument("--dataset", required=True, help="iris, wine, digits, mnist or csv")
+    tp.add_argument("--csv-path", default=None, help="the CSV file of --dataset csv")
+    tp.add_argument("--split-seed", type=int, default=0, help="seed of its train/test split (0)")
+    tp.add_argument("--arch", action="append", help="architecture(s) on that data, e.g. h:32")
+    tp.add_argument(
+        "--horizon-mult", type=int, default=10, help="rule steps grown, in units of k_max (10)"
+    )
+    tp.set_defaults(func=cmd_transfer)

@@ -10,7 +10,6 @@ the grid are evaluated too and listed in the table.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,17 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gnca.experiments.common import (
-    ExperimentError,
-    RuleSource,
-    finish_summary,
-    md_table,
-    mean_std,
-    obtain_rule,
-    rule_info,
-    write_csv,
-)
-from gnca.grow import grow
+from gnca.experiments.common import RuleSource, TrainedRule, md_table, mean_std, rule_info
+from gnca.experiments.runner import ExperimentRun
 
 #: default budget of weight-cells grown at once (nets are split into chunks to respect it)
 WEIGHT_BUDGET = 1_000_000
@@ -75,112 +65,179 @@ def run_generalization(
     from gnca.experiments.plots import plot_heatmap
 
     depths, widths = [int(d) for d in depths], [int(w) for w in widths]
-    if not depths or not widths or min(depths) < 1 or min(widths) < 1:
-        raise ExperimentError("the grid needs depths >= 1 and widths >= 1 (at least one each)")
-    if len(set(depths)) != len(depths) or len(set(widths)) != len(widths):
-        raise ExperimentError("the grid's depths and widths must not repeat")
-    if num < 1 or (steps is not None and steps < 0) or (chunk is not None and chunk < 1):
-        raise ExperimentError("num and chunk must be >= 1 and steps >= 0")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    tr = obtain_rule(
-        source, out / "rules" / source.label, device=device, retrain=retrain, progress=progress
+    run = ExperimentRun(
+        "generalization",
+        out,
+        device=device,
+        retrain=retrain,
+        progress=progress,
+        checks=_option_checks(depths, widths, num, steps, chunk),
     )
-    cfg, task, init = tr.cfg, tr.task, tr.init
-    n_in, n_out = task.n_features, task.n_classes
+    (tr,) = run.obtain(source)
+    cfg = tr.cfg
     steps = cfg.train.k_max if steps is None else steps
-    X, y = task.split("test", device)
     train_sizes = [list(a) for a in cfg.task.architectures]
 
-    cells: list[tuple[int | None, int | None, list[int]]] = []
-    for r, d in enumerate(depths):
-        for c, wd in enumerate(widths):
-            cells.append((r, c, grid_sizes(n_in, n_out, d, wd)))
-    grid_set = [s for _, _, s in cells]
-    for s in train_sizes:
-        if s not in grid_set:
-            cells.append((None, None, s))
+    values, rows, trained_cells = _measure_grid(run, tr, depths, widths, num, steps, seed, chunk)
+    overview = seen_unseen(rows)
+    title = (
+        f"{cfg.data.name}: mean test accuracy of {num} grown nets\n"
+        f"after {steps} rule steps (red: training architectures)"
+    )
+    png = run.path("generalization.png")
+    plot_heatmap(values, depths, widths, trained_cells, png, title)
+    md = generalization_markdown(values, depths, widths, trained_cells, rows, overview)
+    run.write_text("generalization.md", md)
+    run.write_csv("generalization.csv", rows)
+    return run.finish(
+        {
+            "dataset": cfg.data.name,
+            "nets": num,
+            "steps": steps,
+            "seed": seed,
+            "depths": depths,
+            "widths": widths,
+            "grid": values.tolist(),
+            "trained_cells": [list(x) for x in trained_cells],
+            "training_architectures": train_sizes,
+            **overview,
+            "rule": rule_info(tr),
+            "table": rows,
+            "figure": str(png),
+        }
+    )
 
+
+def _option_checks(
+    depths: list[int], widths: list[int], num: int, steps: int | None, chunk: int | None
+) -> list[tuple[bool, str]]:
+    """``(invalid, message)`` of the experiment's options, for :class:`ExperimentRun`."""
+    return [
+        (
+            not depths or not widths or min(depths) < 1 or min(widths) < 1,
+            "the grid needs depths >= 1 and widths >= 1 (at least one each)",
+        ),
+        (
+            len(set(depths)) != len(depths) or len(set(widths)) != len(widths),
+            "the grid's depths and widths must not repeat",
+        ),
+        (
+            num < 1 or (steps is not None and steps < 0) or (chunk is not None and chunk < 1),
+            "num and chunk must be >= 1 and steps >= 0",
+        ),
+    ]
+
+
+def grid_cells(
+    n_in: int,
+    n_out: int,
+    depths: Sequence[int],
+    widths: Sequence[int],
+    train_sizes: Sequence[list[int]],
+) -> list[tuple[int | None, int | None, list[int]]]:
+    """``(row, column, layer sizes)`` of every grid cell, row by row, then ``(None, None,
+    sizes)`` of each training architecture outside the grid."""
+    cells: list[tuple[int | None, int | None, list[int]]] = [
+        (r, c, grid_sizes(n_in, n_out, d, wd))
+        for r, d in enumerate(depths)
+        for c, wd in enumerate(widths)
+    ]
+    grid_set = [s for _, _, s in cells]
+    cells += [(None, None, list(s)) for s in train_sizes if list(s) not in grid_set]
+    return cells
+
+
+def _measure_grid(
+    run: ExperimentRun,
+    tr: TrainedRule,
+    depths: list[int],
+    widths: list[int],
+    num: int,
+    steps: int,
+    seed: int,
+    chunk: int | None,
+) -> tuple[np.ndarray, list[dict[str, Any]], list[tuple[int, int]]]:
+    """Measure every cell of the grid and every training architecture outside it.
+
+    Returns the ``(depths, widths)`` grid of mean test accuracies, the table's rows (one per
+    architecture, grid row by row, then the training architectures outside the grid) and the
+    ``(row, column)`` of the training architectures in the grid.
+    """
+    task = tr.task
+    train_sizes = [list(a) for a in tr.cfg.task.architectures]
     values = np.full((len(depths), len(widths)), np.nan)
     rows: list[dict[str, Any]] = []
     trained_cells: list[tuple[int, int]] = []
-    for r, c, sizes in cells:
-        arch = task.mlp(sizes)
-        n_chunk = chunk or max(1, min(num, WEIGHT_BUDGET // arch.num_weights))
-        t0 = time.perf_counter()
-        accs = []
-        for i, lo in enumerate(range(0, num, n_chunk)):
-            g = min(n_chunk, num - lo)
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
-            res = grow(tr.rule, arch, g, steps, init, device=device, generator=gen)
-            accs.append(task.batched_accuracy(res.graph, res.w, X, y).cpu())
-        acc = torch.cat(accs)
-        m, s = mean_std(acc)
+    for r, c, sizes in grid_cells(task.n_features, task.n_classes, depths, widths, train_sizes):
         trained = sizes in train_sizes
+        row = _measure(run, tr, sizes, num, steps, seed, chunk, trained, in_grid=r is not None)
+        rows.append(row)
         if r is not None and c is not None:
-            values[r, c] = m
+            values[r, c] = row["mean"]
             if trained:
                 trained_cells.append((r, c))
-        rows.append(
-            {
-                "architecture": "-".join(map(str, sizes)),
-                "hidden_layers": len(sizes) - 2,
-                "width": sizes[1] if len(sizes) > 2 else "",
-                "in_grid": r is not None,
-                "trained": trained,
-                "nets": num,
-                "steps": steps,
-                "mean": m,
-                "std": s,
-                "min": float(acc.min()),
-                "max": float(acc.max()),
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-        if progress:
-            tag = " (training architecture)" if trained else ""
-            print(
-                f"generalization: {rows[-1]['architecture']}{tag}: mean test accuracy {m:.4f} "
-                f"({time.perf_counter() - t0:.1f} s)",
-                file=sys.stderr,
-            )
+    return values, rows, trained_cells
 
+
+def _measure(
+    run: ExperimentRun,
+    tr: TrainedRule,
+    sizes: list[int],
+    num: int,
+    steps: int,
+    seed: int,
+    chunk: int | None,
+    trained: bool,
+    *,
+    in_grid: bool,
+) -> dict[str, Any]:
+    """Grow ``num`` nets of the MLP ``sizes`` (``chunk`` at a time) for ``steps`` rule steps
+    and return its row of the table: test accuracy over the nets, and the time it took."""
+    task = tr.task
+    arch = task.mlp(sizes)
+    X, y = run.split(tr, "test")
+    n_chunk = chunk or max(1, min(num, WEIGHT_BUDGET // arch.num_weights))
+    t0 = time.perf_counter()
+    accs = []
+    for i, lo in enumerate(range(0, num, n_chunk)):
+        g = min(n_chunk, num - lo)
+        res = run.grow(tr, arch, g, steps, seed=seed * 1_000_003 + i)
+        accs.append(task.batched_accuracy(res.graph, res.w, X, y).cpu())
+    acc = torch.cat(accs)
+    m, s = mean_std(acc)
+    row = {
+        "architecture": "-".join(map(str, sizes)),
+        "hidden_layers": len(sizes) - 2,
+        "width": sizes[1] if len(sizes) > 2 else "",
+        "in_grid": in_grid,
+        "trained": trained,
+        "nets": num,
+        "steps": steps,
+        "mean": m,
+        "std": s,
+        "min": float(acc.min()),
+        "max": float(acc.max()),
+        "seconds": time.perf_counter() - t0,
+    }
+    tag = " (training architecture)" if trained else ""
+    run.note(
+        f"generalization: {row['architecture']}{tag}: mean test accuracy {m:.4f} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    return row
+
+
+def seen_unseen(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Mean and lowest mean accuracy of the training (seen) and the other (unseen)
+    architectures (``None`` where there are none)."""
     seen = [x["mean"] for x in rows if x["trained"]]
     unseen = [x["mean"] for x in rows if not x["trained"]]
-    overview = {
+    return {
         "seen_mean": float(np.mean(seen)) if seen else None,
         "seen_min": float(np.min(seen)) if seen else None,
         "unseen_mean": float(np.mean(unseen)) if unseen else None,
         "unseen_min": float(np.min(unseen)) if unseen else None,
     }
-    title = (
-        f"{cfg.data.name}: mean test accuracy of {num} grown nets\n"
-        f"after {steps} rule steps (red: training architectures)"
-    )
-    png = out / "generalization.png"
-    plot_heatmap(values, depths, widths, trained_cells, png, title)
-    md = generalization_markdown(values, depths, widths, trained_cells, rows, overview)
-    (out / "generalization.md").write_text(md + "\n")
-    write_csv(out / "generalization.csv", rows)
-    summary = {
-        "experiment": "generalization",
-        "dataset": cfg.data.name,
-        "nets": num,
-        "steps": steps,
-        "seed": seed,
-        "depths": depths,
-        "widths": widths,
-        "grid": values.tolist(),
-        "trained_cells": [list(x) for x in trained_cells],
-        "training_architectures": train_sizes,
-        **overview,
-        "rule": rule_info(tr),
-        "table": rows,
-        "figure": str(png),
-    }
-    return finish_summary(out, summary, start, cpu_start)
 
 
 def generalization_markdown(

@@ -69,18 +69,22 @@ def grow_on(
     record: list[int],
     seed: int,
     num: int,
+    task: Task | None = None,
+    arch=None,
 ) -> tuple[Any, torch.Tensor]:
-    """Grow ``num`` nets with ``tr`` (each reading its permuted labels); test accuracy curve."""
+    """Grow ``num`` nets with ``tr`` (each reading its permuted labels) on ``task`` (default:
+    the rule's) and ``arch`` (default: its first training architecture); test accuracy curve."""
+    task = task or tr.task
     reader = None
     if tr.rule.senses:
         reader = SenseReader(
             tr.rule.senses,
-            tr.task,
+            task,
             tr.cfg.rule.sense_batch,
             torch.Generator().manual_seed(seed + 7),
             permutation=perm,
         )
-    arch = tr.architectures()[0]
+    arch = arch if arch is not None else tr.architectures()[0]
     res = grow(
         tr.rule,
         arch,
@@ -89,7 +93,7 @@ def grow_on(
         tr.init,
         device=tr.device,
         generator=torch.Generator(device=tr.device).manual_seed(seed),
-        metric=lambda g, w: permuted_accuracy(tr.task, g, w, perm),
+        metric=lambda g, w: permuted_accuracy(task, g, w, perm),
         record_at=record,
         senses=reader,
     )
@@ -97,9 +101,10 @@ def grow_on(
     return res, res.curve
 
 
-def initial_weights(tr: TrainedRule, num: int, seed: int) -> tuple[Any, torch.Tensor]:
+def initial_weights(tr: TrainedRule, num: int, seed: int, arch=None) -> tuple[Any, torch.Tensor]:
     """The graph and ``(G * E,)`` initial weights :func:`grow` starts from with ``seed``."""
-    graph = WeightGraph.replicate(tr.architectures()[0], num, device=tr.device)
+    arch = arch if arch is not None else tr.architectures()[0]
+    graph = WeightGraph.replicate(arch, num, device=tr.device)
     gen = torch.Generator(device=tr.device).manual_seed(seed)
     w0, _ = tr.init.state(graph, tr.rule.hidden_channels, gen)
     return graph, w0
@@ -290,3 +295,70 @@ def _plot(curves: dict[str, torch.Tensor], steps: list[int], k: int, path: Path,
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_transfer(
+    source: RuleSource,
+    task: Task,
+    archs: list,
+    out: str | Path,
+    *,
+    num: int = 100,
+    horizon_mult: int = 10,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Grow nets on data the rule never met in meta-training, against Adam and the majority.
+
+    For every architecture: the grown nets' test accuracy at ``K`` and ``horizon_mult * K``;
+    Adam on all layers from the same initial nets with as many examples seen (``K`` steps of
+    ``rule.sense_batch``; the learning rate picked on a validation part of the training split);
+    the majority class of the training split. Outputs: ``transfer.md``, ``transfer.csv``,
+    ``summary.json``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    tr = obtain_rule(source, out / "rules" / source.label, device=device, progress=progress)
+    if not tr.rule.senses:
+        raise ExperimentError(
+            f"rule {source.label!r} reads no data (rule.senses is empty): it cannot learn "
+            f"{task.name}; the transfer experiment needs a rule with senses"
+        )
+    k = tr.cfg.train.k_max
+    total = horizon_mult * k
+    _, y_tr = task.split("train", device)
+    X_te, y_te = task.split("test", device)
+    majority = float((y_te == torch.bincount(y_tr).argmax()).float().mean())
+    rows = []
+    for arch in archs:
+        at = sorted({k, total})
+        _, curve = grow_on(tr, None, total, record=at, seed=seed, num=num, task=task, arch=arch)
+        graph, w0 = initial_weights(tr, num, seed, arch)
+        lr, w_adam = tuned_adam(task, graph, w0, torch.ones(w0.shape[0], dtype=torch.bool,
+                                device=w0.device), k, tr.cfg.rule.sense_batch, seed)  # fmt: skip
+        adam_acc = task.accuracy(graph, w_adam, X_te, y_te)
+        g_k, g_end = mean_std(curve[0])[0], mean_std(curve[-1])[0]
+        a_m = mean_std(adam_acc)[0]
+        rows.append({
+            "dataset": task.name, "architecture": arch.describe(), "grown_at_K": g_k,
+            f"grown_at_{horizon_mult}K": g_end, "adam": a_m, "adam_lr": lr,
+            "grown_minus_adam": g_k - a_m, "majority": majority,
+            "examples_seen": k * tr.cfg.rule.sense_batch,
+        })  # fmt: skip
+    write_csv(out / "transfer.csv", rows)
+    table = md_table(
+        ["architecture", "grown @K", f"grown @{horizon_mult}K", "Adam", "grown - Adam", "majority"],
+        [[r["architecture"], f"{r['grown_at_K']:.3f}", f"{r[f'grown_at_{horizon_mult}K']:.3f}",
+          f"{r['adam']:.3f}", f"{r['grown_minus_adam']:+.3f}", f"{r['majority']:.3f}"]
+         for r in rows],
+    )  # fmt: skip
+    (out / "transfer.md").write_text(
+        f"# Growing on {task.name}, never seen in meta-training ({num} nets, K = {k}, "
+        f"{k * tr.cfg.rule.sense_batch} examples seen per net)\n\n{table}\n"
+    )
+    summary = {"experiment": "transfer", "rules": [rule_info(tr)], "dataset": task.name,
+               "num": num, "rows": rows}  # fmt: skip
+    return finish_summary(out, summary, start, cpu_start)

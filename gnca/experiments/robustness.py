@@ -21,25 +21,17 @@ grow from fresh seeds:
 from __future__ import annotations
 
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from gnca.architecture import Architecture
 from gnca.damage import zero_out
-from gnca.experiments.common import (
-    ExperimentError,
-    RuleSource,
-    TrainedRule,
-    finish_summary,
-    md_table,
-    obtain_rule,
-    rule_info,
-    write_csv,
-)
-from gnca.grow import grow
+from gnca.experiments.common import ExperimentError, RuleSource, TrainedRule, md_table
+from gnca.experiments.runner import ExperimentRun
 
 
 def run_robustness(
@@ -84,21 +76,61 @@ def run_robustness(
     """
     from gnca.experiments.plots import plot_robustness
 
-    if min(num, zero_outs, every, search_mult) < 1 or tail < 0 or not 0 <= fraction <= 1:
-        raise ExperimentError(
-            "num, zero_outs, every and search_mult must be >= 1, tail >= 0, fraction in [0, 1]"
-        )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    sources = [damaged] + ([undamaged] if undamaged is not None else [])
-    rules: list[TrainedRule] = [
-        obtain_rule(
-            src, out / "rules" / src.label, device=device, retrain=retrain, progress=progress
-        )
-        for src in sources
-    ]
+    bad = min(num, zero_outs, every, search_mult) < 1 or tail < 0 or not 0 <= fraction <= 1
+    message = "num, zero_outs, every and search_mult must be >= 1, tail >= 0, fraction in [0, 1]"
+    checks = [(bad, message)]
+    run = ExperimentRun(
+        "robustness", out, device=device, retrain=retrain, progress=progress, checks=checks
+    )
+    rules = run.obtain(damaged, undamaged)
+    _check_damage(rules)
+    damage_rel = [1 + j * every for j in range(zero_outs)]
+    per_zero_rows, summary_rows, curve_rows = [], [], []
+    plot_curves: dict[str, dict[str, np.ndarray]] = {}
+    for tr in rules:
+        run.note(f"robustness: growing {num} nets with rule {tr.label!r}")
+        g = _grow_with_zero_outs(run, tr, num, zero_outs, every, fraction, tail, search_mult, seed)
+        rows, nets_ok_all = _per_zero_rows(g, damage_rel, every, threshold)
+        per_zero_rows += rows
+        summary_rows.append(_summary_row(g, rows, nets_ok_all, threshold))
+        plot_curves[tr.label] = _plot_curve(g, damage_rel)
+        curve_rows += _curve_rows(g, damage_rel)
+    png = plot_robustness(plot_curves, damage_rel, run.path("robustness.png"))
+    _write_tables(run, summary_rows, per_zero_rows, curve_rows, threshold)
+    return run.finish(
+        {
+            "nets": num,
+            "zero_outs": zero_outs,
+            "every": every,
+            "fraction": fraction,
+            "tail": tail,
+            "search_mult": search_mult,
+            "threshold": threshold,
+            "seed": seed,
+            "rules": run.rule_infos(),
+            "table": summary_rows,
+            "per_zero_out": per_zero_rows,
+            "figure": str(png),
+        }
+    )
+
+
+def _write_tables(
+    run: ExperimentRun,
+    summary_rows: list[dict[str, Any]],
+    per_zero_rows: list[dict[str, Any]],
+    curve_rows: list[dict[str, Any]],
+    threshold: float,
+) -> None:
+    """``robustness.md`` and the three CSVs."""
+    run.write_text("robustness.md", robustness_markdown(summary_rows, per_zero_rows, threshold))
+    run.write_csv("robustness.csv", per_zero_rows)
+    run.write_csv("robustness_summary.csv", summary_rows)
+    run.write_csv("robustness_curve.csv", curve_rows)
+
+
+def _check_damage(rules: list[TrainedRule]) -> None:
+    """The first rule must have been meta-trained with zero-outs; warn if the second was too."""
     if rules[0].cfg.pool.size == 0 or rules[0].cfg.pool.damage == 0:
         raise ExperimentError(
             f"rule {rules[0].label!r} was meta-trained without zero-outs on pooled samples; "
@@ -111,128 +143,130 @@ def run_robustness(
             file=sys.stderr,
         )
 
-    per_zero_rows: list[dict[str, Any]] = []
-    summary_rows: list[dict[str, Any]] = []
-    curve_rows: list[dict[str, Any]] = []
-    plot_curves: dict[str, dict[str, np.ndarray]] = {}
-    damage_rel = [1 + j * every for j in range(zero_outs)]
-    for tr in rules:
-        if progress:
-            print(f"robustness: growing {num} nets with rule {tr.label!r}", file=sys.stderr)
-        cfg = tr.cfg
-        k = cfg.train.k_max
-        grown = _grow_with_zero_outs(
-            tr, num, zero_outs, every, fraction, tail, search_mult, seed, device
-        )
-        arch, best, acc, tr_acc, damaged_acc = (
-            grown["arch"],
-            grown["best"],
-            grown["acc"],
-            grown["train_acc"],
-            grown["damaged_acc"],
-        )
-        total = acc.shape[0] - 1
-        damage_at = {best + r: j for j, r in enumerate(damage_rel)}  # rule step -> index
-        pre = acc[best]  # (G,)
-        pre_mean = float(pre.mean())
-        ratios = []
-        nets_ok_all = torch.ones(num, dtype=torch.bool)
-        for j in range(zero_outs):
-            end = best + (j + 1) * every
-            after = acc[end]
-            dmg = damaged_acc[j]
-            assert dmg is not None
-            ratio = float(after.mean()) / pre_mean if pre_mean > 0 else float("nan")
-            ok = after >= threshold * pre
-            nets_ok_all &= ok
-            ratios.append(ratio)
-            per_zero_rows.append(
-                {
-                    "rule": tr.label,
-                    "zero_out": j + 1,
-                    "applied_before_step": best + damage_rel[j],
-                    "acc_before": float(acc[best + damage_rel[j] - 1].mean()),
-                    "acc_damaged": float(dmg.mean()),
-                    "acc_recovered": float(after.mean()),
-                    "recovered_at_step": end,
-                    "window_since_best": f"{damage_rel[j] - 1}-{(j + 1) * every}",
-                    "recovery": ratio,
-                    "nets_recovered": int(ok.sum()),
-                    "nets": num,
-                }
-            )
-        ratios_t = torch.tensor(ratios)
-        summary_rows.append(
+
+@dataclass
+class _Grown:
+    """One rule's nets grown through the zero-outs.
+
+    Attributes:
+        tr, arch: the rule and the architecture grown.
+        best: ``W``, the step of the best mean training accuracy.
+        acc, train_acc: ``(T + 1, G)`` test and training accuracy after rule steps ``0 .. T``.
+        damaged_acc: ``(G,)`` test accuracy of the damaged nets of each zero-out, before the
+            rule acts.
+    """
+
+    tr: TrainedRule
+    arch: Architecture
+    best: int
+    acc: torch.Tensor
+    train_acc: torch.Tensor
+    damaged_acc: list[torch.Tensor]
+
+    @property
+    def total(self) -> int:
+        return self.acc.shape[0] - 1
+
+
+def _per_zero_rows(
+    g: _Grown, damage_rel: list[int], every: int, threshold: float
+) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """Step 3 for one rule: a row per zero-out (recovery at the end of its window), and which
+    nets recovered to ``threshold`` of their pre-damage accuracy after every zero-out."""
+    best, acc = g.best, g.acc
+    pre = acc[best]  # (G,)
+    pre_mean = float(pre.mean())
+    num = acc.shape[1]
+    nets_ok_all = torch.ones(num, dtype=torch.bool)
+    rows = []
+    for j, dmg in enumerate(g.damaged_acc):
+        end = best + (j + 1) * every
+        after = acc[end]
+        ratio = float(after.mean()) / pre_mean if pre_mean > 0 else float("nan")
+        ok = after >= threshold * pre
+        nets_ok_all &= ok
+        rows.append(
             {
-                "rule": tr.label,
-                "pool_damage": cfg.pool.damage,
-                "meta_steps": tr.meta_steps,
-                "horizon_k_max": k,
-                "best_step": best,
+                "rule": g.tr.label,
+                "zero_out": j + 1,
+                "applied_before_step": best + damage_rel[j],
+                "acc_before": float(acc[best + damage_rel[j] - 1].mean()),
+                "acc_damaged": float(dmg.mean()),
+                "acc_recovered": float(after.mean()),
+                "recovered_at_step": end,
+                "window_since_best": f"{damage_rel[j] - 1}-{(j + 1) * every}",
+                "recovery": ratio,
+                "nets_recovered": int(ok.sum()),
                 "nets": num,
-                "pre_damage_test_acc": pre_mean,
-                "pre_damage_train_acc": float(tr_acc[best].mean()),
-                "mean_damaged_acc": float(torch.stack(damaged_acc).mean()),
-                "min_recovery": float(ratios_t.min()),
-                "mean_recovery": float(ratios_t.mean()),
-                "zero_outs_recovered": int((ratios_t >= threshold).sum()),
-                "zero_outs": zero_outs,
-                "nets_recovered_every_time": int(nets_ok_all.sum()),
-                "final_test_acc": float(acc[total].mean()),
-                "arch": arch.describe(),
             }
         )
-        # the curve, with the damaged state inserted as a drop before each zero-out's step
-        xs, rows = [], []
-        for t in range(total + 1):
-            xs.append(t - best)
-            rows.append(acc[t])
-            j = damage_at.get(t + 1)
-            if j is not None:
-                xs.append(t - best)
-                rows.append(damaged_acc[j])
-        stack = torch.stack(rows).double()
-        plot_curves[tr.label] = {
-            "x": np.asarray(xs),
-            "mean": stack.mean(1).numpy(),
-            "lo": torch.quantile(stack, 0.1, dim=1).numpy(),
-            "hi": torch.quantile(stack, 0.9, dim=1).numpy(),
-        }
-        for t in range(total + 1):
-            j = damage_at.get(t)
-            curve_rows.append(
-                {
-                    "rule": tr.label,
-                    "step": t,
-                    "steps_since_best": t - best,
-                    "zero_out_before": (j + 1) if j is not None else "",
-                    "test_acc_mean": float(acc[t].mean()),
-                    "train_acc_mean": float(tr_acc[t].mean()),
-                }
-            )
+    return rows, nets_ok_all
 
-    png = plot_robustness(plot_curves, damage_rel, out / "robustness.png")
-    md = robustness_markdown(summary_rows, per_zero_rows, threshold)
-    (out / "robustness.md").write_text(md + "\n")
-    write_csv(out / "robustness.csv", per_zero_rows)
-    write_csv(out / "robustness_summary.csv", summary_rows)
-    write_csv(out / "robustness_curve.csv", curve_rows)
-    summary = {
-        "experiment": "robustness",
-        "nets": num,
-        "zero_outs": zero_outs,
-        "every": every,
-        "fraction": fraction,
-        "tail": tail,
-        "search_mult": search_mult,
-        "threshold": threshold,
-        "seed": seed,
-        "rules": [rule_info(tr) for tr in rules],
-        "table": summary_rows,
-        "per_zero_out": per_zero_rows,
-        "figure": str(png),
+
+def _summary_row(
+    g: _Grown, per_zero: list[dict[str, Any]], nets_ok_all: torch.Tensor, threshold: float
+) -> dict[str, Any]:
+    """The rule's row of the summary table."""
+    cfg, best = g.tr.cfg, g.best
+    ratios_t = torch.tensor([r["recovery"] for r in per_zero])
+    return {
+        "rule": g.tr.label,
+        "pool_damage": cfg.pool.damage,
+        "meta_steps": g.tr.meta_steps,
+        "horizon_k_max": cfg.train.k_max,
+        "best_step": best,
+        "nets": g.acc.shape[1],
+        "pre_damage_test_acc": float(g.acc[best].mean()),
+        "pre_damage_train_acc": float(g.train_acc[best].mean()),
+        "mean_damaged_acc": float(torch.stack(g.damaged_acc).mean()),
+        "min_recovery": float(ratios_t.min()),
+        "mean_recovery": float(ratios_t.mean()),
+        "zero_outs_recovered": int((ratios_t >= threshold).sum()),
+        "zero_outs": len(per_zero),
+        "nets_recovered_every_time": int(nets_ok_all.sum()),
+        "final_test_acc": float(g.acc[g.total].mean()),
+        "arch": g.arch.describe(),
     }
-    return finish_summary(out, summary, start, cpu_start)
+
+
+def _plot_curve(g: _Grown, damage_rel: list[int]) -> dict[str, np.ndarray]:
+    """Mean and 10-90% band of the test accuracy against steps since ``W``, the damaged state
+    inserted as a drop before each zero-out's step."""
+    damage_at = {g.best + r: j for j, r in enumerate(damage_rel)}  # rule step -> index
+    xs, rows = [], []
+    for t in range(g.total + 1):
+        xs.append(t - g.best)
+        rows.append(g.acc[t])
+        j = damage_at.get(t + 1)
+        if j is not None:
+            xs.append(t - g.best)
+            rows.append(g.damaged_acc[j])
+    stack = torch.stack(rows).double()
+    return {
+        "x": np.asarray(xs),
+        "mean": stack.mean(1).numpy(),
+        "lo": torch.quantile(stack, 0.1, dim=1).numpy(),
+        "hi": torch.quantile(stack, 0.9, dim=1).numpy(),
+    }
+
+
+def _curve_rows(g: _Grown, damage_rel: list[int]) -> list[dict[str, Any]]:
+    """One row per rule step: mean test and training accuracy, the zero-out applied before."""
+    damage_at = {g.best + r: j for j, r in enumerate(damage_rel)}  # rule step -> index
+    rows = []
+    for t in range(g.total + 1):
+        j = damage_at.get(t)
+        rows.append(
+            {
+                "rule": g.tr.label,
+                "step": t,
+                "steps_since_best": t - g.best,
+                "zero_out_before": (j + 1) if j is not None else "",
+                "test_acc_mean": float(g.acc[t].mean()),
+                "train_acc_mean": float(g.train_acc[t].mean()),
+            }
+        )
+    return rows
 
 
 def robustness_markdown(
@@ -291,6 +325,7 @@ def robustness_markdown(
 
 
 def _grow_with_zero_outs(
+    run: ExperimentRun,
     tr: TrainedRule,
     num: int,
     zero_outs: int,
@@ -299,29 +334,20 @@ def _grow_with_zero_outs(
     tail: int,
     search_mult: int,
     seed: int,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Steps 1 and 2 of the protocol for one rule: find ``W``, then grow with the zero-outs.
-
-    Returns ``arch``, ``best`` (``W``), ``acc`` ``(T + 1, G)`` test accuracy after each step,
-    ``train_acc`` (same shape) and ``damaged_acc``: the test accuracy of the damaged nets of each
-    zero-out, before the rule acts.
-    """
-    task, init = tr.task, tr.init
+) -> _Grown:
+    """Steps 1 and 2 of the protocol for one rule: find ``W``, then grow with the zero-outs."""
+    task = tr.task
     arch = tr.architectures()[0]
-    k = tr.cfg.train.k_max
-    X_tr, y_tr = task.split("train", device)
-    X_te, y_te = task.split("test", device)
+    X_tr, y_tr = run.split(tr, "train")
+    X_te, y_te = run.split(tr, "test")
 
-    search = search_mult * k
-    res = grow(
-        tr.rule,
+    search = search_mult * tr.cfg.train.k_max
+    res = run.grow(
+        tr,
         arch,
         num,
         search,
-        init,
-        device=device,
-        generator=torch.Generator(device=device).manual_seed(seed),
+        seed=seed,
         metric=lambda g, w: task.accuracy(g, w, X_tr, y_tr),
         record_at=range(1, search + 1),
     )
@@ -331,7 +357,7 @@ def _grow_with_zero_outs(
     damage_at = {best + 1 + j * every: j for j in range(zero_outs)}  # rule step -> index
     total = best + zero_outs * every + tail
     damaged_acc: list[torch.Tensor] = []
-    dgen = torch.Generator(device=device).manual_seed(seed + 1)
+    dgen = run.generator(seed + 1)
 
     def perturb(step: int, graph, w: torch.Tensor) -> torch.Tensor:
         if step not in damage_at:
@@ -347,23 +373,15 @@ def _grow_with_zero_outs(
         return task.accuracy(graph, w, X_te, y_te)
 
     # the same seed: identical growth up to W (the zero-outs draw from their own generator)
-    res = grow(
-        tr.rule,
+    res = run.grow(
+        tr,
         arch,
         num,
         total,
-        init,
-        device=device,
-        generator=torch.Generator(device=device).manual_seed(seed),
+        seed=seed,
         metric=metric,
         record_at=range(total + 1),
         perturb=perturb,
     )
     assert res.curve is not None and len(damaged_acc) == zero_outs
-    return {
-        "arch": arch,
-        "best": best,
-        "acc": res.curve,
-        "train_acc": torch.stack(train_acc),
-        "damaged_acc": damaged_acc,
-    }
+    return _Grown(tr, arch, best, res.curve, torch.stack(train_acc), damaged_acc)

@@ -20,25 +20,16 @@ The table gives mean, standard deviation and median over the nets, how many reac
 from __future__ import annotations
 
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gnca.experiments.common import (
-    ExperimentError,
-    RuleSource,
-    TrainedRule,
-    finish_summary,
-    md_table,
-    mean_std,
-    obtain_rule,
-    rule_info,
-    write_csv,
-)
+from gnca.architecture import Architecture
+from gnca.experiments.common import ExperimentError, RuleSource, TrainedRule, md_table, mean_std
+from gnca.experiments.runner import ExperimentRun
 from gnca.graph import num_graphs, weight_batch
-from gnca.grow import grow
 
 
 def band_metrics(
@@ -107,20 +98,43 @@ def run_stability(
     """
     from gnca.experiments.plots import plot_stability
 
-    if num < 1 or horizon_mult < 1 or tolerance < 0:
-        raise ExperimentError("num and horizon_mult must be >= 1 and tolerance >= 0")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    sources = [pooled] + ([unpooled] if unpooled is not None else [])
-    rules: list[TrainedRule] = []
-    for src in sources:
-        rules.append(
-            obtain_rule(
-                src, out / "rules" / src.label, device=device, retrain=retrain, progress=progress
-            )
-        )
+    bad = num < 1 or horizon_mult < 1 or tolerance < 0
+    message = "num and horizon_mult must be >= 1 and tolerance >= 0"
+    run = ExperimentRun(
+        "stability", out, device=device, retrain=retrain, progress=progress, checks=[(bad, message)]
+    )
+    rules = run.obtain(pooled, unpooled)
+    _check_pools(rules)
+    grown = [_grow_long(run, tr, num, horizon_mult * tr.cfg.train.k_max, seed) for tr in rules]
+    summary_rows, net_rows, curve_rows = [], [], []
+    for g in grown:
+        bands = band_metrics(g.loss, tolerance)
+        net_rows += _net_rows(g, *bands)
+        curve_rows += _curve_rows(g)
+        summary_rows.append(_summary_row(g, *bands))
+
+    curves = {g.tr.label: {"loss": g.loss, "acc": g.acc} for g in grown}
+    horizons = {g.tr.label: g.k for g in grown}
+    png = plot_stability(curves, horizons, run.path("stability.png"))
+    run.write_text("stability.md", stability_markdown(summary_rows, tolerance))
+    run.write_csv("stability.csv", summary_rows)
+    run.write_csv("stability_nets.csv", net_rows)
+    run.write_csv("stability_curve.csv", curve_rows)
+    return run.finish(
+        {
+            "nets": num,
+            "horizon_mult": horizon_mult,
+            "tolerance": tolerance,
+            "seed": seed,
+            "rules": run.rule_infos(),
+            "table": summary_rows,
+            "figure": str(png),
+        }
+    )
+
+
+def _check_pools(rules: list[TrainedRule]) -> None:
+    """The first rule must have been meta-trained with a pool; warn if the second was too."""
     if rules[0].cfg.pool.size == 0:
         raise ExperimentError(
             f"rule {rules[0].label!r} was meta-trained without a sample pool (pool.size: 0); "
@@ -133,125 +147,121 @@ def run_stability(
             file=sys.stderr,
         )
 
-    summary_rows: list[dict[str, Any]] = []
-    net_rows: list[dict[str, Any]] = []
-    curve_rows: list[dict[str, Any]] = []
-    curves: dict[str, dict[str, torch.Tensor]] = {}
-    horizons: dict[str, int] = {}
-    for tr in rules:
-        task = tr.task
-        arch = tr.architectures()[0]
-        k = tr.cfg.train.k_max
-        total = horizon_mult * k
-        X_tr, y_tr = task.split("train", device)
-        X_te, y_te = task.split("test", device)
-        test_acc: list[torch.Tensor] = []
-        max_w: list[torch.Tensor] = []
 
-        def metric(graph, w, task=task, X_tr=X_tr, y_tr=y_tr, X_te=X_te, y_te=y_te,
-                   ta=test_acc, mw=max_w):  # fmt: skip
-            ta.append(task.accuracy(graph, w, X_te, y_te).cpu())
-            mw.append(max_abs_weight(graph, w).cpu())
-            return task.loss(graph, w, X_tr, y_tr)
+@dataclass
+class _Grown:
+    """The curves of one rule's nets grown far past the horizon ``k``: ``(T + 1, G)`` training
+    loss, test accuracy and largest ``|w|`` after rule steps ``0 .. T``."""
 
-        bar = _bar(total, f"stability {tr.label}", progress)
-        res = grow(
-            tr.rule,
-            arch,
-            num,
-            total,
-            tr.init,
-            device=device,
-            generator=torch.Generator(device=device).manual_seed(seed),
-            metric=metric,
-            record_at=range(total + 1),
-            progress=(lambda t, b=bar: b.update(1)) if bar is not None else None,
-        )
-        if bar is not None:
-            bar.close()
-        assert res.curve is not None
-        loss = res.curve  # (T + 1, G)
-        acc = torch.stack(test_acc)  # (T + 1, G)
-        absw = torch.stack(max_w)
-        t_min, l_min, within, capped = band_metrics(loss, tolerance)
-        horizons[tr.label] = k
-        curves[tr.label] = {"loss": loss, "acc": acc}
-        for i in range(num):
-            net_rows.append(
-                {
-                    "rule": tr.label,
-                    "net": i,
-                    "epochs_to_train": int(t_min[i]),
-                    "min_loss": float(l_min[i]),
-                    "epochs_within": int(within[i]),
-                    "capped": bool(capped[i]),
-                    f"test_acc_{k}": float(acc[k, i]),
-                    f"test_acc_{total}": float(acc[total, i]),
-                    f"max_abs_w_{total}": float(absw[total, i]),
-                }
-            )
-        for t in range(total + 1):
-            row = loss[t].to(torch.float64)
-            finite = torch.nan_to_num(row, nan=float("inf"))
-            curve_rows.append(
-                {
-                    "rule": tr.label,
-                    "step": t,
-                    "loss_mean": float(row.mean()),
-                    "loss_median": float(finite.median()),
-                    "loss_p10": float(torch.quantile(finite, 0.1)),
-                    "loss_p90": float(torch.quantile(finite, 0.9)),
-                    "test_acc_mean": float(acc[t].mean()),
-                }
-            )
-        ett_m, ett_s = mean_std(t_min)
-        win_m, win_s = mean_std(within)
-        ten_k = min(10 * k, total)
-        summary_rows.append(
+    tr: TrainedRule
+    arch: Architecture
+    k: int
+    total: int
+    loss: torch.Tensor
+    acc: torch.Tensor
+    absw: torch.Tensor
+
+
+def _grow_long(run: ExperimentRun, tr: TrainedRule, num: int, total: int, seed: int) -> _Grown:
+    """Grow ``num`` nets of the rule's first training architecture for ``total`` steps,
+    measuring training loss, test accuracy and the largest weight after every step."""
+    task = tr.task
+    arch = tr.architectures()[0]
+    X_tr, y_tr = run.split(tr, "train")
+    X_te, y_te = run.split(tr, "test")
+    test_acc: list[torch.Tensor] = []
+    max_w: list[torch.Tensor] = []
+
+    def metric(graph, w: torch.Tensor) -> torch.Tensor:
+        test_acc.append(task.accuracy(graph, w, X_te, y_te).cpu())
+        max_w.append(max_abs_weight(graph, w).cpu())
+        return task.loss(graph, w, X_tr, y_tr)
+
+    res = run.grow(
+        tr,
+        arch,
+        num,
+        total,
+        seed=seed,
+        metric=metric,
+        record_at=range(total + 1),
+        bar=f"stability {tr.label}",
+    )
+    assert res.curve is not None
+    k = tr.cfg.train.k_max
+    return _Grown(tr, arch, k, total, res.curve, torch.stack(test_acc), torch.stack(max_w))
+
+
+def _net_rows(g: _Grown, t_min, l_min, within, capped) -> list[dict[str, Any]]:
+    """One row per net: its band metrics and test accuracy at ``k`` and at the end."""
+    k, total = g.k, g.total
+    return [
+        {
+            "rule": g.tr.label,
+            "net": i,
+            "epochs_to_train": int(t_min[i]),
+            "min_loss": float(l_min[i]),
+            "epochs_within": int(within[i]),
+            "capped": bool(capped[i]),
+            f"test_acc_{k}": float(g.acc[k, i]),
+            f"test_acc_{total}": float(g.acc[total, i]),
+            f"max_abs_w_{total}": float(g.absw[total, i]),
+        }
+        for i in range(g.loss.shape[1])
+    ]
+
+
+def _curve_rows(g: _Grown) -> list[dict[str, Any]]:
+    """One row per rule step: mean, median and 10-90% band of the loss, mean test accuracy."""
+    rows = []
+    for t in range(g.total + 1):
+        row = g.loss[t].to(torch.float64)
+        finite = torch.nan_to_num(row, nan=float("inf"))
+        rows.append(
             {
-                "rule": tr.label,
-                "pool_size": tr.cfg.pool.size,
-                "meta_steps": tr.meta_steps,
-                "horizon_k_max": k,
-                "steps_grown": total,
-                "nets": num,
-                "epochs_to_train_mean": ett_m,
-                "epochs_to_train_std": ett_s,
-                "epochs_to_train_median": float(t_min.double().median()),
-                "epochs_within_mean": win_m,
-                "epochs_within_std": win_s,
-                "epochs_within_median": float(within.double().median()),
-                "epochs_within_min": int(within.min()),
-                "capped": int(capped.sum()),
-                "nets_within_10x_horizon": int((within >= ten_k).sum()),
-                "min_loss_mean": float(l_min.mean()),
-                f"loss_at_{k}": float(loss[k].double().mean()),
-                f"loss_at_{total}": float(loss[total].double().mean()),
-                "test_acc_at_k": float(acc[k].mean()),
-                "test_acc_at_10k": float(acc[ten_k].mean()),
-                "test_acc_at_end": float(acc[total].mean()),
-                "max_abs_w_at_end": float(absw[total].median()),
-                "arch": arch.describe(),
+                "rule": g.tr.label,
+                "step": t,
+                "loss_mean": float(row.mean()),
+                "loss_median": float(finite.median()),
+                "loss_p10": float(torch.quantile(finite, 0.1)),
+                "loss_p90": float(torch.quantile(finite, 0.9)),
+                "test_acc_mean": float(g.acc[t].mean()),
             }
         )
+    return rows
 
-    png = plot_stability(curves, horizons, out / "stability.png")
-    md = stability_markdown(summary_rows, tolerance)
-    (out / "stability.md").write_text(md + "\n")
-    write_csv(out / "stability.csv", summary_rows)
-    write_csv(out / "stability_nets.csv", net_rows)
-    write_csv(out / "stability_curve.csv", curve_rows)
-    summary = {
-        "experiment": "stability",
-        "nets": num,
-        "horizon_mult": horizon_mult,
-        "tolerance": tolerance,
-        "seed": seed,
-        "rules": [rule_info(tr) for tr in rules],
-        "table": summary_rows,
-        "figure": str(png),
+
+def _summary_row(g: _Grown, t_min, l_min, within, capped) -> dict[str, Any]:
+    """The rule's row of the table."""
+    k, total, loss, acc = g.k, g.total, g.loss, g.acc
+    ett_m, ett_s = mean_std(t_min)
+    win_m, win_s = mean_std(within)
+    ten_k = min(10 * k, total)
+    return {
+        "rule": g.tr.label,
+        "pool_size": g.tr.cfg.pool.size,
+        "meta_steps": g.tr.meta_steps,
+        "horizon_k_max": k,
+        "steps_grown": total,
+        "nets": loss.shape[1],
+        "epochs_to_train_mean": ett_m,
+        "epochs_to_train_std": ett_s,
+        "epochs_to_train_median": float(t_min.double().median()),
+        "epochs_within_mean": win_m,
+        "epochs_within_std": win_s,
+        "epochs_within_median": float(within.double().median()),
+        "epochs_within_min": int(within.min()),
+        "capped": int(capped.sum()),
+        "nets_within_10x_horizon": int((within >= ten_k).sum()),
+        "min_loss_mean": float(l_min.mean()),
+        f"loss_at_{k}": float(loss[k].double().mean()),
+        f"loss_at_{total}": float(loss[total].double().mean()),
+        "test_acc_at_k": float(acc[k].mean()),
+        "test_acc_at_10k": float(acc[ten_k].mean()),
+        "test_acc_at_end": float(acc[total].mean()),
+        "max_abs_w_at_end": float(g.absw[total].median()),
+        "arch": g.arch.describe(),
     }
-    return finish_summary(out, summary, start, cpu_start)
 
 
 def stability_markdown(rows: list[dict[str, Any]], tolerance: float = 0.1) -> str:
@@ -290,11 +300,3 @@ def stability_markdown(rows: list[dict[str, Any]], tolerance: float = 0.1) -> st
             ]
         )
     return md_table(header, body)
-
-
-def _bar(total: int, desc: str, progress: bool):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr)
