@@ -9,7 +9,9 @@ Sections, in the order they run (``--sections`` picks some):
   test accuracy, Iris and MNIST (``benchmarks/grow_vs_adam.py``);
 * ``memory``: peak memory of one meta-step vs the unroll length, with and without
   checkpointing (``benchmarks/memory.py``);
-* ``options``: ``torch.compile`` and bf16 autocast of the step (``benchmarks/scaling.py``).
+* ``options``: ``torch.compile`` and bf16 autocast of the step (``benchmarks/scaling.py``);
+* ``senses``: one rule step of a rule that reads data vs the data-free rule
+  (``benchmarks/senses_cost.py``).
 
 Every section is independent: one that fails or runs out of time is marked so and the others
 still run. ``results.json`` and ``results.md`` in ``--out`` are rewritten after each section.
@@ -39,9 +41,16 @@ for p in (str(HERE), str(ROOT)):  # run from a plain checkout: gnca need not be 
 import torch  # noqa: E402
 from common import Budget, Context, Results, environment, log  # noqa: E402
 
-SECTIONS = ("scaling", "floor", "grow", "memory", "options")
+SECTIONS = ("scaling", "floor", "grow", "memory", "options", "senses")
 #: Relative share of a time budget per section (``--budget``).
-SHARES = {"scaling": 0.2, "floor": 0.13, "grow": 0.3, "memory": 0.12, "options": 0.25}
+SHARES = {
+    "scaling": 0.2,
+    "floor": 0.13,
+    "grow": 0.3,
+    "memory": 0.12,
+    "options": 0.25,
+    "senses": 0.05,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,6 +166,10 @@ def section(name: str):
             "floor": scaling.run_floor,
             "options": scaling.run_options,
         }[name]
+    if name == "senses":
+        import senses_cost
+
+        return senses_cost.run_senses
     if name == "grow":
         import grow_vs_adam
 

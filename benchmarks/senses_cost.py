@@ -1,0 +1,84 @@
+"""What reading data costs: one rule step with senses vs without, side by side.
+
+For a batch of task nets (digits 64-32-10 and MNIST-sized 196-32-10 MLPs), times one rule step
+of the data-free rule and of the same rule with all senses (``act hebb error delta loss``,
+``sense_batch`` examples through the nets first), without gradients (growing) and with them
+(meta-training), interleaved in one run; the table gives the ratios.
+"""
+
+from __future__ import annotations
+
+import torch
+from common import Context, Section, Table, interleaved, ms
+
+from gnca import Architecture, LocalRule, WeightGraph
+from gnca.data import Dataset
+from gnca.senses import SENSES, SenseReader
+from gnca.state import initial_state
+from gnca.task import Task
+
+
+def _toy_task(n_in: int, n_out: int, device: torch.device) -> Task:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1024, n_in, generator=g)
+    y = torch.randint(0, n_out, (1024,), generator=g)
+    return Task(Dataset("toy", X, y, X[:128], y[:128], n_in, n_out, None), fan_in_ref=32)
+
+
+def run_senses(sec: Section, ctx: Context) -> None:
+    t = Table(
+        "One rule step with all senses vs the data-free rule (same nets, C = 16, MLP 64)",
+        ["task nets", "weights", "mode", "data-free ms", "senses ms", "senses/data-free"],
+    )
+    sec.tables.append(t)
+    specs = [([64, 32, 10], 8), ([196, 32, 10], 16)] if not ctx.quick else [([64, 32, 10], 4)]
+    for sizes, nets in specs:
+        _time_one(sec, t, ctx, sizes, nets)
+    t.notes.append("64 examples read per rule step; times are medians of interleaved rounds.")
+
+
+def _time_one(sec: Section, t: Table, ctx: Context, sizes: list[int], nets: int) -> None:
+    dev = ctx.device
+    arch = Architecture.mlp(sizes)
+    graph = WeightGraph.replicate(arch, nets, device=dev)
+    w, _ = initial_state(graph, 16, "random", generator=torch.Generator().manual_seed(0))
+    w = w.to(dev)
+    h = torch.randn(w.shape[0], 16, device=dev) * 0.1
+    torch.manual_seed(0)
+    plain = LocalRule(16, widths=[64]).to(dev)
+    torch.manual_seed(0)
+    reading = LocalRule(16, widths=[64], senses=list(SENSES)).to(dev)
+    reader = SenseReader(list(SENSES), _toy_task(sizes[0], sizes[-1], dev), 64)
+    mask = torch.ones(w.shape[0], device=dev)
+
+    def step_plain(grad: bool) -> None:
+        with torch.set_grad_enabled(grad):
+            hh = h.clone().requires_grad_(grad)
+            out = plain(graph, w, hh, mask=mask)
+            if grad:
+                (out[0].sum() + out[1].sum()).backward()
+
+    def step_senses(grad: bool) -> None:
+        with torch.set_grad_enabled(grad):
+            hh = h.clone().requires_grad_(grad)
+            out = reading(graph, w, hh, mask=mask, senses=reader(graph, w, hh))
+            if grad:
+                (out[0].sum() + out[1].sum()).backward()
+
+    for grad in (False, True):
+        res = interleaved(
+            {"plain": lambda g=grad: step_plain(g), "senses": lambda g=grad: step_senses(g)},
+            dev,
+            ctx.rounds,
+            max_seconds=max(5.0, ctx.budget.left() * 0.2),
+        )
+        a, b = res["plain"].median, res["senses"].median
+        t.rows.append(
+            [f"{nets} x {'-'.join(map(str, sizes))}", w.shape[0],
+             "fwd+bwd" if grad else "no grad", ms(a), ms(b), f"{b / a:.2f}x"]
+        )  # fmt: skip
+        sec.data[f"{'-'.join(map(str, sizes))}_{'grad' if grad else 'nograd'}"] = {
+            "plain_s": a,
+            "senses_s": b,
+            "ratio": b / a,
+        }
