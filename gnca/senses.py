@@ -43,7 +43,14 @@ from torch_geometric.data import Data
 
 from gnca.architecture import BIAS, INPUT, OUTPUT
 from gnca.forward import TASK_ACTIVATIONS, effective_weights
-from gnca.graph import cached, num_graphs, total_neurons, weight_batch
+from gnca.graph import (
+    cached,
+    common_attr,
+    num_graphs,
+    same_architecture,
+    total_neurons,
+    weight_batch,
+)
 
 #: sense name -> number of channels it adds to the perception
 SENSES: dict[str, int] = {"act": 2, "hebb": 1, "error": 1, "delta": 1, "loss": 1}
@@ -181,6 +188,20 @@ def neuron_stats(
     return NeuronStats(A, M, loss)
 
 
+def _dense_sizes(graph: Data) -> list[int] | None:
+    """The layer sizes when ``graph`` is a batch of one MLP with biases, else ``None``."""
+    if not same_architecture(graph):
+        return None
+    sizes = common_attr(graph, "mlp_sizes")
+    if sizes is None:
+        return None
+    sizes = list(sizes)
+    e = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    if graph.src.numel() != e * num_graphs(graph):  # an MLP without biases
+        return None
+    return sizes
+
+
 def soft_clip(x: torch.Tensor) -> torch.Tensor:
     """``x / (1 + |x|)``: into (-1, 1), the identity near 0."""
     return x / (1 + x.abs())
@@ -207,6 +228,90 @@ def weight_senses(
                 raise ValueError(f"sense {name!r} needs the backward messages (feedback)")
             out.append(soft_clip(m_v.mean(1) if name == "error" else (a_u * m_v).mean(1)))
     return torch.stack(out, 1)  # (E, S)
+
+
+def dense_senses(
+    sizes: Sequence[int],
+    w: torch.Tensor,
+    feedback: torch.Tensor | None,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    names: Sequence[str],
+    activation: str = "tanh",
+    fan_in_ref: float | None = None,
+) -> torch.Tensor:
+    """:func:`weight_senses` of :func:`neuron_stats` for ``G`` identical MLPs with biases
+    (the layout of :meth:`gnca.Architecture.mlp`), with batched matmuls: the per-weight batch
+    means of products are ``A_l^T A_{l+1} / B`` per layer. ``w``, ``feedback``: ``(G * E,)``;
+    returns ``(G * E, S)``, equal to the general path up to float rounding."""
+    names = check_senses(names)
+    act = TASK_ACTIVATIONS[activation]
+    sizes = list(sizes)
+    n_layers = len(sizes) - 1
+    e = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    g = w.shape[0] // e
+    with torch.no_grad():
+        W = w.detach().view(g, e)
+        Wm, Bs, off = [], [], 0
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+            scale = float(fan_in_ref) / a if fan_in_ref is not None else 1.0
+            Wm.append(W[:, off : off + a * b].view(g, a, b) * scale)
+            Bs.append(W[:, off + a * b : off + a * b + b])
+            off += a * b + b
+        A = [(X if X.dim() == 3 else X.unsqueeze(0).expand(g, -1, -1)).to(W.dtype)]
+        Z = []
+        for i in range(n_layers):
+            z = torch.baddbmm(Bs[i].unsqueeze(1), A[-1], Wm[i])  # (G, B, b)
+            Z.append(z)
+            A.append(z if i == n_layers - 1 else act(z))
+        b_n = X.shape[-2]
+        n_out = sizes[-1]
+        yy = y if y.dim() == 2 else y.unsqueeze(0).expand(g, -1)
+        logits = A[-1]
+        loss = F.cross_entropy(logits.reshape(-1, n_out), yy.reshape(-1), reduction="none")
+        loss = loss.view(g, b_n).mean(1)
+        A[-1] = logits.softmax(-1)
+        err = A[-1] - F.one_hot(yy, n_out).to(A[-1].dtype)
+    M: list[torch.Tensor | None] = [None] * (n_layers + 1)
+    if feedback is not None:
+        fb = feedback.view(g, e)
+        M[-1] = err
+        off = e
+        for i in range(n_layers - 1, 0, -1):  # messages into hidden layer i
+            a, b = sizes[i], sizes[i + 1]
+            off -= a * b + b
+            F_i = fb[:, off : off + a * b].view(g, a, b)
+            M[i] = torch.bmm(M[i + 1], F_i.transpose(1, 2)) * _derivative(
+                activation, Z[i - 1], A[i]
+            )
+    cols: list[torch.Tensor] = []
+    for i in range(n_layers):
+        a, b = sizes[i], sizes[i + 1]
+        tail, head, m = A[i], A[i + 1], M[i + 1]
+        per: list[torch.Tensor] = []  # each (G, a + 1, b): the weights, then the biases
+        ones = tail.new_ones(g, b_n, 1)
+        tail1 = torch.cat([tail, ones], 2)  # the bias neuron's activation is 1
+        for name in names:
+            if name == "act":
+                per.append(tail1.mean(1)[:, :, None].expand(g, a + 1, b))
+                per.append(head.mean(1)[:, None, :].expand(g, a + 1, b))
+            elif name == "hebb":
+                per.append(torch.bmm(tail1.transpose(1, 2), head) / b_n)
+            elif name == "loss":
+                per.append(loss[:, None, None].expand(g, a + 1, b))
+            else:
+                if m is None:
+                    raise ValueError(f"sense {name!r} needs the backward messages (feedback)")
+                if name == "error":
+                    per.append(m.mean(1)[:, None, :].expand(g, a + 1, b))
+                else:
+                    per.append(torch.bmm(tail1.transpose(1, 2), m) / b_n)
+        layer = torch.stack(per, -1)  # (G, a + 1, b, S)
+        cols.append(torch.cat([layer[:, :a].reshape(g, a * b, -1), layer[:, a]], 1))
+    out = torch.cat(cols, 1).reshape(g * e, -1)  # (G * E, S)
+    clip = [n != "loss" for n in names for _ in range(SENSES[n])]
+    keep = torch.tensor(clip, device=out.device)
+    return torch.where(keep, soft_clip(out), out / torch.log(torch.tensor(float(sizes[-1]))))
 
 
 class SenseReader:
@@ -252,6 +357,10 @@ class SenseReader:
         """``(E, S)`` senses of the nets ``(w, h)`` on a fresh training batch."""
         X, y = self.batch(w.device)
         fb = h[:, -1] if self.feedback else None
+        sizes = _dense_sizes(graph)
+        if sizes is not None:
+            return dense_senses(sizes, w, fb, X, self.labels(y), self.names,
+                                self.task.activation, self.task.fan_in_ref).to(h.dtype)  # fmt: skip
         stats = neuron_stats(
             graph, w, fb, X, self.labels(y), self.task.activation, self.task.fan_in_ref
         )

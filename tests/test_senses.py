@@ -245,3 +245,19 @@ def test_pooled_samples_keep_their_label_permutation(tmp_path):
     tr.save(tmp_path / "last.pt")
     back = MetaTrainer.from_checkpoint(tmp_path / "last.pt")
     assert torch.equal(back.pools[0].labels, tr.pools[0].labels)
+
+
+
+@pytest.mark.parametrize("sizes", [[3, 4, 2], [5, 4, 3, 3], [4, 3]])
+@pytest.mark.parametrize("ref", [None, 8.0])
+def test_dense_senses_equal_the_general_path(sizes, ref):
+    from gnca.senses import dense_senses
+
+    arch = Architecture.mlp(sizes)
+    graph, w, h = _state(arch, g=3)
+    X = torch.randn(7, sizes[0], dtype=torch.float64)
+    y = torch.randint(0, sizes[-1], (3, 7))
+    st = neuron_stats(graph, w, h[:, -1], X, y, "tanh", ref)
+    general = weight_senses(graph, st, ALL, sizes[-1])
+    dense = dense_senses(sizes, w, h[:, -1], X, y, ALL, "tanh", ref)
+    torch.testing.assert_close(dense, general)
