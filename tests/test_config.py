@@ -121,6 +121,20 @@ def test_repo_iris_config_loads() -> None:
     assert cfg.train.lr == pytest.approx(2e-3) and cfg.train.lr_final == pytest.approx(2e-4)
 
 
+def test_repo_iris_stability_config_is_the_fixed_seed_rule() -> None:
+    cfg = load_config(REPO / "configs" / "iris_stability.yaml")  # the stability experiment
+    assert cfg.data.name == "iris"
+    assert cfg.task.architectures == [[4, 16, 3]]
+    assert cfg.task.init == "fixed" and cfg.pool.size == 256
+    assert (cfg.train.k_min, cfg.train.k_max, cfg.train.steps) == (20, 40, 1500)
+    assert cfg.train.lr == pytest.approx(2e-3) and cfg.train.lr_final == pytest.approx(2e-4)
+    # configs/iris_nopool.yaml is the same config without the pool
+    nopool = load_config(REPO / "configs" / "iris_nopool.yaml")
+    assert nopool.pool.size == 0
+    nopool.pool.size, nopool.name = cfg.pool.size, cfg.name
+    assert nopool == cfg
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_repo_config_loads(path: Path) -> None:
     cfg = load_config(path)  # strict keys and validated values
