@@ -115,9 +115,10 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 
 def test_repo_iris_config_loads() -> None:
-    cfg = load_config(REPO / "configs" / "iris.yaml")
+    cfg = load_config(REPO / "configs" / "iris.yaml")  # the main job: grows any Iris MLP
     assert cfg.data.name == "iris"
-    assert cfg.task.architectures == [[4, 16, 3]]
+    assert cfg.task.architectures == [[4, 16, 3], [4, 16, 16, 3]]
+    assert cfg.task.init == "codes" and cfg.task.fan_in_ref == pytest.approx(16.0)
     assert cfg.train.lr == pytest.approx(2e-3) and cfg.train.lr_final == pytest.approx(2e-4)
 
 
