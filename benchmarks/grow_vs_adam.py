@@ -58,7 +58,7 @@ def get_rule(sec: Section, ctx: Context, task: str):
     if ckpt:
         rule, cfg = load_rule(ckpt, map_location=ctx.device)
         return rule.to(ctx.device), cfg, f"checkpoint {ckpt}"
-    path = ROOT / "configs" / ("iris.yaml" if task == "iris" else "mnist_fast.yaml")
+    path = ROOT / "configs" / ("iris_stability.yaml" if task == "iris" else "mnist_fast.yaml")
     over = [f"train.device={ctx.device}"]
     if task == "mnist":
         over.append(f"data.data_dir={find_mnist_dir(ctx)}")

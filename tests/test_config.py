@@ -115,10 +115,25 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 
 def test_repo_iris_config_loads() -> None:
-    cfg = load_config(REPO / "configs" / "iris.yaml")
+    cfg = load_config(REPO / "configs" / "iris.yaml")  # the main job: grows any Iris MLP
+    assert cfg.data.name == "iris"
+    assert cfg.task.architectures == [[4, 16, 3], [4, 16, 16, 3]]
+    assert cfg.task.init == "codes" and cfg.task.fan_in_ref == pytest.approx(16.0)
+    assert cfg.train.lr == pytest.approx(2e-3) and cfg.train.lr_final == pytest.approx(2e-4)
+
+
+def test_repo_iris_stability_config_is_the_fixed_seed_rule() -> None:
+    cfg = load_config(REPO / "configs" / "iris_stability.yaml")  # the stability experiment
     assert cfg.data.name == "iris"
     assert cfg.task.architectures == [[4, 16, 3]]
+    assert cfg.task.init == "fixed" and cfg.pool.size == 256
+    assert (cfg.train.k_min, cfg.train.k_max, cfg.train.steps) == (20, 40, 1500)
     assert cfg.train.lr == pytest.approx(2e-3) and cfg.train.lr_final == pytest.approx(2e-4)
+    # configs/iris_nopool.yaml is the same config without the pool
+    nopool = load_config(REPO / "configs" / "iris_nopool.yaml")
+    assert nopool.pool.size == 0
+    nopool.pool.size, nopool.name = cfg.pool.size, cfg.name
+    assert nopool == cfg
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -34,7 +34,7 @@ TINY = [
 ]
 
 
-def tiny(config: str = "iris.yaml", *extra: str):
+def tiny(config: str = "iris_stability.yaml", *extra: str):
     return load_config(ROOT / "configs" / config, [*TINY, *extra])
 
 
@@ -241,7 +241,7 @@ def test_cli_experiments(tmp_path, capsys):
                 "experiment",
                 "stability",
                 "--config",
-                str(ROOT / "configs/iris.yaml"),
+                str(ROOT / "configs/iris_stability.yaml"),
                 *sets,
                 "--num",
                 "3",
