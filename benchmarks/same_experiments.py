@@ -92,9 +92,19 @@ IGNORED_COLUMNS = {"seconds"}
 
 
 def run_experiment(
-    tree: Path, experiment: str, args: list[str], meta_steps: int, out: Path
+    tree: Path,
+    experiment: str,
+    args: list[str],
+    meta_steps: int,
+    out: Path,
+    configs_from: Path | None = None,
 ) -> float:
-    """Run one experiment with ``tree``'s own gnca into ``out``; return its wall time."""
+    """Run one experiment with ``tree``'s own gnca into ``out``; return its wall time.
+
+    Config files (``configs/...``) are read from ``configs_from`` (default ``tree``), so that
+    both sides of a comparison run the same configs even where a commit changed them."""
+    base = configs_from or tree
+    args = [str(base / a) if a.startswith("configs/") else a for a in args]
     cmd = [
         sys.executable,
         "-m",
@@ -214,7 +224,7 @@ def main() -> int:
                     continue
                 a, b = Path(tmp) / "out-old" / name, Path(tmp) / "out-new" / name
                 sa = run_experiment(old, experiment, exp_args, args.steps, a)
-                sb = run_experiment(ROOT, experiment, exp_args, args.steps, b)
+                sb = run_experiment(ROOT, experiment, exp_args, args.steps, b, configs_from=old)
                 compared, diffs = compare(a, b)
                 verdict = "identical" if not diffs else "DIFFER: " + "; ".join(diffs[:6])
                 print(

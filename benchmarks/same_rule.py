@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+# Both sides read the config files of the older commit (``--against``): a later commit may change
+# what a repo config says (configs/iris.yaml became the identity-code main job), not the engine.
 
 #: (name, config, overrides): the default Iris job, and one that exercises identity codes,
 #: mean-field sums, damage, code jitter and a rule bound on two architectures.
@@ -47,15 +49,18 @@ CASES: list[tuple[str, str, list[str]]] = [
 ]
 
 
-def train(tree: Path, config: str, overrides: list[str], steps: int, out: Path) -> Path:
-    """Meta-train in ``tree`` (its own gnca) and return the checkpoint path."""
+def train(
+    tree: Path, config: str, overrides: list[str], steps: int, out: Path, configs: Path
+) -> Path:
+    """Meta-train in ``tree`` (its own gnca) with ``configs / config`` (the same file for both
+    sides of a comparison) and return the checkpoint path."""
     cmd = [
         sys.executable,
         "-m",
         "gnca",
         "train",
         "--config",
-        str(tree / config),
+        str(configs / config),
         "--out",
         str(out),
         "--no-progress",
@@ -132,8 +137,8 @@ def main() -> int:
             for name, config, overrides in CASES:
                 if name not in wanted:
                     continue
-                a = train(old, config, overrides, args.steps, Path(tmp) / f"{name}-old")
-                b = train(ROOT, config, overrides, args.steps, Path(tmp) / f"{name}-new")
+                a = train(old, config, overrides, args.steps, Path(tmp) / f"{name}-old", old)
+                b = train(ROOT, config, overrides, args.steps, Path(tmp) / f"{name}-new", old)
                 diff, one_sided = compare(a, b)
                 verdict = "bitwise equal" if not diff else f"DIFFER in {', '.join(diff[:6])}"
                 if one_sided:

@@ -204,6 +204,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer_cls = distributed.DistributedMetaTrainer if dist_run else MetaTrainer
     main = distributed.context().is_main  # only rank 0 prints and writes files
     trainer, run_dir = _make_trainer(args, trainer_cls, main)
+    for sizes in trainer.cfg.train.eval_architectures:  # fail now, not after training
+        trainer.task.mlp(sizes)
     ckpt = run_dir / "last.pt"
     if main:
         _announce(trainer, run_dir, dist_run)
@@ -326,7 +328,8 @@ def _interrupted(trainer, run_dir: Path, dist_run: bool, main: bool) -> int:
 
 def _report_training(trainer, run_dir: Path) -> None:
     """Evaluate the trained rule, write ``summary.json`` and print the accuracy table."""
-    results = trainer.evaluate()
+    unseen = [trainer.task.mlp(s) for s in trainer.cfg.train.eval_architectures]
+    results = trainer.evaluate(unseen=unseen)
     summary = {
         "run_dir": str(run_dir),
         "meta_steps": trainer.step,
@@ -400,7 +403,30 @@ def _grow_for(args, trained, arch: Architecture, steps: int, record_at):
     )
 
 
+def _warn_fixed_seed(trained, archs: list[Architecture]) -> None:
+    """One line on stderr for each architecture a fixed-seed rule was not trained on."""
+    if trained.init.kind != "fixed":
+        return
+    known = {tuple(a) for a in trained.cfg.task.architectures}
+    for arch in archs:
+        if tuple(arch.mlp_sizes or ()) not in known:
+            trained_on = ", ".join("-".join(map(str, a)) for a in trained.cfg.task.architectures)
+            print(
+                f"warning: this rule grows from one fixed seed net (task.init: fixed), which "
+                f"exists only for {trained_on}; {arch.describe()} starts from a seed it never "
+                f"saw and will not work as well: meta-train with task.init: codes on several "
+                f"architectures (configs/iris.yaml) to grow others",
+                file=sys.stderr,
+            )
+
+
 def _archs(args, trained) -> list[Architecture]:
+    archs = _parse_archs(args, trained)
+    _warn_fixed_seed(trained, archs)
+    return archs
+
+
+def _parse_archs(args, trained) -> list[Architecture]:
     cfg, data = trained.cfg, trained.task.data
     specs = args.arch or ["-".join(map(str, a)) for a in cfg.task.architectures]
     return [

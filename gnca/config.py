@@ -168,6 +168,8 @@ class TrainConfig:
     log_every: int = 25  # meta-steps between log lines
     checkpoint_every: int = 250  # meta-steps between checkpoints
     eval_nets: int = 100  # task nets grown for evaluation
+    # MLPs not trained on, also evaluated at the end of `gnca train` (marked [unseen])
+    eval_architectures: list[list[int]] = field(default_factory=list)
     permute_labels: bool = False  # each net learns under its own random label permutation
     wandb: bool = False  # also log to Weights & Biases, in the run directory (gnca[wandb] extra)
     wandb_project: str = "gnca"  # the W&B project of the run
@@ -446,6 +448,12 @@ def _validate_pool(c: PoolConfig, p: str) -> None:
 
 
 def _validate_train(c: TrainConfig, p: str) -> None:
+    for i, arch in enumerate(c.eval_architectures):
+        if len(arch) < 2 or min(arch) < 1:
+            raise ConfigError(
+                f"config key '{_key(p, 'eval_architectures')}[{i}]' must list >= 2 layer sizes "
+                f">= 1, got {arch}"
+            )
     _check_min(c, p, "steps", 1)
     _check_min(c, p, "batch_size", 1)
     _check_min(c, p, "k_min", 1)

@@ -349,9 +349,14 @@ class MetaTrainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(
-        self, num: int | None = None, horizons: tuple[int, ...] | None = None, split: str = "test"
+        self,
+        num: int | None = None,
+        horizons: tuple[int, ...] | None = None,
+        split: str = "test",
+        unseen: Sequence[Architecture] = (),
     ) -> dict:
-        """Grow ``num`` nets per training architecture; accuracy at each horizon.
+        """Grow ``num`` nets per training architecture (then per ``unseen`` architecture, keyed
+        ``"<architecture> [unseen]"``); accuracy at each horizon.
 
         Default horizons: ``k_max`` and ``10 * k_max``.
         """
@@ -361,7 +366,9 @@ class MetaTrainer:
         metric = self.task.metric(split, self.device)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed + 12345)
         out = {}
-        for arch in self.archs:
+        labelled = [(a, a.describe()) for a in self.archs]
+        labelled += [(self.task.check(a), f"{a.describe()} [unseen]") for a in unseen]
+        for arch, label in labelled:
             res = grow(
                 self.rule,
                 arch,
@@ -375,7 +382,7 @@ class MetaTrainer:
                 senses=self._eval_reader(),
             )
             assert res.curve is not None
-            out[arch.describe()] = {
+            out[label] = {
                 str(s): {
                     "mean": float(res.curve[i].mean()),
                     "min": float(res.curve[i].min()),

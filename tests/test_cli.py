@@ -351,3 +351,38 @@ def test_grow_rejects_the_typo_arch(capsys, trained):
     )
     assert code == 2 and out == ""
     assert "'5-16-3' ends with the 3 classes but starts with 5 inputs" in error_line(err)
+
+
+def test_growing_an_unseen_architecture_with_a_fixed_seed_rule_warns(tmp_path, capsys):
+    from gnca.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "fixed"
+    over = ["train.steps=2", "train.k_min=2", "train.k_max=2", "train.batch_size=4",
+            "pool.fresh=1", "rule.widths=[8]", "train.device=cpu", "train.eval_nets=2"]  # fmt: skip
+    assert main(["train", "--config", str(root / "configs" / "iris_stability.yaml"), "--set",
+                 *over, "--out", str(run), "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    grow = ["grow", "--checkpoint", str(run / "last.pt"), "--num", "2", "--steps", "2"]
+    assert main([*grow, "--arch", "4-16-3"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([*grow, "--arch", "4-32-3"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning")]
+    assert len(err) == 1 and "fixed seed net" in err[0] and "task.init: codes" in err[0]
+
+
+def test_end_of_training_table_shows_unseen_architectures(tmp_path, capsys):
+    from gnca.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    over = ["train.steps=2", "train.k_min=2", "train.k_max=2", "train.batch_size=4",
+            "pool.fresh=1", "rule.widths=[8]", "train.device=cpu", "train.eval_nets=2"]  # fmt: skip
+    assert main(["train", "--config", str(root / "configs" / "iris.yaml"), "--set", *over,
+                 "--out", str(tmp_path / "r"), "--no-progress"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "mlp 4-16-3 (+bias) " in out and "mlp 4-32-3 (+bias) [unseen]" in out
+    assert "mlp 4-8-8-3 (+bias) [unseen]" in out
+    bad = [*over, "train.eval_architectures=[[5,8,3]]"]
+    assert main(["train", "--config", str(root / "configs" / "iris.yaml"), "--set", *bad,
+                 "--out", str(tmp_path / "r2"), "--no-progress"]) == 2  # fmt: skip
+    assert not (tmp_path / "r2" / "last.pt").exists()
