@@ -41,7 +41,7 @@ def main() -> None:
     rule = LocalRule(hidden_channels=8, widths=[64], fire_rate=0.8)
     settings = TrainConfig(steps=400, k_min=20, k_max=40, lr=2e-3, device="cpu")
     trainer = MetaTrainer(rule, task, [arch], train=settings, pool=PoolConfig(size=256, fresh=2))
-    trainer.train(progress=True)
+    trainer.train(progress=True)  # or trainer.train("runs/custom_dag"): metrics and checkpoints
 
     for target in (arch, task.mlp([4, 16, 3]), task.mlp([4, 8, 8, 3])):
         res = grow(

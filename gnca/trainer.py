@@ -455,6 +455,8 @@ class MetaTrainer:
         """
         t = self.cfg.train
         run = Path(run_dir) if run_dir is not None else None
+        if run is not None and self.is_main:
+            run.mkdir(parents=True, exist_ok=True)
         logs = _RunLogs(self, run) if self.is_main else None
         bar = None
         if progress and self.is_main:

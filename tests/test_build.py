@@ -144,3 +144,10 @@ def test_experiment_command_is_always_registered():
     parser = build_parser()
     args = parser.parse_args(["experiment", "stability", "--config", "configs/iris.yaml"])
     assert args.command == "experiment"
+
+
+def test_train_creates_its_run_directory(tmp_path):
+    cfg = tiny_config(steps=1)
+    tr = MetaTrainer.from_config(cfg)
+    tr.train(tmp_path / "new" / "run", progress=False)
+    assert (tmp_path / "new" / "run" / "last.pt").is_file()
