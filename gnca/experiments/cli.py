@@ -213,8 +213,8 @@ def cmd_learning(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
+    from gnca.archspec import parse_arch
     from gnca.build import make_dataset, make_task
-    from gnca.cli import parse_arch
     from gnca.config import DataConfig
     from gnca.experiments.learning import run_transfer
 
