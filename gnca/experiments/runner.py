@@ -140,7 +140,9 @@ class ExperimentRun:
     ) -> GrowResult:
         """Grow ``num`` nets of ``arch`` with rule ``tr`` for ``steps`` rule steps from
         :meth:`generator` ``(seed)`` (see :func:`gnca.grow.grow` for ``metric``, ``record_at``
-        and ``perturb``); ``bar`` names a progress bar over the steps (shown with progress)."""
+        and ``perturb``); ``bar`` names a progress bar over the steps (shown with progress).
+        A rule with senses reads training batches of its task while it grows (seeded from
+        ``seed``)."""
         pbar = self._bar(steps, bar) if bar is not None else None
         try:
             return grow(
@@ -155,6 +157,7 @@ class ExperimentRun:
                 record_at=record_at,
                 perturb=perturb,
                 progress=(lambda t: pbar.update(1)) if pbar is not None else None,
+                senses=tr.reader(seed + 7),  # a rule that reads data reads its task's
             )
         finally:
             if pbar is not None:
