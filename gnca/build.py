@@ -129,8 +129,15 @@ def trainer_parts(
     task = make_task(cfg.task, data, cfg.data.batch_size)
     archs = [task.check(a) for a in archs] if archs is not None else None
     archs = archs if archs is not None else make_architectures(cfg.task, task)
+    also = []
+    for name in cfg.data.also:  # the same split settings, the same hidden layers
+        extra = make_task(cfg.task, make_dataset(dataclasses.replace(cfg.data, name=name, also=[])),
+                          cfg.data.batch_size)  # fmt: skip
+        sizes = [[extra.n_features, *a[1:-1], extra.n_classes] for a in cfg.task.architectures]
+        also.append((extra, [extra.mlp(s) for s in sizes]))
     torch.manual_seed(cfg.train.seed)
     return {
+        "also": also,
         "rule": make_rule(cfg.rule),
         "task": task,
         "archs": archs,

@@ -98,6 +98,7 @@ class DataConfig:
     downsample: int = 1  # k x k average pooling of images
     max_train: int | None = None  # cap on the number of training examples
     batch_size: int | None = None  # training examples per meta-step; None = full training set
+    also: list[str] = field(default_factory=list)  # more datasets meta-trained at once (senses)
 
 
 @dataclass
@@ -391,6 +392,12 @@ def _validate_data(c: DataConfig, p: str) -> None:
     _check_min(c, p, "downsample", 1)
     _check_min(c, p, "max_train", 1)
     _check_min(c, p, "batch_size", 1)
+    for k, name in enumerate(c.also):
+        if name not in ("iris", "wine", "digits", "mnist") or name == c.name:
+            raise ConfigError(
+                f"config key '{_key(p, 'also')}[{k}]' must be another of iris, wine, digits, "
+                f"mnist, got {name!r}"
+            )
 
 
 def _validate_task(c: TaskConfig, p: str) -> None:

@@ -93,6 +93,8 @@ class MetaTrainer:
         sense_batch: training examples a data-reading rule (``rule.senses``) reads per step.
         permute_labels: task augmentation: every net of a meta-step learns the task under its
             own random permutation of the class labels (forces the rule to read the labels).
+        also: more tasks meta-trained at the same time, each with its own architectures
+            (``data.also`` in a config); every meta-step averages the loss over all of them.
     """
 
     is_main: bool = True  # False on the non-zero ranks of a distributed run: no logs, no files
@@ -111,6 +113,7 @@ class MetaTrainer:
         config: Config | None = None,
         sense_batch: int = 64,
         permute_labels: bool = False,
+        also: Sequence[tuple[Task, Sequence[Architecture]]] = (),
     ) -> None:
         train = train if train is not None else TrainConfig()
         pool = pool if pool is not None else PoolConfig()
@@ -129,6 +132,16 @@ class MetaTrainer:
         self.archs = [task.check(a) for a in archs]
         if not self.archs:
             raise ValueError("MetaTrainer needs at least one training architecture")
+        self.arch_tasks = [task] * len(self.archs)  # the task each architecture learns
+        for extra, extra_archs in also:
+            if not extra_archs:
+                raise ValueError(f"the extra task {extra.name} needs at least one architecture")
+            self.archs += [extra.check(a) for a in extra_archs]
+            self.arch_tasks += [extra] * len(extra_archs)
+        if also and not rule.senses:
+            raise ValueError(
+                "meta-training on several datasets needs a rule that reads data (rule.senses)"
+            )
         self.rule = rule.to(self.device)
         self.init = init  # growing and evaluation: exact codes
         self.seed_init = seed_init  # meta-training seeds
@@ -156,6 +169,11 @@ class MetaTrainer:
         self.reader = (
             SenseReader(rule.senses, task, sense_batch, self.sense_gen) if rule.senses else None
         )
+        # one reader per task, all drawing from the senses' generator
+        self.readers = [
+            self.reader if tk is task else SenseReader(rule.senses, tk, sense_batch, self.sense_gen)
+            for tk in self.arch_tasks
+        ] if rule.senses else [None] * len(self.archs)  # fmt: skip
         if pool.size:
             for a in self.archs:
                 g = WeightGraph.replicate(a, pool.size, device=self.device)
@@ -164,7 +182,8 @@ class MetaTrainer:
                     w0.view(pool.size, -1), h0.view(pool.size, a.num_weights, -1)
                 )
                 if self.permute_labels:
-                    sp.labels = self._draw_permutations(pool.size)
+                    c = self.arch_tasks[len(self.pools)].n_classes
+                    sp.labels = self._draw_permutations(pool.size, c)
                 self.pools.append(sp)
         self.step = 0
         self.loss_ema: float | None = None
@@ -231,12 +250,12 @@ class MetaTrainer:
         )
         return got.idx, got.w.reshape(-1), got.h.reshape(b * e, -1), got
 
-    def _unroll(self, graph, w, h, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _unroll(self, graph, w, h, k: int, reader=None) -> tuple[torch.Tensor, torch.Tensor]:
         bf16 = self.cfg.train.precision == "bf16"  # the rule's MLP under bf16 autocast
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             for _ in range(k):
                 mask = self._fire_mask(w)
-                s = self.reader(graph, w, h) if self.reader is not None else None  # (E, S)
+                s = reader(graph, w, h) if reader is not None else None  # (E, S)
                 if self.cfg.train.checkpointing:
                     w, h = activation_checkpoint(
                         self._rule_step, graph, w, h, mask, s, use_reentrant=False
@@ -248,21 +267,20 @@ class MetaTrainer:
     def _rule_step(self, graph, w, h, mask, senses=None):
         return self.rule(graph, w, h, mask=mask, senses=senses)
 
-    def _draw_permutations(self, n: int) -> torch.Tensor:
-        """``(n, classes)`` random label permutations from the senses' generator."""
+    def _draw_permutations(self, n: int, c: int) -> torch.Tensor:
+        """``(n, c)`` random permutations of ``c`` labels from the senses' generator."""
         assert self.sense_gen is not None
-        c = self.task.n_classes
         return torch.stack([torch.randperm(c, generator=self.sense_gen) for _ in range(n)])
 
     def _permutations(
-        self, n_nets: int, renewed: torch.Tensor | None, pooled: torch.Tensor | None
+        self, n_nets: int, renewed: torch.Tensor | None, pooled: torch.Tensor | None, c: int
     ) -> torch.Tensor | None:
         """``(b, classes)`` label permutations of this process's nets (augmentation): pooled
         samples keep theirs, fresh ones get new ones (drawn for the whole batch, so that every
         rank of a distributed run draws the same)."""
         if not self.permute_labels:
             return None
-        every = self._draw_permutations(self.cfg.train.batch_size)
+        every = self._draw_permutations(self.cfg.train.batch_size, c)
         lo = self.shard.rank * n_nets
         fresh = every[lo : lo + n_nets]
         if pooled is not None and renewed is not None:
@@ -290,20 +308,25 @@ class MetaTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         k = int(torch.randint(t.k_min, t.k_max + 1, (1,), generator=self.gen))
-        X, y = self.task.train_batch(self.gen, self.device)
+        batches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for tk in self.arch_tasks:  # one training batch per task, in the order of the tasks
+            if id(tk) not in batches:
+                batches[id(tk)] = tk.train_batch(self.gen, self.device)
         losses, accs, finals = [], [], []
         for i, graph in enumerate(self.graphs):
+            task, reader = self.arch_tasks[i], self.readers[i]
+            X, y = batches[id(task)]
             idx, w, h, got = self._batch(i)
             n_nets = w.shape[0] // self.archs[i].num_weights
             perm = self._permutations(
-                n_nets, got.renewed if got else None, got.labels if got else None
+                n_nets, got.renewed if got else None, got.labels if got else None, task.n_classes
             )
-            if self.reader is not None:
-                self.reader.permutation = perm
-            w, h = self._unroll(graph, w, h, k)
+            if reader is not None:
+                reader.permutation = perm
+            w, h = self._unroll(graph, w, h, k, reader)
             yy = perm[:, y] if perm is not None else y  # (b, B) labels per net, or (B,)
             # one forward pass gives both the loss and the logged accuracy
-            logits = self.task.logits(graph, w, X)
+            logits = task.logits(graph, w, X)
             per_net = logits_cross_entropy(logits, yy)  # (b,)
             losses.append(per_net)
             accs.append(logits_accuracy(logits.detach(), yy))
@@ -363,12 +386,16 @@ class MetaTrainer:
         num = num or self.cfg.train.eval_nets
         k = self.cfg.train.k_max
         horizons = horizons or (k, 10 * k)
-        metric = self.task.metric(split, self.device)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed + 12345)
         out = {}
-        labelled = [(a, a.describe()) for a in self.archs]
-        labelled += [(self.task.check(a), f"{a.describe()} [unseen]") for a in unseen]
-        for arch, label in labelled:
+        many = len({id(tk) for tk in self.arch_tasks}) > 1
+        labelled = [
+            (a, tk, f"{a.describe()} on {tk.name}" if many else a.describe())
+            for a, tk in zip(self.archs, self.arch_tasks, strict=True)
+        ]
+        labelled += [(self.task.check(a), self.task, f"{a.describe()} [unseen]") for a in unseen]
+        for arch, task, label in labelled:
+            metric = task.metric(split, self.device)
             res = grow(
                 self.rule,
                 arch,
@@ -379,7 +406,7 @@ class MetaTrainer:
                 generator=gen,
                 metric=metric,
                 record_at=horizons,
-                senses=self._eval_reader(),
+                senses=self._eval_reader(task),
             )
             assert res.curve is not None
             out[label] = {
@@ -392,12 +419,13 @@ class MetaTrainer:
             }
         return out
 
-    def _eval_reader(self) -> SenseReader | None:
+    def _eval_reader(self, task: Task) -> SenseReader | None:
         """What a data-reading rule reads while its nets grow for evaluation (its own seed)."""
         if not self.rule.senses:
             return None
+        assert self.reader is not None
         gen = torch.Generator().manual_seed(self.cfg.train.seed + 54321)
-        return SenseReader(self.rule.senses, self.task, self.reader.batch_size, gen)
+        return SenseReader(self.rule.senses, task, self.reader.batch_size, gen)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:

@@ -247,7 +247,6 @@ def test_pooled_samples_keep_their_label_permutation(tmp_path):
     assert torch.equal(back.pools[0].labels, tr.pools[0].labels)
 
 
-
 @pytest.mark.parametrize("sizes", [[3, 4, 2], [5, 4, 3, 3], [4, 3]])
 @pytest.mark.parametrize("ref", [None, 8.0])
 def test_dense_senses_equal_the_general_path(sizes, ref):
@@ -261,3 +260,24 @@ def test_dense_senses_equal_the_general_path(sizes, ref):
     general = weight_senses(graph, st, ALL, sizes[-1])
     dense = dense_senses(sizes, w, h[:, -1], X, y, ALL, "tanh", ref)
     torch.testing.assert_close(dense, general)
+
+
+def test_meta_training_on_two_datasets_at_once():
+    from gnca.config import ConfigError, load_config
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    over = ["train.steps=2", "train.k_min=2", "train.k_max=2", "train.device=cpu",
+            "pool.size=16", "rule.sense_batch=8", "train.batch_size=4"]  # fmt: skip
+    cfg = load_config(root / "configs" / "tabular_senses.yaml", over)
+    tr = MetaTrainer.from_config(cfg)
+    assert [a.describe() for a in tr.archs] == ["mlp 64-32-10 (+bias)", "mlp 4-32-3 (+bias)"]
+    assert [t.name for t in tr.arch_tasks] == ["digits", "iris"]
+    assert tr.pools[1].labels.shape == (16, 3)
+    assert not any(tr.meta_step().skipped for _ in range(2))
+    out = tr.evaluate(num=2, horizons=(2,))
+    assert set(out) == {"mlp 64-32-10 (+bias) on digits", "mlp 4-32-3 (+bias) on iris"}
+    with pytest.raises(ValueError, match="needs a rule that reads data"):
+        MetaTrainer.from_config(load_config(root / "configs" / "digits_datafree.yaml",
+                                            [*over[:4], "data.also=[iris]"]))  # fmt: skip
+    with pytest.raises(ConfigError, match="data.also"):
+        load_config(root / "configs" / "tabular_senses.yaml", ["data.also=[digits]"])
