@@ -20,7 +20,6 @@ Outputs in ``out``: ``learning.md``, ``learning.csv`` (one row per measurement),
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,11 @@ from gnca.build import TrainedRule
 from gnca.experiments.common import (
     ExperimentError,
     RuleSource,
-    finish_summary,
     md_table,
     mean_std,
-    obtain_rule,
-    rule_info,
     write_csv,
 )
+from gnca.experiments.runner import ExperimentRun
 from gnca.graph import WeightGraph
 from gnca.grow import grow
 from gnca.senses import SenseReader
@@ -167,23 +164,17 @@ def run_learning(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the protocol of the module docstring and write its outputs into ``out``."""
-    if num < 1 or horizon_mult < 1:
-        raise ExperimentError("num and horizon_mult must be >= 1")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    tr = obtain_rule(source, out / "rules" / source.label, device=device, retrain=retrain,
-                     progress=progress)  # fmt: skip
+    run = ExperimentRun("learning", out, device=device, retrain=retrain, progress=progress,
+                        checks=[(num < 1 or horizon_mult < 1,
+                                 "num and horizon_mult must be >= 1")])  # fmt: skip
+    out = run.out
+    (tr,) = run.obtain(source)
     if not tr.rule.senses:
         raise ExperimentError(
             f"rule {source.label!r} reads no data (rule.senses is empty); the learning "
             f"experiment needs a rule with senses (the data-free one is the control)"
         )
-    ctl = None
-    if control is not None:
-        ctl = obtain_rule(control, out / "rules" / control.label, device=device,
-                          retrain=retrain, progress=progress)  # fmt: skip
+    ctl = run.obtain(control)[0] if control is not None else None
     k = tr.cfg.train.k_max
     total = horizon_mult * k
     record = sorted(set(range(0, total + 1, max(1, k // 4))) | {k, total})
@@ -265,16 +256,9 @@ def run_learning(
     )
     (out / "learning.md").write_text(text)
     _plot(curves, record, k, out / "learning.png", tr.task.name)
-    summary = {
-        "experiment": "learning",
-        "rules": [rule_info(t) for t in (tr, ctl) if t is not None],
-        "num": num,
-        "horizon_mult": horizon_mult,
-        "seed": seed,
-        "headline": headline,
-        "rows": rows,
-    }
-    return finish_summary(out, summary, start, cpu_start)
+    fields = {"rules": run.rule_infos(), "num": num, "horizon_mult": horizon_mult,
+              "seed": seed, "headline": headline, "rows": rows}  # fmt: skip
+    return run.finish(fields)
 
 
 def _plot(curves: dict[str, torch.Tensor], steps: list[int], k: int, path: Path, name: str):
@@ -317,11 +301,11 @@ def run_transfer(
     the majority class of the training split. Outputs: ``transfer.md``, ``transfer.csv``,
     ``summary.json``.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    tr = obtain_rule(source, out / "rules" / source.label, device=device, progress=progress)
+    run = ExperimentRun("transfer", out, device=device, progress=progress,
+                        checks=[(num < 1 or horizon_mult < 1,
+                                 "num and horizon_mult must be >= 1")])  # fmt: skip
+    out, device = run.out, run.device
+    (tr,) = run.obtain(source)
     if not tr.rule.senses:
         raise ExperimentError(
             f"rule {source.label!r} reads no data (rule.senses is empty): it cannot learn "
@@ -359,6 +343,4 @@ def run_transfer(
         f"# Growing on {task.name}, never seen in meta-training ({num} nets, K = {k}, "
         f"{k * tr.cfg.rule.sense_batch} examples seen per net)\n\n{table}\n"
     )
-    summary = {"experiment": "transfer", "rules": [rule_info(tr)], "dataset": task.name,
-               "num": num, "rows": rows}  # fmt: skip
-    return finish_summary(out, summary, start, cpu_start)
+    return run.finish({"rules": run.rule_infos(), "dataset": task.name, "num": num, "rows": rows})
