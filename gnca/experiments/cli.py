@@ -59,7 +59,12 @@ def _out(args: argparse.Namespace, experiment: str, cfg: Config | None, ckpt: st
 
 def _report(summary: dict, out: Path, table: str, figure: str) -> None:
     print((out / table).read_text().rstrip())
-    print(f"\nfigure:  {out / figure}\nresults: {out} ({summary['seconds']:.1f} s)")
+    print(f"\nfigure:  {out / figure}\nresults: {out} ({_took(summary)})")
+
+
+def _took(summary: dict) -> str:
+    """``12.3 s on <CPU model>`` of a summary."""
+    return f"{summary['seconds']:.1f} s on {summary['environment']['cpu_model']}"
 
 
 def _start(args: argparse.Namespace) -> None:
@@ -245,7 +250,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print((out / "transfer.md").read_text().rstrip())
-    print(f"\nresults: {out} ({summary['seconds']:.1f} s)")
+    print(f"\nresults: {out} ({_took(summary)})")
     return 0
 
 
