@@ -175,7 +175,7 @@ def seed_list(text: str) -> tuple[int, ...]:
     """Meta-training seeds (``--seeds``): a count ``N`` >= 1 for seeds ``0 .. N-1``, or
     comma-separated seeds ``0,3,7`` (one seed ``S`` alone: ``S,``), no repeats."""
     parts = text.replace(" ", "").split(",")
-    usage = f"must be a count >= 1 or comma-separated seeds, got {text!r}"
+    usage = f"must be a count from 1 to {MAX_SEEDS} or comma-separated seeds, got {text!r}"
     try:
         values = [int(p) for p in parts if p]
     except ValueError:
@@ -184,9 +184,7 @@ def seed_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(usage)
     if len(parts) == 1:  # a count
         if not 1 <= values[0] <= MAX_SEEDS:
-            raise argparse.ArgumentTypeError(
-                f"must be a count from 1 to {MAX_SEEDS} or comma-separated seeds, got {text!r}"
-            )
+            raise argparse.ArgumentTypeError(usage)
         return tuple(range(values[0]))
     if not all(0 <= v <= MAX_SEED for v in values):
         raise argparse.ArgumentTypeError(f"must list seeds between 0 and 2**64 - 1, got {text!r}")

@@ -378,20 +378,41 @@ def plot_seeds(
                 ax.set_ylim(0, 1.02)
             ax.legend(fontsize=8)
         fig.suptitle(f"{experiment}: one curve per meta-training seed ({len(seeds)})")
-    else:
+    else:  # one small panel per metric, its own scale: a dot per seed, a line at the mean
         names = [n for n, m in agg["metrics"].items() if m["mean"] is not None]
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(names) + 2), 4.2))
-        for i, name in enumerate(names):
+        cols = min(4, max(len(names), 1))
+        rows = max(1, math.ceil(len(names) / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows + 0.6), squeeze=False)
+        for ax, name in zip(axes.flat, names, strict=False):
             m = agg["metrics"][name]
             vals = [(s, v) for s, v in m["values"].items() if v is not None]
-            for j, (_, v) in enumerate(vals):
-                offset = (j - (len(vals) - 1) / 2) * min(0.08, 0.6 / max(len(vals), 1))
-                ax.plot(i + offset, v, "o", color=COLORS[0], alpha=0.7, ms=5)
-            ax.hlines(m["mean"], i - 0.3, i + 0.3, color="black", lw=1.5)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
-        ax.set_ylabel("value (dots: seeds, line: mean)")
-        ax.set_title(f"{experiment}: headline metrics over {len(seeds)} meta-training seeds")
+            xs = [
+                (j - (len(vals) - 1) / 2) * min(0.1, 0.8 / max(len(vals), 1))
+                for j in range(len(vals))
+            ]
+            ax.plot(xs, [v for _, v in vals], "o", color=COLORS[0], alpha=0.7, ms=5)
+            ax.axhline(m["mean"], color="black", lw=1)
+            if m["worst_seed"] is not None and len(vals) > 1:
+                j = [s for s, _ in vals].index(m["worst_seed"])
+                ax.annotate(f"seed {m['worst_seed']}", (xs[j], vals[j][1]), fontsize=7,
+                            xytext=(4, 0), textcoords="offset points", va="center")  # fmt: skip
+            finite = [v for _, v in vals if math.isfinite(v)]
+            if finite:  # at least +-0.01 around the values: equal seeds do not look spread
+                lo, hi = min(finite), max(finite)
+                pad = max(0.1 * (hi - lo), 0.01 * max(1.0, *map(abs, finite)))
+                ax.set_ylim(lo - pad, hi + pad)
+            ax.ticklabel_format(axis="y", useOffset=False)
+            ax.set_xlim(-0.6, 0.6)
+            ax.set_xticks([])
+            ax.set_title(name, fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(names) :]:
+            ax.axis("off")
+        fig.suptitle(
+            f"{experiment}: headline metrics of {len(seeds)} meta-training seeds "
+            f"(dots: seeds, line: mean; worst seed named)",
+            fontsize=9,
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
