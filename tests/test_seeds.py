@@ -131,6 +131,8 @@ def test_checkpoints_and_train_seed_are_refused_with_seeds(tmp_path, capsys):
     assert "drop train.seed from --set" in error_line(capsys)
     assert main(["experiment", "learning", "--seeds", "2", "--out", str(tmp_path)]) == 2
     assert "--seeds needs --config" in error_line(capsys)
+    assert main(generalization(tmp_path / "g", "--target", "seen_mean>=0.9")) == 2
+    assert error_line(capsys) == "gnca: error: --target is a claim over seeds: it needs --seeds"
     assert not (tmp_path / "s").exists() and not (tmp_path / "g").exists()
 
 
@@ -272,3 +274,24 @@ def test_headline_of_a_robustness_summary():
     assert h.metrics["damage.min_recovery"] == (0.97, "higher")
     assert list(h.claims.values()) == [True, True]
     assert "min_recovery >= 0.95" in next(iter(h.claims))
+
+
+def test_robustness_over_two_seeds_derived_control(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["experiment", "robustness", "--config", str(ROOT / "configs/iris_damage.yaml"),
+            "--set", *TINY, "pool.damage=1", "--num", "3", "--zero-outs", "2", "--every", "2",
+            "--tail", "0", "--seeds", "2", "--out", str(out), *QUIET]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    for s in (0, 1):
+        summary = json.loads((out / f"seed-{s}" / "summary.json").read_text())
+        # the control rule derived from --config (pool.damage=0) gets train.seed=S too
+        configs = {r["label"]: r["config"] for r in summary["rules"]}
+        assert configs["no-damage"]["pool"]["damage"] == 0
+        assert [c["train"]["seed"] for c in configs.values()] == [s, s]
+    rows = read_csv(out / "seeds.csv")
+    assert [r["seed"] for r in rows] == ["0", "1", *STATS]
+    assert {"damage.min_recovery", "no-damage.mean_recovery"} <= set(rows[0])
+    claims = json.loads((out / "seeds.json").read_text())["claims"]
+    assert len(claims) == 2 and "min_recovery >= 0.95" in claims[0]["claim"]
+    assert is_png(out / "seeds.png")

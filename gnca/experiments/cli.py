@@ -4,6 +4,10 @@ Each subcommand meta-trains the rules it needs (or loads them with ``--checkpoin
 experiment and writes a Markdown table, CSV files, a PNG and ``summary.json`` into ``--out``
 (default ``results/<experiment>/<config name>``). Rules trained by an experiment are kept in
 ``<out>/rules/<label>`` and reused by the next run with the same configuration.
+
+With ``--seeds`` a subcommand runs once per meta-training seed ``S`` into ``<out>/seed-S``
+(``train.seed=S`` on every config it meta-trains) and then summarises the seeds in
+``<out>/seeds.{md,csv,json,png}`` (:mod:`gnca.experiments.seeds`).
 """
 
 from __future__ import annotations
@@ -119,6 +123,8 @@ def _per_seed(experiment: str) -> Callable[[Command], Command]:
         @functools.wraps(cmd)
         def run(args: argparse.Namespace) -> int:
             if getattr(args, "seeds", None) is None:
+                if getattr(args, "target", None):
+                    raise ExperimentError("--target is a claim over seeds: it needs --seeds")
                 return cmd(args)
             return _run_seeds(args, experiment, cmd)
 
