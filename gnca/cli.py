@@ -29,7 +29,9 @@ from gnca.cliargs import (
     positive_int,
     seconds,
     seed,
+    seed_list,
     set_types,
+    target,
 )
 
 
@@ -478,6 +480,8 @@ EXPERIMENT_TYPES = {
     "--chunk": positive_int,
     "--depths": int_list(1, unique=True),
     "--widths": int_list(1, unique=True),
+    "--seeds": seed_list,
+    "--target": target,
 }
 
 

@@ -29,11 +29,15 @@ __all__ = [
     "positive_int",
     "seconds",
     "seed",
+    "seed_list",
     "set_types",
+    "target",
 ]
 
 #: Seeds must fit torch's generators (``torch.Generator.manual_seed`` takes 64 bits).
 MAX_SEED = 2**64 - 1
+#: The most seeds ``--seeds N`` runs (each meta-trains its rules).
+MAX_SEEDS = 10_000
 _TYPE_ERROR = re.compile(r"^argument (?P<flags>[^:]+): (?P<msg>must .*)$", re.DOTALL)
 
 
@@ -165,6 +169,46 @@ def int_list(minimum: int, *, unique: bool = False) -> Callable[[str], str]:
 
     parse.__name__ = f"int_list_ge_{minimum}"
     return parse
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """Meta-training seeds (``--seeds``): a count ``N`` >= 1 for seeds ``0 .. N-1``, or
+    comma-separated seeds ``0,3,7`` (one seed ``S`` alone: ``S,``), no repeats."""
+    parts = text.replace(" ", "").split(",")
+    usage = f"must be a count from 1 to {MAX_SEEDS} or comma-separated seeds, got {text!r}"
+    try:
+        values = [int(p) for p in parts if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(usage) from None
+    if not values:
+        raise argparse.ArgumentTypeError(usage)
+    if len(parts) == 1:  # a count
+        if not 1 <= values[0] <= MAX_SEEDS:
+            raise argparse.ArgumentTypeError(usage)
+        return tuple(range(values[0]))
+    if not all(0 <= v <= MAX_SEED for v in values):
+        raise argparse.ArgumentTypeError(f"must list seeds between 0 and 2**64 - 1, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"must not repeat a seed, got {text!r}")
+    return tuple(values)
+
+
+_TARGET = re.compile(r"^\s*(.+?)\s*(>=|<=)\s*(\S+)\s*$")
+
+
+def target(text: str) -> tuple[str, str, float]:
+    """A claim on a headline metric of ``--seeds`` (``--target 'rule.seen_mean>=0.9'``):
+    ``(metric, ">=" or "<=", value)``."""
+    match = _TARGET.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"must read METRIC>=VALUE or METRIC<=VALUE, got {text!r}")
+    try:
+        value = _number(match[3])
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must read METRIC>=VALUE or METRIC<=VALUE with a finite number, got {text!r}"
+        ) from None
+    return match[1], match[2], value
 
 
 def iter_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

@@ -125,3 +125,4 @@ def test_outputs_and_summary(tmp_path):
     assert written["experiment"] == "demo" and written["nets"] == 4
     assert summary["seconds"] >= 0 and summary["cpu_seconds"] >= 0
     assert written["environment"]["torch"] == torch.__version__
+    assert written["environment"]["cpu_model"]  # a non-empty CPU model name

@@ -4,11 +4,18 @@ Each subcommand meta-trains the rules it needs (or loads them with ``--checkpoin
 experiment and writes a Markdown table, CSV files, a PNG and ``summary.json`` into ``--out``
 (default ``results/<experiment>/<config name>``). Rules trained by an experiment are kept in
 ``<out>/rules/<label>`` and reused by the next run with the same configuration.
+
+With ``--seeds`` a subcommand runs once per meta-training seed ``S`` into ``<out>/seed-S``
+(``train.seed=S`` on every config it meta-trains) and then summarises the seeds in
+``<out>/seeds.{md,csv,json,png}`` (:mod:`gnca.experiments.seeds`).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,7 +66,12 @@ def _out(args: argparse.Namespace, experiment: str, cfg: Config | None, ckpt: st
 
 def _report(summary: dict, out: Path, table: str, figure: str) -> None:
     print((out / table).read_text().rstrip())
-    print(f"\nfigure:  {out / figure}\nresults: {out} ({summary['seconds']:.1f} s)")
+    print(f"\nfigure:  {out / figure}\nresults: {out} ({_took(summary)})")
+
+
+def _took(summary: dict) -> str:
+    """``12.3 s on <CPU model>`` of a summary."""
+    return f"{summary['seconds']:.1f} s on {summary['environment']['cpu_model']}"
 
 
 def _start(args: argparse.Namespace) -> None:
@@ -99,7 +111,85 @@ def _rules(
     return cfg, main, RuleSource(labels[1], other, checkpoint, args.data_dir)
 
 
+# ---------------------------------------------------------------------- --seeds
+Command = Callable[[argparse.Namespace], int]
+
+
+def _per_seed(experiment: str) -> Callable[[Command], Command]:
+    """Run the command once per ``--seeds`` seed, then summarise the seeds; without
+    ``--seeds`` the command runs as it is."""
+
+    def wrap(cmd: Command) -> Command:
+        @functools.wraps(cmd)
+        def run(args: argparse.Namespace) -> int:
+            if getattr(args, "seeds", None) is None:
+                if getattr(args, "target", None):
+                    raise ExperimentError("--target is a claim over seeds: it needs --seeds")
+                return cmd(args)
+            return _run_seeds(args, experiment, cmd)
+
+        return run
+
+    return wrap
+
+
+def _seeds_out(args: argparse.Namespace, experiment: str) -> Path:
+    """The folder of a ``--seeds`` run (``seed-S`` folders and ``seeds.*`` go in it)."""
+    if args.out:
+        return Path(args.out)
+    if experiment == "transfer":
+        return Path("results") / "transfer" / args.dataset
+    cfg = _config(args.config, args.set, args.data_dir)
+    assert cfg is not None
+    return Path("results") / experiment / cfg.name
+
+
+def _run_seeds(args: argparse.Namespace, experiment: str, cmd: Command) -> int:
+    """``--seeds``: meta-train and run once per seed in ``OUT/seed-S`` (``train.seed=S`` on
+    every config), then write ``seeds.md``, ``seeds.csv``, ``seeds.json`` and ``seeds.png``."""
+    from gnca.experiments.seeds import add_targets, headline, summarize_seeds
+
+    for name, value in sorted(vars(args).items()):
+        if name.endswith("checkpoint") and value is not None:
+            flag = "--" + name.replace("_", "-")
+            raise ExperimentError(
+                f"--seeds meta-trains one rule per seed, {flag} is one trained rule: pass a "
+                f"config instead, or drop --seeds"
+            )
+    if args.config is None:
+        raise ExperimentError(f"gnca experiment {experiment} --seeds needs --config FILE")
+    if any(o.replace(" ", "").startswith("train.seed=") for o in args.set):
+        raise ExperimentError("--seeds sets train.seed itself: drop train.seed from --set")
+    out = _seeds_out(args, experiment)
+    seeds = list(args.seeds)
+    targets = args.target or []
+    for i, seed in enumerate(seeds):
+        print(f"## seed {seed} ({i + 1} of {len(seeds)}): {out / f'seed-{seed}'}", flush=True)
+        print(f"--seeds: seed {seed} ({i + 1} of {len(seeds)})", file=sys.stderr)
+        one = copy.copy(args)
+        one.seeds, one.out = None, str(out / f"seed-{seed}")
+        one.set = [*args.set, f"train.seed={seed}"]
+        code = cmd(one)
+        if code:
+            return code
+        if i == 0 and targets:  # an unknown --target metric stops before the next seed
+            import json
+
+            first = json.loads((out / f"seed-{seed}" / "summary.json").read_text())
+            add_targets(headline(first), targets)
+        print()
+    result = summarize_seeds(experiment, out, seeds, targets)
+    print((out / "seeds.md").read_text().rstrip())
+    print(
+        f"\nfigure:  {result['figure']}\nresults: {out}/seeds.{{md,csv,json}} "
+        f"({result['seconds']:.1f} s over {len(seeds)} seeds on "
+        f"{result['environment']['cpu_model']})"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------- stability
+@_per_seed("stability")
 def cmd_stability(args: argparse.Namespace) -> int:
     from gnca.experiments.stability import run_stability
 
@@ -130,6 +220,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- robustness
+@_per_seed("robustness")
 def cmd_robustness(args: argparse.Namespace) -> int:
     from gnca.experiments.robustness import run_robustness
 
@@ -163,6 +254,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- generalization
+@_per_seed("generalization")
 def cmd_generalization(args: argparse.Namespace) -> int:
     from gnca.experiments.generalization import run_generalization
 
@@ -186,6 +278,7 @@ def cmd_generalization(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- learning
+@_per_seed("learning")
 def cmd_learning(args: argparse.Namespace) -> int:
     from gnca.experiments.learning import run_learning
 
@@ -212,6 +305,7 @@ def cmd_learning(args: argparse.Namespace) -> int:
     return 0
 
 
+@_per_seed("transfer")
 def cmd_transfer(args: argparse.Namespace) -> int:
     from gnca.archspec import parse_arch
     from gnca.build import make_dataset, make_task
@@ -245,7 +339,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print((out / "transfer.md").read_text().rstrip())
-    print(f"\nresults: {out} ({summary['seconds']:.1f} s)")
+    print(f"\nresults: {out} ({_took(summary)})")
     return 0
 
 
@@ -287,6 +381,23 @@ def _shared(
     sp.add_argument("--out", help="output folder (default results/<experiment>/<name>)")
     sp.add_argument("--num", type=int, default=100, help="nets grown per rule/architecture (100)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the grown nets (0)")
+    sp.add_argument(
+        "--seeds",
+        default=None,
+        metavar="N|S,S,...",
+        help="meta-training seeds: N (seeds 0..N-1) or a list 0,3,7 (one seed S: 'S,'); one run "
+        "per seed in OUT/seed-S with train.seed=S on every config, then OUT/seeds.{md,csv,json} "
+        "and seeds.png: per-seed headline metrics, mean, std, worst seed, claims held by k of n "
+        "seeds (default: one run, the configs' train.seed)",
+    )
+    sp.add_argument(
+        "--target",
+        action="append",
+        default=None,
+        metavar="METRIC>=VALUE",
+        help="with --seeds: one more claim on a headline metric of seeds.md, e.g. "
+        "'unseen_mean>=0.85' (repeatable)",
+    )
     sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
     sp.add_argument("--data-dir", default=None, help="data folder (MNIST), overrides configs")
     sp.add_argument("--retrain", action="store_true", help="meta-train again, replacing kept rules")
