@@ -9,6 +9,6 @@ for v in "${variants[@]}"; do
   name=$(echo "$v" | tr ',' '_')
   python -m gnca experiment learning --config configs/digits_senses.yaml \
      --set train.steps=200 pool.size=256 pool.fresh=2 "rule.senses=[$v]" \
-     --num 50 --horizon-mult 2 --out "results/ablation/$name" --threads 1 --no-progress \
+     --num 50 --horizon-mult 2 --out "results/ablation/$name" --threads 1 --no-progress --retrain \
      > "results/ablation_$name.log" 2>&1
 done
