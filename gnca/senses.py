@@ -230,6 +230,54 @@ def weight_senses(
     return torch.stack(out, 1)  # (E, S)
 
 
+def _dense_pass(
+    sizes: list[int],
+    w: torch.Tensor,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    activation: str,
+    fan_in_ref: float | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Activations ``A[l] (G, B, n_l)`` (outputs: softmax), pre-activations ``Z[l]``, the
+    ``(G,)`` loss and the output error ``(G, B, n_out)`` of ``G`` MLPs, without autograd."""
+    act = TASK_ACTIVATIONS[activation]
+    n_layers = len(sizes) - 1
+    with torch.no_grad():
+        W = w.detach().view(-1, sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True)))
+        g = W.shape[0]
+        A = [(X if X.dim() == 3 else X.unsqueeze(0).expand(g, -1, -1)).to(W.dtype)]
+        Z, off = [], 0
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            scale = float(fan_in_ref) / a if fan_in_ref is not None else 1.0
+            Wi = W[:, off : off + a * b].view(g, a, b) * scale  # (G, a, b)
+            z = torch.baddbmm(W[:, off + a * b : off + a * b + b].unsqueeze(1), A[-1], Wi)
+            off += a * b + b
+            Z.append(z)  # (G, B, b)
+            A.append(z if i == n_layers - 1 else act(z))
+        n_out = sizes[-1]
+        yy = y if y.dim() == 2 else y.unsqueeze(0).expand(g, -1)  # (G, B)
+        loss = F.cross_entropy(A[-1].reshape(-1, n_out), yy.reshape(-1), reduction="none")
+        A[-1] = A[-1].softmax(-1)
+        err = A[-1] - F.one_hot(yy, n_out).to(A[-1].dtype)
+    return A, Z, loss.view(g, -1).mean(1), err
+
+
+def _dense_messages(
+    sizes: list[int], fb: torch.Tensor, A: list, Z: list, err: torch.Tensor, activation: str
+) -> list[torch.Tensor | None]:
+    """Error messages ``M[l] (G, B, n_l)`` of every computed layer from the feedback ``fb``
+    ``(G, E)`` (differentiable in it): ``M[L] = err``, ``M[l] = phi'(z_l) (M[l+1] F_l^T)``."""
+    M: list[torch.Tensor | None] = [None] * len(sizes)
+    M[-1] = err
+    off = fb.shape[1]
+    for i in range(len(sizes) - 2, 0, -1):  # messages into hidden layer i
+        a, b = sizes[i], sizes[i + 1]
+        off -= a * b + b
+        F_i = fb[:, off : off + a * b].view(-1, a, b)  # (G, a, b)
+        M[i] = torch.bmm(M[i + 1], F_i.transpose(1, 2)) * _derivative(activation, Z[i - 1], A[i])
+    return M
+
+
 def dense_senses(
     sizes: Sequence[int],
     w: torch.Tensor,
@@ -244,74 +292,51 @@ def dense_senses(
     (the layout of :meth:`gnca.Architecture.mlp`), with batched matmuls: the per-weight batch
     means of products are ``A_l^T A_{l+1} / B`` per layer. ``w``, ``feedback``: ``(G * E,)``;
     returns ``(G * E, S)``, equal to the general path up to float rounding."""
-    names = check_senses(names)
-    act = TASK_ACTIVATIONS[activation]
-    sizes = list(sizes)
-    n_layers = len(sizes) - 1
-    e = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-    g = w.shape[0] // e
-    with torch.no_grad():
-        W = w.detach().view(g, e)
-        Wm, Bs, off = [], [], 0
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-            scale = float(fan_in_ref) / a if fan_in_ref is not None else 1.0
-            Wm.append(W[:, off : off + a * b].view(g, a, b) * scale)
-            Bs.append(W[:, off + a * b : off + a * b + b])
-            off += a * b + b
-        A = [(X if X.dim() == 3 else X.unsqueeze(0).expand(g, -1, -1)).to(W.dtype)]
-        Z = []
-        for i in range(n_layers):
-            z = torch.baddbmm(Bs[i].unsqueeze(1), A[-1], Wm[i])  # (G, B, b)
-            Z.append(z)
-            A.append(z if i == n_layers - 1 else act(z))
-        b_n = X.shape[-2]
-        n_out = sizes[-1]
-        yy = y if y.dim() == 2 else y.unsqueeze(0).expand(g, -1)
-        logits = A[-1]
-        loss = F.cross_entropy(logits.reshape(-1, n_out), yy.reshape(-1), reduction="none")
-        loss = loss.view(g, b_n).mean(1)
-        A[-1] = logits.softmax(-1)
-        err = A[-1] - F.one_hot(yy, n_out).to(A[-1].dtype)
-    M: list[torch.Tensor | None] = [None] * (n_layers + 1)
-    if feedback is not None:
-        fb = feedback.view(g, e)
-        M[-1] = err
-        off = e
-        for i in range(n_layers - 1, 0, -1):  # messages into hidden layer i
-            a, b = sizes[i], sizes[i + 1]
-            off -= a * b + b
-            F_i = fb[:, off : off + a * b].view(g, a, b)
-            M[i] = torch.bmm(M[i + 1], F_i.transpose(1, 2)) * _derivative(
-                activation, Z[i - 1], A[i]
-            )
-    cols: list[torch.Tensor] = []
-    for i in range(n_layers):
-        a, b = sizes[i], sizes[i + 1]
-        tail, head, m = A[i], A[i + 1], M[i + 1]
-        per: list[torch.Tensor] = []  # each (G, a + 1, b): the weights, then the biases
-        ones = tail.new_ones(g, b_n, 1)
-        tail1 = torch.cat([tail, ones], 2)  # the bias neuron's activation is 1
-        for name in names:
-            if name == "act":
-                per.append(tail1.mean(1)[:, :, None].expand(g, a + 1, b))
-                per.append(head.mean(1)[:, None, :].expand(g, a + 1, b))
-            elif name == "hebb":
-                per.append(torch.bmm(tail1.transpose(1, 2), head) / b_n)
-            elif name == "loss":
-                per.append(loss[:, None, None].expand(g, a + 1, b))
-            else:
-                if m is None:
-                    raise ValueError(f"sense {name!r} needs the backward messages (feedback)")
-                if name == "error":
-                    per.append(m.mean(1)[:, None, :].expand(g, a + 1, b))
-                else:
-                    per.append(torch.bmm(tail1.transpose(1, 2), m) / b_n)
-        layer = torch.stack(per, -1)  # (G, a + 1, b, S)
-        cols.append(torch.cat([layer[:, :a].reshape(g, a * b, -1), layer[:, a]], 1))
+    names, sizes = check_senses(names), list(sizes)
+    A, Z, loss, err = _dense_pass(sizes, w, X, y, activation, fan_in_ref)
+    g = A[0].shape[0]
+    e = w.shape[0] // g
+    M = (
+        _dense_messages(sizes, feedback.view(g, e), A, Z, err, activation)
+        if feedback is not None
+        else [None] * len(sizes)
+    )
+    cols = [_dense_layer(names, A[i], A[i + 1], M[i + 1], loss) for i in range(len(sizes) - 1)]
     out = torch.cat(cols, 1).reshape(g * e, -1)  # (G * E, S)
     clip = [n != "loss" for n in names for _ in range(SENSES[n])]
     keep = torch.tensor(clip, device=out.device)
     return torch.where(keep, soft_clip(out), out / torch.log(torch.tensor(float(sizes[-1]))))
+
+
+def _dense_layer(
+    names: tuple[str, ...],
+    tail: torch.Tensor,
+    head: torch.Tensor,
+    m: torch.Tensor | None,
+    loss: torch.Tensor,
+) -> torch.Tensor:
+    """``(G, a * b + b, S)`` raw senses of one layer's weights, then its biases, from the tail
+    activations ``(G, B, a)``, head activations and messages ``(G, B, b)``."""
+    g, b_n, a = tail.shape
+    b = head.shape[2]
+    tail1 = torch.cat([tail, tail.new_ones(g, b_n, 1)], 2)  # the bias neuron's activation is 1
+    per: list[torch.Tensor] = []  # each (G, a + 1, b)
+    for name in names:
+        if name == "act":
+            per.append(tail1.mean(1)[:, :, None].expand(g, a + 1, b))
+            per.append(head.mean(1)[:, None, :].expand(g, a + 1, b))
+        elif name == "hebb":
+            per.append(torch.bmm(tail1.transpose(1, 2), head) / b_n)
+        elif name == "loss":
+            per.append(loss[:, None, None].expand(g, a + 1, b))
+        elif m is None:
+            raise ValueError(f"sense {name!r} needs the backward messages (feedback)")
+        elif name == "error":
+            per.append(m.mean(1)[:, None, :].expand(g, a + 1, b))
+        else:
+            per.append(torch.bmm(tail1.transpose(1, 2), m) / b_n)
+    layer = torch.stack(per, -1)  # (G, a + 1, b, S)
+    return torch.cat([layer[:, :a].reshape(g, a * b, -1), layer[:, a]], 1)
 
 
 class SenseReader:

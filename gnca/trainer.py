@@ -129,19 +129,7 @@ class MetaTrainer:
         self.task = task
         self.data = task.data
         check_codes_fit(seed_init, rule.hidden_channels)
-        self.archs = [task.check(a) for a in archs]
-        if not self.archs:
-            raise ValueError("MetaTrainer needs at least one training architecture")
-        self.arch_tasks = [task] * len(self.archs)  # the task each architecture learns
-        for extra, extra_archs in also:
-            if not extra_archs:
-                raise ValueError(f"the extra task {extra.name} needs at least one architecture")
-            self.archs += [extra.check(a) for a in extra_archs]
-            self.arch_tasks += [extra] * len(extra_archs)
-        if also and not rule.senses:
-            raise ValueError(
-                "meta-training on several datasets needs a rule that reads data (rule.senses)"
-            )
+        self.archs, self.arch_tasks = _training_pairs(task, archs, also, bool(rule.senses))
         self.rule = rule.to(self.device)
         self.init = init  # growing and evaluation: exact codes
         self.seed_init = seed_init  # meta-training seeds
@@ -156,7 +144,6 @@ class MetaTrainer:
         self.seed_graphs = self.graphs  # the whole batch (a distributed rank grows a share)
         self.shard = Shard()  # this process's part of every batch
         self.X_train, self.y_train = task.split("train", self.device)
-        self.pools: list[SamplePool] = []
         self.permute_labels = bool(permute_labels)
         if self.permute_labels and not rule.senses:
             raise ValueError(
@@ -166,25 +153,17 @@ class MetaTrainer:
         # a data-reading rule's batches and label permutations have their own generator, so
         # that a data-free run draws exactly what it drew before senses existed
         self.sense_gen = torch.Generator().manual_seed(t.seed + 2) if rule.senses else None
-        self.reader = (
-            SenseReader(rule.senses, task, sense_batch, self.sense_gen) if rule.senses else None
+        # one reader per task, all drawing from the senses' generator (main task's first)
+        readers: dict[int, SenseReader] = {}
+        if rule.senses:
+            for tk in [task, *self.arch_tasks]:
+                if id(tk) not in readers:
+                    readers[id(tk)] = SenseReader(rule.senses, tk, sense_batch, self.sense_gen)
+        self.reader = readers.get(id(task))
+        self.readers = [readers.get(id(tk)) for tk in self.arch_tasks]
+        self.pools = (
+            [self._fill_pool(i, pool.size) for i in range(len(self.archs))] if pool.size else []
         )
-        # one reader per task, all drawing from the senses' generator
-        self.readers = [
-            self.reader if tk is task else SenseReader(rule.senses, tk, sense_batch, self.sense_gen)
-            for tk in self.arch_tasks
-        ] if rule.senses else [None] * len(self.archs)  # fmt: skip
-        if pool.size:
-            for a in self.archs:
-                g = WeightGraph.replicate(a, pool.size, device=self.device)
-                w0, h0 = self._seed_states(g)
-                sp = SamplePool.filled(
-                    w0.view(pool.size, -1), h0.view(pool.size, a.num_weights, -1)
-                )
-                if self.permute_labels:
-                    c = self.arch_tasks[len(self.pools)].n_classes
-                    sp.labels = self._draw_permutations(pool.size, c)
-                self.pools.append(sp)
         self.step = 0
         self.loss_ema: float | None = None
         self.history: list[StepStats] = []
@@ -203,6 +182,16 @@ class MetaTrainer:
         return cls(**trainer_parts(cfg, dataset, device, list(archs) if archs else None))
 
     # ------------------------------------------------------------------ pieces
+    def _fill_pool(self, i: int, size: int) -> SamplePool:
+        """A pool of ``size`` fresh seeds of architecture ``i`` (with label permutations when
+        the nets learn permuted labels)."""
+        a = self.archs[i]
+        w0, h0 = self._seed_states(WeightGraph.replicate(a, size, device=self.device))
+        sp = SamplePool.filled(w0.view(size, -1), h0.view(size, a.num_weights, -1))
+        if self.permute_labels:
+            sp.labels = self._draw_permutations(size, self.arch_tasks[i].n_classes)
+        return sp
+
     def _seed_states(self, graph) -> tuple[torch.Tensor, torch.Tensor]:
         return self.seed_init.state(graph, self.rule.hidden_channels, self.dev_gen)
 
@@ -581,6 +570,29 @@ def config_record(
         fan_in_ref=task.fan_in_ref,
     )
     return data, tc, RuleConfig(**rc, aggr=None if aggr == rc["reduce"] else aggr)
+
+
+def _training_pairs(
+    task: Task,
+    archs: Sequence[Architecture],
+    also: Sequence[tuple[Task, Sequence[Architecture]]],
+    reads_data: bool,
+) -> tuple[list[Architecture], list[Task]]:
+    """The training architectures, checked against their tasks, and the task of each."""
+    out = [task.check(a) for a in archs]
+    if not out:
+        raise ValueError("MetaTrainer needs at least one training architecture")
+    tasks = [task] * len(out)
+    for extra, extra_archs in also:
+        if not extra_archs:
+            raise ValueError(f"the extra task {extra.name} needs at least one architecture")
+        out += [extra.check(a) for a in extra_archs]
+        tasks += [extra] * len(extra_archs)
+    if also and not reads_data:
+        raise ValueError(
+            "meta-training on several datasets needs a rule that reads data (rule.senses)"
+        )
+    return out, tasks
 
 
 def _check_pool(pool: PoolConfig, train: TrainConfig) -> None:
