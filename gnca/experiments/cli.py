@@ -164,8 +164,17 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- generalization
 def cmd_generalization(args: argparse.Namespace) -> int:
+    from gnca.experiments.adam_baseline import AdamSettings, parse_lrs
     from gnca.experiments.generalization import run_generalization
 
+    adam = None
+    if args.adam:
+        adam = AdamSettings(
+            examples=args.adam_examples,
+            batch=args.adam_batch,
+            lrs=parse_lrs(args.adam_lrs),
+            nets=args.adam_nets,
+        )
     cfg, rule, _ = _rules(args, "generalization", ("rule", ""))
     out = _out(args, "generalization", cfg, args.checkpoint)
     summary = run_generalization(
@@ -180,6 +189,7 @@ def cmd_generalization(args: argparse.Namespace) -> int:
         chunk=args.chunk,
         retrain=args.retrain,
         progress=not args.no_progress,
+        adam=adam,
     )
     _report(summary, out, "generalization.md", "generalization.png")
     return 0
@@ -363,6 +373,28 @@ def _add_generalization(
     g.add_argument("--widths", default="16,32,64,128", help="hidden widths (16,32,64,128)")
     g.add_argument("--steps", type=int, default=None, help="rule steps (default: k_max)")
     g.add_argument("--chunk", type=int, default=None, help="nets grown at once (default: auto)")
+    g.add_argument(
+        "--adam",
+        action="store_true",
+        help="add an Adam baseline per architecture (same split and task-net conventions; "
+        "cached in <out>/adam): CSV columns, grids of Adam and grown minus Adam, a second panel",
+    )
+    g.add_argument(
+        "--adam-examples",
+        type=int,
+        default=25_600,
+        help="Adam's budget: training examples seen per net (25600 = 100 steps of 256)",
+    )
+    g.add_argument("--adam-batch", type=int, default=256, help="examples per Adam step (256)")
+    g.add_argument(
+        "--adam-lrs",
+        default="1e-3,3e-3,1e-2,3e-2",
+        help="Adam learning rates tried, the best on the last fifth of the training split "
+        "(1e-3,3e-3,1e-2,3e-2)",
+    )
+    g.add_argument(
+        "--adam-nets", type=int, default=10, help="nets Adam trains per architecture (10)"
+    )
     g.set_defaults(func=cmd_generalization)
 
 
