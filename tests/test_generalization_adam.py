@@ -135,8 +135,12 @@ def test_adam_option_errors_are_one_line(plain, tmp_path, capsys):
     assert main([*base, "--adam-lrs", "a,b"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--adam-lrs" in err[0]
-    assert main([*base, "--adam-nets", "0"]) == 2
-    assert "--adam-nets" in capsys.readouterr().err
+    # numbers are checked when the command line is parsed, before the rule is loaded
+    for flag in ("--adam-nets", "--adam-examples", "--adam-batch"):
+        assert main([*base, flag, "0"]) == 2
+        assert capsys.readouterr().err == f"gnca: error: {flag} must be >= 1, got 0\n"
+    assert main([*base, "--adam-lrs", "0.1,0"]) == 2
+    assert capsys.readouterr().err.startswith("gnca: error: --adam-lrs must be")
 
 
 def test_heatmap_second_panel(tmp_path):

@@ -18,7 +18,9 @@ net*: minibatches drawn with replacement from the training data, the same batche
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -202,13 +204,25 @@ class AdamSettings:
         }
 
 
+def lr_list(text: str) -> str:
+    """``--adam-lrs``'s ``type=``: ``text`` when it lists numbers > 0 (checked when the command
+    line is parsed: ``gnca: error: --adam-lrs must ...``)."""
+    try:
+        parse_lrs(text)
+    except ExperimentError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated learning rates > 0, got {text!r}"
+        ) from None
+    return text
+
+
 def parse_lrs(text: str) -> tuple[float, ...]:
     """``"1e-3,3e-3"`` -> ``(0.001, 0.003)``; an :class:`ExperimentError` when malformed."""
     try:
         lrs = tuple(float(x) for x in text.replace(" ", "").split(",") if x)
     except ValueError:
         raise ExperimentError(f"--adam-lrs must be comma-separated numbers, got {text!r}") from None
-    if not lrs or min(lrs) <= 0:
+    if not lrs or not all(math.isfinite(x) and x > 0 for x in lrs):
         raise ExperimentError(f"--adam-lrs must list learning rates > 0, got {text!r}")
     return lrs
 

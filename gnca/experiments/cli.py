@@ -362,6 +362,9 @@ def _add_robustness(
 def _add_generalization(
     esub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]
 ) -> None:
+    from gnca.cliargs import positive_int
+    from gnca.experiments.adam_baseline import lr_list
+
     g = esub.add_parser(
         "generalization",
         help="heatmap of grown-net accuracy over MLP depths x widths (MNIST, Iris)",
@@ -381,19 +384,22 @@ def _add_generalization(
     )
     g.add_argument(
         "--adam-examples",
-        type=int,
+        type=positive_int,
         default=25_600,
         help="Adam's budget: training examples seen per net (25600 = 100 steps of 256)",
     )
-    g.add_argument("--adam-batch", type=int, default=256, help="examples per Adam step (256)")
+    g.add_argument(
+        "--adam-batch", type=positive_int, default=256, help="examples per Adam step (256)"
+    )
     g.add_argument(
         "--adam-lrs",
+        type=lr_list,
         default="1e-3,3e-3,1e-2,3e-2",
         help="Adam learning rates tried, the best on the last fifth of the training split "
         "(1e-3,3e-3,1e-2,3e-2)",
     )
     g.add_argument(
-        "--adam-nets", type=int, default=10, help="nets Adam trains per architecture (10)"
+        "--adam-nets", type=positive_int, default=10, help="nets Adam trains per architecture (10)"
     )
     g.set_defaults(func=cmd_generalization)
 
