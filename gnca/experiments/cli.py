@@ -256,8 +256,17 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- generalization
 @_per_seed("generalization")
 def cmd_generalization(args: argparse.Namespace) -> int:
+    from gnca.experiments.adam_baseline import AdamSettings, parse_lrs
     from gnca.experiments.generalization import run_generalization
 
+    adam = None
+    if args.adam:
+        adam = AdamSettings(
+            examples=args.adam_examples,
+            batch=args.adam_batch,
+            lrs=parse_lrs(args.adam_lrs),
+            nets=args.adam_nets,
+        )
     cfg, rule, _ = _rules(args, "generalization", ("rule", ""))
     out = _out(args, "generalization", cfg, args.checkpoint)
     summary = run_generalization(
@@ -272,6 +281,7 @@ def cmd_generalization(args: argparse.Namespace) -> int:
         chunk=args.chunk,
         retrain=args.retrain,
         progress=not args.no_progress,
+        adam=adam,
     )
     _report(summary, out, "generalization.md", "generalization.png")
     return 0
@@ -463,6 +473,9 @@ def _add_robustness(
 def _add_generalization(
     esub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]
 ) -> None:
+    from gnca.cliargs import positive_int
+    from gnca.experiments.adam_baseline import lr_list
+
     g = esub.add_parser(
         "generalization",
         help="heatmap of grown-net accuracy over MLP depths x widths (MNIST, Iris)",
@@ -474,6 +487,31 @@ def _add_generalization(
     g.add_argument("--widths", default="16,32,64,128", help="hidden widths (16,32,64,128)")
     g.add_argument("--steps", type=int, default=None, help="rule steps (default: k_max)")
     g.add_argument("--chunk", type=int, default=None, help="nets grown at once (default: auto)")
+    g.add_argument(
+        "--adam",
+        action="store_true",
+        help="add an Adam baseline per architecture (same split and task-net conventions; "
+        "cached in <out>/adam): CSV columns, grids of Adam and grown minus Adam, a second panel",
+    )
+    g.add_argument(
+        "--adam-examples",
+        type=positive_int,
+        default=25_600,
+        help="Adam's budget: training examples seen per net (25600 = 100 steps of 256)",
+    )
+    g.add_argument(
+        "--adam-batch", type=positive_int, default=256, help="examples per Adam step (256)"
+    )
+    g.add_argument(
+        "--adam-lrs",
+        type=lr_list,
+        default="1e-3,3e-3,1e-2,3e-2",
+        help="Adam learning rates tried, the best on the last fifth of the training split "
+        "(1e-3,3e-3,1e-2,3e-2)",
+    )
+    g.add_argument(
+        "--adam-nets", type=positive_int, default=10, help="nets Adam trains per architecture (10)"
+    )
     g.set_defaults(func=cmd_generalization)
 
 

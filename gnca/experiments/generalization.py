@@ -6,6 +6,14 @@ and output sizes. Each net grows from a fresh seed for ``steps`` rule steps (def
 training horizon ``k_max``), and its accuracy on the test split is measured. The heatmap shows the
 mean over the nets, the training architectures outlined in red. Training architectures outside
 the grid are evaluated too and listed in the table.
+
+With an :class:`~gnca.experiments.adam_baseline.AdamSettings` (``--adam``), every architecture
+also gets an Adam baseline: ``settings.nets`` nets of it trained with Adam from the same
+initial-weight distribution (``task.init``), with the task's forward conventions, for a stated
+budget of training examples seen per net, the learning rate picked on the last fifth of the
+training split; their test accuracy is shown beside the grown one (CSV columns, Markdown grids of
+Adam and of grown minus Adam, a second panel of the figure). Each architecture's result is
+cached in ``out/adam/<architecture>.json``, keyed by everything it depends on, and reused.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gnca.config import config_to_dict
+from gnca.experiments.adam_baseline import AdamSettings, adam_cell, cached_adam_cell
 from gnca.experiments.common import RuleSource, TrainedRule, md_table, mean_std, rule_info
 from gnca.experiments.runner import ExperimentRun
 
@@ -43,6 +53,7 @@ def run_generalization(
     chunk: int | None = None,
     retrain: bool = False,
     progress: bool = True,
+    adam: AdamSettings | None = None,
 ) -> dict[str, Any]:
     """Run the generalisation experiment and write its outputs into ``out``.
 
@@ -61,6 +72,11 @@ def run_generalization(
         chunk: nets grown at once (default: as many as fit in about a million weights).
         retrain: meta-train again even if ``out/rules/<label>`` holds a finished run.
         progress: show progress.
+        adam: an Adam baseline per architecture with these settings (module docstring): CSV
+            columns ``adam_mean``, ``adam_std``, ``adam_lr``, ``adam_examples`` and
+            ``grown_minus_adam``, two more Markdown grids and a line naming the cells where
+            grown >= Adam, the figure's second panel, ``summary.json``'s ``"adam"``. ``None``
+            (default): none, and the outputs are those without it.
     """
     from gnca.experiments.plots import plot_heatmap
 
@@ -71,7 +87,10 @@ def run_generalization(
         device=device,
         retrain=retrain,
         progress=progress,
-        checks=_option_checks(depths, widths, num, steps, chunk),
+        checks=[
+            *_option_checks(depths, widths, num, steps, chunk),
+            *(adam.problems() if adam is not None else []),
+        ],
     )
     (tr,) = run.obtain(source)
     cfg = tr.cfg
@@ -80,13 +99,29 @@ def run_generalization(
 
     values, rows, trained_cells = _measure_grid(run, tr, depths, widths, num, steps, seed, chunk)
     overview = seen_unseen(rows)
+    extra: dict[str, Any] = {}
+    diff = None
+    if adam is not None:
+        adam_values, extra["adam"] = _adam_baseline(run, tr, rows, depths, widths, adam, seed)
+        diff = values - adam_values
     title = (
         f"{cfg.data.name}: mean test accuracy of {num} grown nets\n"
         f"after {steps} rule steps (red: training architectures)"
     )
     png = run.path("generalization.png")
-    plot_heatmap(values, depths, widths, trained_cells, png, title)
+    diff_title = (
+        ""
+        if adam is None
+        else f"grown minus Adam ({adam.nets} nets, {adam.examples:,} examples\n"
+        f"seen per net, lr tuned on a validation fifth)"
+    )
+    plot_heatmap(values, depths, widths, trained_cells, png, title, diff=diff,
+                 diff_title=diff_title)  # fmt: skip
     md = generalization_markdown(values, depths, widths, trained_cells, rows, overview)
+    if adam is not None and diff is not None:
+        md += "\n\n" + adam_markdown(
+            adam_values, diff, depths, widths, trained_cells, rows, extra["adam"]
+        )
     run.write_text("generalization.md", md)
     run.write_csv("generalization.csv", rows)
     return run.finish(
@@ -104,6 +139,7 @@ def run_generalization(
             "rule": rule_info(tr),
             "table": rows,
             "figure": str(png),
+            **extra,
         }
     )
 
@@ -278,5 +314,167 @@ def generalization_markdown(
                 ["unseen", f(overview["unseen_mean"]), f(overview["unseen_min"])],
             ],
         )
+    )
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------- the Adam baseline
+def adam_key(
+    tr: TrainedRule, sizes: list[int], settings: AdamSettings, seed: int, device: torch.device
+) -> dict[str, Any]:
+    """Everything an Adam cell depends on: the architecture, the settings, the seed, the data
+    (its config, less the folder and the meta-training batch), the task's forward conventions,
+    the initial-weight spec (less the identity codes, which Adam does not see) and the device
+    type (seeded draws differ between devices)."""
+    data = {
+        k: v
+        for k, v in config_to_dict(tr.cfg)["data"].items()
+        if k not in ("data_dir", "batch_size")
+    }
+    init = tr.init
+    return {
+        "architecture": "-".join(map(str, sizes)),
+        "examples": settings.examples,
+        "batch": settings.batch,
+        "lrs": list(settings.lrs),
+        "nets": settings.nets,
+        "val_fraction": settings.val_fraction,
+        "seed": seed,
+        "data": data,
+        "task": {
+            "activation": tr.task.activation,
+            "fan_in_ref": tr.task.fan_in_ref,
+            "bias": tr.task.bias,
+        },
+        "init": {"kind": init.kind, "scale": init.scale, "seed": init.seed, "noise": init.noise},
+        "device": device.type,
+    }
+
+
+def _adam_baseline(
+    run: ExperimentRun,
+    tr: TrainedRule,
+    rows: list[dict[str, Any]],
+    depths: list[int],
+    widths: list[int],
+    settings: AdamSettings,
+    seed: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Adam on every architecture of ``rows`` (cached in ``out/adam``); adds the Adam columns to
+    the rows and returns the grid of Adam's mean test accuracy and ``summary.json``'s
+    ``"adam"``."""
+    t0 = time.perf_counter()
+    adam_values = np.full((len(depths), len(widths)), np.nan)
+    reused, computed, results = [], [], {}
+    for i, row in enumerate(rows):
+        name = row["architecture"]
+        sizes = [int(x) for x in name.split("-")]
+        path = run.path("adam") / f"{name}.json"
+
+        def compute(sizes: list[int] = sizes) -> dict[str, Any]:
+            return adam_cell(tr.task, tr.init, tr.rule.hidden_channels, sizes, settings,
+                             seed * 1_000_003, run.device)  # fmt: skip
+
+        res, cached = cached_adam_cell(path, adam_key(tr, sizes, settings, seed, run.device),
+                                       compute)  # fmt: skip
+        (reused if cached else computed).append(name)
+        results[name] = res
+        row.update(
+            adam_mean=res["mean"],
+            adam_std=res["std"],
+            adam_lr=res["lr"],
+            adam_examples=res["examples"],
+            grown_minus_adam=row["mean"] - res["mean"],
+        )
+        if row["in_grid"]:
+            adam_values[divmod(i, len(widths))] = res["mean"]
+        how = f"reused {path}" if cached else f"{res['seconds']:.1f} s, cached in {path}"
+        run.note(
+            f"adam: {name}: mean test accuracy {res['mean']:.4f} (lr {res['lr']:g}, "
+            f"{res['examples']} examples seen per net; {how})"
+        )
+    ahead = [x["architecture"] for x in rows if x["grown_minus_adam"] >= 0]
+    info = {
+        **settings.describe(),
+        "seed": seed * 1_000_003,
+        "grid": adam_values.tolist(),
+        "grown_minus_adam": (
+            np.array([x["grown_minus_adam"] for x in rows if x["in_grid"]])
+            .reshape(len(depths), len(widths))
+            .tolist()
+        ),
+        "grown_at_least_adam": ahead,
+        "reused": reused,
+        "computed": computed,
+        "cells": results,
+        "seconds": time.perf_counter() - t0,
+    }
+    return adam_values, info
+
+
+def adam_markdown(
+    adam_values: np.ndarray,
+    diff: np.ndarray,
+    depths: Sequence[int],
+    widths: Sequence[int],
+    trained_cells: Sequence[tuple[int, int]],
+    rows: list[dict[str, Any]],
+    info: dict[str, Any],
+) -> str:
+    """The Adam grid, the grown-minus-Adam grid, the training architectures outside the grid
+    and the line naming the architectures where grown >= Adam."""
+
+    def grid(a: np.ndarray, fmt: str) -> str:
+        head = ["hidden layers \\ width", *[str(w) for w in widths]]
+        body = []
+        for r, d in enumerate(depths):
+            line: list[str] = [str(d)]
+            for c in range(len(widths)):
+                v = format(a[r, c], fmt)
+                line.append(f"**{v}** (trained)" if (r, c) in trained_cells else v)
+            body.append(line)
+        return md_table(head, body)
+
+    lrs = ", ".join(f"{x:g}" for x in info["lrs"])
+    parts = [
+        f"Adam: {info['nets']} nets per architecture from the same initial-weight distribution "
+        f"as the grown nets, all weights trained, {info['examples']:,} training examples seen "
+        f"per net ({info['steps']} Adam step{'' if info['steps'] == 1 else 's'} of up to "
+        f"{info['batch']}), the learning rate picked "
+        f"from {lrs} on the last fifth of the training split (trained on the rest); mean test "
+        f"accuracy:",
+        grid(adam_values, ".3f"),
+        "grown minus Adam:",
+        grid(diff, "+.3f"),
+    ]
+    outside = [x for x in rows if not x["in_grid"]]
+    if outside:
+        parts.append(
+            md_table(
+                [
+                    "training architecture outside the grid",
+                    "grown",
+                    "Adam",
+                    "grown - Adam",
+                    "Adam lr",
+                ],
+                [
+                    [
+                        x["architecture"],
+                        f"{x['mean']:.3f}",
+                        f"{x['adam_mean']:.3f}",
+                        f"{x['grown_minus_adam']:+.3f}",
+                        f"{x['adam_lr']:g}",
+                    ]
+                    for x in outside
+                ],
+            )  # fmt: skip
+        )
+    ahead = info["grown_at_least_adam"]
+    parts.append(
+        f"Grown >= Adam (Adam at {info['examples']:,} examples seen per net; growing here reads "
+        f"no training examples): "
+        + (", ".join(ahead) if ahead else "no architecture")
+        + f" ({len(ahead)} of {len(rows)})."
     )
     return "\n\n".join(parts)

@@ -27,6 +27,7 @@ import torch
 
 from gnca.architecture import OUTPUT
 from gnca.build import TrainedRule
+from gnca.experiments.adam_baseline import ADAM_LRS, adam, tuned_adam  # noqa: F401 (re-exported)
 from gnca.experiments.common import (
     ExperimentError,
     RuleSource,
@@ -39,8 +40,6 @@ from gnca.graph import WeightGraph
 from gnca.grow import grow
 from gnca.senses import SenseReader
 from gnca.task import Task
-
-ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def permutations(n_nets: int, n_classes: int, seed: int) -> torch.Tensor:
@@ -105,50 +104,6 @@ def initial_weights(tr: TrainedRule, num: int, seed: int, arch=None) -> tuple[An
     gen = torch.Generator(device=tr.device).manual_seed(seed)
     w0, _ = tr.init.state(graph, tr.rule.hidden_channels, gen)
     return graph, w0
-
-
-def adam(
-    task: Task,
-    graph,
-    w0: torch.Tensor,
-    trainable: torch.Tensor,
-    steps: int,
-    batch: int,
-    lr: float,
-    seed: int,
-    X: torch.Tensor,
-    y: torch.Tensor,
-) -> torch.Tensor:
-    """``(G * E,)`` weights after ``steps`` Adam steps of ``batch`` examples of ``X, y`` (the same
-    batches for every net), updating only the ``trainable (E_total,)`` weights."""
-    w = torch.nn.Parameter(w0.clone())
-    opt = torch.optim.Adam([w], lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    keep = trainable.to(w.dtype)
-    for _ in range(steps):
-        idx = torch.randint(0, X.shape[0], (batch,), generator=gen).to(X.device)
-        loss = task.loss(graph, w * keep + w0 * (1 - keep), X[idx], y[idx]).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return (w * keep + w0 * (1 - keep)).detach()
-
-
-def tuned_adam(
-    task: Task, graph, w0: torch.Tensor, trainable: torch.Tensor, steps: int, batch: int, seed: int
-) -> tuple[float, torch.Tensor]:
-    """Adam with the learning rate of :data:`ADAM_LRS` that is best on the last fifth of the
-    training split (trained on the rest); returns the rate and the final weights trained on the
-    rest."""
-    X, y = task.split("train", w0.device)
-    cut = int(0.8 * X.shape[0])
-    best = (-1.0, ADAM_LRS[0], w0)
-    for lr in ADAM_LRS:
-        w = adam(task, graph, w0, trainable, steps, batch, lr, seed, X[:cut], y[:cut])
-        val = float(task.accuracy(graph, w, X[cut:], y[cut:]).mean())
-        if val > best[0]:
-            best = (val, lr, w)
-    return best[1], best[2]
 
 
 def run_learning(

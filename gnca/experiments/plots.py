@@ -125,6 +125,9 @@ def plot_heatmap(
     trained: Sequence[tuple[int, int]],
     path: Path,
     title: str = "",
+    *,
+    diff: np.ndarray | None = None,
+    diff_title: str = "",
 ) -> list[tuple[int, int]]:
     """Heatmap of mean accuracy, rows = hidden layers, columns = width; training cells in red.
 
@@ -135,25 +138,73 @@ def plot_heatmap(
         trained: ``(row, column)`` cells of the training architectures.
         path: the PNG to write.
         title: figure title.
+        diff: optional ``(len(depths), len(widths))`` differences (e.g. grown minus Adam), drawn
+            as a second panel on a diverging colormap centred at 0 (symmetric limits), the same
+            cells outlined in red.
+        diff_title: the second panel's title.
 
     Returns:
-        The outlined ``(row, column)`` cells, in the order drawn.
+        The outlined ``(row, column)`` cells, in the order drawn (the same in both panels).
     """
     values = np.asarray(values, dtype=float)
-    if values.shape != (len(depths), len(widths)):
-        raise ValueError(f"values has shape {values.shape}, expected {len(depths), len(widths)}")
-    fig, ax = plt.subplots(figsize=(1.2 * len(widths) + 2.5, 0.9 * len(depths) + 1.8))
-    im = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    shape = (len(depths), len(widths))
+    if values.shape != shape:
+        raise ValueError(f"values has shape {values.shape}, expected {shape}")
+    if diff is not None:
+        diff = np.asarray(diff, dtype=float)
+        if diff.shape != shape:
+            raise ValueError(f"diff has shape {diff.shape}, expected {shape}")
+    size = (1.2 * len(widths) + 2.5, 0.9 * len(depths) + 1.8)
+    if diff is None:
+        fig, ax = plt.subplots(figsize=size)
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(2 * size[0], size[1] + 0.3))
+    outlined = _heatmap_panel(
+        fig, axes[0], values, depths, widths, trained, title, "viridis", 0.0, 1.0,
+        lambda v: f"{v:.3f}", lambda v: v > 0.6, "mean test accuracy",
+    )  # fmt: skip
+    if diff is not None:
+        finite = np.abs(diff[np.isfinite(diff)])
+        lim = float(finite.max()) if finite.size and finite.max() > 0 else 0.01
+        _heatmap_panel(
+            fig, axes[1], diff, depths, widths, trained, diff_title, "BrBG", -lim, lim,
+            lambda v: f"{v:+.3f}", lambda v: abs(v) < 0.6 * lim, "grown minus Adam",
+        )  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return outlined
+
+
+def _heatmap_panel(
+    fig,
+    ax,
+    values: np.ndarray,
+    depths: Sequence[int],
+    widths: Sequence[int],
+    trained: Sequence[tuple[int, int]],
+    title: str,
+    cmap: str,
+    vmin: float,
+    vmax: float,
+    fmt,
+    light,
+    label: str,
+) -> list[tuple[int, int]]:
+    """One heatmap panel: cell values as text (black on light cells), training cells in red."""
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     for r in range(len(depths)):
         for c in range(len(widths)):
             v = values[r, c]
             ax.text(
                 c,
                 r,
-                "-" if np.isnan(v) else f"{v:.3f}",
+                "-" if np.isnan(v) else fmt(v),
                 ha="center",
                 va="center",
-                color="black" if v > 0.6 else "white",
+                color="black" if light(v) else "white",
                 fontsize=9,
             )
     outlined = []
@@ -167,9 +218,5 @@ def plot_heatmap(
     ax.set_xlabel("hidden width")
     ax.set_ylabel("hidden layers")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label="mean test accuracy")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.colorbar(im, ax=ax, label=label)
     return outlined
