@@ -106,6 +106,19 @@ def initial_weights(tr: TrainedRule, num: int, seed: int, arch=None) -> tuple[An
     return graph, w0
 
 
+class _Rows:
+    """The experiment's measurements, one row each (mean, std and min over the nets)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, what: str, rule: str, acc: torch.Tensor, **extra: Any) -> float:
+        m, s = mean_std(acc)
+        self.rows.append({"measurement": what, "rule": rule, "mean": m, "std": s,
+                          "min": float(acc.min()), **extra})  # fmt: skip
+        return m
+
+
 def run_learning(
     source: RuleSource,
     control: RuleSource | None,
@@ -122,7 +135,6 @@ def run_learning(
     run = ExperimentRun("learning", out, device=device, retrain=retrain, progress=progress,
                         checks=[(num < 1 or horizon_mult < 1,
                                  "num and horizon_mult must be >= 1")])  # fmt: skip
-    out = run.out
     (tr,) = run.obtain(source)
     if not tr.rule.senses:
         raise ExperimentError(
@@ -133,87 +145,90 @@ def run_learning(
     k = tr.cfg.train.k_max
     total = horizon_mult * k
     record = sorted(set(range(0, total + 1, max(1, k // 4))) | {k, total})
+    rows = _Rows()
+    curves, curve_u, head = _permutation_part(tr, ctl, rows, record, k, num, seed)
+    head.update(_hidden_part(tr, rows, k, num, seed, head["accuracy_unpermuted"]))
+    peak, end = float(curve_u.mean(1).max()), float(curve_u[-1].mean())
+    rows.add(f"unpermuted @{total} ({horizon_mult}K)", tr.label, curve_u[-1])
+    head.update(peak=peak, at_end=end, end_minus_peak=end - peak)
+    _write_learning(run.out, rows.rows, curves, record, head, tr, num, k, horizon_mult)
+    fields = {"rules": run.rule_infos(), "num": num, "horizon_mult": horizon_mult,
+              "seed": seed, "headline": head, "rows": rows.rows}  # fmt: skip
+    return run.finish(fields)
+
+
+def _permutation_part(tr, ctl, rows: _Rows, record: list[int], k: int, num: int, seed: int):
+    """Step 1: growth on held-out permutations and on the plain labels (and the control's)."""
+    total = record[-1]
     perm = permutations(num, tr.task.n_classes, 1_000_003 + seed)
-    rows: list[dict[str, Any]] = []
-    curves: dict[str, torch.Tensor] = {}
-
-    def add(what: str, rule: str, acc: torch.Tensor, **extra: Any) -> float:
-        m, s = mean_std(acc)
-        rows.append({"measurement": what, "rule": rule, "mean": m, "std": s,
-                     "min": float(acc.min()), **extra})  # fmt: skip
-        return m
-
-    # 1. permutations
-    res_p, curve_p = grow_on(tr, perm, total, record=record, seed=seed, num=num)
-    res_u, curve_u = grow_on(tr, None, total, record=record, seed=seed, num=num)
+    _, curve_p = grow_on(tr, perm, total, record=record, seed=seed, num=num)
+    _, curve_u = grow_on(tr, None, total, record=record, seed=seed, num=num)
     at_k = record.index(k)
-    acc_perm = add("held-out permutations @K", tr.label, curve_p[at_k])
-    acc_plain = add("unpermuted @K", tr.label, curve_u[at_k])
-    curves[f"{tr.label} permuted"] = curve_p.mean(1)
-    curves[f"{tr.label} unpermuted"] = curve_u.mean(1)
+    acc_perm = rows.add("held-out permutations @K", tr.label, curve_p[at_k])
+    acc_plain = rows.add("unpermuted @K", tr.label, curve_u[at_k])
+    curves = {f"{tr.label} permuted": curve_p.mean(1), f"{tr.label} unpermuted": curve_u.mean(1)}
     if ctl is not None:
         _, c_p = grow_on(ctl, perm, total, record=record, seed=seed, num=num)
         _, c_u = grow_on(ctl, None, total, record=record, seed=seed, num=num)
-        add("held-out permutations @K", ctl.label, c_p[at_k])
-        add("unpermuted @K", ctl.label, c_u[at_k])
+        rows.add("held-out permutations @K", ctl.label, c_p[at_k])
+        rows.add("unpermuted @K", ctl.label, c_u[at_k])
         curves[f"{ctl.label} permuted"] = c_p.mean(1)
+    head = {
+        "permuted_over_unpermuted": acc_perm / acc_plain if acc_plain else float("nan"),
+        "accuracy_permuted": acc_perm,
+        "accuracy_unpermuted": acc_plain,
+    }
+    return curves, curve_u, head
 
-    # 2. hidden layers
+
+def _hidden_part(tr, rows: _Rows, k: int, num: int, seed: int, grown: float) -> dict[str, Any]:
+    """Step 2: the grown nets with their hidden layers reset, and Adam (output layer only, all
+    layers) from the same initial nets with as many examples seen."""
     graph, w0 = initial_weights(tr, num, seed)
     w_grown = grow_on(tr, None, k, record=[k], seed=seed, num=num)[0].w
     is_out_layer = graph.neuron_kind[graph.dst] == OUTPUT
     reset = torch.where(is_out_layer, w_grown, w0)
-    acc_reset = add("grown, hidden layers reset to the initial weights", tr.label,
-                    permuted_accuracy(tr.task, graph, reset, None))  # fmt: skip
-    examples = k * tr.cfg.rule.sense_batch
+    acc_reset = rows.add("grown, hidden layers reset to the initial weights", tr.label,
+                         permuted_accuracy(tr.task, graph, reset, None))  # fmt: skip
     batch = tr.cfg.rule.sense_batch
+    examples = k * batch
     lr_o, w_o = tuned_adam(tr.task, graph, w0, is_out_layer, k, batch, seed)
-    acc_o = add("Adam, output layer only", "adam", permuted_accuracy(tr.task, graph, w_o, None),
-                lr=lr_o, examples_seen=examples)  # fmt: skip
+    acc_o = rows.add("Adam, output layer only", "adam",
+                     permuted_accuracy(tr.task, graph, w_o, None),
+                     lr=lr_o, examples_seen=examples)  # fmt: skip
     lr_f, w_f = tuned_adam(tr.task, graph, w0, torch.ones_like(is_out_layer), k, batch, seed)
-    acc_f = add("Adam, all layers", "adam", permuted_accuracy(tr.task, graph, w_f, None),
-                lr=lr_f, examples_seen=examples)  # fmt: skip
-    gap = (acc_plain - acc_o) / (acc_f - acc_o) if acc_f != acc_o else float("nan")
+    acc_f = rows.add("Adam, all layers", "adam", permuted_accuracy(tr.task, graph, w_f, None),
+                     lr=lr_f, examples_seen=examples)  # fmt: skip
+    return {
+        "accuracy_hidden_reset": acc_reset,
+        "adam_output_only": acc_o,
+        "adam_all_layers": acc_f,
+        "adam_lrs": [lr_o, lr_f],
+        "gap_closed": (grown - acc_o) / (acc_f - acc_o) if acc_f != acc_o else float("nan"),
+        "examples_seen": examples,
+    }
 
-    # 3. past the horizon
-    peak = float(curve_u.mean(1).max())
-    end = float(curve_u[-1].mean())
-    add(f"unpermuted @{total} ({horizon_mult}K)", tr.label, curve_u[-1])
 
+def _write_learning(out: Path, rows, curves, record, head, tr, num: int, k: int, mult: int):
+    """``learning.csv``, ``learning_curves.csv``, ``learning.md`` and ``learning.png``."""
     steps_rows = [{"step": s, **{name: float(c[i]) for name, c in curves.items()}}
                   for i, s in enumerate(record)]  # fmt: skip
     write_csv(out / "learning.csv", rows)
     write_csv(out / "learning_curves.csv", steps_rows)
-    headline = {
-        "permuted_over_unpermuted": acc_perm / acc_plain if acc_plain else float("nan"),
-        "accuracy_permuted": acc_perm,
-        "accuracy_unpermuted": acc_plain,
-        "accuracy_hidden_reset": acc_reset,
-        "adam_output_only": acc_o,
-        "adam_all_layers": acc_f,
-        "gap_closed": gap,
-        "examples_seen": examples,
-        "peak": peak,
-        "at_end": end,
-        "end_minus_peak": end - peak,
-    }
     table = md_table(
         ["measurement", "rule", "mean", "std", "min"],
         [[r["measurement"], r["rule"], f"{r['mean']:.3f}", f"{r['std']:.3f}", f"{r['min']:.3f}"]
          for r in rows],
     )  # fmt: skip
-    text = (
+    lr_o, lr_f = head["adam_lrs"]
+    (out / "learning.md").write_text(
         f"# Learning, not recall ({tr.task.name}, {num} nets, K = {k})\n\n{table}\n\n"
-        f"- held-out permutations / unpermuted: {headline['permuted_over_unpermuted']:.3f}\n"
-        f"- gap from output-only Adam to full Adam closed: {gap:.3f} "
-        f"(examples seen per net: {examples}; Adam lr {lr_o:g} / {lr_f:g})\n"
-        f"- past the horizon: peak {peak:.3f}, at {horizon_mult}K {end:.3f}\n"
+        f"- held-out permutations / unpermuted: {head['permuted_over_unpermuted']:.3f}\n"
+        f"- gap from output-only Adam to full Adam closed: {head['gap_closed']:.3f} "
+        f"(examples seen per net: {head['examples_seen']}; Adam lr {lr_o:g} / {lr_f:g})\n"
+        f"- past the horizon: peak {head['peak']:.3f}, at {mult}K {head['at_end']:.3f}\n"
     )
-    (out / "learning.md").write_text(text)
     _plot(curves, record, k, out / "learning.png", tr.task.name)
-    fields = {"rules": run.rule_infos(), "num": num, "horizon_mult": horizon_mult,
-              "seed": seed, "headline": headline, "rows": rows}  # fmt: skip
-    return run.finish(fields)
 
 
 def _plot(curves: dict[str, torch.Tensor], steps: list[int], k: int, path: Path, name: str):
