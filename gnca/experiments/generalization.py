@@ -103,6 +103,8 @@ def run_generalization(
     diff = None
     if adam is not None:
         adam_values, extra["adam"] = _adam_baseline(run, tr, rows, depths, widths, adam, seed)
+        # what growing itself reads: nothing for a data-free rule
+        extra["adam"]["grown_examples"] = steps * cfg.rule.sense_batch if tr.rule.senses else 0
         diff = values - adam_values
     title = (
         f"{cfg.data.name}: mean test accuracy of {num} grown nets\n"
@@ -472,8 +474,9 @@ def adam_markdown(
         )
     ahead = info["grown_at_least_adam"]
     parts.append(
-        f"Grown >= Adam (Adam at {info['examples']:,} examples seen per net; growing here reads "
-        f"no training examples): "
+        f"Grown >= Adam (Adam at {info['examples']:,} examples seen per net; growing read "
+        + (f"{info['grown_examples']:,}" if info.get("grown_examples") else "no")
+        + " training examples per net): "
         + (", ".join(ahead) if ahead else "no architecture")
         + f" ({len(ahead)} of {len(rows)})."
     )
