@@ -40,6 +40,34 @@ def grid_sizes(n_in: int, n_out: int, depth: int, width: int) -> list[int]:
     return [n_in, *([width] * depth), n_out]
 
 
+def _figure_and_tables(run, values, adam_values, depths, widths, trained_cells, rows, overview,
+                       adam_info, adam, name: str, num: int, steps: int):  # fmt: skip
+    """``generalization.png`` (with the grown-minus-Adam panel) and ``generalization.md``;
+    returns the figure's path."""
+    from gnca.experiments.plots import plot_heatmap
+
+    title = (
+        f"{name}: mean test accuracy of {num} grown nets\n"
+        f"after {steps} rule steps (red: training architectures)"
+    )
+    png = run.path("generalization.png")
+    diff_title = (
+        ""
+        if adam is None
+        else f"grown minus Adam ({adam.nets} nets, {adam.examples:,} examples\n"
+        f"seen per net, lr tuned on a validation fifth)"
+    )
+    diff = values - adam_values if adam_values is not None else None
+    plot_heatmap(values, depths, widths, trained_cells, png, title, diff=diff,
+                 diff_title=diff_title)  # fmt: skip
+    md = generalization_markdown(values, depths, widths, trained_cells, rows, overview)
+    if adam is not None and diff is not None:
+        md += "\n\n" + adam_markdown(adam_values, diff, depths, widths, trained_cells, rows,
+                                      adam_info)  # fmt: skip
+    run.write_text("generalization.md", md)
+    return png
+
+
 def run_generalization(
     source: RuleSource,
     out: str | Path,
@@ -78,7 +106,6 @@ def run_generalization(
             grown >= Adam, the figure's second panel, ``summary.json``'s ``"adam"``. ``None``
             (default): none, and the outputs are those without it.
     """
-    from gnca.experiments.plots import plot_heatmap
 
     depths, widths = [int(d) for d in depths], [int(w) for w in widths]
     run = ExperimentRun(
@@ -100,31 +127,15 @@ def run_generalization(
     values, rows, trained_cells = _measure_grid(run, tr, depths, widths, num, steps, seed, chunk)
     overview = seen_unseen(rows)
     extra: dict[str, Any] = {}
-    diff = None
+    adam_values = None
     if adam is not None:
         adam_values, extra["adam"] = _adam_baseline(run, tr, rows, depths, widths, adam, seed)
         # what growing itself reads: nothing for a data-free rule
         extra["adam"]["grown_examples"] = steps * cfg.rule.sense_batch if tr.rule.senses else 0
-        diff = values - adam_values
-    title = (
-        f"{cfg.data.name}: mean test accuracy of {num} grown nets\n"
-        f"after {steps} rule steps (red: training architectures)"
-    )
-    png = run.path("generalization.png")
-    diff_title = (
-        ""
-        if adam is None
-        else f"grown minus Adam ({adam.nets} nets, {adam.examples:,} examples\n"
-        f"seen per net, lr tuned on a validation fifth)"
-    )
-    plot_heatmap(values, depths, widths, trained_cells, png, title, diff=diff,
-                 diff_title=diff_title)  # fmt: skip
-    md = generalization_markdown(values, depths, widths, trained_cells, rows, overview)
-    if adam is not None and diff is not None:
-        md += "\n\n" + adam_markdown(
-            adam_values, diff, depths, widths, trained_cells, rows, extra["adam"]
-        )
-    run.write_text("generalization.md", md)
+    png = _figure_and_tables(
+        run, values, adam_values, depths, widths, trained_cells, rows, overview,
+        extra.get("adam"), adam, cfg.data.name, num, steps,
+    )  # fmt: skip
     run.write_csv("generalization.csv", rows)
     return run.finish(
         {
