@@ -382,7 +382,7 @@ class SenseReader:
         """``(E, S)`` senses of the nets ``(w, h)`` on a fresh training batch."""
         X, y = self.batch(w.device)
         fb = h[:, -1] if self.feedback else None
-        sizes = _dense_sizes(graph)
+        sizes = cached(graph, ("dense_sizes",), lambda: _dense_sizes(graph))  # once per graph
         if sizes is not None:
             return dense_senses(sizes, w, fb, X, self.labels(y), self.names,
                                 self.task.activation, self.task.fan_in_ref).to(h.dtype)  # fmt: skip

@@ -355,3 +355,16 @@ def neighbour_counts(
         c = c - 1 if own in parts else c  # a weight never counts as its own neighbour...
         out.append(c + 1 if include_self else c)  # ...unless asked to
     return out[0], out[1]
+
+
+#: ``--set`` overrides that make any repo config's meta-training a few seconds (experiment tests)
+TINY_TRAIN = [
+    "train.steps=3",
+    "train.k_min=2",
+    "train.k_max=3",
+    "train.batch_size=4",
+    "pool.fresh=1",
+    "rule.widths=[16]",
+    "train.log_every=1",
+    "train.device=cpu",
+]

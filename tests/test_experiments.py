@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAIN  # noqa: E402
 
 from gnca.cli import main
 from gnca.config import load_config
@@ -22,16 +23,7 @@ from gnca.experiments.plots import plot_heatmap
 from gnca.experiments.stability import band_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "train.steps=3",
-    "train.k_min=2",
-    "train.k_max=3",
-    "train.batch_size=4",
-    "pool.fresh=1",
-    "rule.widths=[16]",
-    "train.log_every=1",
-    "train.device=cpu",
-]
+TINY = TINY_TRAIN
 
 
 def tiny(config: str = "iris_stability.yaml", *extra: str):

@@ -12,20 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN  # noqa: E402
 
 from gnca.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "train.steps=3",
-    "train.k_min=2",
-    "train.k_max=3",
-    "train.batch_size=4",
-    "pool.fresh=1",
-    "rule.widths=[16]",
-    "train.log_every=1",
-    "train.device=cpu",
-]
+TINY = TINY_TRAIN
 #: the CSV columns of the experiment without --adam (unchanged by the option's existence)
 PLAIN_COLUMNS = ["architecture", "hidden_layers", "width", "in_grid", "trained", "nets", "steps",
                  "mean", "std", "min", "max", "seconds"]  # fmt: skip

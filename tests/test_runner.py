@@ -8,23 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN  # noqa: E402
 
 from gnca.config import load_config
 from gnca.experiments import ExperimentError, ExperimentRun, RuleSource
 from gnca.grow import grow
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "train.steps=3",
-    "train.k_min=2",
-    "train.k_max=3",
-    "train.batch_size=4",
-    "pool.fresh=1",
-    "rule.widths=[16]",
-    "train.log_every=1",
-    "train.device=cpu",
-    "train.eval_nets=2",
-]
+TINY = [*TINY_TRAIN, "train.eval_nets=2"]
 
 
 def tiny(*extra: str):

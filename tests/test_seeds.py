@@ -10,22 +10,14 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAIN  # noqa: E402
 
 from gnca.cli import main
 from gnca.cliargs import seed_list, target
 from gnca.experiments.seeds import Headline, aggregate, headline, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "train.steps=3",
-    "train.k_min=2",
-    "train.k_max=3",
-    "train.batch_size=4",
-    "pool.fresh=1",
-    "rule.widths=[16]",
-    "train.log_every=1",
-    "train.device=cpu",
-]
+TINY = TINY_TRAIN
 QUIET = ["--no-progress", "--threads", "1"]
 STATS = ["mean", "std", "worst", "worst_seed"]
 
