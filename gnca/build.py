@@ -62,6 +62,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         reduce=r.reduce,
         fire_rate=r.fire_rate,
         bound=r.bound,
+        state_bound=r.state_bound,
         aggr=r.aggr,
         senses=r.senses,
     )

@@ -134,6 +134,7 @@ class RuleConfig:
     aggr: str | None = None  # explicit line-graph aggregation (max, ...); None = reduce
     senses: list[str] = field(default_factory=list)  # data read: act hebb error delta loss
     sense_batch: int = 64  # training examples read per rule step (rules with senses)
+    state_bound: float | None = None  # if set, hidden states are state_bound * tanh(.)
 
 
 @dataclass
@@ -171,6 +172,8 @@ class TrainConfig:
     eval_nets: int = 100  # task nets grown for evaluation
     # MLPs not trained on, also evaluated at the end of `gnca train` (marked [unseen])
     eval_architectures: list[list[int]] = field(default_factory=list)
+    loss_horizons: int = 1  # meta-loss averaged after this many evenly spaced rule steps
+    weight_penalty: float = 0.0  # meta-loss += this x mean squared task weight (scale damping)
     permute_labels: bool = False  # each net learns under its own random label permutation
     wandb: bool = False  # also log to Weights & Biases, in the run directory (gnca[wandb] extra)
     wandb_project: str = "gnca"  # the W&B project of the run
@@ -436,6 +439,7 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
     if not 0.0 < c.fire_rate <= 1.0:
         raise _bad(p, "fire_rate", "in (0, 1]", c.fire_rate)
     _check_min(c, p, "bound", 0, strict=True)
+    _check_min(c, p, "state_bound", 0, strict=True)
     _check_min(c, p, "sense_batch", 1)
     for i, name in enumerate(c.senses):
         if name not in SENSE_NAMES:
@@ -474,6 +478,8 @@ def _validate_train(c: TrainConfig, p: str) -> None:
     _check_choice(c, p, "grad", GRAD_MODES)
     _check_choice(c, p, "precision", PRECISIONS)
     _check_min(c, p, "grad_clip", 0, strict=True)
+    _check_min(c, p, "loss_horizons", 1)
+    _check_min(c, p, "weight_penalty", 0)
     _check_min(c, p, "rollback_factor", 0, strict=True)
     if not _DEVICE_RE.match(c.device):
         raise _bad(p, "device", "auto, cpu, cuda or cuda:N", c.device)

@@ -103,6 +103,9 @@ class LocalRule(MessagePassing):
         reduce: ``"mean"`` (default) or ``"sum"`` for the fast path.
         fire_rate: probability that a weight is updated at a step (default 0.8).
         bound: when set, outputs are ``bound * tanh(out / bound)``.
+        state_bound: when set, a firing weight's new hidden state is
+            ``state_bound * tanh((h + dh) / state_bound)`` (non-firing weights keep theirs), so
+            hidden states stay in ``(-state_bound, state_bound)`` however long a net grows.
         aggr: the neighbourhood aggregation, any torch-geometric one (``"max"``, ...);
             defaults to ``reduce``. ``mean`` and ``sum`` factor through the neurons and use the
             ``O(E)`` route; any other runs on the materialised line graph only (its ``route``
@@ -140,6 +143,7 @@ class LocalRule(MessagePassing):
         bound: float | None = None,
         aggr: str | None = None,
         senses: Sequence[str] = (),
+        state_bound: float | None = None,
     ) -> None:
         if reduce not in REDUCTIONS:
             raise ValueError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
@@ -169,6 +173,8 @@ class LocalRule(MessagePassing):
             raise ValueError(f"hidden_channels must be >= 0, got {hidden_channels}")
         if bound is not None and bound <= 0:
             raise ValueError(f"bound must be positive, got {bound}")
+        if state_bound is not None and not state_bound > 0:
+            raise ValueError(f"state_bound must be positive, got {state_bound}")
         self.hidden_channels = int(hidden_channels)
         self.widths = tuple(int(x) for x in widths)
         self.activation = activation
@@ -177,6 +183,7 @@ class LocalRule(MessagePassing):
         self.reduce = reduce
         self.fire_rate = float(fire_rate)
         self.bound = bound
+        self.state_bound = None if state_bound is None else float(state_bound)
         self.senses = check_senses(senses)
         if any(n in NEEDS_FEEDBACK for n in self.senses) and self.hidden_channels < 1:
             raise ValueError("senses error/delta read the feedback channel: hidden_channels >= 1")
@@ -368,7 +375,12 @@ class LocalRule(MessagePassing):
         # split, not two slices: its backward is one concatenation of the two gradients, where
         # each slice's backward would write its gradient into a zero (E, 1 + C) tensor
         dw, dh = d.split((1, self.hidden_channels), dim=1)
-        return torch.addcmul(w.unsqueeze(1), dw, m).squeeze(1), torch.addcmul(h, dh, m)
+        w_new = torch.addcmul(w.unsqueeze(1), dw, m).squeeze(1)
+        if self.state_bound is None:
+            return w_new, torch.addcmul(h, dh, m)
+        sb = self.state_bound
+        bounded = torch.tanh((h + dh) / sb) * sb  # (E, C)
+        return w_new, torch.addcmul(h, bounded - h, m)
 
     def _forward_no_grad(
         self,
@@ -421,7 +433,12 @@ class LocalRule(MessagePassing):
             dx = self._delta_no_grad(p, d_buf[: j - i], bufs)  # (b, D)
             m = mask[i:j]
             torch.addcmul(w[i:j], dx[:, 0], m, out=w_new[i:j])
-            torch.addcmul(h[i:j], dx[:, 1:], m.unsqueeze(1), out=h_new[i:j])
+            if self.state_bound is None:
+                torch.addcmul(h[i:j], dx[:, 1:], m.unsqueeze(1), out=h_new[i:j])
+            else:  # h + m * (sb * tanh((h + dh) / sb) - h)
+                sb = self.state_bound
+                bounded = dx[:, 1:].add_(h[i:j]).div_(sb).tanh_().mul_(sb).sub_(h[i:j])
+                torch.addcmul(h[i:j], bounded, m.unsqueeze(1), out=h_new[i:j])
         return w_new, h_new
 
     def config(self) -> dict:
@@ -437,6 +454,7 @@ class LocalRule(MessagePassing):
             "bound": self.bound,
             "aggr": self.aggr_name,
             "senses": list(self.senses),
+            "state_bound": self.state_bound,
         }
 
     def __repr__(self) -> str:
@@ -448,5 +466,6 @@ class LocalRule(MessagePassing):
             f"fire_rate={self.fire_rate}, bound={self.bound}"
             + (f", aggr={self.aggr_name}" if self.aggr_name != self.reduce else "")
             + (f", senses={'+'.join(self.senses)}" if self.senses else "")
+            + (f", state_bound={self.state_bound}" if self.state_bound is not None else "")
             + ")"
         )

@@ -297,6 +297,7 @@ class MetaTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         k = int(torch.randint(t.k_min, t.k_max + 1, (1,), generator=self.gen))
+        horizons = loss_horizons(k, t.loss_horizons)
         batches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for tk in self.arch_tasks:  # one training batch per task, in the order of the tasks
             if id(tk) not in batches:
@@ -312,12 +313,20 @@ class MetaTrainer:
             )
             if reader is not None:
                 reader.permutation = perm
-            w, h = self._unroll(graph, w, h, k, reader)
             yy = perm[:, y] if perm is not None else y  # (b, B) labels per net, or (B,)
-            # one forward pass gives both the loss and the logged accuracy
-            logits = task.logits(graph, w, X)
-            per_net = logits_cross_entropy(logits, yy)  # (b,)
-            losses.append(per_net)
+            meta = []  # (b,) meta-loss terms, one per horizon
+            done = 0
+            for stop in horizons:
+                w, h = self._unroll(graph, w, h, stop - done, reader)
+                done = stop
+                # one forward pass gives both the loss and the logged accuracy
+                logits = task.logits(graph, w, X)
+                per_net = logits_cross_entropy(logits, yy)  # (b,)
+                meta.append(per_net)
+            term = meta[0] if len(meta) == 1 else torch.stack(meta).mean(0)
+            if t.weight_penalty:
+                term = term + t.weight_penalty * w.view(n_nets, -1).square().mean(1)
+            losses.append(term)
             accs.append(logits_accuracy(logits.detach(), yy))
             finals.append((idx, w, h, per_net, perm))
         loss = torch.stack([lo.mean() for lo in losses]).mean()
@@ -545,6 +554,12 @@ class MetaTrainer:
         trainer = cls.from_config(saved, dataset, device, archs)
         trainer.load_state_dict(d)
         return trainer
+
+
+def loss_horizons(k: int, n: int) -> list[int]:
+    """The rule steps of a ``k``-step rollout after which the meta-loss is measured: ``n``
+    evenly spaced ones ending at ``k`` (``[k]`` for ``n = 1``; distinct, so at most ``k``)."""
+    return sorted({max(1, round(k * j / n)) for j in range(1, n + 1)})
 
 
 def config_record(

@@ -1,0 +1,147 @@
+"""The stability levers (issue 15): bounded hidden states, several loss horizons, weight-scale
+damping. Each is off by default; on, each does what it says against a slow reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_trainer import rule_params, tiny_config
+
+from gnca import Architecture, LocalRule, WeightGraph
+from gnca.config import ConfigError, config_from_dict, config_to_dict
+from gnca.task import logits_cross_entropy
+from gnca.trainer import MetaTrainer, loss_horizons
+
+
+def _loud_rule(c: int, bound_state: float | None, seed: int = 0) -> LocalRule:
+    torch.manual_seed(seed)
+    rule = LocalRule(c, fire_rate=0.7, state_bound=bound_state).double()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # a fresh rule is a no-op: give it large outputs
+        rule.out.weight.copy_(
+            torch.randn(rule.out.weight.shape, generator=gen, dtype=torch.float64) * 5
+        )
+        rule.out.bias.copy_(
+            torch.randn(rule.out.bias.shape, generator=gen, dtype=torch.float64) * 5
+        )
+    return rule
+
+
+def _state(arch: Architecture, c: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    e = arch.num_weights
+    return (torch.randn(e, generator=gen, dtype=torch.float64),
+            0.5 * torch.randn(e, c, generator=gen, dtype=torch.float64))  # fmt: skip
+
+
+def test_state_bound_matches_a_per_weight_reference_on_both_paths() -> None:
+    """h' = h + m (sb tanh((h + dh) / sb) - h), weight by weight, in grad and no-grad mode."""
+    arch = Architecture.mlp([4, 5, 3])
+    g = WeightGraph.from_architecture(arch)
+    sb = 0.8
+    bounded = _loud_rule(3, sb)
+    free = _loud_rule(3, None)
+    w, h = _state(arch, 3)
+    mask = (torch.rand(arch.num_weights, generator=torch.Generator().manual_seed(2)) < 0.7).double()
+    w_free, h_free = free(g, w, h, mask=mask)  # the unbounded step gives h + m dh
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            w_b, h_b = bounded(g, w, h, mask=mask)
+        assert torch.allclose(w_b, w_free, atol=1e-12)  # the weights are not touched
+        for i in range(arch.num_weights):
+            for ch in range(3):
+                if mask[i] == 0:
+                    want = h[i, ch]
+                else:
+                    want = sb * torch.tanh(h_free[i, ch] / sb)  # h + dh, bounded
+                assert abs(float((h_b[i, ch] - want).detach())) < 1e-10, (grad, i, ch)
+
+
+def test_state_bound_holds_over_a_long_growth_and_survives_the_config() -> None:
+    arch = Architecture.mlp([4, 6, 3])
+    g = WeightGraph.from_architecture(arch)
+    rule = _loud_rule(4, 0.5)
+    free = _loud_rule(4, None)
+    w, h = _state(arch, 4)
+    wf, hf = w, h
+    with torch.no_grad():
+        for _ in range(30):
+            w, h = rule(g, w, h)
+            wf, hf = free(g, wf, hf)
+    assert h.abs().max() <= 0.5 and hf.abs().max() > 5  # bounded vs unbounded states
+    again = LocalRule(**rule.config())
+    assert again.state_bound == 0.5 and "state_bound=0.5" in repr(again)
+    with pytest.raises(ValueError, match="state_bound must be positive"):
+        LocalRule(4, state_bound=0.0)
+
+
+@pytest.mark.parametrize("k,n,want", [(20, 1, [20]), (20, 4, [5, 10, 15, 20]), (3, 5, [1, 2, 3]),
+                                      (7, 2, [4, 7])])  # fmt: skip
+def test_loss_horizons(k: int, n: int, want: list[int]) -> None:
+    assert loss_horizons(k, n) == want
+
+
+def test_several_horizons_average_the_loss_along_one_rollout() -> None:
+    """With k fixed, loss_horizons=3 gives the mean of the losses after steps k/3, 2k/3, k of
+    one rollout: the trainer's meta-loss equals a hand-written loop over rule steps."""
+    cfg = tiny_config(k_min=6, k_max=6, loss_horizons=3)
+    cfg.pool.size = 0
+    tr = MetaTrainer.from_config(cfg)
+    ref = MetaTrainer.from_config(cfg)  # same seeds: the same draws step for step
+    _ = int(torch.randint(6, 7, (1,), generator=ref.gen))  # the K draw
+    X, y = ref.task.train_batch(ref.gen, ref.device)
+    _, w, h, _ = ref._batch(0)
+    graph = ref.graphs[0]
+    terms = []
+    for step in range(1, 7):
+        w, h = ref.rule(graph, w, h, mask=ref._fire_mask(w))
+        if step in (2, 4, 6):
+            terms.append(logits_cross_entropy(ref.task.logits(graph, w, X), y).mean())
+    want = float(torch.stack(terms).mean())
+    got = tr.meta_step().loss
+    assert got == pytest.approx(want, rel=1e-6)
+    one = MetaTrainer.from_config(tiny_config(k_min=6, k_max=6))
+    assert one.cfg.train.loss_horizons == 1
+
+
+def test_weight_penalty_adds_the_mean_squared_weight() -> None:
+    cfg = tiny_config(k_min=4, k_max=4, weight_penalty=0.5)
+    cfg.pool.size = 0
+    tr = MetaTrainer.from_config(cfg)
+    ref = MetaTrainer.from_config(cfg)
+    _ = int(torch.randint(4, 5, (1,), generator=ref.gen))
+    X, y = ref.task.train_batch(ref.gen, ref.device)
+    _, w, h, _ = ref._batch(0)
+    graph = ref.graphs[0]
+    for _ in range(4):
+        w, h = ref.rule(graph, w, h, mask=ref._fire_mask(w))
+    b = cfg.train.batch_size
+    ce = logits_cross_entropy(ref.task.logits(graph, w, X), y)  # (b,)
+    sq = torch.stack([(w.view(b, -1)[i] ** 2).sum() / w.view(b, -1).shape[1] for i in range(b)])
+    want = float((ce + 0.5 * sq).mean())
+    assert tr.meta_step().loss == pytest.approx(want, rel=1e-6)
+
+
+def test_levers_train_and_resume(tmp_path) -> None:
+    cfg = tiny_config(steps=6, loss_horizons=2, weight_penalty=1e-3)
+    cfg.rule.state_bound = 2.0
+    cfg.rule.bound = 0.5
+    tr = MetaTrainer.from_config(cfg)
+    before = rule_params(tr)
+    tr.train(tmp_path / "run", progress=False)
+    assert any(not torch.equal(p, q) for p, q in zip(before, rule_params(tr), strict=True))
+    back = MetaTrainer.from_checkpoint(tmp_path / "run" / "last.pt")
+    assert back.rule.state_bound == 2.0 and back.cfg.train.loss_horizons == 2
+
+
+@pytest.mark.parametrize("key,value,part", [
+    ("train.loss_horizons", 0, "train.loss_horizons' must be >= 1"),
+    ("train.weight_penalty", -1.0, "train.weight_penalty' must be >= 0"),
+    ("rule.state_bound", 0.0, "rule.state_bound' must be > 0"),
+])  # fmt: skip
+def test_lever_keys_are_validated(key: str, value: float, part: str) -> None:
+    d = config_to_dict(tiny_config())
+    sec, name = key.split(".")
+    d[sec][name] = value
+    with pytest.raises(ConfigError, match=part.replace(".", r"\.")):
+        config_from_dict(d)
