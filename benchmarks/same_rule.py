@@ -95,14 +95,17 @@ def flatten(obj, prefix: str = "") -> dict[str, torch.Tensor | object]:
 
 def compare(a: Path, b: Path) -> tuple[list[str], list[str]]:
     """Names of the checkpoint entries that differ (tensors compared bit for bit), and of the
-    non-tensor entries only one side has (e.g. a constructor argument a refactor records)."""
+    entries only one side has that do not count: non-tensor ones (e.g. a constructor argument a
+    refactor records) and tensors only the newer side ``b`` records (new state, such as the
+    pool's sample ages). A tensor the newer side lost is a difference."""
     da = flatten(torch.load(a, weights_only=True))
     db = flatten(torch.load(b, weights_only=True))
     diff = []
     one_sided = [
         k
         for k in sorted(set(da) ^ set(db))
-        if not isinstance(da.get(k, db.get(k)), torch.Tensor) and not k.startswith("config.")
+        if not k.startswith("config.")
+        and (not isinstance(da.get(k, db.get(k)), torch.Tensor) or k not in da)
     ]
     for key in sorted((set(da) | set(db)) - set(one_sided)):
         if key.startswith("config."):  # the resolved config may gain keys in a refactor

@@ -30,6 +30,7 @@ from gnca.files import atomic_write
 from gnca.forward import TASK_ACTIVATIONS
 from gnca.graph import NEIGHBOURHOODS as _NEIGHBOURHOODS
 from gnca.perception import REDUCTIONS as _REDUCTIONS
+from gnca.pool import RENEW
 from gnca.rule import ACTIVATIONS as _RULE_ACTIVATIONS
 from gnca.senses import SENSES as SENSE_NAMES
 from gnca.state import INIT_KINDS
@@ -144,6 +145,7 @@ class PoolConfig:
     size: int = 256  # 0 disables the pool (every meta-step starts from fresh seeds)
     fresh: int = 2  # fresh seeds per architecture per meta-step
     replace_worst: bool = True  # fresh seeds replace the worst (highest loss) samples
+    renew: str = "worst"  # which samples fresh seeds replace: worst (highest loss) | oldest
     damage: int = 0  # pooled samples zeroed-out per meta-step (lowest loss first)
     damage_fraction: float = (
         0.3  # fraction of other layers' weights zeroed (one whole layer always)
@@ -456,6 +458,7 @@ def _validate_pool(c: PoolConfig, p: str) -> None:
     _check_min(c, p, "fresh", 0)
     _check_min(c, p, "damage", 0)
     _check_range(c, p, "damage_fraction", 0.0, 1.0, "in [0, 1]")
+    _check_choice(c, p, "renew", RENEW)
 
 
 def _validate_train(c: TrainConfig, p: str) -> None:

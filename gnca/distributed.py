@@ -376,7 +376,11 @@ class DistributedMetaTrainer(MetaTrainer):
         lo, hi = self.ctx.rank * n, (self.ctx.rank + 1) * n
         labels = pool.labels[lo:hi].clone() if pool.labels is not None else None
         return SamplePool(
-            pool.w[lo:hi].clone(), pool.h[lo:hi].clone(), pool.loss[lo:hi].clone(), labels
+            pool.w[lo:hi].clone(),
+            pool.h[lo:hi].clone(),
+            pool.loss[lo:hi].clone(),
+            labels,
+            pool.age[lo:hi].clone(),
         )
 
     def _broadcast_rule(self) -> None:

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+#: which samples of a batch start again from fresh seeds (``pool.renew``)
+RENEW = ("worst", "oldest")
+
 
 def _same(t: torch.Tensor) -> torch.Tensor:
     return t
@@ -43,6 +46,7 @@ class PoolBatch:
         renewed: ``(n,)`` bool, the samples that start again from a fresh seed.
         labels: ``(n, classes)`` the samples' label permutations (pools that keep them), with
             the renewed rows still holding their old ones: the caller draws new ones.
+        age: ``(n,)`` rule steps each sample has grown since its seed (0 for renewed ones).
     """
 
     idx: torch.Tensor
@@ -50,6 +54,7 @@ class PoolBatch:
     h: torch.Tensor
     renewed: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    age: torch.Tensor | None = None
 
 
 @dataclass
@@ -62,12 +67,19 @@ class SamplePool:
         loss: ``(P,)`` last loss of each sample (``inf`` for fresh seeds).
         labels: ``(P, classes)`` the label permutation each sample is learning (a task
             augmentation, ``train.permute_labels``), kept with it across meta-steps; or ``None``.
+        age: ``(P,)`` int64, rule steps each sample has grown since its seed (how long pooled
+            samples live: the oldest set the horizon the rule is meta-trained at).
     """
 
     w: torch.Tensor
     h: torch.Tensor
     loss: torch.Tensor
     labels: torch.Tensor | None = None
+    age: torch.Tensor = None  # type: ignore[assignment]  # zeros when not given
+
+    def __post_init__(self) -> None:
+        if self.age is None:
+            self.age = torch.zeros(self.w.shape[0], dtype=torch.int64)
 
     @classmethod
     def filled(cls, w0: torch.Tensor, h0: torch.Tensor) -> SamplePool:
@@ -98,6 +110,7 @@ class SamplePool:
         damage: int = 0,
         damage_mask: Callable[[torch.Tensor], torch.Tensor] | None = None,
         shard: Shard | None = None,
+        renew: str = "worst",
     ) -> PoolBatch:
         """The starting states of a meta-step: sample, renew the worst, damage the best.
 
@@ -114,7 +127,12 @@ class SamplePool:
                 is zeroed, given ``which`` ``(world * n,)`` bool (e.g. :func:`gnca.zero_out`
                 of ones).
             shard: this process's part (default: the whole batch).
+            renew: which ``fresh`` samples start again: the ``"worst"`` (highest last loss,
+                Growing NCA's choice) or the ``"oldest"`` (most rule steps grown; ties by
+                loss), which lets nets that drift stay in the pool and be trained on.
         """
+        if renew not in RENEW:
+            raise ValueError(f"unknown renew {renew!r}; choose one of {', '.join(RENEW)}")
         shard = shard or Shard()
         idx = None
         for q in range(shard.world):
@@ -127,10 +145,15 @@ class SamplePool:
         h = self.h[idx.to(self.h.device)]  # (n, E, C)
         big = n * shard.world
         order = torch.argsort(shard.gather(self.loss[idx]), descending=True, stable=True)  # (B,)
-        renew = torch.zeros(big, dtype=torch.bool)
-        renew[order[:fresh]] = True
+        if renew == "oldest":  # stable: among equal ages, the order by loss decides
+            ages = shard.gather(self.age[idx].to(self.loss.dtype))
+            by = order[torch.argsort(ages[order], descending=True, stable=True)]
+        else:
+            by = order
+        renew_mask = torch.zeros(big, dtype=torch.bool)
+        renew_mask[by[:fresh]] = True
         lo, hi = shard.rank * n, (shard.rank + 1) * n
-        mine = renew[lo:hi].to(w.device)
+        mine = renew_mask[lo:hi].to(w.device)
         w = torch.where(mine[:, None], seeds[0], w)
         h = torch.where(mine[:, None, None], seeds[1], h)
         if damage:
@@ -138,12 +161,13 @@ class SamplePool:
                 raise ValueError("damage > 0 needs a damage_mask")
             which = torch.zeros(big, dtype=torch.bool)
             which[order[big - damage :]] = True  # the lowest losses
-            which &= ~renew
+            which &= ~renew_mask
             e = w.shape[1]
             kept = damage_mask(which)[lo * e : hi * e].view(n, e)
             w = torch.where(kept == 0, torch.zeros_like(w), w)
         labels = self.labels[idx] if self.labels is not None else None
-        return PoolBatch(idx, w, h, mine, labels)
+        age = torch.where(mine.cpu(), torch.zeros_like(self.age[idx]), self.age[idx])
+        return PoolBatch(idx, w, h, mine, labels, age)
 
     def commit(
         self,
@@ -152,23 +176,27 @@ class SamplePool:
         h: torch.Tensor,
         loss: torch.Tensor,
         labels: torch.Tensor | None = None,
+        age: torch.Tensor | None = None,
     ) -> None:
         """Write final states ``w (n, E)``, ``h (n, E, C)``, ``loss (n,)`` (and the samples'
-        label permutations ``(n, classes)``) back at ``idx``."""
+        label permutations ``(n, classes)`` and ages ``(n,)``) back at ``idx``."""
         self.w = self.w.index_copy(0, idx.to(self.w.device), w.detach().to(self.w.device))
         self.h = self.h.index_copy(0, idx.to(self.h.device), h.detach().to(self.h.device))
         self.loss = self.loss.index_copy(0, idx, loss.detach().cpu().to(self.loss.dtype))
         if self.labels is not None and labels is not None:
             self.labels = self.labels.index_copy(0, idx.cpu(), labels.detach().cpu())
+        if age is not None:
+            self.age = self.age.index_copy(0, idx.cpu(), age.cpu().to(torch.int64))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        d = {"w": self.w.cpu(), "h": self.h.cpu(), "loss": self.loss.cpu()}
+        d = {"w": self.w.cpu(), "h": self.h.cpu(), "loss": self.loss.cpu(), "age": self.age.cpu()}
         if self.labels is not None:
             d["labels"] = self.labels.cpu()
         return d
 
     @classmethod
     def from_state_dict(cls, d: dict[str, torch.Tensor], device: torch.device) -> SamplePool:
-        labels = d.get("labels")
+        labels, age = d.get("labels"), d.get("age")  # checkpoints before ages: all zero
         return cls(d["w"].to(device), d["h"].to(device), d["loss"].cpu(),
-                   labels.cpu() if labels is not None else None)  # fmt: skip
+                   labels.cpu() if labels is not None else None,
+                   age.cpu() if age is not None else None)  # fmt: skip

@@ -63,6 +63,7 @@ class StepStats:
     k: int
     lr: float
     skipped: bool
+    age: int = 0  # rule steps grown by the oldest sample of the batch before this meta-step
 
 
 class MetaTrainer:
@@ -236,6 +237,7 @@ class MetaTrainer:
             damage=pool_cfg.damage,
             damage_mask=damage_mask,
             shard=shard,
+            renew=pool_cfg.renew,
         )
         return got.idx, got.w.reshape(-1), got.h.reshape(b * e, -1), got
 
@@ -303,6 +305,7 @@ class MetaTrainer:
             if id(tk) not in batches:
                 batches[id(tk)] = tk.train_batch(self.gen, self.device)
         losses, accs, finals = [], [], []
+        oldest = 0
         for i, graph in enumerate(self.graphs):
             task, reader = self.arch_tasks[i], self.readers[i]
             X, y = batches[id(task)]
@@ -328,7 +331,9 @@ class MetaTrainer:
                 term = term + t.weight_penalty * w.view(n_nets, -1).square().mean(1)
             losses.append(term)
             accs.append(logits_accuracy(logits.detach(), yy))
-            finals.append((idx, w, h, per_net, perm))
+            finals.append((idx, w, h, per_net, perm, got.age + k if got else None))
+            if got is not None and got.age is not None and got.age.numel():
+                oldest = max(oldest, int(got.age.max()))
         loss = torch.stack([lo.mean() for lo in losses]).mean()
         loss_v, acc = self._step_stats(loss.detach(), accs)
         skipped = not math.isfinite(loss_v) or (
@@ -348,14 +353,14 @@ class MetaTrainer:
             self.loss_ema = (
                 loss_v if self.loss_ema is None else 0.95 * self.loss_ema + 0.05 * loss_v
             )
-            for i, (idx, w, h, per_net, perm) in enumerate(finals):
+            for i, (idx, w, h, per_net, perm, age) in enumerate(finals):
                 if idx is not None:
                     e = self.archs[i].num_weights
                     b = idx.shape[0]  # train.batch_size, or a rank's share of it
-                    self.pools[i].commit(idx, w.view(b, e), h.view(b, e, -1), per_net, perm)
+                    self.pools[i].commit(idx, w.view(b, e), h.view(b, e, -1), per_net, perm, age)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        stats = StepStats(self.step, loss_v, acc, k, lr, skipped)
+        stats = StepStats(self.step, loss_v, acc, k, lr, skipped, oldest)
         self.history.append(stats)
         return stats
 

@@ -9,6 +9,7 @@ from test_trainer import rule_params, tiny_config
 
 from gnca import Architecture, LocalRule, WeightGraph
 from gnca.config import ConfigError, config_from_dict, config_to_dict
+from gnca.pool import SamplePool
 from gnca.task import logits_cross_entropy
 from gnca.trainer import MetaTrainer, loss_horizons
 
@@ -145,3 +146,60 @@ def test_lever_keys_are_validated(key: str, value: float, part: str) -> None:
     d[sec][name] = value
     with pytest.raises(ConfigError, match=part.replace(".", r"\.")):
         config_from_dict(d)
+
+
+def _pool(p: int = 8, e: int = 3) -> SamplePool:
+    gen = torch.Generator().manual_seed(0)
+    return SamplePool(
+        torch.randn(p, e, generator=gen),
+        torch.randn(p, e, 2, generator=gen),
+        torch.arange(p, dtype=torch.float32),  # sample i has loss i: the worst is p - 1
+        age=torch.tensor([50, 0, 7, 300, 2, 2, 9, 1]),
+    )
+
+
+@pytest.mark.parametrize("renew", ["worst", "oldest"])
+def test_renew_picks_the_worst_or_the_oldest_of_the_batch(renew: str) -> None:
+    pool = _pool()
+    seeds = (torch.zeros(8, 3), torch.zeros(8, 3, 2))
+    got = pool.batch(8, torch.Generator().manual_seed(1), seeds, fresh=2, renew=renew)
+    renewed = set(got.idx[got.renewed].tolist())
+    assert renewed == ({7, 6} if renew == "worst" else {3, 0})  # highest loss / most steps
+    assert torch.equal(got.age[got.renewed], torch.zeros(2, dtype=torch.int64))
+    kept = ~got.renewed
+    assert torch.equal(got.age[kept], pool.age[got.idx[kept]])
+    with pytest.raises(ValueError, match="unknown renew 'newest'"):
+        pool.batch(8, torch.Generator(), seeds, renew="newest")
+
+
+def test_ages_count_rule_steps_and_survive_the_checkpoint() -> None:
+    tr = MetaTrainer.from_config(tiny_config(k_min=3, k_max=5))
+    pool = tr.pools[0]
+    assert int(pool.age.sum()) == 0
+    total = 0
+    for _ in range(6):
+        before = pool.age.clone()
+        s = tr.meta_step()
+        assert s.age == 0 or s.age <= int(before.max())
+        total += s.k
+        assert int(pool.age.max()) <= total  # no sample is older than the whole run
+    changed = pool.age != 0
+    assert changed.any()
+    again = SamplePool.from_state_dict(pool.state_dict(), torch.device("cpu"))
+    assert torch.equal(again.age, pool.age)
+    old = {k: v for k, v in pool.state_dict().items() if k != "age"}  # before ages existed
+    assert int(SamplePool.from_state_dict(old, torch.device("cpu")).age.sum()) == 0
+
+
+def test_committed_age_is_the_start_age_plus_k() -> None:
+    tr = MetaTrainer.from_config(tiny_config(k_min=4, k_max=4))
+    tr.meta_step()
+    pool = tr.pools[0]
+    pool.age = torch.arange(pool.size, dtype=torch.int64) * 10
+    start = pool.age.clone()
+    tr.meta_step()
+    moved = pool.age != start
+    # every sample the step touched is 4 steps older than it was, or 4 if it was renewed
+    assert moved.sum() == tr.cfg.train.batch_size
+    assert bool(((pool.age[moved] == start[moved] + 4) | (pool.age[moved] == 4)).all())
+    assert int((pool.age[moved] == 4).sum()) >= tr.cfg.pool.fresh
