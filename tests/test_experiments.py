@@ -107,6 +107,12 @@ def test_stability_outputs(tmp_path):
         assert (r["capped"] == "True") == (within == 12 - t)
     curve = read_csv(out / "stability_curve.csv")
     assert len(curve) == 2 * 13  # steps 0..12 for each rule
+    for r in rows:  # the peak is the best mean test accuracy of the curve; drops measured from it
+        accs = [float(c["test_acc_mean"]) for c in curve if c["rule"] == r["rule"]]
+        assert float(r["test_acc_peak"]) == pytest.approx(max(accs), abs=1e-5)
+        assert float(r["test_acc_drop_at_end"]) == pytest.approx(max(accs) - accs[-1], abs=1e-5)
+    # the pooled rule's samples grew 3 meta-steps of 3-5 rule steps at most; no pool, no ages
+    assert 3 <= float(rows[0]["pool_age_max"]) <= 15 and rows[1]["pool_age_max"] == ""
     md = (out / "stability.md").read_text().strip().splitlines()
     assert len(md) == 4 and "epochs within 10%" in md[0] and md[2].startswith("| pooled")
     assert summary["rules"][0]["meta_steps"] == 3

@@ -43,8 +43,6 @@ def test_batched_accuracy_matches_unbatched():
     assert torch.allclose(ref.double(), got)
 
 
-
-
 def test_loss_and_accuracy_against_a_numpy_reference():
     data = _toy_data()
     arch = Architecture.mlp([4, 5, 3])
@@ -62,8 +60,10 @@ def test_loss_and_accuracy_against_a_numpy_reference():
             off += n_b
             if k == 0:
                 a = np.tanh(a)
-        logp = a - np.log(np.exp(a - a.max(1, keepdims=True)).sum(1, keepdims=True)) - a.max(
-            1, keepdims=True
+        logp = (
+            a
+            - np.log(np.exp(a - a.max(1, keepdims=True)).sum(1, keepdims=True))
+            - a.max(1, keepdims=True)
         )
         ce = -logp[np.arange(len(y)), y.numpy()].mean()
         acc = (a.argmax(1) == y.numpy()).mean()

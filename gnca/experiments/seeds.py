@@ -59,6 +59,9 @@ def _stability(s: dict[str, Any]) -> Headline:
             h.metrics[f"{label}.{key}"] = (_num(r[key]), HIGHER)
         for key in ("test_acc_at_k", "test_acc_at_10k", "test_acc_at_end"):
             h.metrics[f"{label}.{key}"] = (_num(r[key]), HIGHER)
+        for key in ("test_acc_drop_at_10k", "test_acc_drop_at_end"):
+            if key in r:
+                h.metrics[f"{label}.{key}"] = (_num(r[key]), LOWER)
     first = rows[0]
     pct = f"{s['tolerance'] * 100:g}%"
     ten_k = 10 * first["horizon_k_max"]
@@ -66,6 +69,11 @@ def _stability(s: dict[str, Any]) -> Headline:
         f"{first['rule']}: loss within {pct} of its minimum for >= 10 K = {ten_k} steps on "
         f"average (epochs_within_mean >= {ten_k})"
     ] = first["epochs_within_mean"] >= ten_k
+    if "test_acc_drop_at_end" in first:
+        end = first["steps_grown"]
+        h.claims[
+            f"{first['rule']}: test accuracy at 10 K and at {end} steps within 0.02 of its peak"
+        ] = max(first["test_acc_drop_at_10k"], first["test_acc_drop_at_end"]) <= 0.02
     if len(rows) > 1:
         other = rows[1]
         h.claims[f"{first['rule']} more stable than {other['rule']} (epochs_within_mean)"] = (

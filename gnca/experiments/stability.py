@@ -237,6 +237,7 @@ def _summary_row(g: _Grown, t_min, l_min, within, capped) -> dict[str, Any]:
     ett_m, ett_s = mean_std(t_min)
     win_m, win_s = mean_std(within)
     ten_k = min(10 * k, total)
+    peak = float(acc.mean(1).max())  # the best mean test accuracy over steps 0 .. T
     return {
         "rule": g.tr.label,
         "pool_size": g.tr.cfg.pool.size,
@@ -259,9 +260,30 @@ def _summary_row(g: _Grown, t_min, l_min, within, capped) -> dict[str, Any]:
         "test_acc_at_k": float(acc[k].mean()),
         "test_acc_at_10k": float(acc[ten_k].mean()),
         "test_acc_at_end": float(acc[total].mean()),
+        "test_acc_peak": peak,
+        "test_acc_drop_at_10k": peak - float(acc[ten_k].mean()),
+        "test_acc_drop_at_end": peak - float(acc[total].mean()),
         "max_abs_w_at_end": float(g.absw[total].median()),
+        **pool_ages(g.tr),
         "arch": g.arch.describe(),
     }
+
+
+def pool_ages(tr: TrainedRule) -> dict[str, float | None]:
+    """Median and largest age (rule steps since the seed) of the samples in the rule's pool at
+    the end of meta-training: how far past one unroll pooled samples lived. ``None`` without a
+    pool or a checkpoint that records ages."""
+    none: dict[str, float | None] = {"pool_age_median": None, "pool_age_max": None}
+    if tr.checkpoint is None or not Path(tr.checkpoint).exists():
+        return none
+    d = torch.load(tr.checkpoint, map_location="cpu", weights_only=True)
+    ages = [p["age"] for p in d.get("pools", []) if "age" in p]
+    if not ages:
+        return none
+    every = torch.cat(ages).double()
+    if not bool((every > 0).any()):  # a checkpoint from before ages were counted
+        return none
+    return {"pool_age_median": float(every.median()), "pool_age_max": float(every.max())}
 
 
 def stability_markdown(rows: list[dict[str, Any]], tolerance: float = 0.1) -> str:
@@ -280,6 +302,8 @@ def stability_markdown(rows: list[dict[str, Any]], tolerance: float = 0.1) -> st
         "test acc @K",
         "@10K",
         "@end",
+        "peak",
+        "pool age median / max",
     ]
     body = []
     for r in rows:
@@ -297,6 +321,13 @@ def stability_markdown(rows: list[dict[str, Any]], tolerance: float = 0.1) -> st
                 f"{r['test_acc_at_k']:.3f}",
                 f"{r['test_acc_at_10k']:.3f}",
                 f"{r['test_acc_at_end']:.3f}",
+                f"{r['test_acc_peak']:.3f}" if "test_acc_peak" in r else "",
+                _ages(r),
             ]
         )
     return md_table(header, body)
+
+
+def _ages(r: dict[str, Any]) -> str:
+    med, top = r.get("pool_age_median"), r.get("pool_age_max")
+    return "" if med is None or top is None else f"{med:.0f} / {top:.0f}"
