@@ -180,8 +180,11 @@ class SamplePool:
     ) -> None:
         """Write final states ``w (n, E)``, ``h (n, E, C)``, ``loss (n,)`` (and the samples'
         label permutations ``(n, classes)`` and ages ``(n,)``) back at ``idx``."""
-        self.w = self.w.index_copy(0, idx.to(self.w.device), w.detach().to(self.w.device))
-        self.h = self.h.index_copy(0, idx.to(self.h.device), h.detach().to(self.h.device))
+        # in place: the pool is outside every autograd graph (batches are gathered copies,
+        # commits detached), and an out-of-place copy of a full MNIST pool's hidden states
+        # (P x E x C floats, ~100 MB per architecture) cost a quarter of a meta-step
+        self.w.index_copy_(0, idx.to(self.w.device), w.detach().to(self.w.device, self.w.dtype))
+        self.h.index_copy_(0, idx.to(self.h.device), h.detach().to(self.h.device, self.h.dtype))
         self.loss = self.loss.index_copy(0, idx, loss.detach().cpu().to(self.loss.dtype))
         if self.labels is not None and labels is not None:
             self.labels = self.labels.index_copy(0, idx.cpu(), labels.detach().cpu())
@@ -189,7 +192,9 @@ class SamplePool:
             self.age = self.age.index_copy(0, idx.cpu(), age.cpu().to(torch.int64))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        d = {"w": self.w.cpu(), "h": self.h.cpu(), "loss": self.loss.cpu(), "age": self.age.cpu()}
+        # copies: the pool's own tensors change in place at the next commit
+        d = {"w": self.w.detach().cpu().clone(), "h": self.h.detach().cpu().clone(),
+             "loss": self.loss.cpu().clone(), "age": self.age.cpu().clone()}  # fmt: skip
         if self.labels is not None:
             d["labels"] = self.labels.cpu()
         return d

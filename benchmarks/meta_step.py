@@ -1,0 +1,118 @@
+"""Time whole meta-steps of a config at several commits, side by side.
+
+A meta-step is what `gnca train` repeats: the pool batch, the unrolled rule steps, the task
+loss, the backward pass, the optimiser and the pool commit. Each commit is checked out into a
+temporary ``git worktree``; a fresh process per commit and round imports gnca from that tree,
+builds the trainer from *that tree's* copy of the config (so a config key added later does not
+break the older side), runs ``--warmup`` meta-steps and then times ``--steps`` of them on one
+thread, in process CPU time. Processes alternate between the commits for ``--rounds`` rounds;
+the table shows the median seconds per meta-step and the ratio to the first commit.
+
+    GNCA_DATA=../shared/data/mnist python benchmarks/meta_step.py 09bcac7 HEAD
+    python benchmarks/meta_step.py 09bcac7 WORKTREE --config configs/iris.yaml --steps 20
+
+``WORKTREE`` stands for the working tree as it is (uncommitted changes included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = r"""
+import json, sys, time
+import torch
+import gnca
+torch.set_num_threads(1)
+from gnca.config import load_config
+from gnca.trainer import MetaTrainer
+config, warmup, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+tr = MetaTrainer.from_config(load_config(config))
+for _ in range(warmup):
+    tr.meta_step()
+t0 = time.process_time()
+for _ in range(steps):
+    tr.meta_step()
+print("RESULT " + json.dumps({"s_per_step": (time.process_time() - t0) / steps,
+                             "gnca": gnca.__file__}))
+"""
+
+
+def _tree(commit: str, tmp: Path) -> Path:
+    if commit == "WORKTREE":
+        return ROOT
+    path = tmp / commit.replace("/", "_")
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), commit],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def _time(tree: Path, config: str, warmup: int, steps: int) -> float:
+    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tree / config), str(warmup), str(steps)],
+        cwd=tree,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    got = json.loads(line[len("RESULT ") :])
+    if not got["gnca"].startswith(str(tree)):
+        raise RuntimeError(f"imported gnca from {got['gnca']}, not from {tree}")
+    return float(got["s_per_step"])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("commits", nargs="+", help="commits to compare (WORKTREE: the working tree)")
+    p.add_argument("--config", default="configs/mnist.yaml", help="config, relative to the repo")
+    p.add_argument("--warmup", type=int, default=2, help="untimed meta-steps first (2)")
+    p.add_argument("--steps", type=int, default=5, help="timed meta-steps per process (5)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+    args = p.parse_args()
+    times: dict[str, list[float]] = {c: [] for c in args.commits}
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {}
+        try:
+            for c in args.commits:
+                trees[c] = _tree(c, Path(tmp))
+            for r in range(args.rounds):
+                for c in args.commits:
+                    times[c].append(_time(trees[c], args.config, args.warmup, args.steps))
+                    print(f"round {r + 1}: {c} {times[c][-1]:.3f} s/step", file=sys.stderr)
+        finally:
+            for tree in trees.values():
+                if tree != ROOT:
+                    subprocess.run(
+                        ["git", "worktree", "remove", "--force", str(tree)],
+                        cwd=ROOT,
+                        capture_output=True,
+                    )
+    base = statistics.median(times[args.commits[0]])
+    print(f"{args.config}: process CPU seconds per meta-step, one thread, median of "
+          f"{args.rounds} rounds of {args.steps} steps")  # fmt: skip
+    print("| commit | s / meta-step | ratio to " + args.commits[0] + " |")
+    print("|---|---|---|")
+    for c in args.commits:
+        m = statistics.median(times[c])
+        print(f"| {c} | {m:.3f} | {m / base:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
