@@ -36,7 +36,7 @@ from gnca.config import load_config
 from gnca.trainer import MetaTrainer
 config, warmup, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
-tr = MetaTrainer.from_config(load_config(config))
+tr = MetaTrainer.from_config(load_config(config, sys.argv[4:]))
 for _ in range(warmup):
     tr.meta_step()
 t0 = time.process_time()
@@ -60,10 +60,10 @@ def _tree(commit: str, tmp: Path) -> Path:
     return path
 
 
-def _time(tree: Path, config: str, warmup: int, steps: int) -> float:
+def _time(tree: Path, config: str, warmup: int, steps: int, overrides: list[str]) -> float:
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tree / config), str(warmup), str(steps)],
+        [sys.executable, "-c", CHILD, str(tree / config), str(warmup), str(steps), *overrides],
         cwd=tree,
         env=env,
         check=True,
@@ -84,6 +84,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed meta-steps first (2)")
     p.add_argument("--steps", type=int, default=5, help="timed meta-steps per process (5)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args()
     times: dict[str, list[float]] = {c: [] for c in args.commits}
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +94,7 @@ def main() -> int:
                 trees[c] = _tree(c, Path(tmp))
             for r in range(args.rounds):
                 for c in args.commits:
-                    times[c].append(_time(trees[c], args.config, args.warmup, args.steps))
+                    times[c].append(_time(trees[c], args.config, args.warmup, args.steps, args.set))
                     print(f"round {r + 1}: {c} {times[c][-1]:.3f} s/step", file=sys.stderr)
         finally:
             for tree in trees.values():
@@ -104,7 +105,8 @@ def main() -> int:
                         capture_output=True,
                     )
     base = statistics.median(times[args.commits[0]])
-    print(f"{args.config}: process CPU seconds per meta-step, one thread, median of "
+    shown = args.config + "".join(f" {o}" for o in args.set)
+    print(f"{shown}: process CPU seconds per meta-step, one thread, median of "
           f"{args.rounds} rounds of {args.steps} steps")  # fmt: skip
     print("| commit | s / meta-step | ratio to " + args.commits[0] + " |")
     print("|---|---|---|")
