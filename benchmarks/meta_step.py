@@ -11,7 +11,10 @@ the table shows the median seconds per meta-step and the ratio to the first comm
     GNCA_DATA=../shared/data/mnist python benchmarks/meta_step.py 09bcac7 HEAD
     python benchmarks/meta_step.py 09bcac7 WORKTREE --config configs/iris.yaml --steps 20
 
-``WORKTREE`` stands for the working tree as it is (uncommitted changes included).
+``WORKTREE`` stands for the working tree as it is (uncommitted changes included). A commit may
+carry its own overrides after ``+``, to time two settings of one tree side by side:
+
+    python benchmarks/meta_step.py HEAD HEAD+train.precision=bf16
 """
 
 from __future__ import annotations
@@ -91,10 +94,14 @@ def main() -> int:
         trees = {}
         try:
             for c in args.commits:
-                trees[c] = _tree(c, Path(tmp))
+                rev = c.split("+")[0]
+                if rev not in trees:
+                    trees[rev] = _tree(rev, Path(tmp))
             for r in range(args.rounds):
                 for c in args.commits:
-                    times[c].append(_time(trees[c], args.config, args.warmup, args.steps, args.set))
+                    rev, *own = c.split("+")
+                    sets = [*args.set, *own]
+                    times[c].append(_time(trees[rev], args.config, args.warmup, args.steps, sets))
                     print(f"round {r + 1}: {c} {times[c][-1]:.3f} s/step", file=sys.stderr)
         finally:
             for tree in trees.values():
