@@ -1,20 +1,28 @@
 """Growing 100 task nets with a trained rule vs training 100 nets from scratch with Adam.
 
-For one task (Iris, MNIST) and one architecture (the rule's first training architecture):
+For one task (Iris, MNIST, digits with a rule that reads data) and one architecture (the rule's
+first training architecture):
 
 1. a trained rule (``--iris-checkpoint`` / ``--mnist-checkpoint``, or one meta-trained here for
    ``--train-seconds``, its accuracy stated) grows 100 nets as one batch, no gradients; the mean
-   test accuracy over the 100 nets is recorded after every rule step;
+   test accuracy over the 100 nets is recorded after every rule step. ``digits_senses``: a rule
+   with senses (``--digits-senses-checkpoint``, e.g. ``runs/digits_senses_pool/last.pt`` of
+   ``configs/digits_senses.yaml``; skipped without one) reads ``rule.sense_batch`` training
+   examples at every rule step through its :class:`gnca.senses.SenseReader` (true labels, not
+   the permutations of meta-training), so it sees ``sense_batch`` x rule steps examples per
+   net, and the reading is part of what is timed and counted;
 2. target accuracies: the best mean accuracy the grown nets reach (``A``) and ``A - 0.02``;
    growing needs the first rule step count at which the mean reaches each target;
 3. Adam trains 100 nets of the same architecture (default PyTorch init, tanh, batched matmuls
    over the nets, one shared data batch per step, loss = sum of the nets' mean cross-entropies,
    so every net trains exactly as it would alone). Learning rate and batch size are tuned on a
-   small grid (full batch for Iris), and the configuration that reaches each target soonest in
-   wall time wins; the tuning itself is not charged to Adam;
+   small grid (full batch for Iris; for the data-reading rule the batch is its ``sense_batch``,
+   so both see the same number of examples per step), and the configuration that reaches
+   each target soonest in wall time wins; the tuning itself is not charged to Adam;
 4. both procedures are then timed side by side (interleaved rounds, median): growing = graph,
    initial states and the rule steps; Adam = init and the optimisation steps; neither includes
-   evaluation. Flops of both are counted, and the point where the balance tips is stated.
+   evaluation (growing with senses includes the reader's batches and forward passes). Flops of
+   both are counted, and the point where the balance tips is stated.
 
 Accuracies are measured on the test split (on MNIST a fixed subset of up to 5000 test images
 picks the step counts; the final accuracies use the whole test split).
@@ -55,6 +63,8 @@ def get_rule(sec: Section, ctx: Context, task: str):
     from gnca.trainer import MetaTrainer
 
     ckpt = ctx.options.get(f"{task}_checkpoint")
+    if task == "digits_senses" and not ckpt:
+        raise ValueError("digits_senses needs a checkpoint (--digits-senses-checkpoint)")
     if ckpt:
         rule, cfg = load_rule(ckpt, map_location=ctx.device)
         return rule.to(ctx.device), cfg, f"checkpoint {ckpt}"
@@ -157,11 +167,31 @@ def nets_accuracy(nets: BatchedMLP, X: torch.Tensor, y: torch.Tensor) -> torch.T
 
 # ---------------------------------------------------------------------- flops
 def rule_flops_per_weight(rule) -> int:
-    """Flops of one rule step per weight: the rule MLP plus perception and update."""
+    """Flops of one rule step per weight: the rule MLP plus perception and update (the senses'
+    channels widen the MLP's input; reading them is :func:`senses_flops_per_net`)."""
+    from gnca.senses import sense_size
+
     d = 1 + rule.hidden_channels
-    dims = [3 * d, *rule.widths, d]
+    dims = [3 * d + sense_size(rule.senses), *rule.widths, d]
     mlp = sum(2 * a * b + b for a, b in zip(dims[:-1], dims[1:], strict=True))
     return mlp + 8 * d  # sums in/out (2d), own-term fix (4d), masked update (2d)
+
+
+def senses_flops_per_net(sizes: list[int], batch: int, names) -> int:
+    """Flops of one read of the senses for one MLP (``gnca.senses.dense_senses``): the forward
+    pass (2BP), the error messages into the hidden layers (2B per weight above the first
+    layer), and one ``A^T A / B`` product per layer for ``hebb`` and for ``delta`` (2BP each);
+    elementwise terms ignored."""
+    if not names:
+        return 0
+    layers = [a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    p = sum(layers)
+    feedback = "error" in names or "delta" in names
+    total = 2 * batch * p
+    if feedback:
+        total += 2 * batch * sum(a * b for a, b in zip(sizes[1:-1], sizes[2:], strict=True))
+    total += 2 * batch * p * (("hebb" in names) + ("delta" in names))
+    return total
 
 
 def adam_flops_per_step(sizes: list[int], batch: int) -> int:
@@ -179,10 +209,19 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
     if task == "mnist" and find_mnist_dir(ctx) is None and not ctx.options.get("mnist_dir"):
         sec.note("mnist: skipped (no MNIST IDX files: pass --mnist-dir or set GNCA_DATA)")
         return
+    if task == "digits_senses" and not ctx.options.get("digits_senses_checkpoint"):
+        sec.note(
+            "digits_senses: skipped (no rule that reads data: pass --digits-senses-checkpoint, "
+            "e.g. runs/digits_senses_pool/last.pt of gnca train --config "
+            "configs/digits_senses.yaml)"
+        )
+        return
     rule, cfg, how = get_rule(sec, ctx, task)
     data_dir = (ctx.options.get("mnist_dir") or find_mnist_dir(ctx)) if task == "mnist" else None
     trained = trained_from(rule, cfg, device=dev, data_dir=data_dir)
     the_task, init, data = trained.task, trained.init, trained.task.data
+    reads = bool(rule.senses)  # the rule reads sense_batch training examples every rule step
+    sense_batch = cfg.rule.sense_batch if reads else 0
     arch = the_task.mlp(cfg.task.architectures[0])
     sizes = list(arch.mlp_sizes)
     act = cfg.task.activation
@@ -205,6 +244,7 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
         generator=torch.Generator(device=dev).manual_seed(11),
         metric=lambda g, w: the_task.accuracy(g, w, Xsel, ysel),
         record_at=range(s_max + 1),
+        senses=trained.reader(11),
     )
     curve = res.curve.mean(1).tolist()  # mean over nets, per rule step
     best = max(curve)
@@ -230,12 +270,17 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
     if task == "iris":
         grid = [(lr, None) for lr in (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)]
         max_steps, every = 3000, 5
+    elif reads:  # the batch the rule reads per step
+        grid = [(lr, sense_batch) for lr in (3e-3, 1e-2, 3e-2, 1e-1)]
+        if ctx.quick:
+            grid = [(1e-2, sense_batch), (3e-2, sense_batch)]
+        max_steps, every = 3000, 5
     else:
         grid = [(lr, b) for b in (128, 512) for lr in (3e-3, 1e-2, 3e-2)]
         if ctx.quick:
             grid = [(1e-2, 128), (1e-2, 512)]
         max_steps, every = 3000, 10
-    cap = 20 if ctx.quick else (60 if task == "iris" else 150)
+    cap = 20 if ctx.quick else (150 if task == "mnist" else 60)
     cap = min(cap, max(ctx.budget.left() * 0.25 / len(grid), 2))
     tuning = []
     for lr, b in grid:
@@ -307,6 +352,7 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
                 init,
                 device=dev,
                 generator=torch.Generator(device=dev).manual_seed(gen_seed[0]),
+                senses=trained.reader(gen_seed[0]),
             )
 
         return run
@@ -335,57 +381,58 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
             generator=torch.Generator(device=dev).manual_seed(999),
             metric=lambda g, w: the_task.accuracy(g, w, Xte, yte),
             record_at=[steps],
+            senses=trained.reader(999),
         )
         return r.curve[0]
 
+    cols = [
+        "target (mean test acc)",
+        "grow: rule steps",
+        "grow: test acc mean [min, max]",
+        "grow s",
+        "Adam: lr, batch, steps",
+        "Adam: test acc mean [min, max]",
+        "Adam s",
+        "Adam/grow time",
+        "grow GFLOP",
+        "Adam GFLOP",
+    ]
+    if reads:  # examples seen per net, after the step counts
+        cols.insert(2, "grow: examples/net")
+        cols.insert(6, "Adam: examples/net")
     t = Table(
         f"{task}: {NETS} nets of {arch.describe()} ({arch.num_weights:,} weights each), grown "
-        f"vs trained with Adam to the same mean test accuracy",
-        [
-            "target (mean test acc)",
-            "grow: rule steps",
-            "grow: test acc mean [min, max]",
-            "grow s",
-            "Adam: lr, batch, steps",
-            "Adam: test acc mean [min, max]",
-            "Adam s",
-            "Adam/grow time",
-            "grow GFLOP",
-            "Adam GFLOP",
-        ],
+        + (f"by a rule that reads {sense_batch} examples per step " if reads else "")
+        + "vs trained with Adam to the same mean test accuracy",
+        cols,
     )
     sec.tables.append(t)
     f_rule = rule_flops_per_weight(rule)
+    f_read = senses_flops_per_net(sizes, sense_batch, rule.senses) if reads else 0
+    per_w_grow = f_rule + f_read / arch.num_weights  # flops per weight per rule step, in all
     rows = []
     for i, tgt in enumerate(targets):
         s = grow_steps[i]
         ga = grown_acc(s).cpu()
         tg = timing[f"grow{i}"].median
-        gflop_g = s * arch.num_weights * NETS * f_rule / 1e9
+        gflop_g = s * NETS * (arch.num_weights * f_rule + f_read) / 1e9
         tr = choice[i]
         row = {
             "target": tgt,
             "grow_steps": s,
+            "grow_examples": s * sense_batch,
             "grow_acc": [float(ga.mean()), float(ga.min()), float(ga.max())],
             "grow_s": tg,
             "grow_gflop": gflop_g,
         }
         if tr is None:
             best_adam = max(x["best_mean_acc"] for x in tuning)
-            t.rows.append(
-                [
-                    fmt(tgt, 4),
-                    s,
-                    _acc(ga),
-                    fmt(tg),
-                    f"not reached (best {best_adam:.4f})",
-                    "-",
-                    "-",
-                    "-",
-                    fmt(gflop_g),
-                    "-",
-                ]
-            )
+            cells = [fmt(tgt, 4), s, _acc(ga), fmt(tg), f"not reached (best {best_adam:.4f})"]
+            cells += ["-", "-", "-", fmt(gflop_g), "-"]
+            if reads:
+                cells.insert(2, f"{s * sense_batch:,}")
+                cells.insert(6, "-")
+            t.rows.append(cells)
             rows.append(row)
             continue
         n = tr["reached"][str(i)]
@@ -399,6 +446,7 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
                 "adam_lr": tr["lr"],
                 "adam_batch": tr["batch"],
                 "adam_steps": n,
+                "adam_examples": n * tr["batch"],
                 "adam_acc": [float(aa.mean()), float(aa.min()), float(aa.max())],
                 "adam_s": ta,
                 "adam_gflop": gflop_a,
@@ -406,36 +454,46 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
             }
         )
         rows.append(row)
-        t.rows.append(
-            [
-                fmt(tgt, 4),
-                s,
-                _acc(ga),
-                fmt(tg),
-                f"{tr['lr']:g}, {tr['batch']}, {n}",
-                _acc(aa),
-                fmt(ta),
-                f"{ta / tg:.1f}x",
-                fmt(gflop_g),
-                fmt(gflop_a),
-            ]
-        )
+        cells = [
+            fmt(tgt, 4),
+            s,
+            _acc(ga),
+            fmt(tg),
+            f"{tr['lr']:g}, {tr['batch']}, {n}",
+            _acc(aa),
+            fmt(ta),
+            f"{ta / tg:.1f}x" if ta / tg >= 0.95 else f"{ta / tg:.2f}x",
+            fmt(gflop_g),
+            fmt(gflop_a),
+        ]
+        if reads:
+            cells.insert(2, f"{s * sense_batch:,}")
+            cells.insert(6, f"{n * tr['batch']:,}")
+        t.rows.append(cells)
     sec.data[task] = {"rule": how, "arch": sizes, "curve": curve, "rows": rows}
     # where the balance tips, in flops
     main = next((r for r in rows if "adam_steps" in r), None)
-    per_w_grow = f_rule
     t.notes.append(
-        f"Rule: {how}; C={rule.hidden_channels}, widths {list(rule.widths)}: "
-        f"{f_rule:,} flops per weight per rule step, independent of the data set. One Adam "
-        f"step costs 6 x batch + 10 flops per parameter. Growing for S steps equals, in flops, "
-        f"S x {per_w_grow:,} / (6 B + 10) Adam steps at batch B."
+        f"Rule: {how}; C={rule.hidden_channels}, widths {list(rule.widths)}"
+        + (f", senses {'+'.join(rule.senses)}" if reads else "")
+        + f": {f_rule:,} flops per weight per rule step"
+        + (
+            f", plus {f_read:,} per net ({f_read / arch.num_weights:,.0f} per weight) for reading "
+            f"{sense_batch} examples through the net and sending the error messages back"
+            if reads
+            else ", independent of the data set"
+        )
+        + ". One Adam step costs 6 x batch + 10 flops per parameter. Growing for S steps "
+        f"equals, in flops, S x {per_w_grow:,.0f} / (6 B + 10) Adam steps at batch B."
     )
     if main is not None:
         s, n, b = main["grow_steps"], main["adam_steps"], main["adam_batch"]
         tip_examples = s * per_w_grow / 6  # examples Adam may see before it costs as much
         t.notes.append(
             f"At the first target Adam needed {n} steps at batch {b} = {n * b:,} examples seen "
-            f"({n * b / n_train:.1f} epochs of {n_train:,}); in flops, growing {s} steps costs as "
+            f"({n * b / n_train:.1f} epochs of {n_train:,})"
+            + (f", growing read {s * sense_batch:,}" if reads else "")
+            + f"; in flops, growing {s} steps costs as "
             f"much as Adam seeing about {tip_examples:,.0f} examples, so growing is cheaper in "
             f"flops whenever Adam needs more than that to reach the accuracy "
             f"({'here: yes' if n * b > tip_examples else 'here: no'}). "
@@ -443,13 +501,30 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
         )
     t.notes.append(
         "Times: median of interleaved rounds; growing = replicate graph + initial state + rule "
-        "steps (no grad); Adam = init + steps (no evaluation). Accuracies from a separate run of "
+        "steps (no grad"
+        + ("; with the reader's batches and sense passes" if reads else "")
+        + "); Adam = init + steps (no evaluation). Accuracies from a separate run of "
         "each procedure, on the whole test split; step counts picked on "
         f"{'the test split' if Xte.shape[0] <= 5000 else 'a 5000-image test subset'}. "
         "Adam's tuning grid: "
         + ", ".join(f"lr {g[0]:g} batch {g[1] or 'full'}" for g in grid)
         + " (tuning time not charged)."
     )
+    if reads:
+        t.notes.append(
+            f"What differs between the two: the grown nets use the task's conventions of the "
+            f"rule's config (init {cfg.task.init}, "
+            + (
+                f"mean-field sums fan_in_ref = {cfg.task.fan_in_ref:g}: a weight counts as "
+                f"w x fan_in_ref / fan_in"
+                if cfg.task.fan_in_ref
+                else "plain sums"
+            )
+            + "); the Adam nets use PyTorch's default init and plain sums. "
+            f"Both use {act} hidden units, batches of {sense_batch} drawn with replacement "
+            f"from the same {n_train:,} training examples, and the true labels (the rule was "
+            "meta-trained under label permutations)."
+        )
 
 
 def _acc(a: torch.Tensor) -> str:
@@ -457,7 +532,7 @@ def _acc(a: torch.Tensor) -> str:
 
 
 def run_grow(sec: Section, ctx: Context) -> None:
-    for task in ("iris", "mnist"):
+    for task in ("iris", "mnist", "digits_senses"):
         if not ctx.budget.allows(30 if not ctx.quick else 10):
             sec.status = "partial"
             sec.note(f"{task}: skipped (time budget)")

@@ -6,7 +6,8 @@ Sections, in the order they run (``--sections`` picks some):
   materialised line graph, a batch of nets vs a Python loop (``benchmarks/scaling.py``);
 * ``floor``: a whole step vs the rule MLP alone on the same rows (``benchmarks/scaling.py``);
 * ``grow``: growing 100 nets with a trained rule vs training 100 nets with Adam to the same
-  test accuracy, Iris and MNIST (``benchmarks/grow_vs_adam.py``);
+  test accuracy, Iris and MNIST, and digits with a rule that reads data
+  (``benchmarks/grow_vs_adam.py``);
 * ``memory``: peak memory of one meta-step vs the unroll length, with and without
   checkpointing (``benchmarks/memory.py``);
 * ``options``: ``torch.compile`` and bf16 autocast of the step (``benchmarks/scaling.py``);
@@ -75,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--iris-checkpoint", default=None, help="a trained Iris rule (gnca train)")
     ap.add_argument("--mnist-checkpoint", default=None, help="a trained MNIST rule")
     ap.add_argument(
+        "--digits-senses-checkpoint",
+        default=None,
+        help="a digits rule that reads data (configs/digits_senses.yaml); grow skips it without",
+    )
+    ap.add_argument(
         "--mnist-dir",
         default=None,
         help="MNIST IDX folder (default $GNCA_DATA, then ../shared/data/mnist)",
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> Results:
         {
             "iris_checkpoint": args.iris_checkpoint,
             "mnist_checkpoint": args.mnist_checkpoint,
+            "digits_senses_checkpoint": args.digits_senses_checkpoint,
             "mnist_dir": args.mnist_dir,
             "train_seconds": args.train_seconds,
             "compile": not args.no_compile,
