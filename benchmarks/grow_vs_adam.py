@@ -42,6 +42,8 @@ from common import Context, Section, Table, fmt, interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
 NETS = 100
+#: the cases of the section, in order (``--grow-tasks`` picks some)
+TASKS = ("iris", "mnist", "digits_senses")
 
 
 # ---------------------------------------------------------------------- the rule
@@ -532,7 +534,8 @@ def _acc(a: torch.Tensor) -> str:
 
 
 def run_grow(sec: Section, ctx: Context) -> None:
-    for task in ("iris", "mnist", "digits_senses"):
+    tasks = ctx.options.get("grow_tasks") or TASKS
+    for task in tasks:
         if not ctx.budget.allows(30 if not ctx.quick else 10):
             sec.status = "partial"
             sec.note(f"{task}: skipped (time budget)")

@@ -81,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a digits rule that reads data (configs/digits_senses.yaml); grow skips it without",
     )
     ap.add_argument(
+        "--grow-tasks",
+        default="iris,mnist,digits_senses",
+        help="comma-separated cases of the grow section (default all three)",
+    )
+    ap.add_argument(
         "--mnist-dir",
         default=None,
         help="MNIST IDX folder (default $GNCA_DATA, then ../shared/data/mnist)",
@@ -97,6 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.sections.split(",") if s and s not in SECTIONS]
     if unknown:
         ap.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    grow_tasks = ("iris", "mnist", "digits_senses")  # grow_vs_adam.TASKS, without its imports
+    args.grow_tasks = [t for t in args.grow_tasks.split(",") if t]
+    bad = [t for t in args.grow_tasks if t not in grow_tasks]
+    if bad:
+        ap.error(f"unknown grow tasks {bad}; choose from {', '.join(grow_tasks)}")
     return args
 
 
@@ -132,6 +142,7 @@ def main(argv: list[str] | None = None) -> Results:
             "iris_checkpoint": args.iris_checkpoint,
             "mnist_checkpoint": args.mnist_checkpoint,
             "digits_senses_checkpoint": args.digits_senses_checkpoint,
+            "grow_tasks": args.grow_tasks,
             "mnist_dir": args.mnist_dir,
             "train_seconds": args.train_seconds,
             "compile": not args.no_compile,
