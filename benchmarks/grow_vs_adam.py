@@ -370,6 +370,7 @@ def run_task(sec: Section, ctx: Context, task: str) -> None:
             fns[f"adam{i}"] = adam_fn(choice[i], choice[i]["reached"][str(i)])
     rounds = 2 if ctx.quick else 5
     timing = interleaved(fns, dev, rounds, max_seconds=max(10, ctx.budget.left() * 0.1))
+    sec.data[f"{task}_timing"] = {k: v.as_dict() for k, v in timing.items()}
 
     # ---- final accuracies of timed-equivalent runs on the whole test split (not timed)
     def grown_acc(steps: int) -> torch.Tensor:
