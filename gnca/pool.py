@@ -43,6 +43,8 @@ class PoolBatch:
         renewed: ``(n,)`` bool, the samples that start again from a fresh seed.
         labels: ``(n, classes)`` the samples' label permutations (pools that keep them), with
             the renewed rows still holding their old ones: the caller draws new ones.
+        tags: the samples' rows of the pool's other per-sample tags (:attr:`SamplePool.tags`),
+            renewed rows too.
     """
 
     idx: torch.Tensor
@@ -50,6 +52,7 @@ class PoolBatch:
     h: torch.Tensor
     renewed: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    tags: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,12 +65,15 @@ class SamplePool:
         loss: ``(P,)`` last loss of each sample (``inf`` for fresh seeds).
         labels: ``(P, classes)`` the label permutation each sample is learning (a task
             augmentation, ``train.permute_labels``), kept with it across meta-steps; or ``None``.
+        tags: more per-sample tensors ``(P, ...)`` kept with the samples like ``labels`` (on
+            the CPU; the other augmentations, :mod:`gnca.augment`), by name.
     """
 
     w: torch.Tensor
     h: torch.Tensor
     loss: torch.Tensor
     labels: torch.Tensor | None = None
+    tags: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def filled(cls, w0: torch.Tensor, h0: torch.Tensor) -> SamplePool:
@@ -143,7 +149,8 @@ class SamplePool:
             kept = damage_mask(which)[lo * e : hi * e].view(n, e)
             w = torch.where(kept == 0, torch.zeros_like(w), w)
         labels = self.labels[idx] if self.labels is not None else None
-        return PoolBatch(idx, w, h, mine, labels)
+        tags = {k: v[idx.cpu()] for k, v in self.tags.items()}
+        return PoolBatch(idx, w, h, mine, labels, tags)
 
     def commit(
         self,
@@ -152,23 +159,30 @@ class SamplePool:
         h: torch.Tensor,
         loss: torch.Tensor,
         labels: torch.Tensor | None = None,
+        tags: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Write final states ``w (n, E)``, ``h (n, E, C)``, ``loss (n,)`` (and the samples'
-        label permutations ``(n, classes)``) back at ``idx``."""
+        label permutations ``(n, classes)``, their ``tags``) back at ``idx``."""
         self.w = self.w.index_copy(0, idx.to(self.w.device), w.detach().to(self.w.device))
         self.h = self.h.index_copy(0, idx.to(self.h.device), h.detach().to(self.h.device))
         self.loss = self.loss.index_copy(0, idx, loss.detach().cpu().to(self.loss.dtype))
         if self.labels is not None and labels is not None:
             self.labels = self.labels.index_copy(0, idx.cpu(), labels.detach().cpu())
+        for k, v in (tags or {}).items():
+            if k not in self.tags:
+                raise KeyError(f"the pool keeps no tag {k!r}")
+            self.tags[k] = self.tags[k].index_copy(0, idx.cpu(), v.detach().cpu())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         d = {"w": self.w.cpu(), "h": self.h.cpu(), "loss": self.loss.cpu()}
         if self.labels is not None:
             d["labels"] = self.labels.cpu()
+        d.update({f"tag.{k}": v.cpu() for k, v in self.tags.items()})
         return d
 
     @classmethod
     def from_state_dict(cls, d: dict[str, torch.Tensor], device: torch.device) -> SamplePool:
         labels = d.get("labels")
+        tags = {k[4:]: v.cpu() for k, v in d.items() if k.startswith("tag.")}
         return cls(d["w"].to(device), d["h"].to(device), d["loss"].cpu(),
-                   labels.cpu() if labels is not None else None)  # fmt: skip
+                   labels.cpu() if labels is not None else None, tags)  # fmt: skip
