@@ -242,6 +242,25 @@ class MetaTrainer:
                             self.cfg.train.batch_size)  # fmt: skip
         return a, tags
 
+    def _net_batch(
+        self,
+        task: Task,
+        aug: aug_.NetAugment | None,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        perm: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The meta-loss batch as the nets see it: ``X (B, F)`` and ``(b, B)`` labels (or
+        ``(B,)`` without augmentations); under class subsets each net's own batch of its
+        classes, as large as the shared one (drawn with the data generator), ``(b, B, F)``; under
+        a feature transform each net's inputs ``(b, B, F)``."""
+        if aug is None:
+            return X, (perm[:, y] if perm is not None else y)
+        if aug.classes is not None:
+            X, y = aug.draw(*task.split("train", self.device), X.shape[0], self.gen,
+                            replacement=False)  # fmt: skip
+        return aug.inputs(X), aug.labels(y)
+
     def _seed_states(self, graph) -> tuple[torch.Tensor, torch.Tensor]:
         return self.seed_init.state(graph, self.rule.hidden_channels, self.dev_gen)
 
@@ -364,16 +383,10 @@ class MetaTrainer:
             if reader is not None:
                 reader.permutation, reader.augment = perm, aug
             w, h = self._unroll(graph, w, h, k, reader)
-            if aug is not None and aug.classes is not None:  # (b, B, F), (b, B): own classes
-                X, y = aug.draw(*task.split("train", self.device), X.shape[0], self.gen,
-                                replacement=False)  # fmt: skip
-            yy = perm[:, y] if perm is not None and y.dim() == 1 else y  # (b, B) or (B,)
-            if aug is not None:
-                X, yy = aug.inputs(X), aug.labels(y)
+            X, yy = self._net_batch(task, aug, X, y, perm)  # (b, B) labels per net, or (B,)
             # one forward pass gives both the loss and the logged accuracy
             logits = task.logits(graph, w, X)
-            if aug is not None:
-                logits = aug_.mask_logits(logits, aug.output_mask)
+            logits = aug_.mask_logits(logits, aug.output_mask if aug is not None else None)
             per_net = logits_cross_entropy(logits, yy)  # (b,)
             losses.append(per_net)
             accs.append(logits_accuracy(logits.detach(), yy))
