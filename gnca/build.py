@@ -150,6 +150,8 @@ def trainer_parts(
         "config": cfg,
         "sense_batch": cfg.rule.sense_batch,
         "permute_labels": cfg.train.permute_labels,
+        "feature_transform": cfg.train.feature_transform,
+        "class_subsets": cfg.train.class_subsets,
     }
 
 

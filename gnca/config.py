@@ -25,6 +25,7 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
+from gnca.augment import FEATURE_TRANSFORMS
 from gnca.data import DATASET_NAMES
 from gnca.files import atomic_write
 from gnca.forward import TASK_ACTIVATIONS
@@ -177,6 +178,10 @@ class TrainConfig:
     loss_horizons: int = 1  # meta-loss averaged after this many evenly spaced rule steps
     weight_penalty: float = 0.0  # meta-loss += this x mean squared task weight (scale damping)
     permute_labels: bool = False  # each net learns under its own random label permutation
+    # each net sees its inputs through its own random feature permutation or orthogonal map
+    feature_transform: str = "none"  # none | permute | orthogonal (rules with senses)
+    # each net learns a random subset of m ~ U[class_subsets, classes] classes (null: all)
+    class_subsets: int | None = None
     wandb: bool = False  # also log to Weights & Biases, in the run directory (gnca[wandb] extra)
     wandb_project: str = "gnca"  # the W&B project of the run
     wandb_mode: str = "offline"  # offline (files only; `wandb sync` uploads) | online
@@ -493,6 +498,8 @@ def _validate_train(c: TrainConfig, p: str) -> None:
         need = f"a non-empty name without {_WANDB_BAD_CHARS}"
         raise _bad(p, "wandb_project", need, c.wandb_project)
     _check_choice(c, p, "wandb_mode", WANDB_MODES)
+    _check_choice(c, p, "feature_transform", FEATURE_TRANSFORMS)
+    _check_min(c, p, "class_subsets", 2)
 
 
 def _validate_root(c: Config, p: str) -> None:

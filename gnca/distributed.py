@@ -375,12 +375,14 @@ class DistributedMetaTrainer(MetaTrainer):
         n = pool.size // self.ctx.world_size
         lo, hi = self.ctx.rank * n, (self.ctx.rank + 1) * n
         labels = pool.labels[lo:hi].clone() if pool.labels is not None else None
+        tags = {k: v[lo:hi].clone() for k, v in pool.tags.items()}
         return SamplePool(
             pool.w[lo:hi].clone(),
             pool.h[lo:hi].clone(),
             pool.loss[lo:hi].clone(),
             labels,
             pool.age[lo:hi].clone(),
+            tags,
         )
 
     def _broadcast_rule(self) -> None:

@@ -47,6 +47,8 @@ class PoolBatch:
         labels: ``(n, classes)`` the samples' label permutations (pools that keep them), with
             the renewed rows still holding their old ones: the caller draws new ones.
         age: ``(n,)`` rule steps each sample has grown since its seed (0 for renewed ones).
+        tags: the samples' rows of the pool's other per-sample tags (:attr:`SamplePool.tags`),
+            renewed rows too.
     """
 
     idx: torch.Tensor
@@ -55,6 +57,7 @@ class PoolBatch:
     renewed: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     age: torch.Tensor | None = None
+    tags: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,6 +72,8 @@ class SamplePool:
             augmentation, ``train.permute_labels``), kept with it across meta-steps; or ``None``.
         age: ``(P,)`` int64, rule steps each sample has grown since its seed (how long pooled
             samples live: the oldest set the horizon the rule is meta-trained at).
+        tags: more per-sample tensors ``(P, ...)`` kept with the samples like ``labels`` (on
+            the CPU; the other augmentations, :mod:`gnca.augment`), by name.
     """
 
     w: torch.Tensor
@@ -76,6 +81,7 @@ class SamplePool:
     loss: torch.Tensor
     labels: torch.Tensor | None = None
     age: torch.Tensor = None  # type: ignore[assignment]  # zeros when not given
+    tags: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.age is None:
@@ -167,7 +173,8 @@ class SamplePool:
             w = torch.where(kept == 0, torch.zeros_like(w), w)
         labels = self.labels[idx] if self.labels is not None else None
         age = torch.where(mine.cpu(), torch.zeros_like(self.age[idx]), self.age[idx])
-        return PoolBatch(idx, w, h, mine, labels, age)
+        tags = {k: v[idx.cpu()] for k, v in self.tags.items()}
+        return PoolBatch(idx, w, h, mine, labels, age, tags)
 
     def commit(
         self,
@@ -177,9 +184,10 @@ class SamplePool:
         loss: torch.Tensor,
         labels: torch.Tensor | None = None,
         age: torch.Tensor | None = None,
+        tags: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Write final states ``w (n, E)``, ``h (n, E, C)``, ``loss (n,)`` (and the samples'
-        label permutations ``(n, classes)`` and ages ``(n,)``) back at ``idx``."""
+        label permutations ``(n, classes)``, ages ``(n,)`` and ``tags``) back at ``idx``."""
         # in place: the pool is outside every autograd graph (batches are gathered copies,
         # commits detached), and an out-of-place copy of a full MNIST pool's hidden states
         # (P x E x C floats, ~100 MB per architecture) cost a quarter of a meta-step
@@ -190,18 +198,24 @@ class SamplePool:
             self.labels = self.labels.index_copy(0, idx.cpu(), labels.detach().cpu())
         if age is not None:
             self.age = self.age.index_copy(0, idx.cpu(), age.cpu().to(torch.int64))
+        for k, v in (tags or {}).items():
+            if k not in self.tags:
+                raise KeyError(f"the pool keeps no tag {k!r}")
+            self.tags[k] = self.tags[k].index_copy(0, idx.cpu(), v.detach().cpu())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         # copies: the pool's own tensors change in place at the next commit
         d = {"w": self.w.detach().cpu().clone(), "h": self.h.detach().cpu().clone(),
              "loss": self.loss.cpu().clone(), "age": self.age.cpu().clone()}  # fmt: skip
         if self.labels is not None:
-            d["labels"] = self.labels.cpu()
+            d["labels"] = self.labels.cpu().clone()
+        d.update({f"tag.{k}": v.cpu().clone() for k, v in self.tags.items()})
         return d
 
     @classmethod
     def from_state_dict(cls, d: dict[str, torch.Tensor], device: torch.device) -> SamplePool:
         labels, age = d.get("labels"), d.get("age")  # checkpoints before ages: all zero
+        tags = {k[4:]: v.cpu() for k, v in d.items() if k.startswith("tag.")}
         return cls(d["w"].to(device), d["h"].to(device), d["loss"].cpu(),
                    labels.cpu() if labels is not None else None,
-                   age.cpu() if age is not None else None)  # fmt: skip
+                   age.cpu() if age is not None else None, tags)  # fmt: skip

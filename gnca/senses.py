@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from gnca.architecture import BIAS, INPUT, OUTPUT
+from gnca.augment import NetAugment, mask_logits
 from gnca.forward import TASK_ACTIVATIONS, effective_weights
 from gnca.graph import (
     cached,
@@ -139,6 +140,7 @@ def neuron_stats(
     y: torch.Tensor,
     activation: str = "tanh",
     fan_in_ref: float | None = None,
+    class_mask: torch.Tensor | None = None,
 ) -> NeuronStats:
     """Run ``X (B, F)`` (or ``(G, B, F)``) through every net and send the errors back.
 
@@ -149,6 +151,8 @@ def neuron_stats(
             messages.
         X: inputs; y: ``(B,)`` labels shared by all nets or ``(G, B)`` one set per net.
         activation, fan_in_ref: the task's forward conventions.
+        class_mask: ``(G, n_out)`` bool, the classes each net learns (class subsets): the
+            others' logits are masked out of the loss and the softmax (their error is 0).
     """
     act = TASK_ACTIVATIONS[activation]
     plan = _plan(graph)
@@ -171,6 +175,7 @@ def neuron_stats(
             A = A.index_put((neurons,), torch.where(is_out[:, None], z, act(z)))
         n_out = graph.output_index.numel() // g
         logits = A[graph.output_index].view(g, n_out, b).transpose(1, 2)  # (G, B, n_out)
+        logits = mask_logits(logits, class_mask)
         yy = y if y.dim() == 2 else y.unsqueeze(0).expand(g, -1)  # (G, B)
         loss = F.cross_entropy(logits.reshape(g * b, n_out), yy.reshape(-1), reduction="none")
         loss = loss.view(g, b).mean(1)
@@ -237,9 +242,11 @@ def _dense_pass(
     y: torch.Tensor,
     activation: str,
     fan_in_ref: float | None,
+    class_mask: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Activations ``A[l] (G, B, n_l)`` (outputs: softmax), pre-activations ``Z[l]``, the
-    ``(G,)`` loss and the output error ``(G, B, n_out)`` of ``G`` MLPs, without autograd."""
+    ``(G,)`` loss and the output error ``(G, B, n_out)`` of ``G`` MLPs, without autograd
+    (``class_mask``: as in :func:`neuron_stats`)."""
     act = TASK_ACTIVATIONS[activation]
     n_layers = len(sizes) - 1
     with torch.no_grad():
@@ -255,6 +262,7 @@ def _dense_pass(
             Z.append(z)  # (G, B, b)
             A.append(z if i == n_layers - 1 else act(z))
         n_out = sizes[-1]
+        A[-1] = mask_logits(A[-1], class_mask)
         yy = y if y.dim() == 2 else y.unsqueeze(0).expand(g, -1)  # (G, B)
         loss = F.cross_entropy(A[-1].reshape(-1, n_out), yy.reshape(-1), reduction="none")
         A[-1] = A[-1].softmax(-1)
@@ -287,13 +295,14 @@ def dense_senses(
     names: Sequence[str],
     activation: str = "tanh",
     fan_in_ref: float | None = None,
+    class_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`weight_senses` of :func:`neuron_stats` for ``G`` identical MLPs with biases
     (the layout of :meth:`gnca.Architecture.mlp`), with batched matmuls: the per-weight batch
     means of products are ``A_l^T A_{l+1} / B`` per layer. ``w``, ``feedback``: ``(G * E,)``;
     returns ``(G * E, S)``, equal to the general path up to float rounding."""
     names, sizes = check_senses(names), list(sizes)
-    A, Z, loss, err = _dense_pass(sizes, w, X, y, activation, fan_in_ref)
+    A, Z, loss, err = _dense_pass(sizes, w, X, y, activation, fan_in_ref, class_mask)
     g = A[0].shape[0]
     e = w.shape[0] // g
     M = (
@@ -349,6 +358,11 @@ class SenseReader:
         generator: a CPU generator for the batch indices.
         permutation: optional ``(G, classes)`` label permutation per net (an augmentation:
             net ``i`` sees label ``c`` as ``permutation[i, c]``).
+
+    Attributes:
+        augment: the nets' feature transforms and class subsets (:class:`gnca.augment.NetAugment`,
+            set by the trainer at every meta-step with the same permutation as
+            :attr:`permutation`, which labels the batches), or ``None``.
     """
 
     def __init__(
@@ -364,16 +378,23 @@ class SenseReader:
         self.batch_size = int(batch_size)
         self.generator = generator if generator is not None else torch.Generator()
         self.permutation = permutation
+        self.augment: NetAugment | None = None
         self.feedback = any(n in NEEDS_FEEDBACK for n in self.names)
 
     def labels(self, y: torch.Tensor) -> torch.Tensor:
-        """``y (B,)`` as each net sees it: ``(G, B)`` under a permutation, else ``y``."""
+        """``y (B,)`` (or ``(G, B)``) as each net sees it: ``(G, B)`` under a permutation, else
+        ``y``."""
         if self.permutation is None:
             return y
-        return self.permutation.to(y.device)[:, y]  # (G, B)
+        return NetAugment(self.permutation).labels(y)  # (G, B)
 
     def batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``X (B, F)``, ``y (B,)`` drawn with replacement; under class subsets
+        (:attr:`augment`) one batch per net of its own classes, ``(G, B, F)``, ``(G, B)``."""
         X, y = self.task.split("train", device)
+        aug = self.augment
+        if aug is not None and aug.classes is not None:
+            return aug.draw(X, y, self.batch_size, self.generator, replacement=True)
         idx = torch.randint(0, X.shape[0], (self.batch_size,), generator=self.generator)
         idx = idx.to(X.device)
         return X[idx], y[idx]
@@ -381,12 +402,15 @@ class SenseReader:
     def __call__(self, graph: Data, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """``(E, S)`` senses of the nets ``(w, h)`` on a fresh training batch."""
         X, y = self.batch(w.device)
+        aug, mask = self.augment, None
+        if aug is not None:
+            X, mask = aug.inputs(X), aug.output_mask
         fb = h[:, -1] if self.feedback else None
         sizes = cached(graph, ("dense_sizes",), lambda: _dense_sizes(graph))  # once per graph
         if sizes is not None:
-            return dense_senses(sizes, w, fb, X, self.labels(y), self.names,
-                                self.task.activation, self.task.fan_in_ref).to(h.dtype)  # fmt: skip
+            return dense_senses(sizes, w, fb, X, self.labels(y), self.names, self.task.activation,
+                                self.task.fan_in_ref, mask).to(h.dtype)  # fmt: skip
         stats = neuron_stats(
-            graph, w, fb, X, self.labels(y), self.task.activation, self.task.fan_in_ref
+            graph, w, fb, X, self.labels(y), self.task.activation, self.task.fan_in_ref, mask
         )
         return weight_senses(graph, stats, self.names, self.task.n_classes).to(h.dtype)

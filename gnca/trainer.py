@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from gnca import augment as aug_
 from gnca.architecture import Architecture
 from gnca.checkpoint import load_checkpoint, save_checkpoint
 from gnca.config import (
@@ -94,6 +95,10 @@ class MetaTrainer:
         sense_batch: training examples a data-reading rule (``rule.senses``) reads per step.
         permute_labels: task augmentation: every net of a meta-step learns the task under its
             own random permutation of the class labels (forces the rule to read the labels).
+        feature_transform: task augmentation: every net sees its inputs through its own random
+            feature ``permute``-ation or ``orthogonal`` map (:mod:`gnca.augment`; ``none``: off).
+        class_subsets: task augmentation: every net learns a random subset of
+            ``m ~ U[class_subsets, classes]`` classes (``None``: all classes).
         also: more tasks meta-trained at the same time, each with its own architectures
             (``data.also`` in a config); every meta-step averages the loss over all of them.
     """
@@ -115,6 +120,8 @@ class MetaTrainer:
         sense_batch: int = 64,
         permute_labels: bool = False,
         also: Sequence[tuple[Task, Sequence[Architecture]]] = (),
+        feature_transform: str = "none",
+        class_subsets: int | None = None,
     ) -> None:
         train = train if train is not None else TrainConfig()
         pool = pool if pool is not None else PoolConfig()
@@ -151,6 +158,9 @@ class MetaTrainer:
                 "permute_labels needs a rule that reads data (rule.senses): a data-free rule "
                 "cannot know which permutation a net is to learn"
             )
+        self.feature_transform, self.class_subsets = _check_augment(
+            feature_transform, class_subsets, bool(rule.senses)
+        )
         # a data-reading rule's batches and label permutations have their own generator, so
         # that a data-free run draws exactly what it drew before senses existed
         self.sense_gen = torch.Generator().manual_seed(t.seed + 2) if rule.senses else None
@@ -191,7 +201,66 @@ class MetaTrainer:
         sp = SamplePool.filled(w0.view(size, -1), h0.view(size, a.num_weights, -1))
         if self.permute_labels:
             sp.labels = self._draw_permutations(size, self.arch_tasks[i].n_classes)
+        sp.tags = self._draw_tags(size, self.arch_tasks[i].n_classes)
         return sp
+
+    def _draw_tags(self, n: int, c: int) -> dict[str, torch.Tensor]:
+        """New feature-transform seeds and class subsets of ``n`` nets (the augmentations that
+        are on; drawn from the senses' generator after the label permutations)."""
+        tags = {}
+        if self.feature_transform != "none":
+            assert self.sense_gen is not None
+            tags[aug_.FEATURE_SEED] = aug_.draw_seeds(n, self.sense_gen)
+        if self.class_subsets is not None:
+            assert self.sense_gen is not None
+            tags[aug_.CLASSES] = aug_.draw_classes(n, c, self.class_subsets, self.sense_gen)
+        return tags
+
+    def _augment(
+        self, i: int, n_nets: int, got: PoolBatch | None, perm: torch.Tensor | None
+    ) -> tuple[aug_.NetAugment | None, dict[str, torch.Tensor]]:
+        """The feature transforms and class subsets of this process's ``n_nets`` nets of arch
+        ``i`` (pooled samples keep theirs, renewed and fresh ones get new ones, drawn for the
+        whole batch like :meth:`_permutations`) and the tags to commit; ``(None, {})`` when
+        both are off."""
+        if self.feature_transform == "none" and self.class_subsets is None:
+            return None, {}
+        task = self.arch_tasks[i]
+        tags = self._draw_tags(self.cfg.train.batch_size, task.n_classes)
+        lo = self.shard.rank * n_nets
+        for k, v in tags.items():
+            v = v[lo : lo + n_nets]
+            if got is not None and got.renewed is not None:
+                keep = ~got.renewed.cpu().view(-1, *([1] * (v.dim() - 1)))
+                v = torch.where(keep, got.tags[k], v)
+            tags[k] = v
+        maps = None
+        if self.feature_transform != "none":
+            maps = aug_.feature_maps(tags[aug_.FEATURE_SEED], task.n_features,
+                                     self.feature_transform).to(self.device)  # fmt: skip
+        classes = tags[aug_.CLASSES].bool().to(self.device) if aug_.CLASSES in tags else None
+        a = aug_.NetAugment(perm, self.feature_transform, maps, classes, lo,
+                            self.cfg.train.batch_size)  # fmt: skip
+        return a, tags
+
+    def _net_batch(
+        self,
+        task: Task,
+        aug: aug_.NetAugment | None,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        perm: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The meta-loss batch as the nets see it: ``X (B, F)`` and ``(b, B)`` labels (or
+        ``(B,)`` without augmentations); under class subsets each net's own batch of its
+        classes, as large as the shared one (drawn with the data generator), ``(b, B, F)``; under
+        a feature transform each net's inputs ``(b, B, F)``."""
+        if aug is None:
+            return X, (perm[:, y] if perm is not None else y)
+        if aug.classes is not None:
+            X, y = aug.draw(*task.split("train", self.device), X.shape[0], self.gen,
+                            replacement=False)  # fmt: skip
+        return aug.inputs(X), aug.labels(y)
 
     def _seed_states(self, graph) -> tuple[torch.Tensor, torch.Tensor]:
         return self.seed_init.state(graph, self.rule.hidden_channels, self.dev_gen)
@@ -314,16 +383,18 @@ class MetaTrainer:
             perm = self._permutations(
                 n_nets, got.renewed if got else None, got.labels if got else None, task.n_classes
             )
+            aug, tags = self._augment(i, n_nets, got, perm)
             if reader is not None:
-                reader.permutation = perm
-            yy = perm[:, y] if perm is not None else y  # (b, B) labels per net, or (B,)
+                reader.permutation, reader.augment = perm, aug
+            X_net, yy = self._net_batch(task, aug, X, y, perm)  # (b, B) labels per net, or (B,)
+            mask = aug.output_mask if aug is not None else None
             meta = []  # (b,) meta-loss terms, one per horizon
             done = 0
             for stop in horizons:
                 w, h = self._unroll(graph, w, h, stop - done, reader)
                 done = stop
                 # one forward pass gives both the loss and the logged accuracy
-                logits = task.logits(graph, w, X)
+                logits = aug_.mask_logits(task.logits(graph, w, X_net), mask)
                 per_net = logits_cross_entropy(logits, yy)  # (b,)
                 meta.append(per_net)
             term = meta[0] if len(meta) == 1 else torch.stack(meta).mean(0)
@@ -331,7 +402,7 @@ class MetaTrainer:
                 term = term + t.weight_penalty * w.view(n_nets, -1).square().mean(1)
             losses.append(term)
             accs.append(logits_accuracy(logits.detach(), yy))
-            finals.append((idx, w, h, per_net, perm, got.age + k if got else None))
+            finals.append((idx, w, h, per_net, perm, got.age + k if got else None, tags))
             if got is not None and got.age is not None and got.age.numel():
                 oldest = max(oldest, int(got.age.max()))
         loss = torch.stack([lo.mean() for lo in losses]).mean()
@@ -353,11 +424,13 @@ class MetaTrainer:
             self.loss_ema = (
                 loss_v if self.loss_ema is None else 0.95 * self.loss_ema + 0.05 * loss_v
             )
-            for i, (idx, w, h, per_net, perm, age) in enumerate(finals):
+            for i, (idx, w, h, per_net, perm, age, tags) in enumerate(finals):
                 if idx is not None:
                     e = self.archs[i].num_weights
                     b = idx.shape[0]  # train.batch_size, or a rank's share of it
-                    self.pools[i].commit(idx, w.view(b, e), h.view(b, e, -1), per_net, perm, age)
+                    self.pools[i].commit(
+                        idx, w.view(b, e), h.view(b, e, -1), per_net, perm, age, tags
+                    )
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         stats = StepStats(self.step, loss_v, acc, k, lr, skipped, oldest)
@@ -613,6 +686,25 @@ def _training_pairs(
             "meta-training on several datasets needs a rule that reads data (rule.senses)"
         )
     return out, tasks
+
+
+def _check_augment(
+    feature_transform: str, class_subsets: int | None, reads_data: bool
+) -> tuple[str, int | None]:
+    """The feature-transform and class-subset augmentations, checked (one-line errors)."""
+    if feature_transform not in aug_.FEATURE_TRANSFORMS:
+        choices = ", ".join(aug_.FEATURE_TRANSFORMS)
+        raise ValueError(f"unknown feature_transform {feature_transform!r}; choose from {choices}")
+    if class_subsets is not None and class_subsets < 2:
+        raise ValueError(f"class_subsets must be >= 2 (or None), got {class_subsets}")
+    on = {"feature_transform": feature_transform != "none", "class_subsets": class_subsets}
+    for name, value in on.items():
+        if value and not reads_data:
+            raise ValueError(
+                f"{name} needs a rule that reads data (rule.senses): a data-free rule cannot "
+                "know which variant of the task a net is to learn"
+            )
+    return feature_transform, class_subsets
 
 
 def _check_pool(pool: PoolConfig, train: TrainConfig) -> None:

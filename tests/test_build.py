@@ -86,7 +86,7 @@ def test_aggr_survives_the_config_and_a_checkpoint(tmp_path):
 # ---------------------------------------------------------------------- the import graph
 CORE = {
     "architecture", "graph", "perception", "rule", "forward", "state", "damage", "data",
-    "task", "pool", "grow", "export", "files", "checkpoint", "config", "device",
+    "task", "pool", "grow", "export", "files", "checkpoint", "config", "device", "augment",
 }  # fmt: skip
 UPPER = {"trainer", "build", "cli", "distributed", "experiments"}
 

@@ -63,6 +63,14 @@ def senses_config() -> Config:
     return config_from_dict(d)
 
 
+def augmented_config() -> Config:
+    """:func:`senses_config` with per-net orthogonal feature maps and class subsets (their
+    draws are made for the whole batch, each rank keeps its rows)."""
+    d = config_to_dict(senses_config())
+    d["train"].update(feature_transform="orthogonal", class_subsets=2)
+    return config_from_dict(d)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,6 +155,11 @@ def _worker(rank: int, port: int, tmp: str, single_ckpt: str) -> None:
         for _ in range(2):
             tr.meta_step()
         out["senses"] = {"params": params(tr), "losses": [s.loss for s in tr.history]}
+        # 2c. with feature transforms and class subsets too
+        tr = gd.DistributedMetaTrainer(augmented_config())
+        for _ in range(2):
+            tr.meta_step()
+        out["augmented"] = {"params": params(tr), "losses": [s.loss for s in tr.history]}
         # 3. resume at the same world size is exact
         tr = gd.DistributedMetaTrainer(tiny_config())
         for _ in range(2):
@@ -254,6 +267,17 @@ def test_two_processes_match_one_process_with_senses(two_ranks):
         assert torch.equal(a, b)
     assert_close_lists(r0["senses"]["params"], params(ref), rtol=1e-5, atol=1e-6)
     assert r0["senses"]["losses"] == pytest.approx([s.loss for s in ref.history], rel=1e-5)
+
+
+def test_two_processes_match_one_process_with_augmentations(two_ranks):
+    _, r0, r1 = two_ranks
+    ref = MetaTrainer.from_config(augmented_config())
+    for _ in range(2):
+        ref.meta_step()
+    for a, b in zip(r0["augmented"]["params"], r1["augmented"]["params"], strict=True):
+        assert torch.equal(a, b)
+    assert_close_lists(r0["augmented"]["params"], params(ref), rtol=1e-5, atol=1e-6)
+    assert r0["augmented"]["losses"] == pytest.approx([s.loss for s in ref.history], rel=1e-5)
 
 
 def test_first_step_with_pool_fresh_and_damage_matches_one_process(two_ranks):
