@@ -16,8 +16,9 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from trees import worktrees
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,23 +67,15 @@ def main() -> None:
     ap.add_argument("commits", nargs="+", help="commits to compare (e.g. 300f9be HEAD)")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="gnca-commits-"))
-    trees = {}
-    for c in args.commits:
-        sha = subprocess.check_output(["git", "rev-parse", "--short", c], cwd=ROOT, text=True)
-        sha = sha.strip()
-        tree = tmp / sha
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", "-f", str(tree), sha],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        trees[c] = (sha, tree)
+    shas = {
+        c: subprocess.check_output(["git", "rev-parse", "--short", c], cwd=ROOT, text=True).strip()
+        for c in args.commits
+    }
     runs: dict[str, list[dict]] = {c: [] for c in args.commits}
-    try:
+    with worktrees(args.commits, "gnca-commits-") as trees:
         for r in range(args.rounds):
-            for c, (sha, tree) in trees.items():
+            for c, tree in trees.items():
+                sha = shas[c]
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 out = subprocess.run(  # cwd: `python -c` puts it first on sys.path
                     [sys.executable, "-c", CHILD],
@@ -96,16 +89,11 @@ def main() -> None:
                 line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
                 runs[c].append(json.loads(line[7:]))
                 print(f"round {r + 1} {sha}: {line[7:]}", file=sys.stderr, flush=True)
-    finally:
-        for _, tree in trees.values():
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True
-            )
     nets = list(runs[args.commits[0]][0])
     heads = [f"{n} {m} ms" for n in nets for m in ("no-grad", "fwd+bwd")]
     print("| commit | " + " | ".join(heads) + " |")
     print("|---" * (1 + 2 * len(nets)) + "|")
-    for c, (sha, _) in trees.items():
+    for c, sha in shas.items():
         cells = []
         for n in nets:
             for m in ("no-grad", "fwd+bwd"):

@@ -25,8 +25,9 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from trees import worktrees
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,19 +49,6 @@ for _ in range(steps):
 print("RESULT " + json.dumps({"s_per_step": (time.process_time() - t0) / steps,
                              "gnca": gnca.__file__}))
 """
-
-
-def _tree(commit: str, tmp: Path) -> Path:
-    if commit == "WORKTREE":
-        return ROOT
-    path = tmp / commit.replace("/", "_")
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(path), commit],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    return path
 
 
 def _time(tree: Path, config: str, warmup: int, steps: int, overrides: list[str]) -> float:
@@ -90,27 +78,13 @@ def main() -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args()
     times: dict[str, list[float]] = {c: [] for c in args.commits}
-    with tempfile.TemporaryDirectory() as tmp:
-        trees = {}
-        try:
+    with worktrees([c.split("+")[0] for c in args.commits], "gnca-meta-step-") as trees:
+        for r in range(args.rounds):
             for c in args.commits:
-                rev = c.split("+")[0]
-                if rev not in trees:
-                    trees[rev] = _tree(rev, Path(tmp))
-            for r in range(args.rounds):
-                for c in args.commits:
-                    rev, *own = c.split("+")
-                    sets = [*args.set, *own]
-                    times[c].append(_time(trees[rev], args.config, args.warmup, args.steps, sets))
-                    print(f"round {r + 1}: {c} {times[c][-1]:.3f} s/step", file=sys.stderr)
-        finally:
-            for tree in trees.values():
-                if tree != ROOT:
-                    subprocess.run(
-                        ["git", "worktree", "remove", "--force", str(tree)],
-                        cwd=ROOT,
-                        capture_output=True,
-                    )
+                rev, *own = c.split("+")
+                sets = [*args.set, *own]
+                times[c].append(_time(trees[rev], args.config, args.warmup, args.steps, sets))
+                print(f"round {r + 1}: {c} {times[c][-1]:.3f} s/step", file=sys.stderr)
     base = statistics.median(times[args.commits[0]])
     shown = args.config + "".join(f" {o}" for o in args.set)
     print(f"{shown}: process CPU seconds per meta-step, one thread, median of "

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trees import worktrees
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: meta-training settings shared by every rule (tiny, CPU)
@@ -212,37 +214,29 @@ def main() -> int:
     args = p.parse_args()
     wanted = set(args.cases.split(","))
     ok = True
-    with tempfile.TemporaryDirectory(prefix="gnca-same-exp-") as tmp:
-        old = Path(tmp) / "old"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(old), args.against],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            for name, experiment, exp_args in CASES:
-                if name not in wanted:
-                    continue
-                a, b = Path(tmp) / "out-old" / name, Path(tmp) / "out-new" / name
-                sa = run_experiment(old, experiment, exp_args, args.steps, a)
-                sb = run_experiment(ROOT, experiment, exp_args, args.steps, b, configs_from=old)
-                compared, diffs = compare(a, b)
-                verdict = "identical" if not diffs else "DIFFER: " + "; ".join(diffs[:6])
-                print(
-                    f"{name}: {args.against} vs working tree ({sa:.0f} s / {sb:.0f} s), "
-                    f"{len(compared)} files ({', '.join(compared)}): {verdict}"
-                )
-                ok &= not diffs
-            if args.keep:
-                keep = Path(args.keep)
-                for side in ("old", "new"):
-                    shutil.rmtree(keep / side, ignore_errors=True)
-                    shutil.copytree(Path(tmp) / f"out-{side}", keep / side)
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True
+    with (
+        tempfile.TemporaryDirectory(prefix="gnca-same-exp-") as tmp,
+        worktrees([args.against]) as trees,
+    ):
+        old = trees[args.against]
+        for name, experiment, exp_args in CASES:
+            if name not in wanted:
+                continue
+            a, b = Path(tmp) / "out-old" / name, Path(tmp) / "out-new" / name
+            sa = run_experiment(old, experiment, exp_args, args.steps, a)
+            sb = run_experiment(ROOT, experiment, exp_args, args.steps, b, configs_from=old)
+            compared, diffs = compare(a, b)
+            verdict = "identical" if not diffs else "DIFFER: " + "; ".join(diffs[:6])
+            print(
+                f"{name}: {args.against} vs working tree ({sa:.0f} s / {sb:.0f} s), "
+                f"{len(compared)} files ({', '.join(compared)}): {verdict}"
             )
+            ok &= not diffs
+        if args.keep:
+            keep = Path(args.keep)
+            for side in ("old", "new"):
+                shutil.rmtree(keep / side, ignore_errors=True)
+                shutil.copytree(Path(tmp) / f"out-{side}", keep / side)
     return 0 if ok else 1
 
 

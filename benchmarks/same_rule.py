@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from trees import worktrees
 
 ROOT = Path(__file__).resolve().parent.parent
 # Both sides read the config files of the older commit (``--against``): a later commit may change
@@ -128,30 +129,22 @@ def main() -> int:
     args = p.parse_args()
     wanted = set(args.cases.split(","))
     ok = True
-    with tempfile.TemporaryDirectory(prefix="gnca-same-") as tmp:
-        old = Path(tmp) / "old"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(old), args.against],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            for name, config, overrides in CASES:
-                if name not in wanted:
-                    continue
-                a = train(old, config, overrides, args.steps, Path(tmp) / f"{name}-old", old)
-                b = train(ROOT, config, overrides, args.steps, Path(tmp) / f"{name}-new", old)
-                diff, one_sided = compare(a, b)
-                verdict = "bitwise equal" if not diff else f"DIFFER in {', '.join(diff[:6])}"
-                if one_sided:
-                    verdict += f" (entries on one side only: {', '.join(one_sided)})"
-                print(f"{name}: {args.steps} meta-steps, {args.against} vs working tree: {verdict}")
-                ok &= not diff
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True
-            )
+    with (
+        tempfile.TemporaryDirectory(prefix="gnca-same-") as tmp,
+        worktrees([args.against]) as trees,
+    ):
+        old = trees[args.against]
+        for name, config, overrides in CASES:
+            if name not in wanted:
+                continue
+            a = train(old, config, overrides, args.steps, Path(tmp) / f"{name}-old", old)
+            b = train(ROOT, config, overrides, args.steps, Path(tmp) / f"{name}-new", old)
+            diff, one_sided = compare(a, b)
+            verdict = "bitwise equal" if not diff else f"DIFFER in {', '.join(diff[:6])}"
+            if one_sided:
+                verdict += f" (entries on one side only: {', '.join(one_sided)})"
+            print(f"{name}: {args.steps} meta-steps, {args.against} vs working tree: {verdict}")
+            ok &= not diff
     return 0 if ok else 1
 
 

@@ -1,0 +1,46 @@
+"""Commits checked out side by side: the shared piece of the before/after benchmarks."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: stands for the working tree as it is (uncommitted changes included)
+WORKTREE = "WORKTREE"
+
+
+@contextmanager
+def worktrees(revs: Sequence[str], prefix: str = "gnca-trees-") -> Iterator[dict[str, Path]]:
+    """Each of ``revs`` checked out (detached) in a temporary ``git worktree``, by rev;
+    :data:`WORKTREE` maps to the repository itself. Removed again on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        trees: dict[str, Path] = {}
+        try:
+            for rev in revs:
+                if rev in trees:
+                    continue
+                if rev == WORKTREE:
+                    trees[rev] = ROOT
+                    continue
+                path = Path(tmp) / f"tree{len(trees)}"
+                subprocess.run(
+                    ["git", "worktree", "add", "--detach", "-f", str(path), rev],
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                )
+                trees[rev] = path
+            yield trees
+        finally:
+            for path in trees.values():
+                if path != ROOT:
+                    subprocess.run(
+                        ["git", "worktree", "remove", "--force", str(path)],
+                        cwd=ROOT,
+                        capture_output=True,
+                    )
