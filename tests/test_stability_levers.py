@@ -139,6 +139,7 @@ def test_levers_train_and_resume(tmp_path) -> None:
     ("train.loss_horizons", 0, "train.loss_horizons' must be >= 1"),
     ("train.weight_penalty", -1.0, "train.weight_penalty' must be >= 0"),
     ("rule.state_bound", 0.0, "rule.state_bound' must be > 0"),
+    ("pool.renew", "newest", "pool.renew' must be one of 'worst', 'oldest', got 'newest'"),
 ])  # fmt: skip
 def test_lever_keys_are_validated(key: str, value: float, part: str) -> None:
     d = config_to_dict(tiny_config())
