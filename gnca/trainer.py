@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -99,6 +99,8 @@ class MetaTrainer:
             feature ``permute``-ation or ``orthogonal`` map (:mod:`gnca.augment`; ``none``: off).
         class_subsets: task augmentation: every net learns a random subset of
             ``m ~ U[class_subsets, classes]`` classes (``None``: all classes).
+            The three augmentations left at their defaults take ``train``'s fields of the same
+            name; whichever is used is what the checkpoints record.
         also: more tasks meta-trained at the same time, each with its own architectures
             (``data.also`` in a config); every meta-step averages the loss over all of them.
     """
@@ -127,8 +129,12 @@ class MetaTrainer:
         pool = pool if pool is not None else PoolConfig()
         init = init if init is not None else InitSpec()
         seed_init = seed_init if seed_init is not None else init
+        train, (permute_labels, feature_transform, class_subsets) = _augment_settings(
+            train, bool(permute_labels), feature_transform, class_subsets
+        )
         if config is None:
             data_c, task_c, rule_c = config_record(rule, task, list(archs), init, seed_init)
+            rule_c = replace(rule_c, sense_batch=int(sense_batch))
             config = Config(
                 name="python", data=data_c, task=task_c, rule=rule_c, pool=pool, train=train
             )
@@ -686,6 +692,37 @@ def _training_pairs(
             "meta-training on several datasets needs a rule that reads data (rule.senses)"
         )
     return out, tasks
+
+
+_AUGMENTS = ("permute_labels", "feature_transform", "class_subsets")
+
+
+def _augment_settings(
+    train: TrainConfig, permute_labels: bool, feature_transform: str, class_subsets: int | None
+) -> tuple[TrainConfig, tuple[bool, str, int | None]]:
+    """The task augmentations a trainer uses, and ``train`` recording them.
+
+    An argument left at its default takes the value of the same field of ``train`` (so that
+    ``TrainConfig(feature_transform="permute")`` is honoured); an argument set explicitly wins
+    and is written into the returned ``train``, which is what checkpoints record. An argument
+    and a field that are both set and disagree are an error.
+    """
+    default = {f.name: f.default for f in fields(TrainConfig) if f.name in _AUGMENTS}
+    given = dict(zip(_AUGMENTS, (permute_labels, feature_transform, class_subsets)))
+    chosen = {}
+    for key, value in given.items():
+        field_value = getattr(train, key)
+        if value != default[key] and field_value not in (default[key], value):
+            raise ValueError(
+                f"MetaTrainer got {key}={value!r} but train.{key} is {field_value!r}; "
+                "set it in one place"
+            )
+        chosen[key] = value if value != default[key] else field_value
+    return replace(train, **chosen), (
+        bool(chosen["permute_labels"]),
+        chosen["feature_transform"],
+        chosen["class_subsets"],
+    )
 
 
 def _check_augment(
