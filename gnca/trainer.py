@@ -708,7 +708,7 @@ def _augment_settings(
     and a field that are both set and disagree are an error.
     """
     default = {f.name: f.default for f in fields(TrainConfig) if f.name in _AUGMENTS}
-    given = dict(zip(_AUGMENTS, (permute_labels, feature_transform, class_subsets)))
+    given = dict(zip(_AUGMENTS, (permute_labels, feature_transform, class_subsets), strict=True))
     chosen = {}
     for key, value in given.items():
         field_value = getattr(train, key)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from gnca import LocalRule
-from gnca.trainer import MetaTrainer
 from gnca.config import PoolConfig, TrainConfig, config_from_dict
 from gnca.data import load_dataset
 from gnca.task import Task
+from gnca.trainer import MetaTrainer
 
 
 def _parts() -> tuple[LocalRule, Task, list]:
