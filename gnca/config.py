@@ -34,7 +34,7 @@ from gnca.perception import REDUCTIONS as _REDUCTIONS
 from gnca.pool import RENEW
 from gnca.rule import ACTIVATIONS as _RULE_ACTIVATIONS
 from gnca.senses import SENSES as SENSE_NAMES
-from gnca.state import INIT_KINDS
+from gnca.state import INIT_KINDS, NEURON_CODES
 
 __all__ = [
     "ACTIVATIONS",
@@ -118,6 +118,7 @@ class TaskConfig:
     code_freqs: int = 2  # sinusoid frequencies per identity code (init=codes)
     depth_code: bool = True  # identity codes carry level/depth (false: 0, same for every depth)
     code_jitter: float = 0.0  # meta-training only: random shift of hidden code positions, 0..1
+    neuron_codes: str = "sincos"  # hidden neurons' codes: sincos (position) | random (Gaussian)
     fan_in_ref: float | None = None  # if set: non-bias weights count as w * fan_in_ref / fan_in
 
 
@@ -432,6 +433,7 @@ def _validate_task(c: TaskConfig, p: str) -> None:
     _check_min(c, p, "init_noise", 0)
     _check_min(c, p, "code_freqs", 0)
     _check_range(c, p, "code_jitter", 0.0, 1.0, "in [0, 1]")
+    _check_choice(c, p, "neuron_codes", NEURON_CODES)
     _check_min(c, p, "fan_in_ref", 0, strict=True)
 
 

@@ -43,6 +43,15 @@ net, to ``p = (i + 0.5 + j * (u - 0.5)) / n`` with ``u ~ U(0, 1)`` drawn from th
 that the rule meets positions between the ``n`` exact ones (those of wider layers) in training.
 Input, output and bias positions are never moved. ``j = 0`` (the default) is exact and draws
 nothing.
+
+``neuron_codes = "random"`` replaces the sinusoidal position codes of *hidden* neurons by a
+Gaussian vector ``z ~ N(0, I / 2)`` (the sinusoids' mean square) of ``4f`` channels drawn per
+neuron and net: a hidden neuron carries ``z`` as the in-neuron code of its out-weights and
+``z[:2f]`` as the out-neuron code of its in-weights. A smooth function of a sinusoidal
+position code of ``f`` frequencies spans about ``2f + 1`` directions, so a grown hidden layer has
+about that rank whatever its width (docs/results.md, section 3); random codes give every neuron
+its own direction, at any width, at the price of a different draw per net. Input and output
+neurons keep their sinusoidal codes. Drawn after the weights and the jitter.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ from gnca.architecture import HIDDEN, INPUT, OUTPUT
 from gnca.graph import num_graphs, per_graph_attr, same_architecture, weight_batch
 
 INIT_KINDS = ("fixed", "random", "codes")
+NEURON_CODES = ("sincos", "random")
 
 
 def code_channels(code_freqs: int) -> int:
@@ -78,6 +88,7 @@ def identity_codes(
     depth_code: bool = True,
     *,
     code_jitter: float = 0.0,
+    neuron_codes: str = "sincos",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``(E, C)`` identity codes of every weight (see the module docstring for the layout).
@@ -86,6 +97,7 @@ def identity_codes(
     of every depth carry the same codes (only the input/output flags tell layers apart).
     ``code_jitter`` in ``[0, 1]`` moves hidden neurons' positions at random by up to half of
     ``code_jitter`` neuron spacings, one draw per neuron from ``generator``.
+    ``neuron_codes="random"`` gives hidden neurons Gaussian codes drawn from ``generator``.
     """
     f = code_freqs
     need = code_channels(f)
@@ -98,8 +110,13 @@ def identity_codes(
         )
     if not 0.0 <= code_jitter <= 1.0:
         raise ValueError(f"code_jitter must be in [0, 1], got {code_jitter}")
+    if neuron_codes not in NEURON_CODES:
+        raise ValueError(
+            f"unknown neuron_codes {neuron_codes!r}; choose one of {', '.join(NEURON_CODES)}"
+        )
+    drawn = code_jitter > 0 or neuron_codes == "random"
     copies = num_graphs(graph)
-    if copies > 1 and code_jitter == 0 and isinstance(graph, Batch) and same_architecture(graph):
+    if copies > 1 and not drawn and isinstance(graph, Batch) and same_architecture(graph):
         # copies of one net carry the same codes: compute them once (the per-weight code
         # arithmetic on every copy cost as much as a rule step when growing 100 MNIST nets)
         one = identity_codes(graph.get_example(0), hidden_channels, code_freqs, depth_code)
@@ -132,8 +149,15 @@ def identity_codes(
         col = (idx - torch.div(idx, width, rounding_mode="floor") * width + 0.5) / width
         img_code = torch.cat([_sincos(row, range(1, f + 1)), _sincos(col, range(1, f + 1))], 1)
         in_code = torch.where(img.unsqueeze(1), img_code, in_code)
-    in_code = in_code * (~graph.is_bias).to(dtype).unsqueeze(1)
     out_code = _sincos(pos[dst], range(1, f + 1))  # (E, 2f)
+    if neuron_codes == "random":
+        z = math.sqrt(0.5) * torch.randn(
+            kind.numel(), 4 * f, generator=generator, dtype=dtype, device=offset.device
+        )  # (N, 4f): one code per neuron of every net
+        hidden = kind == HIDDEN
+        in_code = torch.where(hidden[src].unsqueeze(1), z[src], in_code)
+        out_code = torch.where(hidden[dst].unsqueeze(1), z[dst, : 2 * f], out_code)
+    in_code = in_code * (~graph.is_bias).to(dtype).unsqueeze(1)
     if depth_code:
         depth = torch.as_tensor(graph.depth, dtype=dtype, device=src.device).reshape(-1)
         per_weight_depth = depth.expand(num_graphs(graph))[weight_batch(graph)]
@@ -206,6 +230,7 @@ def initial_state(
     code_freqs: int = 2,
     depth_code: bool = True,
     code_jitter: float = 0.0,
+    neuron_codes: str = "sincos",
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial ``(w, h)`` of every task net in ``graph``: ``(E,)`` and ``(E, C)``.
@@ -221,6 +246,8 @@ def initial_state(
         depth_code: whether the codes carry ``level(v) / depth`` (``codes``).
         code_jitter: random shift of hidden neurons' code positions, in neuron spacings
             (``codes``; module docstring). Drawn after the weights.
+        neuron_codes: ``"sincos"`` position codes or ``"random"`` Gaussian codes for hidden
+            neurons (``codes``; module docstring). Drawn after the jitter.
         generator: random generator for the per-sample draws.
     """
     w = initial_weights(graph, kind, scale=scale, seed=seed, noise=noise, generator=generator)
@@ -231,6 +258,7 @@ def initial_state(
             code_freqs,
             depth_code,
             code_jitter=code_jitter,
+            neuron_codes=neuron_codes,
             generator=generator,
         )
     else:
@@ -249,6 +277,7 @@ class InitSpec:
     code_freqs: int = 2
     depth_code: bool = True
     code_jitter: float = 0.0
+    neuron_codes: str = "sincos"
 
     def state(
         self, graph: Data, hidden_channels: int, generator: torch.Generator | None = None
@@ -264,6 +293,7 @@ class InitSpec:
             code_freqs=self.code_freqs,
             depth_code=self.depth_code,
             code_jitter=self.code_jitter,
+            neuron_codes=self.neuron_codes,
             generator=generator,
         )
 

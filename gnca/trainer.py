@@ -666,6 +666,7 @@ def config_record(
         code_freqs=init.code_freqs,
         depth_code=init.depth_code,
         code_jitter=seed_init.code_jitter,
+        neuron_codes=init.neuron_codes,
         fan_in_ref=task.fan_in_ref,
     )
     return data, tc, RuleConfig(**rc, aggr=None if aggr == rc["reduce"] else aggr)

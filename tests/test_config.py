@@ -337,6 +337,7 @@ def test_non_mapping_input() -> None:
         ({"pool": {"damage_fraction": 2.0}}, "pool.damage_fraction"),
         ({"task": {"code_jitter": 1.5}}, "task.code_jitter"),
         ({"task": {"code_jitter": -0.1}}, "task.code_jitter"),
+        ({"task": {"neuron_codes": "learned"}}, "task.neuron_codes"),
         ({"task": {"fan_in_ref": 0}}, "task.fan_in_ref"),
         ({"train": {"steps": 0}}, "train.steps"),
         ({"train": {"batch_size": -3}}, "train.batch_size"),

@@ -285,3 +285,47 @@ def test_codes_of_a_batch_equal_each_nets_own_codes(depth_code: bool) -> None:
     mixed = WeightGraph.collate([WeightGraph.from_architecture(x) for x in (a, b, c, a)])
     expect = torch.cat([single[a], single[b], single[c], single[a]])
     assert torch.equal(identity_codes(mixed, ch, f, depth_code), expect)
+
+
+def test_random_neuron_codes_one_gaussian_vector_per_hidden_neuron() -> None:
+    f, c = 2, 20
+    arch = Architecture.mlp([49, 6, 5, 3], input_shape=(7, 7))
+    g = WeightGraph.replicate(arch, 4)
+    exact = identity_codes(g, c, f)
+    gen = torch.Generator().manual_seed(1)
+    h = identity_codes(g, c, f, neuron_codes="random", generator=gen)
+    src, dst, hidden, bias = g.src, g.dst, g.neuron_kind == HIDDEN, g.is_bias
+    # slow reference: walk the neurons, read each hidden neuron's code off its weights
+    seen = 0
+    for u in torch.nonzero(hidden).flatten().tolist():
+        out_rows = h[src == u, : 4 * f]  # weights leaving u carry z(u) as in-code
+        in_rows = h[(dst == u) & ~bias, 4 * f : 6 * f]  # weights into u carry z(u)[:2f]
+        bias_rows = h[(dst == u) & bias]
+        assert torch.equal(out_rows, out_rows[:1].expand_as(out_rows))
+        assert torch.equal(in_rows, out_rows[:1, : 2 * f].expand_as(in_rows))
+        assert torch.equal(bias_rows[:, 4 * f : 6 * f], in_rows[:1].expand(len(bias_rows), -1))
+        assert torch.equal(bias_rows[:, : 4 * f], torch.zeros_like(bias_rows[:, : 4 * f]))
+        seen += 1
+    assert seen == 4 * (6 + 5)
+    # codes of input pixels, output classes and the flags are the sinusoidal ones
+    keep_in, keep_out = ~hidden[src], ~hidden[dst]
+    assert torch.equal(h[keep_in, : 4 * f], exact[keep_in, : 4 * f])
+    assert torch.equal(h[keep_out, 4 * f : 6 * f], exact[keep_out, 4 * f : 6 * f])
+    assert torch.equal(h[:, 6 * f :], exact[:, 6 * f :])
+    # Gaussian with the sinusoids' mean square, independent per net, reproducible per seed
+    z = h[hidden[src], : 4 * f]
+    assert abs(float(z.pow(2).mean()) - 0.5) < 0.15
+    per = arch.num_weights
+    assert not torch.equal(h[:per], h[per : 2 * per])
+    again = identity_codes(
+        g, c, f, neuron_codes="random", generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(h, again)
+
+
+def test_unknown_neuron_codes() -> None:
+    g = WeightGraph.from_architecture(Architecture.mlp([4, 3, 2]))
+    with pytest.raises(
+        ValueError, match="^unknown neuron_codes 'learned'; choose one of sincos, random$"
+    ):
+        identity_codes(g, 16, 2, neuron_codes="learned")

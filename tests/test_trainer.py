@@ -232,6 +232,27 @@ def test_code_jitter_reaches_training_seeds_but_not_growth():
     assert torch.equal(res.h, exact)
 
 
+def test_random_neuron_codes_reach_training_growth_and_checkpoints(tmp_path):
+    cfg = tiny_config(steps=2)
+    cfg.task.init = "codes"
+    cfg.task.neuron_codes = "random"
+    cfg.rule.hidden_channels = 16
+    trainer = MetaTrainer.from_config(cfg)
+    assert trainer.init.neuron_codes == trainer.seed_init.neuron_codes == "random"
+    trainer.train(str(tmp_path), progress=False)
+    from gnca import Architecture, WeightGraph, identity_codes
+    from gnca.build import load_trained
+
+    arch = Architecture.mlp([4, 8, 3])
+    exact = identity_codes(WeightGraph.from_architecture(arch), 16, cfg.task.code_freqs,
+                           cfg.task.depth_code)  # fmt: skip
+    trained = load_trained(tmp_path / "last.pt", device="cpu")
+    assert trained.cfg.task.neuron_codes == "random"
+    res = grow(trained.rule, arch, 2, 0, trained.init, generator=torch.Generator().manual_seed(0))
+    per = arch.num_weights
+    assert not torch.equal(res.h[:per], exact) and not torch.equal(res.h[:per], res.h[per:])
+
+
 def test_fan_in_ref_reaches_training_evaluation_and_export(tmp_path):
     cfg = tiny_config(steps=3)
     cfg.task.fan_in_ref = 8.0
