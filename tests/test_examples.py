@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import runpy
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from test_data import _fake_mnist
 
 from gnca.config import Config
@@ -37,3 +40,56 @@ def test_width_diagnostics_runs_on_a_tiny_rule(tmp_path, monkeypatch, capsys) ->
     assert "196-4-4-10: 0:" in out and "196-8-8-10: 0:" in out
     for part in ("W1: correlation", "W2: correlation", "b3: correlation", "a = 1.0:", "step 2:"):
         assert part in out
+
+
+def test_rank_diagnostics_runs_on_a_tiny_rule(tmp_path, monkeypatch, capsys) -> None:
+    cfg = Config()
+    cfg.data.name = "mnist"
+    cfg.data.data_dir = str(_fake_mnist(tmp_path / "mnist"))
+    cfg.data.downsample = 2
+    cfg.task.architectures = [[196, 6, 10]]
+    cfg.task.init = "codes"
+    cfg.task.fan_in_ref = 4
+    cfg.rule.hidden_channels = 16
+    cfg.pool.size = 4
+    cfg.pool.fresh = 1
+    cfg.train.steps, cfg.train.batch_size, cfg.train.k_min, cfg.train.k_max = 1, 2, 2, 2
+    cfg.train.device = "cpu"
+    trainer = MetaTrainer.from_config(cfg)
+    trainer.meta_step()
+    ckpt = tmp_path / "rule.pt"
+    trainer.save(ckpt)
+    argv = ["rank_diagnostics.py", str(ckpt), "--sizes", "196-6-10", "--nets", "2"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--train", "40"])
+    runpy.run_path(str(EXAMPLES / "rank_diagnostics.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    grown = float(next(x for x in lines if "net 0: accuracy" in x).split("accuracy ")[1][:6])
+    full = float(next(x for x in lines if "rank 6:" in x).split(": ")[1])
+    assert abs(full - grown) < 1e-3  # rank b is W1 itself
+    assert "rank 3:" in out and "rank 5:" in out and "retrained:" in out
+
+
+def test_rank_diagnostics_needs_one_hidden_layer(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["rank_diagnostics.py", "x.pt", "--sizes", "196-8-8-10"])
+    with pytest.raises(SystemExit, match="one-hidden-layer"):
+        runpy.run_path(str(EXAMPLES / "rank_diagnostics.py"), run_name="__main__")
+
+
+def test_code_bounds_bases_and_runs(tmp_path, monkeypatch, capsys) -> None:
+    mod = runpy.run_path(str(EXAMPLES / "code_bounds.py"))
+    phi = mod["fourier_1d"](2, 8)
+    r = (torch.arange(8) + 0.5) / 8
+    assert torch.allclose(phi[3], torch.sin(4 * math.pi * r))  # rows: 1, sin 1, cos 1, sin 2, ...
+    basis = mod["pixel_basis"](2, 8, 8)
+    assert basis.shape == (25, 64)
+    # products of 1-D Fourier rows at cell centres are orthogonal: the basis is orthonormal
+    assert torch.allclose(basis @ basis.T, torch.eye(25), atol=1e-5)
+    monkeypatch.setenv("GNCA_DATA", str(_fake_mnist(tmp_path / "mnist")))
+    argv = ["code_bounds.py", "--pixels", "2", "0", "--neurons", "1", "--hidden", "6"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--steps", "3", "--downsample", "2"])
+    runpy.run_path(str(EXAMPLES / "code_bounds.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "pixels f=2: 25 basis images" in out
+    assert "pixels f=0: 196 basis images" in out
+    assert "neurons f=1: W1 rank <= 3" in out
