@@ -50,8 +50,9 @@ neuron and net: a hidden neuron carries ``z`` as the in-neuron code of its out-w
 ``z[:2f]`` as the out-neuron code of its in-weights. A smooth function of a sinusoidal
 position code of ``f`` frequencies spans about ``2f + 1`` directions, so a grown hidden layer has
 about that rank whatever its width (docs/results.md, section 3); random codes give every neuron
-its own direction, at any width, at the price of a different draw per net. Input and output
-neurons keep their sinusoidal codes. Drawn after the weights and the jitter.
+its own direction, at any width, at the price of a different draw per net (on 14x14 MNIST it
+meta-trains far more slowly than the sinusoids; docs/results.md). Input and output neurons keep
+their sinusoidal codes. Drawn after the weights and the jitter.
 """
 
 from __future__ import annotations
