@@ -2,7 +2,7 @@
 
 For a trained MNIST rule (e.g. the one ``gnca experiment generalization`` keeps in
 ``<out>/rules/rule``) and a one-hidden-layer MLP ``a-b-c``, grow a few nets for the rule's horizon
-and, for the first layer's weight matrix ``W1 (a, b)`` of each:
+and, for the first layer's weight matrix ``W1`` (``a`` inputs, ``b`` hidden neurons) of each:
 
 1. its singular values: the participation rank ``(sum s)^2 / sum s^2`` and the share of the
    energy ``sum s^2`` in the top 3 / 5 / 10 / 15 / 20 directions;
@@ -23,20 +23,24 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from gnca.build import load_trained
-from gnca.forward import TASK_ACTIVATIONS, effective_weights
 from gnca.grow import grow
 
 
 def truncate(w1: torch.Tensor, r: int) -> torch.Tensor:
-    """The best rank-``r`` approximation of ``w1 (a, b)`` (Eckart-Young), shape ``(a, b)``."""
+    """The best rank-``r`` approximation of ``w1 (m, n)`` (Eckart-Young), same shape."""
     u, s, vh = torch.linalg.svd(w1, full_matrices=False)
     return u[:, :r] @ torch.diag(s[:r]) @ vh[:r]
 
 
-def participation_rank(w1: torch.Tensor) -> float:
-    """``(sum s)^2 / sum s^2`` of the singular values of ``w1 (a, b)``: 1 at rank one, b at most."""
-    s = torch.linalg.svdvals(w1)
+def participation_rank(s: torch.Tensor) -> float:
+    """``(sum s)^2 / sum s^2`` of singular values ``s``: 1 at rank one, ``len(s)`` at most."""
     return (s.sum() ** 2 / (s**2).sum()).item()
+
+
+def accuracy(net: torch.nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    """Test accuracy of ``net`` on ``X (B, a)``, ``y (B,)``."""
+    with torch.no_grad():
+        return (net(X).argmax(1) == y).float().mean().item()
 
 
 def main() -> None:
@@ -49,7 +53,7 @@ def main() -> None:
     sizes = [int(x) for x in args.sizes.split("-")]
     if len(sizes) != 3:
         raise SystemExit(f"--sizes must be a one-hidden-layer MLP a-b-c, got {args.sizes}")
-    a, b, _ = sizes
+    b = sizes[1]
     torch.set_num_threads(1)
     trained = load_trained(args.checkpoint, device="cpu")
     task = trained.task
@@ -62,44 +66,40 @@ def main() -> None:
         trained.init,
         generator=torch.Generator().manual_seed(0),
     )
-    graph, w = res.graph, res.w.view(args.nets, -1)
-    grown_acc = task.accuracy(graph, res.w, X, y)
-    w1 = w[:, : a * b].view(args.nets, a, b)
+    # each net as Linear(a, b) - activation - Linear(b, c), with the weights the forward uses
+    # (mean-field scaling folded in: a constant factor per layer, which changes no rank)
+    grown = task.export(res)
+    nets = [grown.to_sequential(g) for g in range(args.nets)]
 
     print("1. singular values of the grown W1")
     tops = (3, 5, 10, 15, 20)
-    for g in range(args.nets):
-        s2 = torch.linalg.svdvals(w1[g]) ** 2
-        cum = s2.cumsum(0) / s2.sum()
+    for g, net in enumerate(nets):
+        s = torch.linalg.svdvals(net[0].weight.detach())
+        cum = (s**2).cumsum(0) / (s**2).sum()
         shares = " ".join(f"{r}:{cum[min(r, len(cum)) - 1]:.3f}" for r in tops)
         print(
-            f"   net {g}: accuracy {grown_acc[g]:.4f}, participation rank "
-            f"{participation_rank(w1[g]):.1f}, energy in the top r: {shares}"
+            f"   net {g}: accuracy {accuracy(net, X, y):.4f}, participation rank "
+            f"{participation_rank(s):.1f}, energy in the top r: {shares}"
         )
 
     print("2. net 0 with W1 truncated to rank r")
+    net0 = nets[0]
+    w1 = net0[0].weight.detach().clone()
     for r in sorted({min(r, b) for r in (*tops, b)}):
-        cut = w.clone()
-        cut[0, : a * b] = truncate(w1[0], r).flatten()
-        acc = task.accuracy(graph, cut.flatten(), X, y)[0].item()
-        print(f"   rank {r}: {acc:.4f}")
+        with torch.no_grad():
+            net0[0].weight.copy_(truncate(w1, r))
+        print(f"   rank {r}: {accuracy(net0, X, y):.4f}")
+    with torch.no_grad():
+        net0[0].weight.copy_(w1)
 
     print("3. a readout retrained on net 0's grown hidden features")
-    eff = effective_weights(graph, res.w, task.fan_in_ref).view(args.nets, -1)[0]
-    act = TASK_ACTIVATIONS[task.activation]
-
-    def hidden(x: torch.Tensor) -> torch.Tensor:
-        """``(B, b)`` hidden activations of net 0 on ``x (B, a)``."""
-        return act(x @ eff[: a * b].view(a, b) + eff[a * b : a * b + b])
-
-    w2 = eff[a * b + b :]
-    dense = hidden(X) @ w2[: b * sizes[2]].view(b, sizes[2]) + w2[b * sizes[2] :]
-    if not torch.allclose(dense, task.logits(graph, res.w, X)[0], atol=1e-4):
-        raise SystemExit("the weight layout is not W1, b1, W2, b2: the dense forward disagrees")
+    features = net0[:2]  # first layer and activation: (B, a) -> (B, b)
     Xtr, ytr = task.data.X_train[: args.train], task.data.y_train[: args.train]
-    clf = LogisticRegression(max_iter=2000).fit(hidden(Xtr).numpy(), ytr.numpy())
-    score = clf.score(hidden(X).numpy(), y.numpy())
-    print(f"   retrained: {score:.4f} (grown readout {grown_acc[0]:.4f})")
+    with torch.no_grad():
+        htr, hte = features(Xtr), features(X)
+    clf = LogisticRegression(max_iter=2000).fit(htr.numpy(), ytr.numpy())
+    score = clf.score(hte.numpy(), y.numpy())
+    print(f"   retrained: {score:.4f} (grown readout {accuracy(net0, X, y):.4f})")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,15 @@ from gnca.trainer import MetaTrainer
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_width_diagnostics_runs_on_a_tiny_rule(tmp_path, monkeypatch, capsys) -> None:
+def _tiny_rule(tmp_path: Path, sizes: list[int], fan_in_ref: float | None = None) -> Path:
+    """A checkpoint of a rule meta-trained for one step on fake 14x14 MNIST nets ``sizes``."""
     cfg = Config()
     cfg.data.name = "mnist"
     cfg.data.data_dir = str(_fake_mnist(tmp_path / "mnist"))
     cfg.data.downsample = 2
-    cfg.task.architectures = [[196, 4, 4, 10]]
+    cfg.task.architectures = [sizes]
     cfg.task.init = "codes"
+    cfg.task.fan_in_ref = fan_in_ref
     cfg.rule.hidden_channels = 16
     cfg.pool.size = 4
     cfg.pool.fresh = 1
@@ -33,6 +35,11 @@ def test_width_diagnostics_runs_on_a_tiny_rule(tmp_path, monkeypatch, capsys) ->
     trainer.meta_step()
     ckpt = tmp_path / "rule.pt"
     trainer.save(ckpt)
+    return ckpt
+
+
+def test_width_diagnostics_runs_on_a_tiny_rule(tmp_path, monkeypatch, capsys) -> None:
+    ckpt = _tiny_rule(tmp_path, [196, 4, 4, 10])
     argv = ["width_diagnostics.py", str(ckpt), "--sizes", "196-8-8-10", "--base", "4"]
     monkeypatch.setattr(sys, "argv", [*argv, "--nets", "2", "--test", "10"])
     runpy.run_path(str(EXAMPLES / "width_diagnostics.py"), run_name="__main__")
@@ -43,22 +50,7 @@ def test_width_diagnostics_runs_on_a_tiny_rule(tmp_path, monkeypatch, capsys) ->
 
 
 def test_rank_diagnostics_runs_on_a_tiny_rule(tmp_path, monkeypatch, capsys) -> None:
-    cfg = Config()
-    cfg.data.name = "mnist"
-    cfg.data.data_dir = str(_fake_mnist(tmp_path / "mnist"))
-    cfg.data.downsample = 2
-    cfg.task.architectures = [[196, 6, 10]]
-    cfg.task.init = "codes"
-    cfg.task.fan_in_ref = 4
-    cfg.rule.hidden_channels = 16
-    cfg.pool.size = 4
-    cfg.pool.fresh = 1
-    cfg.train.steps, cfg.train.batch_size, cfg.train.k_min, cfg.train.k_max = 1, 2, 2, 2
-    cfg.train.device = "cpu"
-    trainer = MetaTrainer.from_config(cfg)
-    trainer.meta_step()
-    ckpt = tmp_path / "rule.pt"
-    trainer.save(ckpt)
+    ckpt = _tiny_rule(tmp_path, [196, 6, 10], fan_in_ref=4)
     argv = ["rank_diagnostics.py", str(ckpt), "--sizes", "196-6-10", "--nets", "2"]
     monkeypatch.setattr(sys, "argv", [*argv, "--train", "40"])
     runpy.run_path(str(EXAMPLES / "rank_diagnostics.py"), run_name="__main__")
