@@ -103,4 +103,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as err:  # a missing checkpoint or data folder, a bad file: one line
+        raise SystemExit(f"error: {err}") from None

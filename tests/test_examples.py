@@ -85,3 +85,14 @@ def test_code_bounds_bases_and_runs(tmp_path, monkeypatch, capsys) -> None:
     assert "pixels f=2: 25 basis images" in out
     assert "pixels f=0: 196 basis images" in out
     assert "neurons f=1: W1 rank <= 3" in out
+
+
+def test_examples_name_a_missing_checkpoint_or_data_in_one_line(tmp_path, monkeypatch) -> None:
+    missing = str(tmp_path / "nope.pt")
+    monkeypatch.setattr(sys, "argv", ["rank_diagnostics.py", missing])
+    with pytest.raises(SystemExit, match=r"^error: checkpoint not found: .*nope\.pt$"):
+        runpy.run_path(str(EXAMPLES / "rank_diagnostics.py"), run_name="__main__")
+    monkeypatch.delenv("GNCA_DATA", raising=False)
+    monkeypatch.setattr(sys, "argv", ["code_bounds.py", "--neurons", "1"])
+    with pytest.raises(SystemExit, match="^error: MNIST needs a data directory"):
+        runpy.run_path(str(EXAMPLES / "code_bounds.py"), run_name="__main__")
