@@ -73,12 +73,13 @@ def main() -> None:
 
     print("1. singular values of the grown W1")
     tops = (3, 5, 10, 15, 20)
+    accs = [accuracy(net, X, y) for net in nets]
     for g, net in enumerate(nets):
         s = torch.linalg.svdvals(net[0].weight.detach())
         cum = (s**2).cumsum(0) / (s**2).sum()
         shares = " ".join(f"{r}:{cum[min(r, len(cum)) - 1]:.3f}" for r in tops)
         print(
-            f"   net {g}: accuracy {accuracy(net, X, y):.4f}, participation rank "
+            f"   net {g}: accuracy {accs[g]:.4f}, participation rank "
             f"{participation_rank(s):.1f}, energy in the top r: {shares}"
         )
 
@@ -99,7 +100,7 @@ def main() -> None:
         htr, hte = features(Xtr), features(X)
     clf = LogisticRegression(max_iter=2000).fit(htr.numpy(), ytr.numpy())
     score = clf.score(hte.numpy(), y.numpy())
-    print(f"   retrained: {score:.4f} (grown readout {accuracy(net0, X, y):.4f})")
+    print(f"   retrained: {score:.4f} (grown readout {accs[0]:.4f})")
 
 
 if __name__ == "__main__":
