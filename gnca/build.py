@@ -113,6 +113,7 @@ def make_init(t: TaskConfig, training: bool = False) -> InitSpec:
         t.depth_code,
         code_jitter=t.code_jitter if training else 0.0,
         neuron_codes=t.neuron_codes,
+        out_freqs=t.out_code_freqs,
     )
 
 

@@ -116,6 +116,7 @@ class TaskConfig:
     init_scale: float = 1.0  # initial weights ~ init_scale * N(0,1)/sqrt(fan_in)
     init_noise: float = 0.0  # extra N(0, init_noise) added to each sample's initial weights
     code_freqs: int = 2  # sinusoid frequencies per identity code (init=codes)
+    out_code_freqs: int | None = None  # frequencies of the out-neuron code; None = code_freqs
     depth_code: bool = True  # identity codes carry level/depth (false: 0, same for every depth)
     code_jitter: float = 0.0  # meta-training only: random shift of hidden code positions, 0..1
     neuron_codes: str = "sincos"  # hidden neurons' codes: sincos (position) | random (Gaussian)
@@ -432,6 +433,7 @@ def _validate_task(c: TaskConfig, p: str) -> None:
     _check_min(c, p, "init_scale", 0)
     _check_min(c, p, "init_noise", 0)
     _check_min(c, p, "code_freqs", 0)
+    _check_min(c, p, "out_code_freqs", 0, strict=True)
     _check_range(c, p, "code_jitter", 0.0, 1.0, "in [0, 1]")
     _check_choice(c, p, "neuron_codes", NEURON_CODES)
     _check_min(c, p, "fan_in_ref", 0, strict=True)

@@ -26,17 +26,22 @@ channels                count  content
                                then ``[s_k(col), c_k(col)]_{k=1..f}``; otherwise ``[s_k(p),
                                c_k(p)]`` for ``k = 1..2f`` of ``u``'s position in its level; 0
                                for biases
-``4f .. 6f-1``          2f     out-neuron ``v``: ``[s_k(p), c_k(p)]_{k=1..f}`` of its position
+``4f .. 4f+2g-1``       2g     out-neuron ``v``: ``[s_k(p), c_k(p)]_{k=1..g}`` of its position
                                (class index for outputs)
-``6f``                  1      depth: ``level(v) / depth`` of the net (0 with
+``4f+2g``               1      depth: ``level(v) / depth`` of the net (0 with
                                ``depth_code=False``)
-``6f+1``                1      1 if ``u`` is an input neuron
-``6f+2``                1      1 if ``v`` is an output neuron
-``6f+3``                1      1 for bias weights
-``6f+4 .. C-1``         rest   0 (free memory for the rule)
+``4f+2g+1``             1      1 if ``u`` is an input neuron
+``4f+2g+2``             1      1 if ``v`` is an output neuron
+``4f+2g+3``             1      1 for bias weights
+``4f+2g+4 .. C-1``      rest   0 (free memory for the rule)
 ======================  =====  ==========================================================
 
-So ``codes`` needs ``C >= 6f + 4`` (16 for the default ``f = 2``).
+``g = out_freqs`` is the number of frequencies of the out-neuron code, ``f`` unless set; so
+``codes`` needs ``C >= 4f + 2g + 4`` (``6f + 4``, 16 for the default ``f = 2``). The out-neuron
+code is what a first-layer weight knows about its hidden neuron: a grown first layer that is a
+smooth function of a code of ``g`` frequencies has rank about ``2g + 1`` (docs/results.md,
+section 3), so ``g = 2f`` gives the first layer the resolution the in-neuron code of hidden
+neurons already has, for ``2f`` more channels.
 
 ``code_jitter = j > 0`` (meant for meta-training only) moves every hidden neuron's position, per
 net, to ``p = (i + 0.5 + j * (u - 0.5)) / n`` with ``u ~ U(0, 1)`` drawn from the generator, so
@@ -70,9 +75,11 @@ INIT_KINDS = ("fixed", "random", "codes")
 NEURON_CODES = ("sincos", "random")
 
 
-def code_channels(code_freqs: int) -> int:
-    """Channels used by the identity codes for ``code_freqs`` frequencies: ``6f + 4``."""
-    return 6 * code_freqs + 4
+def code_channels(code_freqs: int, out_freqs: int | None = None) -> int:
+    """Channels used by the identity codes: ``4f + 2g + 4`` for ``f = code_freqs`` frequencies
+    and ``g = out_freqs`` out-neuron frequencies (``g = f`` when ``None``: ``6f + 4``)."""
+    g = code_freqs if out_freqs is None else out_freqs
+    return 4 * code_freqs + 2 * g + 4
 
 
 def _sincos(p: torch.Tensor, freqs: range) -> torch.Tensor:
@@ -90,6 +97,7 @@ def identity_codes(
     *,
     code_jitter: float = 0.0,
     neuron_codes: str = "sincos",
+    out_freqs: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``(E, C)`` identity codes of every weight (see the module docstring for the layout).
@@ -99,14 +107,19 @@ def identity_codes(
     ``code_jitter`` in ``[0, 1]`` moves hidden neurons' positions at random by up to half of
     ``code_jitter`` neuron spacings, one draw per neuron from ``generator``.
     ``neuron_codes="random"`` gives hidden neurons Gaussian codes drawn from ``generator``.
+    ``out_freqs`` sets the out-neuron code's frequencies (``code_freqs`` when ``None``).
     """
     f = code_freqs
-    need = code_channels(f)
     if f < 1:
         raise ValueError(f"code_freqs must be >= 1, got {f}")
+    g = f if out_freqs is None else out_freqs
+    if g < 1:
+        raise ValueError(f"out_freqs must be >= 1, got {g}")
+    need = code_channels(f, g)
     if hidden_channels < need:
+        extra = "" if out_freqs is None else f" and out_freqs={g}"
         raise ValueError(
-            f"identity codes with code_freqs={f} need hidden_channels >= {need}, "
+            f"identity codes with code_freqs={f}{extra} need hidden_channels >= {need}, "
             f"got {hidden_channels}"
         )
     if not 0.0 <= code_jitter <= 1.0:
@@ -120,7 +133,9 @@ def identity_codes(
     if copies > 1 and not drawn and isinstance(graph, Batch) and same_architecture(graph):
         # copies of one net carry the same codes: compute them once (the per-weight code
         # arithmetic on every copy cost as much as a rule step when growing 100 MNIST nets)
-        one = identity_codes(graph.get_example(0), hidden_channels, code_freqs, depth_code)
+        one = identity_codes(
+            graph.get_example(0), hidden_channels, code_freqs, depth_code, out_freqs=out_freqs
+        )
         return one.repeat(copies, 1)
     dtype = torch.get_default_dtype()
     src, dst = graph.src, graph.dst
@@ -150,14 +165,14 @@ def identity_codes(
         col = (idx - torch.div(idx, width, rounding_mode="floor") * width + 0.5) / width
         img_code = torch.cat([_sincos(row, range(1, f + 1)), _sincos(col, range(1, f + 1))], 1)
         in_code = torch.where(img.unsqueeze(1), img_code, in_code)
-    out_code = _sincos(pos[dst], range(1, f + 1))  # (E, 2f)
+    out_code = _sincos(pos[dst], range(1, g + 1))  # (E, 2g)
     if neuron_codes == "random":
         z = math.sqrt(0.5) * torch.randn(
-            kind.numel(), 4 * f, generator=generator, dtype=dtype, device=offset.device
-        )  # (N, 4f): one code per neuron of every net
+            kind.numel(), max(4 * f, 2 * g), generator=generator, dtype=dtype, device=offset.device
+        )  # (N, max(4f, 2g)): one code per neuron of every net
         hidden = kind == HIDDEN
-        in_code = torch.where(hidden[src].unsqueeze(1), z[src], in_code)
-        out_code = torch.where(hidden[dst].unsqueeze(1), z[dst, : 2 * f], out_code)
+        in_code = torch.where(hidden[src].unsqueeze(1), z[src, : 4 * f], in_code)
+        out_code = torch.where(hidden[dst].unsqueeze(1), z[dst, : 2 * g], out_code)
     in_code = in_code * (~graph.is_bias).to(dtype).unsqueeze(1)
     if depth_code:
         depth = torch.as_tensor(graph.depth, dtype=dtype, device=src.device).reshape(-1)
@@ -174,7 +189,7 @@ def identity_codes(
         ],
         dim=1,
     )  # (E, 4)
-    codes = torch.cat([in_code, out_code, flags], dim=1)  # (E, 6f + 4)
+    codes = torch.cat([in_code, out_code, flags], dim=1)  # (E, 4f + 2g + 4)
     return torch.cat([codes, h[:, need:]], dim=1)
 
 
@@ -232,6 +247,7 @@ def initial_state(
     depth_code: bool = True,
     code_jitter: float = 0.0,
     neuron_codes: str = "sincos",
+    out_freqs: int | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial ``(w, h)`` of every task net in ``graph``: ``(E,)`` and ``(E, C)``.
@@ -249,6 +265,7 @@ def initial_state(
             (``codes``; module docstring). Drawn after the weights.
         neuron_codes: ``"sincos"`` position codes or ``"random"`` Gaussian codes for hidden
             neurons (``codes``; module docstring). Drawn after the jitter.
+        out_freqs: frequencies of the out-neuron code (``codes``; ``code_freqs`` if ``None``).
         generator: random generator for the per-sample draws.
     """
     w = initial_weights(graph, kind, scale=scale, seed=seed, noise=noise, generator=generator)
@@ -260,6 +277,7 @@ def initial_state(
             depth_code,
             code_jitter=code_jitter,
             neuron_codes=neuron_codes,
+            out_freqs=out_freqs,
             generator=generator,
         )
     else:
@@ -279,6 +297,7 @@ class InitSpec:
     depth_code: bool = True
     code_jitter: float = 0.0
     neuron_codes: str = "sincos"
+    out_freqs: int | None = None
 
     def state(
         self, graph: Data, hidden_channels: int, generator: torch.Generator | None = None
@@ -295,6 +314,7 @@ class InitSpec:
             depth_code=self.depth_code,
             code_jitter=self.code_jitter,
             neuron_codes=self.neuron_codes,
+            out_freqs=self.out_freqs,
             generator=generator,
         )
 
@@ -302,9 +322,10 @@ class InitSpec:
 def check_codes_fit(init: InitSpec, hidden_channels: int) -> None:
     """A ValueError when identity codes need more channels than the rule's hidden state has."""
     if init.kind == "codes":
-        need = code_channels(init.code_freqs)
+        need = code_channels(init.code_freqs, init.out_freqs)
         if hidden_channels < need:
+            extra = "" if init.out_freqs is None else f" and task.out_code_freqs = {init.out_freqs}"
             raise ValueError(
                 f"rule.hidden_channels = {hidden_channels} is too small for task.init = codes "
-                f"with task.code_freqs = {init.code_freqs} (needs >= {need})"
+                f"with task.code_freqs = {init.code_freqs}{extra} (needs >= {need})"
             )

@@ -664,6 +664,7 @@ def config_record(
         init_scale=init.scale,
         init_noise=init.noise,
         code_freqs=init.code_freqs,
+        out_code_freqs=init.out_freqs,
         depth_code=init.depth_code,
         code_jitter=seed_init.code_jitter,
         neuron_codes=init.neuron_codes,

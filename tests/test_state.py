@@ -329,3 +329,48 @@ def test_unknown_neuron_codes() -> None:
         ValueError, match="^unknown neuron_codes 'learned'; choose one of sincos, random$"
     ):
         identity_codes(g, 16, 2, neuron_codes="learned")
+
+
+def test_out_freqs_widen_only_the_out_neuron_code() -> None:
+    """``out_freqs = g``: the out-neuron code has ``g`` frequencies, the in-neuron code and the
+    flags are those of ``g = f`` (shifted by ``2(g - f)`` channels), checked weight by weight."""
+    f, gq, c = 2, 4, 24
+    arch = Architecture.mlp([4, 3, 2])
+    graph = WeightGraph.from_architecture(arch)
+    assert code_channels(f, gq) == 4 * f + 2 * gq + 4 == 20
+    assert code_channels(f, None) == code_channels(f) == code_channels(f, f)
+    wide = identity_codes(graph, c, f, out_freqs=gq)
+    plain = identity_codes(graph, c, f)
+    assert torch.equal(identity_codes(graph, c, f, out_freqs=f), plain)
+    _, h = initial_state(graph, c, "codes", code_freqs=f, out_freqs=gq)
+    assert torch.equal(h, wide)
+    heads = arch.edges[:, 1].tolist()
+    size = {4 + j: 3 for j in range(3)} | {7 + k: 2 for k in range(2)}
+    first = {4 + j: 4 for j in range(3)} | {7: 7, 8: 7}
+    for e, v in enumerate(heads):
+        p = (v - first[v] + 0.5) / size[v]
+        np.testing.assert_allclose(wide[e, 8:16].tolist(), _sc(p, range(1, 5)), atol=1e-5)
+        assert torch.equal(wide[e, :8], plain[e, :8])  # in-neuron code unchanged
+        assert torch.equal(wide[e, 16:20], plain[e, 12:16])  # flags moved up by 2(g - f)
+        assert wide[e, 20:].abs().sum() == 0
+    with pytest.raises(ValueError, match="code_freqs=2 and out_freqs=4 need hidden_channels >= 20"):
+        identity_codes(graph, 19, f, out_freqs=gq)
+    with pytest.raises(ValueError, match="out_freqs must be >= 1"):
+        identity_codes(graph, c, f, out_freqs=0)
+    # random hidden codes: the out-code is the first 2g channels of the neuron's Gaussian code
+    gen = torch.Generator().manual_seed(0)
+    r = identity_codes(graph, c, f, neuron_codes="random", out_freqs=5, generator=gen)
+    hidden_in = [e for e, (u, _) in enumerate(arch.edges.tolist()) if 4 <= u < 7]
+    hidden_out = [e for e, v in enumerate(heads) if 4 <= v < 7]
+    u0 = arch.edges[hidden_in[0], 0].item()
+    into_u0 = [e for e in hidden_out if heads[e] == u0 and e < 12]
+    assert torch.equal(r[into_u0[0], 8:16], r[hidden_in[0], :8])  # z[:8] both ways
+    assert r[into_u0[0], 16:18].abs().sum() > 0  # channels 8..9 of z: g = 5 > 2f
+
+
+def test_check_codes_fit_names_out_code_freqs() -> None:
+    from gnca.state import InitSpec, check_codes_fit
+
+    check_codes_fit(InitSpec("codes", code_freqs=6, out_freqs=12), 52)
+    with pytest.raises(ValueError, match="task.out_code_freqs = 12 \\(needs >= 52\\)"):
+        check_codes_fit(InitSpec("codes", code_freqs=6, out_freqs=12), 48)
