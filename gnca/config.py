@@ -41,6 +41,7 @@ __all__ = [
     "RULE_ACTIVATIONS",
     "DATASETS",
     "GRAD_MODES",
+    "PERCEPTIONS",
     "PRECISIONS",
     "WANDB_MODES",
     "INITS",
@@ -73,6 +74,7 @@ NEIGHBOURHOODS = tuple(_NEIGHBOURHOODS)
 REDUCTIONS = _REDUCTIONS
 GRAD_MODES = ("normalize", "clip", "none")
 PRECISIONS = ("fp32", "bf16")
+PERCEPTIONS = ("dense", "factored")
 WANDB_MODES = ("offline", "online")
 _WANDB_BAD_CHARS = "/\\#?%:"  # characters W&B refuses in project names
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -170,6 +172,9 @@ class TrainConfig:
     rollback_factor: float = 10.0  # skip a meta-step whose loss > this x running mean (or NaN)
     checkpointing: bool = False  # activation checkpointing of each rule step
     precision: str = "fp32"  # fp32 | bf16 (the rule's MLP under bf16 autocast; state stays fp32)
+    # dense | factored (the rule MLP's first layer applied through the neurons: same function
+    # up to rounding, fewer flops; gnca.factored)
+    perception: str = "dense"
     seed: int = 0  # seed of everything random in training
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 25  # meta-steps between log lines
@@ -489,6 +494,7 @@ def _validate_train(c: TrainConfig, p: str) -> None:
     _check_min(c, p, "lr_final", 0)
     _check_choice(c, p, "grad", GRAD_MODES)
     _check_choice(c, p, "precision", PRECISIONS)
+    _check_choice(c, p, "perception", PERCEPTIONS)
     _check_min(c, p, "grad_clip", 0, strict=True)
     _check_min(c, p, "loss_horizons", 1)
     _check_min(c, p, "weight_penalty", 0)

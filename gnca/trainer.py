@@ -145,6 +145,7 @@ class MetaTrainer:
         check_codes_fit(seed_init, rule.hidden_channels)
         self.archs, self.arch_tasks = _training_pairs(task, archs, also, bool(rule.senses))
         self.rule = rule.to(self.device)
+        self.rule.factored = train.perception == "factored"  # meta-training's first layer
         self.init = init  # growing and evaluation: exact codes
         self.seed_init = seed_init  # meta-training seeds
         _check_pool(pool, train)

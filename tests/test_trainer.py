@@ -214,6 +214,30 @@ def test_bf16_precision_trains_and_keeps_fp32_state():
         tiny_config(precision="fp16")
 
 
+def test_factored_perception_meta_trains_the_same_rule_up_to_rounding():
+    """``train.perception: factored`` changes how the first layer is computed, not the rule: six
+    meta-steps in float64 give the dense run's losses and parameters to 1e-9."""
+    runs = []
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for perception in ("dense", "factored"):
+            t = MetaTrainer.from_config(tiny_config(perception=perception, steps=6))
+            assert t.rule.factored is (perception == "factored")
+            losses = [t.meta_step().loss for _ in range(6)]
+            assert t.pools[0].w.dtype == torch.float64
+            runs.append((losses, [p.detach().clone() for p in t.rule.parameters()]))
+    finally:
+        torch.set_default_dtype(old)
+    (la, pa), (lb, pb) = runs
+    assert la[-1] != la[0]  # it trained
+    assert lb == pytest.approx(la, rel=1e-9, abs=1e-12)
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(y, x, rtol=1e-9, atol=1e-11)
+    with pytest.raises(ValueError, match="perception"):
+        tiny_config(perception="sparse")
+
+
 def test_code_jitter_reaches_training_seeds_but_not_growth():
     cfg = tiny_config()
     cfg.task.init = "codes"
