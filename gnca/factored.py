@@ -96,11 +96,13 @@ def _build(
     gather = _csr(rows, cols, ones, (e, 2 * r))
     gather_t = _csr(cols, rows, ones, (2 * r, e))
     c = coef[:, 1:, 0]  # (E, 2)
-    starts = torch.cat(
-        [torch.ones(1, dtype=torch.bool, device=c.device), (c[1:] != c[:-1]).any(1)]
-    ).nonzero().flatten()
+    starts = (
+        torch.cat([torch.ones(1, dtype=torch.bool, device=c.device), (c[1:] != c[:-1]).any(1)])
+        .nonzero()
+        .flatten()
+    )
     bounds = torch.cat([starts, torch.tensor([e], device=c.device)]).tolist()
-    lengths = tuple(b - s for s, b in zip(bounds[:-1], bounds[1:]))
+    lengths = tuple(b - s for s, b in zip(bounds[:-1], bounds[1:], strict=True))
     pairs = tuple((float(c[s, 0]), float(c[s, 1])) for s in bounds[:-1])
     return FactoredPlan(a, a_t, gather, gather_t, lengths, pairs)
 
@@ -131,7 +133,7 @@ def factored_first_layer(
         plan.gather, plan.gather_t, neighbours.to(plan.gather.dtype)
     )  # (E, width)
     own = []
-    for chunk, (cf, cb) in zip(x.split(plan.lengths), plan.pairs):
+    for chunk, (cf, cb) in zip(x.split(plan.lengths), plan.pairs, strict=True):
         own.append(chunk @ (w0 + cf * wf + cb * wb).t())
     z = torch.cat(own) if len(own) > 1 else own[0]
     z = gathered + z + first.bias

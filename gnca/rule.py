@@ -37,6 +37,7 @@ from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 
+from gnca.factored import factored_first_layer, factored_plan
 from gnca.graph import (
     NEIGHBOURHOODS,
     cached,
@@ -44,7 +45,6 @@ from gnca.graph import (
     line_graph_edge_index,
     total_neurons,
 )
-from gnca.factored import factored_first_layer, factored_plan
 from gnca.perception import REDUCTIONS, check_state, neuron_plan, perceive, perception_size
 from gnca.senses import NEEDS_FEEDBACK, check_senses, sense_size
 

@@ -49,7 +49,7 @@ def _compare(rule: LocalRule, g, w, h, senses=None, atol: float = 1e-11) -> None
     torch.testing.assert_close(wb, wa, rtol=0, atol=atol)
     torch.testing.assert_close(hb, ha, rtol=0, atol=atol)
     assert not torch.equal(wb, w)
-    for x, y in zip(gb, ga):
+    for x, y in zip(gb, ga, strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=atol * 100)
 
 
@@ -87,7 +87,8 @@ def test_factored_with_senses_and_without_hidden_layers() -> None:
     rule = _rule(3, widths=(), senses=("act", "delta")).double()
     w, h = float64_state(g.num_nodes, 3, seed=4)
     s = rule.mlp[0].in_features - (3 + 3 * 3)
-    senses = torch.randn(g.num_nodes, s, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    senses = torch.randn(g.num_nodes, s, dtype=torch.float64, generator=gen)
     _compare(rule, g, w, h, senses)
 
 

@@ -232,7 +232,7 @@ def test_factored_perception_meta_trains_the_same_rule_up_to_rounding():
     (la, pa), (lb, pb) = runs
     assert la[-1] != la[0]  # it trained
     assert lb == pytest.approx(la, rel=1e-9, abs=1e-12)
-    for x, y in zip(pa, pb):
+    for x, y in zip(pa, pb, strict=True):
         torch.testing.assert_close(y, x, rtol=1e-9, atol=1e-11)
     with pytest.raises(ValueError, match="perception"):
         tiny_config(perception="sparse")
