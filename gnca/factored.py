@@ -132,11 +132,16 @@ def factored_first_layer(
     gathered = _FixedSparseMM.apply(
         plan.gather, plan.gather_t, neighbours.to(plan.gather.dtype)
     )  # (E, width)
-    own = []
-    for chunk, (cf, cb) in zip(x.split(plan.lengths), plan.pairs, strict=True):
-        own.append(chunk @ (w0 + cf * wf + cb * wb).t())
+    # own term per run, the neighbour term and the bias added inside each product (under
+    # autocast the result is bf16, as the dense layer's output is)
+    base = gathered + first.bias  # (E, width)
+    own = [
+        torch.addmm(nb, chunk, (w0 + cf * wf + cb * wb).t())
+        for chunk, nb, (cf, cb) in zip(
+            x.split(plan.lengths), base.split(plan.lengths), plan.pairs, strict=True
+        )
+    ]
     z = torch.cat(own) if len(own) > 1 else own[0]
-    z = gathered + z + first.bias
     if senses is not None:
         z = z + senses.to(x.dtype) @ wt[:, 3 * d :].t()
     return z
