@@ -114,6 +114,7 @@ def make_init(t: TaskConfig, training: bool = False) -> InitSpec:
         code_jitter=t.code_jitter if training else 0.0,
         neuron_codes=t.neuron_codes,
         out_freqs=t.out_code_freqs,
+        jitter_fraction=t.code_jitter_fraction if training else 1.0,
     )
 
 

@@ -121,6 +121,7 @@ class TaskConfig:
     out_code_freqs: int | None = None  # frequencies of the out-neuron code; None = code_freqs
     depth_code: bool = True  # identity codes carry level/depth (false: 0, same for every depth)
     code_jitter: float = 0.0  # meta-training only: random shift of hidden code positions, 0..1
+    code_jitter_fraction: float = 1.0  # share of meta-training nets the jitter moves, 0..1
     neuron_codes: str = "sincos"  # hidden neurons' codes: sincos (position) | random (Gaussian)
     fan_in_ref: float | None = None  # if set: non-bias weights count as w * fan_in_ref / fan_in
 
@@ -440,6 +441,7 @@ def _validate_task(c: TaskConfig, p: str) -> None:
     _check_min(c, p, "code_freqs", 0)
     _check_min(c, p, "out_code_freqs", 0, strict=True)
     _check_range(c, p, "code_jitter", 0.0, 1.0, "in [0, 1]")
+    _check_range(c, p, "code_jitter_fraction", 0.0, 1.0, "in [0, 1]")
     _check_choice(c, p, "neuron_codes", NEURON_CODES)
     _check_min(c, p, "fan_in_ref", 0, strict=True)
 

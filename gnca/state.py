@@ -47,7 +47,9 @@ neurons already has, for ``2f`` more channels.
 net, to ``p = (i + 0.5 + j * (u - 0.5)) / n`` with ``u ~ U(0, 1)`` drawn from the generator, so
 that the rule meets positions between the ``n`` exact ones (those of wider layers) in training.
 Input, output and bias positions are never moved. ``j = 0`` (the default) is exact and draws
-nothing.
+nothing. ``jitter_fraction = q < 1`` moves the neurons of only a random ``q`` of the nets (one
+Bernoulli draw per net, after the positions), so that the others carry the exact codes the
+rule will grow from; ``q = 1`` (the default) moves every net and draws nothing more.
 
 ``neuron_codes = "random"`` replaces the sinusoidal position codes of *hidden* neurons by a
 Gaussian vector ``z ~ N(0, I / 2)`` (the sinusoids' mean square) of ``4f`` channels drawn per
@@ -98,6 +100,7 @@ def identity_codes(
     code_jitter: float = 0.0,
     neuron_codes: str = "sincos",
     out_freqs: int | None = None,
+    jitter_fraction: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``(E, C)`` identity codes of every weight (see the module docstring for the layout).
@@ -108,6 +111,7 @@ def identity_codes(
     ``code_jitter`` neuron spacings, one draw per neuron from ``generator``.
     ``neuron_codes="random"`` gives hidden neurons Gaussian codes drawn from ``generator``.
     ``out_freqs`` sets the out-neuron code's frequencies (``code_freqs`` when ``None``).
+    ``jitter_fraction`` in ``[0, 1]``: the share of nets whose positions the jitter moves.
     """
     f = code_freqs
     if f < 1:
@@ -124,6 +128,8 @@ def identity_codes(
         )
     if not 0.0 <= code_jitter <= 1.0:
         raise ValueError(f"code_jitter must be in [0, 1], got {code_jitter}")
+    if not 0.0 <= jitter_fraction <= 1.0:
+        raise ValueError(f"jitter_fraction must be in [0, 1], got {jitter_fraction}")
     if neuron_codes not in NEURON_CODES:
         raise ValueError(
             f"unknown neuron_codes {neuron_codes!r}; choose one of {', '.join(NEURON_CODES)}"
@@ -143,7 +149,15 @@ def identity_codes(
     offset = torch.full_like(graph.neuron_position, 0.5, dtype=dtype)  # (N,)
     if code_jitter > 0:
         u = torch.rand(offset.shape, generator=generator, dtype=dtype, device=offset.device)
-        offset = torch.where(kind == HIDDEN, offset + code_jitter * (u - 0.5), offset)
+        move = kind == HIDDEN  # (N,)
+        if jitter_fraction < 1.0:
+            counts = graph.num_neurons_per_graph.to(offset.device)
+            chosen = (
+                torch.rand(counts.numel(), generator=generator, dtype=dtype, device=offset.device)
+                < jitter_fraction
+            )  # (G,) nets whose hidden positions move
+            move = move & chosen.repeat_interleave(counts)
+        offset = torch.where(move, offset + code_jitter * (u - 0.5), offset)
     size = graph.neuron_level_size.clamp(min=1).to(dtype)
     pos = (graph.neuron_position.to(dtype) + offset) / size  # (N,)
     e = src.numel()
@@ -248,6 +262,7 @@ def initial_state(
     code_jitter: float = 0.0,
     neuron_codes: str = "sincos",
     out_freqs: int | None = None,
+    jitter_fraction: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial ``(w, h)`` of every task net in ``graph``: ``(E,)`` and ``(E, C)``.
@@ -266,6 +281,7 @@ def initial_state(
         neuron_codes: ``"sincos"`` position codes or ``"random"`` Gaussian codes for hidden
             neurons (``codes``; module docstring). Drawn after the jitter.
         out_freqs: frequencies of the out-neuron code (``codes``; ``code_freqs`` if ``None``).
+        jitter_fraction: share of the nets whose positions ``code_jitter`` moves (``codes``).
         generator: random generator for the per-sample draws.
     """
     w = initial_weights(graph, kind, scale=scale, seed=seed, noise=noise, generator=generator)
@@ -278,6 +294,7 @@ def initial_state(
             code_jitter=code_jitter,
             neuron_codes=neuron_codes,
             out_freqs=out_freqs,
+            jitter_fraction=jitter_fraction,
             generator=generator,
         )
     else:
@@ -298,6 +315,7 @@ class InitSpec:
     code_jitter: float = 0.0
     neuron_codes: str = "sincos"
     out_freqs: int | None = None
+    jitter_fraction: float = 1.0
 
     def state(
         self, graph: Data, hidden_channels: int, generator: torch.Generator | None = None
@@ -315,6 +333,7 @@ class InitSpec:
             code_jitter=self.code_jitter,
             neuron_codes=self.neuron_codes,
             out_freqs=self.out_freqs,
+            jitter_fraction=self.jitter_fraction,
             generator=generator,
         )
 

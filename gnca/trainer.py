@@ -668,6 +668,7 @@ def config_record(
         out_code_freqs=init.out_freqs,
         depth_code=init.depth_code,
         code_jitter=seed_init.code_jitter,
+        code_jitter_fraction=seed_init.jitter_fraction,
         neuron_codes=init.neuron_codes,
         fan_in_ref=task.fan_in_ref,
     )

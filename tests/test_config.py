@@ -339,6 +339,7 @@ def test_non_mapping_input() -> None:
         ({"task": {"code_jitter": -0.1}}, "task.code_jitter"),
         ({"task": {"neuron_codes": "learned"}}, "task.neuron_codes"),
         ({"task": {"out_code_freqs": 0}}, "task.out_code_freqs"),
+        ({"task": {"code_jitter_fraction": 1.5}}, "task.code_jitter_fraction"),
         ({"task": {"fan_in_ref": 0}}, "task.fan_in_ref"),
         ({"train": {"steps": 0}}, "train.steps"),
         ({"train": {"batch_size": -3}}, "train.batch_size"),

@@ -374,3 +374,34 @@ def test_check_codes_fit_names_out_code_freqs() -> None:
     check_codes_fit(InitSpec("codes", code_freqs=6, out_freqs=12), 52)
     with pytest.raises(ValueError, match="task.out_code_freqs = 12 \\(needs >= 52\\)"):
         check_codes_fit(InitSpec("codes", code_freqs=6, out_freqs=12), 48)
+
+
+def test_jitter_fraction_moves_whole_nets_and_keeps_the_rest_exact() -> None:
+    arch = Architecture.mlp([3, 7, 4, 2])
+    g = WeightGraph.replicate(arch, 40)
+    per = arch.num_weights
+    exact = identity_codes(g, 10, 1)
+    full = identity_codes(g, 10, 1, code_jitter=0.8, generator=torch.Generator().manual_seed(0))
+    # fraction 1 draws nothing more: the same codes as before the option existed
+    same = identity_codes(
+        g, 10, 1, code_jitter=0.8, jitter_fraction=1.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(same, full)
+    h = identity_codes(
+        g, 10, 1, code_jitter=0.8, jitter_fraction=0.5, generator=torch.Generator().manual_seed(0)
+    )
+    moved = [
+        not torch.equal(h[i * per : (i + 1) * per], exact[i * per : (i + 1) * per])
+        for i in range(40)
+    ]
+    # a net is either moved like the fully jittered draw (same positions) or exact
+    for i, m in enumerate(moved):
+        block = slice(i * per, (i + 1) * per)
+        assert torch.equal(h[block], full[block] if m else exact[block])
+    assert 8 <= sum(moved) <= 32  # Binomial(40, 0.5)
+    none = identity_codes(
+        g, 10, 1, code_jitter=0.8, jitter_fraction=0.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(none, exact)
+    with pytest.raises(ValueError, match="jitter_fraction must be in"):
+        identity_codes(g, 10, 1, code_jitter=0.5, jitter_fraction=1.5)

@@ -256,6 +256,28 @@ def test_code_jitter_reaches_training_seeds_but_not_growth():
     assert torch.equal(res.h, exact)
 
 
+def test_code_jitter_fraction_reaches_training_seeds_and_checkpoints(tmp_path):
+    cfg = tiny_config(steps=2)
+    cfg.task.init = "codes"
+    cfg.task.code_jitter = 0.5
+    cfg.task.code_jitter_fraction = 0.0  # jitter on no net: every seed exact
+    cfg.rule.hidden_channels = 16
+    trainer = MetaTrainer.from_config(cfg)
+    assert trainer.seed_init.jitter_fraction == 0.0 and trainer.init.jitter_fraction == 1.0
+    from gnca import Architecture, WeightGraph, identity_codes
+
+    graph = WeightGraph.from_architecture(Architecture.mlp([4, 8, 3]))
+    exact = identity_codes(graph, 16, cfg.task.code_freqs, cfg.task.depth_code)
+    _, h = trainer._seed_states(graph)
+    assert torch.equal(h, exact)
+    trainer.train(str(tmp_path), progress=False)
+    from gnca.build import load_trained
+
+    trained = load_trained(tmp_path / "last.pt", device="cpu")
+    assert trained.cfg.task.code_jitter_fraction == 0.0
+    assert trained.init.jitter_fraction == 1.0  # growing: exact codes
+
+
 def test_random_neuron_codes_reach_training_growth_and_checkpoints(tmp_path):
     cfg = tiny_config(steps=2)
     cfg.task.init = "codes"
