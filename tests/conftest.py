@@ -16,7 +16,7 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
-from gnca import Architecture
+from gnca import Architecture, LocalRule
 
 NEIGHBOURHOOD_NAMES = ("incident", "directed", "sibling")
 
@@ -253,6 +253,22 @@ def float64_state(e: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
     w = torch.randn(e, generator=gen, dtype=torch.float64)
     h = torch.randn(e, c, generator=gen, dtype=torch.float64)
     return w, h
+
+
+def randomise_output(rule: LocalRule, std: float = 0.3, seed: int = 0) -> None:
+    """Give the zero-initialised output layer non-zero values (a fresh rule is a no-op)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        rule.out.weight.copy_(torch.randn(rule.out.weight.shape, generator=gen) * std)
+        rule.out.bias.copy_(torch.randn(rule.out.bias.shape, generator=gen) * std)
+
+
+def live_rule(c: int, seed: int = 0, **kw) -> LocalRule:
+    """A seeded ``LocalRule(c, **kw)`` whose output layer is not zero (so it changes nets)."""
+    torch.manual_seed(seed)
+    rule = LocalRule(c, **kw)
+    randomise_output(rule, seed=seed)
+    return rule
 
 
 def np_rng(seed: int) -> np.random.Generator:

@@ -7,22 +7,12 @@ import copy
 
 import pytest
 import torch
-from conftest import NEIGHBOURHOOD_NAMES, dag_specs, float64_state
+from conftest import NEIGHBOURHOOD_NAMES, dag_specs, float64_state, live_rule
 from hypothesis import given, settings
 
 from gnca import Architecture, LocalRule, WeightGraph
 from gnca.factored import factored_first_layer, factored_plan
 from gnca.perception import perceive
-
-
-def _rule(c: int, seed: int = 0, **kw) -> LocalRule:
-    torch.manual_seed(seed)
-    rule = LocalRule(c, **kw)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # a fresh rule is a no-op; give it a non-zero output layer
-        rule.out.weight.copy_(torch.randn(rule.out.weight.shape, generator=gen) * 0.3)
-        rule.out.bias.copy_(torch.randn(rule.out.bias.shape, generator=gen) * 0.3)
-    return rule
 
 
 def _step_and_grads(rule: LocalRule, g, w, h, senses=None):
@@ -66,7 +56,7 @@ def test_factored_step_equals_dense_step_float64(
             WeightGraph.from_architecture(Architecture.mlp([3, 4, 4, 2])),
         ]
     )
-    rule = _rule(
+    rule = live_rule(
         4, widths=(16, 8), neighbourhood=neighbourhood, include_self=include_self, reduce=reduce
     ).double()
     w, h = float64_state(g.num_nodes, 4, seed=1)
@@ -77,14 +67,14 @@ def test_factored_step_equals_dense_step_float64(
 @given(spec=dag_specs())
 def test_factored_step_equals_dense_step_random_dags(spec) -> None:
     g = WeightGraph.replicate(spec.build(), 2)
-    rule = _rule(3, widths=(8,), bound=0.5, activation="tanh").double()
+    rule = live_rule(3, widths=(8,), bound=0.5, activation="tanh").double()
     w, h = float64_state(g.num_nodes, 3, seed=2)
     _compare(rule, g, w, h)
 
 
 def test_factored_with_senses_and_without_hidden_layers() -> None:
     g = WeightGraph.replicate(Architecture.mlp([4, 5, 3]), 3)
-    rule = _rule(3, widths=(), senses=("act", "delta")).double()
+    rule = live_rule(3, widths=(), senses=("act", "delta")).double()
     w, h = float64_state(g.num_nodes, 3, seed=4)
     s = rule.mlp[0].in_features - (3 + 3 * 3)
     gen = torch.Generator().manual_seed(5)
@@ -112,7 +102,7 @@ def test_too_many_runs_or_no_sparse_dtype_fall_back_to_the_dense_path() -> None:
     g = WeightGraph.from_architecture(Architecture.mlp([3, 4, 2]))
     assert factored_plan(g, "incident", False, "mean", torch.float32, max_runs=1) is None
     assert factored_plan(g, "incident", False, "mean", torch.bfloat16) is None
-    rule = _rule(2)
+    rule = live_rule(2)
     w, h = torch.randn(g.num_nodes), torch.randn(g.num_nodes, 2)
     mask = torch.ones(g.num_nodes)
     ref = rule(g, w, h, mask=mask)
@@ -127,7 +117,7 @@ def test_too_many_runs_or_no_sparse_dtype_fall_back_to_the_dense_path() -> None:
 
 def test_factored_under_bf16_autocast_is_close_to_dense() -> None:
     g = WeightGraph.replicate(Architecture.mlp([30, 20, 10]), 2)
-    rule = _rule(8, widths=(32, 32))
+    rule = live_rule(8, widths=(32, 32))
     w, h = torch.randn(g.num_nodes), torch.randn(g.num_nodes, 8)
     mask = torch.ones(g.num_nodes)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import NEIGHBOURHOOD_NAMES, dag_specs
+from conftest import NEIGHBOURHOOD_NAMES, dag_specs, live_rule
 from hypothesis import given, settings
 
 from gnca import Architecture, LocalRule, WeightGraph
-
-
-def _rule(c: int, seed: int = 0, **kw) -> LocalRule:
-    torch.manual_seed(seed)
-    rule = LocalRule(c, **kw)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # a fresh rule is a no-op; give it a non-zero output layer
-        rule.out.weight.copy_(torch.randn(rule.out.weight.shape, generator=gen) * 0.3)
-        rule.out.bias.copy_(torch.randn(rule.out.bias.shape, generator=gen) * 0.3)
-    return rule
 
 
 def _both(rule: LocalRule, g, w, h, seed: int = 3):
@@ -43,7 +33,7 @@ def test_no_grad_step_equals_grad_step_float64(
         ]
     )
     e = g.num_nodes
-    rule = _rule(
+    rule = live_rule(
         4, neighbourhood=neighbourhood, include_self=include_self, reduce=reduce, fire_rate=0.6
     ).double()
     rule.block_rows = block_rows
@@ -63,7 +53,7 @@ def test_no_grad_step_equals_grad_step_random_dags(spec) -> None:
     arch = spec.build()
     g = WeightGraph.replicate(arch, 3)
     e = g.num_nodes
-    rule = _rule(3, widths=(16, 8), bound=0.5, activation="tanh").double()
+    rule = live_rule(3, widths=(16, 8), bound=0.5, activation="tanh").double()
     rule.block_rows = 5
     gen = torch.Generator().manual_seed(2)
     w = torch.randn(e, generator=gen, dtype=torch.float64)
@@ -76,7 +66,7 @@ def test_no_grad_step_equals_grad_step_random_dags(spec) -> None:
 @pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "silu", "sigmoid", "identity"])
 @pytest.mark.parametrize("bound", [None, 0.1])
 def test_no_grad_delta_equals_mlp(activation: str, bound: float | None) -> None:
-    rule = _rule(5, widths=(12, 6), activation=activation, bound=bound)
+    rule = live_rule(5, widths=(12, 6), activation=activation, bound=bound)
     rule.block_rows = 3
     p = torch.randn(20, 18)
     ref = rule.delta(p)
@@ -91,7 +81,7 @@ def test_no_grad_step_float32_large_blocks_and_inputs_untouched() -> None:
     arch = Architecture.mlp([30, 20, 10])
     g = WeightGraph.replicate(arch, 2)
     e = g.num_nodes
-    rule = _rule(8)
+    rule = live_rule(8)
     rule.block_rows = 256
     w, h = torch.randn(e), torch.randn(e, 8)
     w0, h0 = w.clone(), h.clone()
@@ -116,7 +106,7 @@ def test_mask_argument_respected_without_grad() -> None:
     arch = Architecture.mlp([4, 5, 3])
     g = WeightGraph.from_architecture(arch)
     e = arch.num_weights
-    rule = _rule(2)
+    rule = live_rule(2)
     rule.block_rows = 8
     mask = (torch.arange(e) % 3 == 0).float()
     w, h = torch.randn(e), torch.randn(e, 2)
@@ -131,7 +121,7 @@ def test_no_grad_step_under_bf16_autocast() -> None:
     arch = Architecture.mlp([30, 20, 10])
     g = WeightGraph.from_architecture(arch)
     e = arch.num_weights
-    rule = _rule(8)
+    rule = live_rule(8)
     rule.block_rows = 100
     w, h, mask = torch.randn(e), torch.randn(e, 8), torch.ones(e)
     with torch.no_grad():

@@ -7,18 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import NEIGHBOURHOOD_NAMES, float64_state
+from conftest import NEIGHBOURHOOD_NAMES, float64_state, randomise_output
 
 from gnca import Architecture, LocalRule, WeightGraph, initial_state, task_forward
 from gnca.perception import perceive
-
-
-def _randomise_output(rule: LocalRule, std: float = 0.3, seed: int = 0) -> None:
-    """Give the zero-initialised output layer non-zero values (a fresh rule is a no-op)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        rule.out.weight.copy_(torch.randn(rule.out.weight.shape, generator=gen) * std)
-        rule.out.bias.copy_(torch.randn(rule.out.bias.shape, generator=gen) * std)
 
 
 @pytest.mark.parametrize("neighbourhood", NEIGHBOURHOOD_NAMES)
@@ -31,7 +23,7 @@ def test_zero_initialised_rule_is_a_no_op(neighbourhood: str, path: str) -> None
     w, h = torch.randn(arch.num_weights), torch.randn(arch.num_weights, 4)
     w1, h1 = rule(g, w, h, path=path)
     assert torch.equal(w1, w) and torch.equal(h1, h)
-    _randomise_output(rule)
+    randomise_output(rule)
     w2, h2 = rule(g, w, h, path=path)
     assert not torch.equal(w2, w) and not torch.equal(h2, h)
     rule.reset_parameters()
@@ -44,7 +36,7 @@ def test_fire_rate_statistics() -> None:
     g = WeightGraph.replicate(arch, 4)
     e = g.num_nodes
     rule = LocalRule(3, fire_rate=0.8)
-    _randomise_output(rule)
+    randomise_output(rule)
     w, h = torch.randn(e), torch.randn(e, 3)
     gen = torch.Generator().manual_seed(123)
     fracs = []
@@ -78,7 +70,7 @@ def test_mask_argument_respected() -> None:
     g = WeightGraph.from_architecture(arch)
     e = arch.num_weights
     rule = LocalRule(2, fire_rate=0.5)
-    _randomise_output(rule)
+    randomise_output(rule)
     w, h = torch.randn(e), torch.randn(e, 2)
     mask = torch.zeros(e)
     mask[::3] = 1.0
@@ -99,7 +91,7 @@ def test_forward_is_functional() -> None:
     arch = Architecture.mlp([3, 4, 2])
     g = WeightGraph.from_architecture(arch)
     rule = LocalRule(3, fire_rate=1.0)
-    _randomise_output(rule)
+    randomise_output(rule)
     w, h = torch.randn(arch.num_weights), torch.randn(arch.num_weights, 3)
     w0, h0 = w.clone(), h.clone()
     w1, h1 = rule(g, w, h)
@@ -119,7 +111,7 @@ def test_bound_bounds_updates(bound: float) -> None:
     g = WeightGraph.from_architecture(arch)
     torch.manual_seed(0)
     rule = LocalRule(3, fire_rate=1.0, bound=bound).double()  # float64: w1 - w is exact enough
-    _randomise_output(rule, std=50.0)
+    randomise_output(rule, std=50.0)
     w, h = float64_state(arch.num_weights, 3, seed=0)
     w1, h1 = rule(g, w, h)
     dw, dh = (w1 - w).abs(), (h1 - h).abs()
@@ -138,7 +130,7 @@ def test_gradients_reach_every_rule_parameter_after_three_steps() -> None:
     rule = LocalRule(c, widths=(16, 16), bound=1.0)
     # With the zero-initialised output layer only that layer would receive gradient (the hidden
     # layers' gradients pass through its zero weights), so re-initialise it with small values.
-    _randomise_output(rule, std=0.05)
+    randomise_output(rule, std=0.05)
     w, h = initial_state(g, c, "random", generator=torch.Generator().manual_seed(1))
     gen = torch.Generator().manual_seed(2)
     for _ in range(3):
@@ -197,7 +189,7 @@ def test_rule_in_float64() -> None:
     arch = Architecture.mlp([3, 2])
     g = WeightGraph.from_architecture(arch)
     rule = LocalRule(2, fire_rate=1.0).double()
-    _randomise_output(rule)
+    randomise_output(rule)
     w, h = float64_state(arch.num_weights, 2, seed=0)
     w1, h1 = rule(g, w, h)
     assert w1.dtype == torch.float64 and h1.dtype == torch.float64
@@ -231,7 +223,7 @@ def test_gradcheck_of_a_whole_step(neighbourhood: str, include_self: bool) -> No
     c = 2
     rule = LocalRule(c, widths=(5,), neighbourhood=neighbourhood, include_self=include_self)
     rule = rule.double()
-    _randomise_output(rule)
+    randomise_output(rule)
     w, h = float64_state(g.num_nodes, c, seed=1)
     mask = (torch.arange(g.num_nodes) % 3 != 0).double()
     names = [n for n, _ in rule.named_parameters()]
