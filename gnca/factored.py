@@ -49,7 +49,8 @@ class FactoredPlan:
         gather, gather_t: ``(E, 2R)`` CSR with two ones per row, at ``r_f(w)`` and ``R + r_b(w)``
             (no entry where a relation is empty), and its transpose.
         lengths: the lengths of the runs of consecutive weights that share a coefficient pair.
-        pairs: ``(runs, 2)`` the ``(c_f, c_b)`` pair of every run.
+        pairs: the distinct ``(c_f, c_b)`` pairs (an MLP batch repeats each pair once per net).
+        run_pair: the index into ``pairs`` of every run.
     """
 
     a: torch.Tensor
@@ -58,6 +59,7 @@ class FactoredPlan:
     gather_t: torch.Tensor
     lengths: tuple[int, ...]
     pairs: tuple[tuple[float, float], ...]
+    run_pair: tuple[int, ...]
 
 
 def factored_plan(
@@ -103,8 +105,10 @@ def _build(
     )
     bounds = torch.cat([starts, torch.tensor([e], device=c.device)]).tolist()
     lengths = tuple(b - s for s, b in zip(bounds[:-1], bounds[1:], strict=True))
-    pairs = tuple((float(c[s, 0]), float(c[s, 1])) for s in bounds[:-1])
-    return FactoredPlan(a, a_t, gather, gather_t, lengths, pairs)
+    per_run = [(float(c[s, 0]), float(c[s, 1])) for s in bounds[:-1]]
+    pairs = tuple(dict.fromkeys(per_run))  # distinct, in order of first use
+    run_pair = tuple(pairs.index(p) for p in per_run)
+    return FactoredPlan(a, a_t, gather, gather_t, lengths, pairs, run_pair)
 
 
 def factored_first_layer(
@@ -135,10 +139,11 @@ def factored_first_layer(
     # own term per run, the neighbour term and the bias added inside each product (under
     # autocast the result is bf16, as the dense layer's output is)
     base = gathered + first.bias  # (E, width)
+    own_w = [(w0 + cf * wf + cb * wb).t() for cf, cb in plan.pairs]  # (D, width) per pair
     own = [
-        torch.addmm(nb, chunk, (w0 + cf * wf + cb * wb).t())
-        for chunk, nb, (cf, cb) in zip(
-            x.split(plan.lengths), base.split(plan.lengths), plan.pairs, strict=True
+        torch.addmm(nb, chunk, own_w[k])
+        for chunk, nb, k in zip(
+            x.split(plan.lengths), base.split(plan.lengths), plan.run_pair, strict=True
         )
     ]
     z = torch.cat(own) if len(own) > 1 else own[0]

@@ -291,10 +291,11 @@ class LocalRule(MessagePassing):
             for i in range(0, e, block):
                 self._delta_no_grad(p[i : i + block], out[i : i + block], bufs)
             return out
-        out = self.mlp(p)
-        if self.bound is not None:
-            out = self.bound * torch.tanh(out / self.bound)
-        return out
+        return self._bounded(self.mlp(p))
+
+    def _bounded(self, out: torch.Tensor) -> torch.Tensor:
+        """``bound * tanh(out / bound)`` when the rule has a bound, else ``out``; ``(E, 1 + C)``."""
+        return out if self.bound is None else self.bound * torch.tanh(out / self.bound)
 
     def _block(self, device: torch.device, e: int) -> int:
         if device.type != "cpu" or self.block_rows is None:
@@ -379,9 +380,7 @@ class LocalRule(MessagePassing):
             check_state(w, h, graph)
             x = torch.cat([w.unsqueeze(1), h], dim=1)  # (E, 1 + C)
             z = factored_first_layer(plan, self.mlp[0], x, senses)  # (E, width)
-            d = self.mlp[1:](z)  # (E, 1 + C)
-            if self.bound is not None:
-                d = self.bound * torch.tanh(d / self.bound)
+            d = self._bounded(self.mlp[1:](z))  # (E, 1 + C)
         else:
             p = self.perceive(graph, w, h, path)  # (E, 3 + 3C)
             if senses is not None:

@@ -94,8 +94,10 @@ def test_first_layer_equals_linear_of_the_dense_perception() -> None:
     ref = first(perceive(g, w, h))
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
     # a weight's own term uses one coefficient pair per run: an MLP has few runs
-    assert len(plan.lengths) == len(plan.pairs) and sum(plan.lengths) == g.num_nodes
+    assert len(plan.lengths) == len(plan.run_pair) and sum(plan.lengths) == g.num_nodes
     assert len(plan.lengths) < g.num_nodes // 4
+    # two copies of one net: every pair's runs repeat, each pair is stored once
+    assert len(plan.pairs) < len(plan.lengths) and len(set(plan.pairs)) == len(plan.pairs)
 
 
 def test_too_many_runs_or_no_sparse_dtype_fall_back_to_the_dense_path() -> None:
