@@ -185,6 +185,9 @@ class MetaTrainer:
         self.step = 0
         self.loss_ema: float | None = None
         self.history: list[StepStats] = []
+        # wall and CPU seconds spent in train() so far, kept in checkpoints: summed over resumes
+        self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
 
     @classmethod
     def from_config(
@@ -520,6 +523,7 @@ class MetaTrainer:
             "pools": [p.state_dict() for p in self.pools],
             "step": self.step,
             "loss_ema": self.loss_ema,
+            "train_time": {"seconds": self.train_seconds, "cpu_seconds": self.train_cpu_seconds},
             "rng": {
                 "gen": self.gen.get_state(),
                 "dev_gen": self.dev_gen.get_state().cpu(),
@@ -536,6 +540,9 @@ class MetaTrainer:
         self.pools = [SamplePool.from_state_dict(p, self.device) for p in d["pools"]]
         self.step = int(d["step"])
         self.loss_ema = d["loss_ema"]
+        spent = d.get("train_time", {})  # absent in checkpoints written before it was kept
+        self.train_seconds = float(spent.get("seconds", 0.0))
+        self.train_cpu_seconds = float(spent.get("cpu_seconds", 0.0))
         self.gen.set_state(d["rng"]["gen"])
         self.dev_gen.set_state(d["rng"]["dev_gen"].to(self.dev_gen.get_state().device))
         torch.set_rng_state(d["rng"]["torch"])
@@ -562,7 +569,10 @@ class MetaTrainer:
         ``tensorboard`` package is installed, and with ``train.wandb`` the same scalars to a
         Weights & Biases run in ``run_dir/wandb`` (:mod:`gnca.tracking`; it needs ``run_dir``
         and the ``wandb`` package). Without a progress bar, ``log_lines`` prints one line per
-        logged step to stderr instead. Only the main process of a distributed run logs.
+        logged step to stderr instead. The seconds in ``metrics.csv`` (and
+        :attr:`train_seconds`, :attr:`train_cpu_seconds`, kept in ``last.pt``) are meta-training
+        time summed over every run that led to this one: a resumed run continues the count.
+        Only the main process of a distributed run logs.
         """
         t = self.cfg.train
         run = Path(run_dir) if run_dir is not None else None
@@ -574,7 +584,15 @@ class MetaTrainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=t.steps, initial=self.step, desc="meta-train", unit="step")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        base, cpu_base = self.train_seconds, self.train_cpu_seconds
+
+        def clock() -> float:
+            """Bring :attr:`train_seconds` up to now; return it."""
+            self.train_seconds = base + time.perf_counter() - start
+            self.train_cpu_seconds = cpu_base + time.process_time() - cpu_start
+            return self.train_seconds
+
         window: list[StepStats] = []
         try:
             while self.step < t.steps:
@@ -588,13 +606,13 @@ class MetaTrainer:
                     acc = sum(x.accuracy for x in ok) / len(ok)
                     skipped = sum(x.skipped for x in window)
                     if logs is not None:
-                        logs.write(s.step, loss, acc, s.lr, skipped, time.perf_counter() - start)
+                        logs.write(s.step, loss, acc, s.lr, skipped, clock())
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", skipped=skipped)
                     elif log_lines and self.is_main:
                         print(
                             f"meta-step {s.step}/{t.steps}  loss {loss:.4f}  acc {acc:.3f}  "
-                            f"skipped {skipped}  {time.perf_counter() - start:.0f}s",
+                            f"skipped {skipped}  {clock():.0f}s",
                             file=sys.stderr,
                             flush=True,
                         )
@@ -602,8 +620,10 @@ class MetaTrainer:
                 if bar is not None:
                     bar.update(1)
                 if run is not None and (s.step % t.checkpoint_every == 0 or s.step == t.steps):
+                    clock()
                     self.save(run / "last.pt")
         finally:
+            clock()
             if bar is not None:
                 bar.close()
             if logs is not None:

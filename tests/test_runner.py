@@ -50,6 +50,25 @@ def test_obtain_trains_under_rules_label_skips_none_and_reuses(tmp_path, capsys)
     assert "reusing rule 'a'" in capsys.readouterr().err
 
 
+def test_obtain_counts_the_time_of_an_interrupted_run(tmp_path):
+    """A rule resumed from an interrupted run reports the time of both parts."""
+    from gnca.checkpoint import load_checkpoint
+
+    (first,) = ExperimentRun("x", tmp_path, progress=False).obtain(RuleSource("a", tiny()))
+    run_dir = tmp_path / "rules" / "a"
+    ck = load_checkpoint(run_dir / "last.pt")
+    ck["step"] = 1  # as if it had stopped after one meta-step, 500 s in
+    ck["train_time"] = {"seconds": 500.0, "cpu_seconds": 700.0}
+    torch.save(ck, run_dir / "last.pt")
+    (run_dir / "train_time.json").unlink()  # an interrupted run never wrote it
+    (tr,) = ExperimentRun("x", tmp_path, progress=False).obtain(RuleSource("a", tiny()))
+    assert tr.trained_now and tr.meta_steps == 3
+    spent = json.loads((run_dir / "train_time.json").read_text())
+    assert 500.0 < spent["seconds"] == tr.train_seconds and spent["cpu_seconds"] > 700.0
+    assert spent["meta_steps"] == 3
+    assert first.train_seconds is not None and first.train_seconds < 500.0
+
+
 def test_grow_is_seeded_growth_of_the_rule(tmp_path):
     run = ExperimentRun("x", tmp_path, progress=False)
     (tr,) = run.obtain(RuleSource("a", tiny()))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gnca.build import make_init
-from gnca.checkpoint import load_checkpoint
+from gnca.checkpoint import load_checkpoint, save_checkpoint
 from gnca.config import Config, config_from_dict, config_to_dict
 from gnca.grow import grow
 from gnca.task import Task
@@ -319,3 +319,36 @@ def test_fan_in_ref_reaches_training_evaluation_and_export(tmp_path):
     assert torch.allclose(nets(X), ref, atol=1e-6)
     acc = tr.task.accuracy(res.graph, res.w, X, y)
     assert torch.equal(acc, (ref.argmax(-1) == y).float().mean(1))
+
+
+def test_training_time_is_kept_across_resumes(tmp_path):
+    """An interrupted run's seconds are not lost: the checkpoint carries the count on."""
+    tr = MetaTrainer.from_config(tiny_config(steps=4))
+    tr.train(tmp_path, progress=False)
+    assert tr.train_seconds > 0 and tr.train_cpu_seconds > 0
+    ck = load_checkpoint(tmp_path / "last.pt")
+    # written at the last checkpoint, a moment before train() returned
+    assert 0 < ck["train_time"]["seconds"] <= tr.train_seconds
+    assert 0 < ck["train_time"]["cpu_seconds"] <= tr.train_cpu_seconds
+    # pretend the first part took long, then resume it for 4 more meta-steps
+    ck["train_time"] = {"seconds": 1000.0, "cpu_seconds": 2000.0}
+    torch.save(ck, tmp_path / "last.pt")
+    more = MetaTrainer.from_checkpoint(tmp_path / "last.pt", cfg=tiny_config(steps=8))
+    assert (more.train_seconds, more.train_cpu_seconds) == (1000.0, 2000.0)
+    more.train(tmp_path, progress=False)
+    assert 1000.0 < more.train_seconds < 1000.0 + 600 and more.train_cpu_seconds > 2000.0
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    seconds = [float(r.split(",")[-1]) for r in rows[1:]]
+    assert len(seconds) == 2 and seconds[0] < 1000.0 < seconds[1], seconds
+    assert seconds[1] <= load_checkpoint(tmp_path / "last.pt")["train_time"]["seconds"]
+    assert load_checkpoint(tmp_path / "last.pt")["train_time"]["seconds"] <= more.train_seconds
+
+
+def test_checkpoint_without_training_time_resumes_from_zero(tmp_path):
+    tr = MetaTrainer.from_config(tiny_config(steps=4))
+    tr.meta_step()
+    ck = tr.state_dict()
+    del ck["train_time"]  # as written before the time was kept
+    save_checkpoint(tmp_path / "old.pt", ck)
+    back = MetaTrainer.from_checkpoint(tmp_path / "old.pt")
+    assert back.step == 1 and back.train_seconds == 0.0 and back.train_cpu_seconds == 0.0

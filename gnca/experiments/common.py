@@ -61,7 +61,7 @@ def obtain_rule(
 
     A finished (or interrupted) run already in ``run_dir`` with the same configuration is reused
     (and completed); ``retrain`` starts over. The run directory gets ``last.pt``, ``metrics.csv``
-    and ``train_time.json`` (accumulated meta-training wall time).
+    and ``train_time.json`` (meta-training wall and CPU seconds, summed over resumes).
     """
     from gnca.trainer import MetaTrainer
 
@@ -92,17 +92,20 @@ def obtain_rule(
     else:
         trainer = MetaTrainer.from_config(cfg, dataset=dataset, device=device)
     trained_now = trainer.step < cfg.train.steps
-    seconds = _read_train_time(run_dir) or 0.0
+    seconds = _read_train_time(run_dir) or trainer.train_seconds
     if trained_now:
         print(
             f"meta-training rule {source.label!r} ({trainer.rule!r}) for "
             f"{cfg.train.steps - trainer.step} meta-steps in {run_dir}",
             file=sys.stderr,
         )
-        start, cpu_start = time.perf_counter(), time.process_time()
+        # the checkpoint counts the time of interrupted runs too; one written before it kept
+        # its time (train_seconds 0 past step 0) falls back on train_time.json
+        old = trainer.step > 0 and trainer.train_seconds == 0.0
+        before = (seconds, _read_train_time(run_dir, "cpu_seconds") or 0.0) if old else (0.0, 0.0)
         trainer.train(run_dir, progress=progress)
-        seconds += time.perf_counter() - start
-        cpu = (_read_train_time(run_dir, "cpu_seconds") or 0.0) + time.process_time() - cpu_start
+        seconds = before[0] + trainer.train_seconds
+        cpu = before[1] + trainer.train_cpu_seconds
         write_json(
             run_dir / "train_time.json",
             {"seconds": seconds, "cpu_seconds": cpu, "meta_steps": trainer.step},
