@@ -69,6 +69,23 @@ def test_obtain_counts_the_time_of_an_interrupted_run(tmp_path):
     assert first.train_seconds is not None and first.train_seconds < 500.0
 
 
+def test_obtain_continues_train_time_json_for_a_checkpoint_without_its_time(tmp_path):
+    """Checkpoints written before they kept their time resume on train_time.json's count."""
+    from gnca.checkpoint import load_checkpoint
+
+    ExperimentRun("x", tmp_path, progress=False).obtain(RuleSource("a", tiny()))
+    run_dir = tmp_path / "rules" / "a"
+    ck = load_checkpoint(run_dir / "last.pt")
+    ck["step"] = 1
+    del ck["train_time"]
+    torch.save(ck, run_dir / "last.pt")
+    (run_dir / "train_time.json").write_text(json.dumps({"seconds": 500.0, "cpu_seconds": 700.0}))
+    (tr,) = ExperimentRun("x", tmp_path, progress=False).obtain(RuleSource("a", tiny()))
+    spent = json.loads((run_dir / "train_time.json").read_text())
+    assert 500.0 < spent["seconds"] == tr.train_seconds and spent["cpu_seconds"] > 700.0
+    assert load_checkpoint(run_dir / "last.pt")["train_time"]["seconds"] > 500.0
+
+
 def test_grow_is_seeded_growth_of_the_rule(tmp_path):
     run = ExperimentRun("x", tmp_path, progress=False)
     (tr,) = run.obtain(RuleSource("a", tiny()))

@@ -99,13 +99,12 @@ def obtain_rule(
             f"{cfg.train.steps - trainer.step} meta-steps in {run_dir}",
             file=sys.stderr,
         )
-        # the checkpoint counts the time of interrupted runs too; one written before it kept
-        # its time (train_seconds 0 past step 0) falls back on train_time.json
-        old = trainer.step > 0 and trainer.train_seconds == 0.0
-        before = (seconds, _read_train_time(run_dir, "cpu_seconds") or 0.0) if old else (0.0, 0.0)
+        if trainer.step > 0 and trainer.train_seconds == 0.0:
+            # a checkpoint written before it kept its time: continue train_time.json's count
+            trainer.train_seconds = seconds
+            trainer.train_cpu_seconds = _read_train_time(run_dir, "cpu_seconds") or 0.0
         trainer.train(run_dir, progress=progress)
-        seconds = before[0] + trainer.train_seconds
-        cpu = before[1] + trainer.train_cpu_seconds
+        seconds, cpu = trainer.train_seconds, trainer.train_cpu_seconds
         write_json(
             run_dir / "train_time.json",
             {"seconds": seconds, "cpu_seconds": cpu, "meta_steps": trainer.step},
