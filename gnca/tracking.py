@@ -62,6 +62,7 @@ class WandbRun:
         self, run_dir: Path, config: dict, name: str, train: TrainConfig, *, resume: bool
     ) -> None:
         wandb = import_wandb()
+        self._wandb = wandb
         run_dir.mkdir(parents=True, exist_ok=True)
         id_file = run_dir / RUN_ID_FILE
         run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
@@ -80,4 +81,9 @@ class WandbRun:
         self.run.log(scalars, step=step)
 
     def close(self) -> None:
+        """Finish the run and, when no other W&B run is active in this process, shut the W&B
+        service down, which waits until the run's record (``run-*.wandb``) is on disk:
+        ``run.finish()`` alone can return before the service has written the logged scalars."""
         self.run.finish()
+        if self._wandb.run is None:  # never end a run the caller started beside ours
+            self._wandb.teardown()
