@@ -410,3 +410,20 @@ def test_top_level_not_mapping(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError, match="top level must be a mapping") as info:
         load_config(path)
     assert str(path) in str(info.value)
+
+
+def test_mnist_long_is_mnist_with_the_issue_13_recipe() -> None:
+    """configs/mnist_long.yaml is configs/mnist.yaml plus the overrides that docs/results.md
+    measured (the ``--set`` keys of its command); nothing else differs."""
+    recipe = [
+        "task.out_code_freqs=12",
+        "rule.hidden_channels=52",
+        "train.perception=factored",
+        "task.code_jitter_fraction=0.75",
+        "train.steps=14000",
+    ]
+    long = load_config(REPO / "configs" / "mnist_long.yaml")
+    base = load_config(REPO / "configs" / "mnist.yaml", recipe)
+    assert long.name == "mnist_long"
+    long.name = base.name
+    assert long == base
