@@ -421,6 +421,7 @@ def test_mnist_long_is_mnist_with_the_issue_13_recipe() -> None:
         "train.perception=factored",
         "task.code_jitter_fraction=0.75",
         "train.steps=14000",
+        "train.checkpoint_every=1000",  # how often last.pt is written; not the arithmetic
     ]
     long = load_config(REPO / "configs" / "mnist_long.yaml")
     base = load_config(REPO / "configs" / "mnist.yaml", recipe)
