@@ -16,9 +16,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from trees import child_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,17 +53,8 @@ print("RESULT " + json.dumps({
 
 def _run(keep: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ, GNCA_KEEP_HEAP=keep, OMP_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, "-c", CHILD, args.config, str(args.threads), str(args.warmup)]
-    out = subprocess.run(
-        [*cmd, str(args.steps), *args.set],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
+    argv = [sys.executable, "-c", CHILD, args.config, str(args.threads), str(args.warmup)]
+    return child_result([*argv, str(args.steps), *args.set], ROOT, env)
 
 
 def main() -> int:

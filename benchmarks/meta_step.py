@@ -20,14 +20,12 @@ carry its own overrides after ``+``, to time two settings of one tree side by si
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-from trees import worktrees
+from trees import child_result, worktrees
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,16 +51,8 @@ print("RESULT " + json.dumps({"s_per_step": (time.process_time() - t0) / steps,
 
 def _time(tree: Path, config: str, warmup: int, steps: int, overrides: list[str]) -> float:
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tree / config), str(warmup), str(steps), *overrides],
-        cwd=tree,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    got = json.loads(line[len("RESULT ") :])
+    argv = [sys.executable, "-c", CHILD, str(tree / config), str(warmup), str(steps), *overrides]
+    got = child_result(argv, tree, env)
     if not got["gnca"].startswith(str(tree)):
         raise RuntimeError(f"imported gnca from {got['gnca']}, not from {tree}")
     return float(got["s_per_step"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -44,3 +45,13 @@ def worktrees(revs: Sequence[str], prefix: str = "gnca-trees-") -> Iterator[dict
                         cwd=ROOT,
                         capture_output=True,
                     )
+
+
+def child_result(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> dict:
+    """Run ``argv`` in ``cwd`` with ``env`` and return the JSON of its ``RESULT {...}`` line
+    (the protocol of the benchmarks' child processes); a failing child raises."""
+    out = subprocess.run(
+        list(argv), cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])

@@ -39,6 +39,11 @@ def enabled_by_env(environ: dict[str, str] | None = None) -> bool:
     return value.strip().lower() not in {"0", "false", "no", "off"}
 
 
+def is_glibc() -> bool:
+    """True where this process runs on glibc (Linux distributions other than musl ones)."""
+    return platform.libc_ver()[0] == "glibc"
+
+
 def keep_heap() -> bool:
     """Set glibc's ``malloc`` to reuse freed memory (see the module docstring).
 
@@ -48,9 +53,7 @@ def keep_heap() -> bool:
     global _applied
     if _applied:
         return True
-    if not enabled_by_env() or platform.system() != "Linux":
-        return False
-    if platform.libc_ver()[0] != "glibc":
+    if not enabled_by_env() or not is_glibc():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

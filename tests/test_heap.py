@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gnca.heap import enabled_by_env
+from gnca.heap import enabled_by_env, is_glibc
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = is_glibc()
 
 # Allocate and free six tensors of 5-25 MiB (90 MiB, 23,040 pages of 4 KiB) ten times, as a
 # meta-step allocates its activations; count the minor page faults of rounds 2-10.
