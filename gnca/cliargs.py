@@ -49,6 +49,25 @@ class Parser(argparse.ArgumentParser):
     and points at the subcommand's ``--help`` instead of printing the usage.
     """
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """Parse like argparse, but an unknown option is reported by the subcommand it was given
+        to, so the message points at ``gnca grow --help`` rather than ``gnca --help``."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The innermost subcommand parser that ``parsed`` went through (``self`` without
+        subcommands), e.g. the parser of ``gnca experiment stability``."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            name = getattr(parsed, subs[0].dest, None) if subs else None
+            if not subs or name not in subs[0].choices:
+                return parser
+            parser = subs[0].choices[name]
+
     def error(self, message: str) -> NoReturn:
         match = _TYPE_ERROR.match(message)
         if match:  # "argument -n/--num: must ..." -> "--num must ..."
