@@ -1,4 +1,5 @@
-"""``gnca experiment {stability,robustness,generalization}``: the paper's experiments.
+"""``gnca experiment NAME``: the paper's experiments (stability, robustness, generalization) and
+the data-reading rule's (learning, transfer); :data:`EXPERIMENTS` lists them.
 
 Each subcommand meta-trains the rules it needs (or loads them with ``--checkpoint``), runs the
 experiment and writes a Markdown table, CSV files, a PNG and ``summary.json`` into ``--out``
@@ -358,18 +359,16 @@ def add_experiment_parser(
     subparsers: argparse._SubParsersAction,
     common: Callable[[argparse.ArgumentParser], None],
 ) -> argparse.ArgumentParser:
-    """Register ``gnca experiment {stability,robustness,generalization,learning}``."""
+    """Register ``gnca experiment NAME`` for every experiment of :data:`EXPERIMENTS`."""
+    names = ", ".join(EXPERIMENTS)
     exp = subparsers.add_parser(
         "experiment",
-        help="reproduce the paper's experiments (stability, robustness, generalization)",
-        description="Reproduce the paper's experiments; each writes tables, CSVs and a PNG.",
+        help=f"reproduce the experiments: {names}",
+        description=f"Reproduce the experiments ({names}); each writes tables, CSVs and a PNG.",
     )
     esub = exp.add_subparsers(dest="experiment", required=True)
-    _add_stability(esub, common)
-    _add_robustness(esub, common)
-    _add_generalization(esub, common)
-    _add_learning(esub, common)
-    _add_transfer(esub, common)
+    for add in EXPERIMENTS.values():
+        add(esub, common)
     return exp
 
 
@@ -553,3 +552,17 @@ def _add_transfer(
         "--horizon-mult", type=int, default=10, help="rule steps grown, in units of k_max (10)"
     )
     tp.set_defaults(func=cmd_transfer)
+
+
+#: Every ``gnca experiment`` subcommand, by name, with the function that registers its parser;
+#: ``gnca --help`` and ``gnca experiment --help`` list them in this order.
+EXPERIMENTS: dict[
+    str,
+    Callable[[argparse._SubParsersAction, Callable[[argparse.ArgumentParser], None]], None],
+] = {
+    "stability": _add_stability,
+    "robustness": _add_robustness,
+    "generalization": _add_generalization,
+    "learning": _add_learning,
+    "transfer": _add_transfer,
+}
