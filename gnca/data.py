@@ -38,8 +38,9 @@ _MNIST_FILES: tuple[str, ...] = (
     "t10k-labels-idx1-ubyte",
 )
 _MNIST_NEEDS_DIR = (
-    "MNIST needs a data directory: pass data.data_dir in the config or set GNCA_DATA to a folder "
-    "with the IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+    "MNIST needs a data directory: pass --data-dir DIR (gnca grow, eval, export, experiment), "
+    "set data.data_dir in the config (gnca train: --set data.data_dir=DIR) or set GNCA_DATA to a "
+    "folder with the IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
     "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]); gnca data download mnist DIR "
     "fetches them"
 )
@@ -176,7 +177,7 @@ def load_mnist_idx(
     if not directory.is_dir():
         raise DataError(
             f"MNIST data directory {directory} does not exist or is not a folder; "
-            "point data.data_dir or GNCA_DATA at the folder holding the IDX files"
+            "point --data-dir, data.data_dir or GNCA_DATA at the folder holding the IDX files"
         )
     paths = [_find_mnist_file(directory, base) for base in _MNIST_FILES]
     out: list[np.ndarray] = []

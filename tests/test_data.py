@@ -384,12 +384,14 @@ def test_mnist_without_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DataError, match="MNIST needs a data directory") as info:
         load_dataset("mnist")
     assert "GNCA_DATA" in str(info.value) and "data.data_dir" in str(info.value)
+    assert "--data-dir DIR" in str(info.value)  # the flag of grow, eval, export, experiment
 
 
 def test_mnist_missing_dir(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist") as info:
         load_dataset("mnist", data_dir=tmp_path / "nowhere")
     assert str(tmp_path / "nowhere") in str(info.value)
+    assert "--data-dir" in str(info.value) and "data.data_dir" in str(info.value)
 
 
 def test_mnist_missing_file(tmp_path: Path) -> None:
