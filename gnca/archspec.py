@@ -91,6 +91,22 @@ def mlp_sizes(spec: str, n_in: int, n_out: int, dataset: str | None = None) -> l
     )
 
 
+def check_fits(
+    arch: Architecture, spec: str, n_in: int, n_out: int, dataset: str | None = None
+) -> Architecture:
+    """``arch`` (read from the ``--arch`` ``spec``) if it has ``n_in`` inputs and ``n_out``
+    outputs, the data's features and classes; else a :class:`CLIError` naming both counts and
+    the fix."""
+    if arch.num_inputs == n_in and arch.num_outputs == n_out:
+        return arch
+    data = dataset or "the data"
+    raise CLIError(
+        f"--arch {spec} has {arch.num_inputs} input(s) and {arch.num_outputs} output(s), but "
+        f"{data} has {n_in} features and {n_out} classes: give the DAG {n_in} inputs and "
+        f"{n_out} outputs"
+    )
+
+
 def parse_arch(
     spec: str,
     n_in: int,
@@ -103,8 +119,9 @@ def parse_arch(
 
     ``spec`` is a full MLP spec ``"4-32-3"`` (features first, classes last), hidden widths only
     ``"h:32-16"`` (see :func:`mlp_sizes`), or a JSON file
-    ``{"edges": [[u, v], ...], "inputs": [...], "outputs": [...]}``. ``dataset`` (e.g.
-    ``"iris"``) is named in errors.
+    ``{"edges": [[u, v], ...], "inputs": [...], "outputs": [...]}``. Every form is checked
+    against the data's ``n_in`` features and ``n_out`` classes (:class:`CLIError` if it does
+    not fit); ``dataset`` (e.g. ``"iris"``) is named in errors.
     """
     if spec.endswith(".json"):
         p = Path(spec)
@@ -112,7 +129,7 @@ def parse_arch(
             raise CLIError(f"architecture file not found: {spec}")
         try:
             d = json.loads(p.read_text())
-            return Architecture.from_edges(
+            arch = Architecture.from_edges(
                 [tuple(e) for e in d["edges"]],
                 d["inputs"],
                 d["outputs"],
@@ -121,6 +138,7 @@ def parse_arch(
             )
         except (KeyError, json.JSONDecodeError, TypeError, ValueError) as err:
             raise CLIError(f"bad architecture file {spec}: {err}") from None
+        return check_fits(arch, spec, n_in, n_out, dataset)
     sizes = mlp_sizes(spec, n_in, n_out, dataset)
     try:
         return Architecture.mlp(sizes, bias=bias, input_shape=input_shape)
