@@ -10,6 +10,7 @@ it needs:
 - :func:`make_dataset`: ``cfg.data`` -> :class:`~gnca.data.Dataset`
 - :func:`make_task`: ``cfg.task`` + dataset -> :class:`~gnca.task.Task`
 - :func:`make_architectures`: ``cfg.task`` + task -> the training MLPs
+- :func:`make_also`: ``cfg.data.also`` -> the extra tasks and their training MLPs
 - :func:`make_init`: ``cfg.task`` -> :class:`~gnca.state.InitSpec`
 - :func:`trainer_parts`: the whole config -> the arguments of the trainer
 - :func:`load_trained`: a checkpoint -> :class:`TrainedRule` (rule, task, init, config)
@@ -39,6 +40,7 @@ __all__ = [
     "TrainedRule",
     "load_rule",
     "load_trained",
+    "make_also",
     "make_architectures",
     "make_dataset",
     "make_init",
@@ -102,6 +104,18 @@ def make_architectures(t: TaskConfig, task: Task) -> list[Architecture]:
     return archs
 
 
+def make_also(cfg: Config) -> list[tuple[Task, list[Architecture]]]:
+    """The extra tasks of ``cfg.data.also``, each with its training MLPs: the same split
+    settings as ``cfg.data`` and the hidden layers of ``cfg.task.architectures``."""
+    also = []
+    for name in cfg.data.also:
+        extra = make_task(cfg.task, make_dataset(dataclasses.replace(cfg.data, name=name, also=[])),
+                          cfg.data.batch_size)  # fmt: skip
+        sizes = [[extra.n_features, *a[1:-1], extra.n_classes] for a in cfg.task.architectures]
+        also.append((extra, [extra.mlp(s) for s in sizes]))
+    return also
+
+
 def make_init(t: TaskConfig, training: bool = False) -> InitSpec:
     """How task nets start; ``task.code_jitter`` applies only to meta-training seeds."""
     return InitSpec(
@@ -133,12 +147,7 @@ def trainer_parts(
     task = make_task(cfg.task, data, cfg.data.batch_size)
     archs = [task.check(a) for a in archs] if archs is not None else None
     archs = archs if archs is not None else make_architectures(cfg.task, task)
-    also = []
-    for name in cfg.data.also:  # the same split settings, the same hidden layers
-        extra = make_task(cfg.task, make_dataset(dataclasses.replace(cfg.data, name=name, also=[])),
-                          cfg.data.batch_size)  # fmt: skip
-        sizes = [[extra.n_features, *a[1:-1], extra.n_classes] for a in cfg.task.architectures]
-        also.append((extra, [extra.mlp(s) for s in sizes]))
+    also = make_also(cfg)
     torch.manual_seed(cfg.train.seed)
     return {
         "also": also,

@@ -265,14 +265,20 @@ def _load(args: argparse.Namespace):
     )
 
 
+def _threads_for(args: argparse.Namespace, device: torch.device, arch: Architecture, num: int):
+    """Without ``--threads``: the CPU threads for growing ``num`` nets of ``arch`` (one for small
+    nets, torch's default otherwise), decided per architecture."""
+    if args.threads is None:
+        torch.set_num_threads(_DEFAULT_THREADS)
+    _auto_threads(args, device, arch.num_weights * num)
+
+
 def _grow_for(args, trained, arch: Architecture, steps: int, record_at):
     """Grow ``--num`` nets of ``arch`` with the loaded rule, recording ``--split`` accuracy."""
     from gnca.grow import grow
 
     device = trained.device
-    if args.threads is None:
-        torch.set_num_threads(_DEFAULT_THREADS)  # decided per architecture
-    _auto_threads(args, device, arch.num_weights * args.num)
+    _threads_for(args, device, arch, args.num)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     return grow(
         trained.rule,
@@ -353,7 +359,9 @@ def cmd_grow(args: argparse.Namespace) -> int:
             }
         out["architectures"][arch.describe()] = entry
     if args.json:
-        print(json.dumps(out, indent=2))
+        from gnca.evaluation import round_floats
+
+        print(json.dumps(round_floats(out), indent=2))
         return 0
     rows = [
         [a, str(steps), f"{e['mean']:.4f}", f"{e['min']:.4f}", f"{e['max']:.4f}"]
@@ -371,39 +379,56 @@ def cmd_grow(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Grow the nets of the table that ended ``gnca train`` again (same architectures, number
+    of nets, seeds and horizons, so the same numbers), or those of ``--arch``, ``--num``,
+    ``--seed`` and ``--horizons``."""
+    from gnca.data import DataError
+    from gnca.evaluation import (
+        EVAL_SEED_OFFSET,
+        accuracy_table,
+        round_floats,
+        table_rows,
+        training_rows,
+    )
+
     _set_threads(args.threads)
     trained = _load(args)
     cfg = trained.cfg
     k = cfg.train.k_max
     horizons = [int(x) for x in args.horizons.split(",")] if args.horizons else [k, 10 * k]
-    results = {}
-    for arch in _archs(args, trained):
-        res = _grow_for(args, trained, arch, max(horizons), horizons)
-        assert res.curve is not None
-        results[arch.describe()] = {
-            str(s): {
-                "mean": float(res.curve[i].mean()),
-                "min": float(res.curve[i].min()),
-                "max": float(res.curve[i].max()),
-            }
-            for i, s in enumerate(res.curve_steps)
-        }
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "checkpoint": str(args.checkpoint),
-                    "split": args.split,
-                    "num": args.num,
-                    "accuracy": results,
-                },
-                indent=2,
-            )
-        )
+    num = args.num or cfg.train.eval_nets
+    seed = cfg.train.seed + EVAL_SEED_OFFSET if args.seed is None else args.seed
+    if args.arch:
+        archs = _archs(args, trained)
+        rows = table_rows(trained.task, archs, [trained.task] * len(archs))
     else:
-        print(
-            f"{args.split} accuracy of {args.num} grown nets per architecture on {cfg.data.name}:"
-        )
+        try:
+            rows = training_rows(trained)
+        except ValueError as err:  # the training MLPs do not fit the data of --set data.*
+            if isinstance(err, DataError):
+                raise
+            raise CLIError(f"{err}; pass --arch for the data grown on") from None
+    results = accuracy_table(
+        trained,
+        rows,
+        num=num,
+        horizons=horizons,
+        split=args.split,
+        seed=seed,
+        sense_seed=args.seed,  # None: the table's own
+        before=lambda arch: _threads_for(args, trained.device, arch, num),
+    )
+    if args.json:
+        out = {
+            "checkpoint": str(args.checkpoint),
+            "split": args.split,
+            "num": num,
+            "seed": seed,
+            "accuracy": results,
+        }
+        print(json.dumps(round_floats(out), indent=2))
+    else:
+        print(f"{args.split} accuracy of {num} grown nets per architecture on {cfg.data.name}:")
         print(_eval_table(results))
     return 0
 
@@ -550,24 +575,40 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_train)
 
 
-def _growing(sp: argparse.ArgumentParser) -> None:
-    """Flags of the subcommands that grow nets from a checkpoint (grow, eval, export)."""
+def _growing(sp: argparse.ArgumentParser, *, like_training: bool = False) -> None:
+    """Flags of the subcommands that grow nets from a checkpoint (grow, eval, export);
+    ``like_training`` (eval): ``--num``, ``--seed`` and the architectures default to those of
+    the table that ended ``gnca train``."""
     sp.add_argument("--checkpoint", required=True, help="a checkpoint written by gnca train")
+    archs, num, seed_ = "the training architectures", "100", "0"
+    if like_training:
+        archs += ", then the unseen train.eval_architectures"
+        num, seed_ = "train.eval_nets", "the seeds of the table that ended gnca train"
     sp.add_argument(
         "--arch",
         action="append",
         help="an MLP's layer sizes from the features to the classes (4-32-3), its hidden "
-        "widths only (h:32-16), or edges.json; repeatable (default: the training "
-        "architectures)",
+        "widths only (h:32-16), or edges.json (a DAG with the data's features as inputs and "
+        f"classes as outputs); repeatable (default: {archs})",
     )
     sp.add_argument(
         "--num",
         type=positive_int,
-        default=100,
-        help="nets grown per architecture (default 100)",
+        default=None if like_training else 100,
+        help=f"nets grown per architecture (default {num})",
     )
-    sp.add_argument("--split", choices=["test", "train"], default="test")
-    sp.add_argument("--seed", type=seed, default=0, help="seed of the grown nets (0)")
+    sp.add_argument(
+        "--split",
+        choices=["test", "train"],
+        default="test",
+        help="the data split the grown nets' accuracy is measured on (default test)",
+    )
+    sp.add_argument(
+        "--seed",
+        type=seed,
+        default=None if like_training else 0,
+        help=f"seed of the grown nets (default {seed_})",
+    )
     sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
     sp.add_argument("--data-dir", default=None, help="data folder (MNIST), overrides the config")
     sp.add_argument(
@@ -599,8 +640,16 @@ def _add_grow(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")
-    _growing(e)
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on its dataset's test split",
+        description="Grow nets with a checkpoint's rule and report their accuracy at each "
+        "horizon. By default it grows what the table at the end of gnca train grew: "
+        "train.eval_nets nets of each training architecture, then of each unseen "
+        "train.eval_architectures, from the same seeds, at k_max and 10*k_max rule steps, so "
+        "it prints the same numbers; --arch, --num, --seed and --horizons change that.",
+    )
+    _growing(e, like_training=True)
     e.add_argument(
         "--horizons",
         type=int_list(0),

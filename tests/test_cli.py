@@ -112,6 +112,57 @@ def test_grow_custom_dag_from_json(capsys, trained, tmp_path):
     assert "dag 8 neurons" in next(iter(json.loads(out)["architectures"]))
 
 
+def _dag(path: Path, n_in: int, n_out: int) -> Path:
+    """A JSON DAG with ``n_in`` inputs, one hidden neuron and ``n_out`` outputs."""
+    hidden = n_in
+    edges = [[i, hidden] for i in range(n_in)] + [[hidden, hidden + 1 + o] for o in range(n_out)]
+    path.write_text(
+        json.dumps(
+            {
+                "edges": edges,
+                "inputs": list(range(n_in)),
+                "outputs": [hidden + 1 + o for o in range(n_out)],
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("n_in", "n_out"), [(1, 3), (4, 2), (5, 4)], ids=["1-input", "2-outputs", "both"]
+)
+@pytest.mark.parametrize("command", ["grow", "eval", "export"])
+def test_json_arch_that_does_not_fit_the_data_is_refused_before_growing(
+    capsys, trained, tmp_path, monkeypatch, command, n_in, n_out
+):
+    import gnca.grow
+
+    def no_growing(*args, **kwargs):
+        raise AssertionError("grew nets of an architecture that does not fit the data")
+
+    monkeypatch.setattr(gnca.grow, "grow", no_growing)
+    spec = _dag(tmp_path / "arch.json", n_in, n_out)
+    extra = ["--out", str(tmp_path / "nets.pt")] if command == "export" else []
+    code, out, err = run(
+        capsys, command, "--checkpoint", str(trained / "last.pt"), "--arch", str(spec), *extra
+    )
+    assert code == 2 and out == ""
+    assert error_line(err) == (
+        f"gnca: error: --arch {spec} has {n_in} input(s) and {n_out} output(s), but iris has 4 "
+        f"features and 3 classes: give the DAG 4 inputs and 3 outputs"
+    )
+    assert not (tmp_path / "nets.pt").exists()
+
+
+def test_every_arch_form_is_checked_against_the_data(tmp_path):
+    """Sizes, hidden widths and JSON DAGs: each fits the data or is a CLIError."""
+    assert parse_arch(str(_dag(tmp_path / "ok.json", 4, 3)), 4, 3, True, None).num_inputs == 4
+    for spec in ("5-8-3", "4-8-2", str(_dag(tmp_path / "bad.json", 4, 2))):
+        with pytest.raises(CLIError):
+            parse_arch(spec, 4, 3, True, None, dataset="iris")
+    assert parse_arch("h:8", 13, 3, True, None).num_inputs == 13  # h: takes the data's ends
+
+
 def test_eval_json_and_table(capsys, trained):
     code, out, _ = run(
         capsys,
@@ -129,6 +180,71 @@ def test_eval_json_and_table(capsys, trained):
     assert set(acc) == {"1", "3"}
     code, out, _ = run(capsys, "eval", "--checkpoint", str(trained / "last.pt"), "--num", "3")
     assert code == 0 and "| mlp 4-8-3 (+bias)" in out
+
+
+def _floats(obj) -> list[float]:
+    if isinstance(obj, float):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    return [x for v in obj for x in _floats(v)] if isinstance(obj, list) else []
+
+
+def test_eval_grows_what_the_training_table_grew(capsys, trained):
+    """Same rows ([unseen] ones included), nets, seeds and horizons: the same numbers."""
+    from gnca.evaluation import round_floats
+
+    summary = json.loads((trained / "summary.json").read_text())
+    code, out, err = run(capsys, "eval", "--checkpoint", str(trained / "last.pt"), "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["num"] == 4  # train.eval_nets
+    assert "mlp 4-32-3 (+bias) [unseen]" in d["accuracy"]
+    assert d["accuracy"] == round_floats(summary["test_accuracy"])
+    assert list(d["accuracy"]) == list(summary["test_accuracy"])
+    # another seed grows other nets; --num and --arch choose what is grown
+    code, out, _ = run(
+        capsys, "eval", "--checkpoint", str(trained / "last.pt"), "--json", "--seed", "7",
+        "--num", "3", "--arch", "h:32",
+    )  # fmt: skip
+    d = json.loads(out)
+    assert code == 0 and d["num"] == 3 and d["seed"] == 7
+    assert list(d["accuracy"]) == ["mlp 4-32-3 (+bias)"]
+
+
+def test_eval_of_a_data_reading_rule_on_two_datasets_repeats_its_table(capsys, tmp_path):
+    """data.also rows (``on <dataset>``) and the senses' batches are drawn as in training."""
+    from gnca.evaluation import round_floats
+
+    over = ["train.steps=2", "train.k_min=2", "train.k_max=2", "train.batch_size=4",
+            "pool.fresh=1", "rule.widths=[8]", "train.device=cpu", "train.eval_nets=3",
+            "train.eval_architectures=[[64,16,10]]"]  # fmt: skip
+    cfg = str(REPO / "configs" / "tabular_senses.yaml")
+    assert main(["train", "--config", cfg, "--out", str(tmp_path), "--no-progress",
+                 "--set", *over]) == 0  # fmt: skip
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "summary.json").read_text())["test_accuracy"]
+    code, out, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "last.pt"), "--json")
+    assert code == 0, err
+    assert list(summary) == [
+        "mlp 64-32-10 (+bias) on digits",
+        "mlp 4-32-3 (+bias) on iris",
+        "mlp 64-16-10 (+bias) [unseen]",
+    ]
+    assert json.loads(out)["accuracy"] == round_floats(summary)
+
+
+@pytest.mark.parametrize("command", ["grow", "eval"])
+def test_json_accuracies_carry_no_float32_noise(capsys, trained, command):
+    extra = ["--curve", "1", "--steps", "3"] if command == "grow" else ["--horizons", "0,1,3"]
+    code, out, _ = run(
+        capsys, command, "--checkpoint", str(trained / "last.pt"), "--num", "7", "--json", *extra
+    )
+    assert code == 0
+    values = _floats(json.loads(out))
+    assert len(values) >= 8
+    noisy = [v for v in values if float(f"{v:.6g}") != v]
+    assert not noisy  # e.g. 0.6666667461395264 is written 0.666667
 
 
 def test_export_loads_without_gnca(capsys, trained, tmp_path):

@@ -127,3 +127,50 @@ def test_console_script_prints_no_traceback():
     )
     assert res.returncode == 2
     assert res.stderr == "gnca: error: --steps must be >= 1, got -3\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        (["grow", *CKPT, "--bogus"], "gnca grow"),
+        (["eval", "--bogus", "--checkpoint", "x.pt"], "gnca eval"),
+        (["export", *CKPT, "--out", "n.pt", "stray"], "gnca export"),
+        (["train", "--bogus"], "gnca train"),
+        (["experiment", "stability", "--bogus"], "gnca experiment stability"),
+        (["data", "download", "mnist", "d", "--bogus"], "gnca data download"),
+    ],
+)
+def test_unknown_option_points_at_the_subcommands_help(capsys, argv, prog):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    extra = next(a for a in argv if a in ("--bogus", "stray"))
+    assert out == ""
+    assert err == f"gnca: error: unrecognized arguments: {extra} (see {prog} --help)\n"
+
+
+def test_help_lists_every_experiment(capsys):
+    from gnca.experiments.cli import EXPERIMENTS
+
+    parser = build_parser()
+    assert main(["--help"]) == 0
+    top = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
+    assert main(["experiment", "--help"]) == 0
+    exp = " ".join(capsys.readouterr().out.split())
+    registered = next(p for p in iter_parsers(parser) if p.prog == "gnca experiment")
+    subs = next(a for a in registered._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(subs.choices) == list(EXPERIMENTS)
+    assert len(EXPERIMENTS) == 5
+    for name in EXPERIMENTS:
+        assert name in top.split("experiment ", 1)[1].split("options:")[0], name
+        assert f"{name} " in exp, name
+
+
+def test_every_option_has_help():
+    """``--help`` explains every option of every subcommand (``--split`` had no text)."""
+    missing = [
+        f"{parser.prog} {action.option_strings[-1]}"
+        for parser in iter_parsers(build_parser())
+        for action in parser._actions
+        if action.option_strings and not (action.help or "").strip()
+    ]
+    assert not missing
