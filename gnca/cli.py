@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,17 +100,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.device,
         sum(a.num_weights for a in trainer.archs) * trainer.cfg.train.batch_size,
     )
+    from gnca.interrupt import StopOnSignal
+
+    # SIGINT/SIGTERM finish the meta-step in progress and save it (gnca/interrupt.py); torchrun
+    # forwards the signal to its ranks a second time, so only a single process force-quits
+    stop = StopOnSignal(repeat_forces=not dist_run, notice=main)
     try:
-        trainer.train(run_dir, progress=not args.no_progress, log_lines=True)
+        with stop:
+            trainer.train(run_dir, progress=not args.no_progress, log_lines=True, stop=stop)
     except RuntimeError as err:
         lost = trainer.failure_message(err, ckpt) if dist_run else None
         if lost is None:
             raise
         raise CLIError(lost) from None
-    except KeyboardInterrupt:
-        return _interrupted(trainer, run_dir, dist_run, main)
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, nothing saved
+        return _interrupted(trainer, run_dir, main, saved=False)
+    if stop.received is not None:
+        return _interrupted(trainer, run_dir, main, saved=True, signum=stop.received)
     if main:
-        _report_training(trainer, run_dir)
+        try:
+            _report_training(trainer, run_dir)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted during the final evaluation; {ckpt} (meta-step {trainer.step}) is "
+                f"complete; continue with: gnca train --resume --out {run_dir} (it evaluates "
+                "again)",
+                file=sys.stderr,
+            )
+            return 130
     return 0
 
 
@@ -190,25 +208,29 @@ def _announce(trainer, run_dir: Path, dist_run: bool) -> None:
     )
 
 
-def _interrupted(trainer, run_dir: Path, dist_run: bool, main: bool) -> int:
-    """Ctrl-C: save a checkpoint (single process) or point to the last one (distributed)."""
+def _interrupted(
+    trainer, run_dir: Path, main: bool, *, saved: bool, signum: int = signal.SIGINT
+) -> int:
+    """Say where an interrupted run stands and how to continue it; the exit status of the
+    signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    from gnca.interrupt import exit_status
+
     ckpt = run_dir / "last.pt"
-    if dist_run:  # the other ranks may be gone: no collective save, keep the last checkpoint
-        if main:
-            print(
-                f"\ninterrupted at meta-step {trainer.step}; last checkpoint: {ckpt} "
-                f"(meta-step {trainer.saved_step}); continue with: gnca train --resume "
-                f"--out {run_dir}",
-                file=sys.stderr,
+    if main:
+        if saved:
+            where = f"stopped after meta-step {trainer.step}; checkpoint saved to {ckpt}"
+        elif trainer.saved_step is None:
+            where = f"interrupted at meta-step {trainer.step}; no checkpoint was written yet"
+        else:
+            where = (
+                f"interrupted at meta-step {trainer.step} without saving; last checkpoint: "
+                f"{ckpt} (meta-step {trainer.saved_step})"
             )
-        return 130
-    trainer.save(ckpt)
-    print(
-        f"\ninterrupted at meta-step {trainer.step}; checkpoint saved to {ckpt}; "
-        f"continue with: gnca train --resume --out {run_dir}",
-        file=sys.stderr,
-    )
-    return 130
+        more = f"; continue with: gnca train --resume --out {run_dir}"
+        if not saved and trainer.saved_step is None:
+            more = ""
+        print(f"\n{where}{more}", file=sys.stderr)
+    return exit_status(signum)
 
 
 def _report_training(trainer, run_dir: Path) -> None:
@@ -218,7 +240,7 @@ def _report_training(trainer, run_dir: Path) -> None:
     summary = {
         "run_dir": str(run_dir),
         "meta_steps": trainer.step,
-        "skipped_steps": sum(s.skipped for s in trainer.history),
+        "skipped_steps": trainer.skipped_steps,
         "test_accuracy": results,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -715,6 +737,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_heap()  # reuse freed memory: fewer page faults per meta-step (gnca/heap.py)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C where a command has nothing to save
+        if args.debug:
+            raise
+        print("\ngnca: interrupted", file=sys.stderr)
+        return 130
     except Exception as err:  # one line for the user, the traceback with --debug
         if args.debug:
             raise

@@ -355,7 +355,6 @@ class DistributedMetaTrainer(MetaTrainer):
             ]
         self.pools = [self._shard(p) for p in self.pools]
         self.shard = Shard(self.ctx.rank, world, _all_gather_cat) if world > 1 else Shard()
-        self.saved_step: int | None = None
         self._broadcast_rule()
 
     @classmethod
@@ -400,6 +399,13 @@ class DistributedMetaTrainer(MetaTrainer):
         local /= self.ctx.world_size
         return float(local[0]), float(local[1])
 
+    def _agree_stop(self, requested: bool) -> bool:
+        """Collective: stop when any rank received a signal, so that every rank stops after
+        the same meta-step and takes part in the checkpoint's gather."""
+        flag = torch.tensor([1.0 if requested else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
     def _sync_grads(self) -> None:
         grads = [p.grad for p in self.rule.parameters() if p.grad is not None]
         if not grads:
@@ -431,7 +437,6 @@ class DistributedMetaTrainer(MetaTrainer):
         self.pools = [self._shard(p) for p in self.pools]
         check_same(self.step, "the checkpoint's meta-step (is the run directory shared?)")
         self._broadcast_rule()
-        self.saved_step = self.step
 
     def save(self, path: str | os.PathLike) -> None:
         """Collective: gather the state on rank 0, which writes the checkpoint atomically."""
@@ -522,23 +527,31 @@ def without_nproc(argv: Sequence[str]) -> list[str]:
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``python -m gnca ARGV`` as ``nproc`` processes on this machine through torchrun.
 
-    Returns the exit status of the first process that failed (0 when all succeeded); the
-    processes print their own errors.
+    Returns the exit status of the first process that failed (0 when all succeeded; 130 or
+    143 when the launcher got SIGINT or SIGTERM, which the ranks also receive: they stop after
+    the same meta-step and save it); the processes print their own errors.
     """
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     if env_requests_distributed():
         raise DistributedError("--nproc cannot be used in a process already started by torchrun")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    # The processes print their own one-line errors; the agent's log would repeat them.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # The processes print their own one-line errors; the agent's log would repeat them (the
+    # agent's module logger has a level of its own).
+    for name in ("torch.distributed.elastic", "torch.distributed.elastic.agent.server.api"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     # torchrun would set 1 and warn; share this machine's cores instead (--threads overrides).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "gnca", *argv])
     try:
         run(args)
+    except SignalException as err:
+        # Ctrl-C or SIGTERM: the agent passed the signal on; the ranks finished their meta-step,
+        # saved it and said so (gnca/interrupt.py)
+        return 128 + int(err.sigval)
     except ChildFailedError as err:
         first = min(err.failures.items(), key=lambda kv: kv[1].timestamp)
         rank, failure = first

@@ -18,6 +18,7 @@ running mean is rolled back (no update, no write-back).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import sys
@@ -45,6 +46,7 @@ from gnca.config import (
 from gnca.damage import zero_out
 from gnca.data import Dataset
 from gnca.device import resolve_device
+from gnca.files import atomic_write
 from gnca.graph import WeightGraph
 from gnca.grow import grow
 from gnca.pool import PoolBatch, SamplePool, Shard
@@ -184,7 +186,12 @@ class MetaTrainer:
         )
         self.step = 0
         self.loss_ema: float | None = None
-        self.history: list[StepStats] = []
+        self.history: list[StepStats] = []  # the meta-steps of this process (not resumed)
+        self.skipped_steps = 0  # rolled-back meta-steps since meta-step 0 (kept in checkpoints)
+        # (loss, accuracy, skipped) of the meta-steps since the last logged one: a resumed run
+        # logs the same row as an uninterrupted one (kept in checkpoints)
+        self.log_window: list[tuple[float, float, bool]] = []
+        self.saved_step: int | None = None  # the meta-step of the last checkpoint written/read
         # wall and CPU seconds spent in train() so far, kept in checkpoints: summed over resumes
         self.train_seconds = 0.0
         self.train_cpu_seconds = 0.0
@@ -443,6 +450,7 @@ class MetaTrainer:
                     )
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.skipped_steps += int(skipped)
         stats = StepStats(self.step, loss_v, acc, k, lr, skipped, oldest)
         self.history.append(stats)
         return stats
@@ -523,6 +531,8 @@ class MetaTrainer:
             "pools": [p.state_dict() for p in self.pools],
             "step": self.step,
             "loss_ema": self.loss_ema,
+            "skipped_steps": self.skipped_steps,
+            "log_window": [[loss, acc, bool(sk)] for loss, acc, sk in self.log_window],
             "train_time": {"seconds": self.train_seconds, "cpu_seconds": self.train_cpu_seconds},
             "rng": {
                 "gen": self.gen.get_state(),
@@ -540,6 +550,11 @@ class MetaTrainer:
         self.pools = [SamplePool.from_state_dict(p, self.device) for p in d["pools"]]
         self.step = int(d["step"])
         self.loss_ema = d["loss_ema"]
+        # absent in checkpoints written before they were kept: the count restarts, and the
+        # first row logged after the resume averages only the steps run since
+        self.skipped_steps = int(d.get("skipped_steps", 0))
+        self.log_window = [(float(a), float(b), bool(c)) for a, b, c in d.get("log_window", [])]
+        self.saved_step = self.step
         spent = d.get("train_time", {})  # absent in checkpoints written before it was kept
         self.train_seconds = float(spent.get("seconds", 0.0))
         self.train_cpu_seconds = float(spent.get("cpu_seconds", 0.0))
@@ -552,6 +567,11 @@ class MetaTrainer:
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint atomically."""
         save_checkpoint(path, self.state_dict())
+        self.saved_step = self.step
+
+    def _agree_stop(self, requested: bool) -> bool:
+        """Whether to stop after this meta-step (every rank of a distributed run agrees)."""
+        return requested
 
     # ------------------------------------------------------------------ the loop
     def train(
@@ -561,6 +581,7 @@ class MetaTrainer:
         progress: bool = True,
         callback: Callable[[StepStats], None] | None = None,
         log_lines: bool = False,
+        stop: Callable[[], bool] | None = None,
     ) -> list[StepStats]:
         """Meta-train until ``train.steps``; log, checkpoint and show progress.
 
@@ -572,7 +593,13 @@ class MetaTrainer:
         logged step to stderr instead. The seconds in ``metrics.csv`` (and
         :attr:`train_seconds`, :attr:`train_cpu_seconds`, kept in ``last.pt``) are meta-training
         time summed over every run that led to this one: a resumed run continues the count.
-        Only the main process of a distributed run logs.
+        A resumed run first drops the rows of ``metrics.csv`` (and TensorBoard events) logged
+        after its checkpoint, so that no meta-step is logged twice. Only the main process of a
+        distributed run logs.
+
+        ``stop`` is asked after every meta-step (e.g. a :class:`gnca.interrupt.StopOnSignal`);
+        when it returns True, ``last.pt`` is written at that meta-step boundary and training
+        returns early: resuming from it continues exactly.
         """
         t = self.cfg.train
         run = Path(run_dir) if run_dir is not None else None
@@ -593,18 +620,14 @@ class MetaTrainer:
             self.train_cpu_seconds = cpu_base + time.process_time() - cpu_start
             return self.train_seconds
 
-        window: list[StepStats] = []
         try:
             while self.step < t.steps:
                 s = self.meta_step()
-                window.append(s)
+                self.log_window.append((s.loss, s.accuracy, s.skipped))
                 if callback is not None:
                     callback(s)
                 if s.step % t.log_every == 0 or s.step == t.steps:
-                    ok = [x for x in window if not x.skipped] or window
-                    loss = sum(x.loss for x in ok) / len(ok)
-                    acc = sum(x.accuracy for x in ok) / len(ok)
-                    skipped = sum(x.skipped for x in window)
+                    loss, acc, skipped = _window_means(self.log_window)
                     if logs is not None:
                         logs.write(s.step, loss, acc, s.lr, skipped, clock())
                     if bar is not None:
@@ -616,12 +639,17 @@ class MetaTrainer:
                             file=sys.stderr,
                             flush=True,
                         )
-                    window = []
+                    self.log_window = []
                 if bar is not None:
                     bar.update(1)
                 if run is not None and (s.step % t.checkpoint_every == 0 or s.step == t.steps):
                     clock()
                     self.save(run / "last.pt")
+                if self._agree_stop(stop is not None and stop()):
+                    if run is not None and self.saved_step != self.step:
+                        clock()
+                        self.save(run / "last.pt")
+                    break
         finally:
             clock()
             if bar is not None:
@@ -659,6 +687,15 @@ class MetaTrainer:
         trainer = cls.from_config(saved, dataset, device, archs)
         trainer.load_state_dict(d)
         return trainer
+
+
+def _window_means(window: Sequence[tuple[float, float, bool]]) -> tuple[float, float, int]:
+    """The logged loss and accuracy of a window of meta-steps (mean over those not rolled
+    back; over all when every one was) and how many were rolled back."""
+    ok = [x for x in window if not x[2]] or list(window)
+    loss = sum(x[0] for x in ok) / len(ok)
+    acc = sum(x[1] for x in ok) / len(ok)
+    return loss, acc, sum(x[2] for x in window)
 
 
 def loss_horizons(k: int, n: int) -> list[int]:
@@ -794,25 +831,55 @@ def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 class _MetricsCSV:
+    """``metrics.csv``: one row per logged meta-step.
+
+    Opened by a run that starts at meta-step ``after`` > 0 (a resume), it first drops the rows
+    of later meta-steps: a run killed after its last checkpoint logged steps that the resumed
+    run logs again.
+    """
+
     FIELDS = ("step", "loss", "accuracy", "lr", "skipped", "seconds")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, after: int = 0) -> None:
         self.path = path
         if not path.exists():
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(self.FIELDS)
+        elif after > 0:
+            self._drop_after(after)
+
+    def _drop_after(self, step: int) -> None:
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = [r for r in rows[1:] if r and _int_or_none(r[0]) is not None]
+        keep = [r for r in keep if int(r[0]) <= step]
+        if len(keep) == len(rows) - 1:
+            return
+        text = io.StringIO()
+        csv.writer(text).writerows([rows[0], *keep])
+        data = text.getvalue().encode()
+        atomic_write(self.path, lambda f: f.write(data))
 
     def write(self, *row: float) -> None:
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([f"{x:.6g}" if isinstance(x, float) else x for x in row])
 
 
-def _tensorboard(run: Path):
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _tensorboard(run: Path, after: int = 0):
+    """A TensorBoard writer in ``run/tb`` (``None`` without the ``tensorboard`` package); a
+    run resumed at meta-step ``after`` hides the events logged after it."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # tensorboard not installed
         return None
-    return SummaryWriter(str(run / "tb"))
+    return SummaryWriter(str(run / "tb"), purge_step=after + 1 if after > 0 else None)
 
 
 class _RunLogs:
@@ -834,8 +901,9 @@ class _RunLogs:
             self.wandb = WandbRun(
                 run, config_to_dict(cfg), cfg.name, cfg.train, resume=trainer.step > 0
             )
-        self.metrics = _MetricsCSV(run / "metrics.csv") if run is not None else None
-        self.writer = _tensorboard(run) if run is not None else None
+        after = trainer.step
+        self.metrics = _MetricsCSV(run / "metrics.csv", after) if run is not None else None
+        self.writer = _tensorboard(run, after) if run is not None else None
 
     def write(
         self, step: int, loss: float, acc: float, lr: float, skipped: int, seconds: float
