@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from gnca.cli import build_parser, main
 from gnca.cliargs import iter_parsers
 
+REPO = Path(__file__).resolve().parents[1]
 CKPT = ["--checkpoint", "x.pt"]
 INTS0 = "must be comma-separated integers >= 0"
 INTS1 = "must be comma-separated integers >= 1"
@@ -174,3 +177,61 @@ def test_every_option_has_help():
         if action.option_strings and not (action.help or "").strip()
     ]
     assert not missing
+
+
+#: Flags every command takes, stated once at the top of docs/cli.md instead of in each synopsis.
+EVERYWHERE = ("--debug", "--threads")
+
+
+def _synopsis(doc: str, heading: str) -> list[str]:
+    """The lines of the first code block after ``heading`` in ``doc``."""
+    after = doc.split(f"\n{heading}\n", 1)[1]
+    block = after.split("```", 2)[1]
+    return [ln for ln in block.splitlines()[1:] if ln.strip()]
+
+
+def _flags(lines: list[str]) -> set[str]:
+    return {m for ln in lines for m in re.findall(r"(?<![\w-])--[a-z][a-z-]*", ln)}
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        flag
+        for action in parser._actions
+        for flag in action.option_strings
+        if flag.startswith("--") and flag != "--help" and flag not in EVERYWHERE
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "grow", "eval", "export", "data download"])
+def test_docs_synopsis_lists_every_flag_of_the_command(command):
+    doc = (REPO / "docs" / "cli.md").read_text()
+    parser = {p.prog: p for p in iter_parsers(build_parser())}[f"gnca {command}"]
+    lines = _synopsis(doc, f"## `gnca {command}`")
+    assert lines[0].startswith(f"gnca {command} ")
+    documented = _flags(lines)
+    assert _options(parser) - documented == set()  # a flag missing from the synopsis
+    assert documented - _options(parser) == set()  # a flag that does not exist
+
+
+def test_docs_synopsis_lists_every_flag_of_every_experiment():
+    from gnca.experiments.cli import EXPERIMENTS
+
+    doc = (REPO / "docs" / "cli.md").read_text()
+    lines = _synopsis(doc, "## `gnca experiment`")
+    shared = [ln for ln in lines if ln.startswith("gnca experiment NAME ")]
+    assert len(shared) == 1
+    parsers = {p.prog: p for p in iter_parsers(build_parser())}
+    for name in EXPERIMENTS:
+        parser = parsers[f"gnca experiment {name}"]
+        own = [ln for ln in lines if ln.startswith(f"gnca experiment {name} ")]
+        assert len(own) == 1, name
+        documented = _flags(shared + own)
+        assert _options(parser) - documented == set(), name
+        assert documented - _options(parser) == set(), name
+
+
+def test_docs_state_the_flags_every_command_takes():
+    top = (REPO / "docs" / "cli.md").read_text().split("\n## ", 1)[0]
+    for flag in EVERYWHERE:
+        assert f"`{flag}" in top
