@@ -10,7 +10,8 @@
 # `gnca train`. The run directory must be on a filesystem that every node
 # sees (rank 0 writes last.pt; every rank reads it on --resume). A requeued or resubmitted job
 # continues from the last checkpoint, whatever its number of GPUs, as long as that number divides
-# train.batch_size and pool.size (see docs/distributed.md).
+# train.batch_size and pool.size (see docs/distributed.md). On SIGTERM (the time limit, scancel,
+# preemption) every process finishes its meta-step and rank 0 saves it before the job ends.
 #SBATCH --job-name=gnca-train
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1

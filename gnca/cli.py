@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _interrupted(trainer, run_dir, main, saved=True, signum=stop.received)
     if main:
         try:
-            _report_training(trainer, run_dir)
+            _report_training(trainer, run_dir, progress=not args.no_progress)
         except KeyboardInterrupt:
             print(
                 f"\ninterrupted during the final evaluation; {ckpt} (meta-step {trainer.step}) is "
@@ -233,10 +233,17 @@ def _interrupted(
     return exit_status(signum)
 
 
-def _report_training(trainer, run_dir: Path) -> None:
+def _report_training(trainer, run_dir: Path, progress: bool = True) -> None:
     """Evaluate the trained rule, write ``summary.json`` and print the accuracy table."""
-    unseen = [trainer.task.mlp(s) for s in trainer.cfg.train.eval_architectures]
-    results = trainer.evaluate(unseen=unseen)
+    t = trainer.cfg.train
+    unseen = [trainer.task.mlp(s) for s in t.eval_architectures]
+    print(
+        f"evaluating: {t.eval_nets} grown nets of each of {len(trainer.archs) + len(unseen)} "
+        f"architectures, {10 * t.k_max} rule steps",
+        file=sys.stderr,
+        flush=True,
+    )
+    results = trainer.evaluate(unseen=unseen, progress=progress)
     summary = {
         "run_dir": str(run_dir),
         "meta_steps": trainer.step,

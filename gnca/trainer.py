@@ -471,11 +471,13 @@ class MetaTrainer:
         horizons: tuple[int, ...] | None = None,
         split: str = "test",
         unseen: Sequence[Architecture] = (),
+        progress: bool = False,
     ) -> dict:
         """Grow ``num`` nets per training architecture (then per ``unseen`` architecture, keyed
         ``"<architecture> [unseen]"``); accuracy at each horizon.
 
-        Default horizons: ``k_max`` and ``10 * k_max``.
+        Default horizons: ``k_max`` and ``10 * k_max``. ``progress``: a progress bar over the
+        rule steps of all architectures.
         """
         num = num or self.cfg.train.eval_nets
         k = self.cfg.train.k_max
@@ -488,6 +490,11 @@ class MetaTrainer:
             for a, tk in zip(self.archs, self.arch_tasks, strict=True)
         ]
         labelled += [(self.task.check(a), self.task, f"{a.describe()} [unseen]") for a in unseen]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(labelled) * max(horizons), desc="evaluate", unit="step")
         for arch, task, label in labelled:
             metric = task.metric(split, self.device)
             res = grow(
@@ -501,6 +508,7 @@ class MetaTrainer:
                 metric=metric,
                 record_at=horizons,
                 senses=self._eval_reader(task),
+                progress=(lambda _: bar.update(1)) if bar is not None else None,
             )
             assert res.curve is not None
             out[label] = {
@@ -511,6 +519,8 @@ class MetaTrainer:
                 }
                 for i, s in enumerate(res.curve_steps)
             }
+        if bar is not None:
+            bar.close()
         return out
 
     def _eval_reader(self, task: Task) -> SenseReader | None:
