@@ -16,13 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from gnca.architecture import Architecture
+from gnca.config import Config
 from gnca.grow import grow
+from gnca.rule import LocalRule
 from gnca.senses import SenseReader
+from gnca.state import InitSpec
 from gnca.task import Task
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ __all__ = [
     "EVAL_SEED_OFFSET",
     "EVAL_SENSES_OFFSET",
     "JSON_DIGITS",
+    "Grower",
     "Row",
     "accuracy_table",
     "round_floats",
@@ -48,6 +52,16 @@ JSON_DIGITS = 6
 
 #: One row's accuracy at each horizon: ``{"20": {"mean": ..., "min": ..., "max": ...}, ...}``.
 Accuracies = dict[str, dict[str, float]]
+
+
+class Grower(Protocol):
+    """What grows the table: a :class:`~gnca.build.TrainedRule` or a
+    :class:`~gnca.trainer.MetaTrainer`."""
+
+    rule: LocalRule
+    init: InitSpec
+    device: torch.device
+    cfg: Config
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,7 @@ def training_rows(trained: TrainedRule) -> list[Row]:
 
 
 def accuracy_table(
-    trained: TrainedRule,
+    trained: Grower,
     rows: Sequence[Row],
     *,
     num: int,
@@ -109,7 +123,8 @@ def accuracy_table(
     """Grow ``num`` nets of every row (no gradients) and measure their ``split`` accuracy.
 
     Args:
-        trained: the rule, its initial states, device and configuration.
+        trained: the rule, its initial states, device and configuration (``train.seed``,
+            ``rule.sense_batch``).
         rows: what to grow, in order (:func:`training_rows`, :func:`table_rows`).
         num: nets per row.
         horizons: rule steps at which the accuracy is taken (grown to the largest).
