@@ -501,8 +501,8 @@ def cmd_data_download(args: argparse.Namespace) -> int:
         fetched = download.download_mnist(folder, args.mirror, timeout=args.timeout)
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted; what was received is kept in {folder}: run the same command again "
-            f"to resume",
+            f"\ninterrupted; the files completed so far are kept in {folder} (the one in "
+            f"progress is deleted): run the same command again for the rest",
             file=sys.stderr,
         )
         return 130
@@ -710,8 +710,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "download",
         help="download the MNIST IDX files into DIR, checked against pinned SHA-256 sums",
         description="Download the four MNIST IDX files (gzipped) into DIR from public mirrors, "
-        "each checked against its pinned SHA-256; an interrupted download continues where it "
-        "stopped, files already present are kept.",
+        "each checked against its pinned SHA-256 (through pooch); files already present with the "
+        "right checksum are kept, an interrupted file is fetched again from its start.",
     )
     dl.add_argument("dataset", choices=["mnist"], help="the dataset (mnist)")
     dl.add_argument("dir", metavar="DIR", help="destination folder (created if needed)")

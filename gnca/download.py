@@ -1,18 +1,15 @@
-"""``gnca data download mnist DIR``: fetch the four MNIST IDX files, checked against pinned
-SHA-256 sums.
+"""``gnca data download mnist DIR``: fetch the four MNIST IDX files with :func:`pooch.retrieve`,
+checked against pinned SHA-256 sums.
 
 This is the only code in gnca that touches the network, and only when the user asks for it:
-training, growing and evaluating never download anything. Only the standard library is used.
+training, growing and evaluating never download anything.
 
-Each file is fetched from the first mirror that delivers it intact:
-
-* it is written to ``DIR/<name>.part`` and renamed to ``DIR/<name>`` (``os.replace``) only after
-  its SHA-256 matched the pin, so a final name never holds a bad or partial file;
-* an existing ``.part`` is continued with an HTTP ``Range`` request; a server that ignores the
-  range sends the whole file, which then replaces the ``.part``;
-* a file already present with the right checksum is skipped;
-* a download whose checksum does not match is deleted (resuming it could not repair it) and the
-  next mirror is tried.
+Each file is fetched from the first mirror that delivers it intact. pooch streams it into a
+temporary file in ``DIR``, checks its SHA-256 and only then moves it to ``DIR/<name>``, so a
+final name never holds a bad or partial file; a transfer that fails or does not match the pin is
+deleted and the next mirror is tried. pooch does not resume: an interrupted file is fetched again
+from its first byte. A file already present with the right checksum is skipped; one with another
+checksum is downloaded again and replaced.
 
 A failure raises :class:`DownloadError` with one line naming the file, each mirror tried and
 why it failed.
@@ -20,19 +17,20 @@ why it failed.
 
 from __future__ import annotations
 
-import hashlib
-import http.client
+import logging
 import os
 import re
 import socket
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
+
+import pooch
+import requests
+import urllib3.exceptions
+from tqdm import tqdm
 
 __all__ = [
     "DownloadError",
@@ -44,21 +42,15 @@ __all__ = [
     "sha256_of",
 ]
 
-_CHUNK = 1 << 16
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_HEADERS = {"User-Agent": "gnca-download/2 (pooch)", "Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file to download: its name on the mirrors (and in the folder), SHA-256 and size.
-
-    ``size`` (bytes) is optional; when given, a ``.part`` of that size is checked without a
-    request and a server sending more than that is cut off.
-    """
+    """A file to download: its name on the mirrors (and in the folder) and its SHA-256."""
 
     name: str
     sha256: str
-    size: int | None = None
 
 
 #: The standard gzipped MNIST files as the mirrors serve them (the files of Yann LeCun's
@@ -67,22 +59,18 @@ MNIST_FILES: tuple[RemoteFile, ...] = (
     RemoteFile(
         "train-images-idx3-ubyte.gz",
         "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        9_912_422,
     ),
     RemoteFile(
         "train-labels-idx1-ubyte.gz",
         "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        28_881,
     ),
     RemoteFile(
         "t10k-images-idx3-ubyte.gz",
         "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        1_648_877,
     ),
     RemoteFile(
         "t10k-labels-idx1-ubyte.gz",
         "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-        4_542,
     ),
 )
 
@@ -103,179 +91,123 @@ class _Failed(Exception):
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
     """The SHA-256 of a file's bytes as 64 lower-case hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return pooch.file_hash(str(path), alg="sha256")
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-class _Progress:
-    """Progress of one download on ``stream``: a line redrawn in place on a terminal, else one
-    line when a file starts and one when it is done."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self.name = ""
-        self.last = 0.0
-
-    def say(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
-
-    def start(self, name: str, url: str, offset: int) -> None:
-        self.name = name
-        resume = f", resuming at {_mb(offset)}" if offset else ""
-        if self.tty:
-            self.stream.write(f"{name}: connecting to {url}{resume}")
-            self.stream.flush()
-        else:
-            self.say(f"{name}: downloading from {url}{resume}")
-
-    def update(self, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if not self.tty or now - self.last < 0.1:
-            return
-        self.last = now
-        share = f" ({100 * done / total:3.0f}%)" if total else ""
-        of = f" of {_mb(total)}" if total else ""
-        self.stream.write(f"\r\033[K{self.name}: {_mb(done)}{of}{share}")
-        self.stream.flush()
-
-    def end(self, line: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.say(line)
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and what caused it, outermost first (requests wraps urllib3, which wraps the
+    ``OSError`` that says what happened)."""
+    chain: list[BaseException] = []
+    e: BaseException | None = err
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
+        inner = getattr(e, "reason", None)
+        e = inner if isinstance(inner, BaseException) else e.__cause__ or e.__context__
+    return chain
 
 
 def _reason(err: BaseException) -> str:
-    """A short, one-line reason for a network error."""
-    if isinstance(err, urllib.error.HTTPError):
-        return f"HTTP {err.code} {err.reason}".strip()
-    if isinstance(err, urllib.error.URLError):
-        inner = err.reason
-        return _reason(inner) if isinstance(inner, BaseException) else str(inner)
-    if isinstance(err, TimeoutError):
-        return "timed out"
-    if isinstance(err, socket.gaierror):
-        return f"host not found ({err.strerror or err}; offline?)"
-    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
-    return " ".join(str(text).split())
+    """A short, one-line reason for a network error: the cause that says what happened (an HTTP
+    status, a refused connection, a timeout, an unknown host), else the error's own text."""
+    chain = _chain(err)
+    for e in chain:
+        if isinstance(e, requests.HTTPError) and e.response is not None:
+            return f"HTTP {e.response.status_code} {e.response.reason}".strip()
+        if isinstance(e, socket.gaierror):
+            return f"host not found ({e.strerror or e}; offline?)"
+        if isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError) and not isinstance(
+            e, urllib3.exceptions.NewConnectionError
+        ):
+            return "timed out"
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        if isinstance(e, urllib3.exceptions.IncompleteRead):  # announced more than it sent
+            return f"the connection closed after {e.partial:,} of {e.partial + e.expected:,} bytes"
+    return " ".join((str(err) or type(err).__name__).split())
 
 
-def _transfer(
-    url: str, part: Path, file: RemoteFile, timeout: float, progress: _Progress, resume: bool
-) -> None:
-    """Download ``url`` into ``part``, continuing an existing ``part`` when ``resume``.
+class _Downloader:
+    """pooch's HTTP downloader for one file: a progress bar on ``stream`` when it is a terminal,
+    and a failed transfer raised as :class:`_Failed` with a one-line reason."""
 
-    Returns when the transfer is complete (the checksum is the caller's business); raises
-    :class:`_Failed` otherwise, keeping what was received in ``part``.
-    """
-    offset = part.stat().st_size if resume and part.exists() else 0
-    if file.size is not None and offset >= file.size:
-        if offset == file.size:
-            return  # complete already: the checksum decides
-        offset = 0  # longer than the file can be: start again
-    if not offset:
-        part.unlink(missing_ok=True)
-    headers = {"User-Agent": "gnca-download/1 (Python urllib)", "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    progress.start(file.name, url, offset)
-    try:
-        response = urllib.request.urlopen(  # http(s) only: download_files checks the scheme
-            urllib.request.Request(url, headers=headers), timeout=timeout
+    def __init__(self, name: str, timeout: float, stream: TextIO) -> None:
+        self.name, self.timeout, self.stream = name, timeout, stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+
+    def __call__(self, url: str, output_file: str, instance: pooch.Pooch | None) -> None:
+        print(f"{self.name}: downloading from {url}", file=self.stream, flush=True)
+        # total=1: pooch asks the bar's truth value before it sets the length it was sent
+        bar = tqdm(
+            desc=self.name,
+            total=1,
+            unit="B",
+            unit_scale=True,
+            file=self.stream,
+            leave=False,
+            disable=not self.tty,
         )
-    except urllib.error.HTTPError as err:
-        err.close()
-        if err.code == 416 and offset:  # nothing after the offset: the .part is complete
-            return
-        raise _Failed(_reason(err)) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
-        raise _Failed(_reason(err)) from None
-    with response:
-        length = response.headers.get("Content-Length")
-        size = int(length) if length and length.isdigit() else None
-        if offset and response.status == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-            if match is None or int(match[1]) != offset:
-                response.close()  # an answer for other bytes than asked: start afresh
-                return _transfer(url, part, file, timeout, progress, resume=False)
-            mode, done = "ab", offset
-        elif response.status == 200:
-            mode, done = "wb", 0  # no range support: the whole file again
-        else:
-            raise _Failed(f"unexpected HTTP status {response.status}")
-        total = done + size if size is not None else file.size
-        with open(part, mode) as fh:  # a local disk error is raised as it is: not the mirror's
-            while True:
-                try:
-                    chunk = response.read(_CHUNK)
-                except (OSError, http.client.HTTPException) as err:
-                    raise _Failed(f"interrupted after {done:,} bytes ({_reason(err)})") from None
-                if not chunk:
-                    break
-                fh.write(chunk)
-                done += len(chunk)
-                if file.size is not None and done > file.size:
-                    fh.close()
-                    part.unlink()
-                    raise _Failed(f"the server sent more than the {file.size:,} bytes of the file")
-                progress.update(done, total)
-            fh.flush()
-            os.fsync(fh.fileno())
-    if total is not None and done < total:
-        raise _Failed(f"the connection closed after {done:,} of {total:,} bytes")
+        http = pooch.HTTPDownloader(
+            progressbar=bar if self.tty else False,
+            chunk_size=1 << 16,
+            timeout=self.timeout,
+            headers=_HEADERS,
+        )
+        try:
+            http(url, output_file, instance)
+        except requests.RequestException as err:
+            reason, got = _reason(err), os.path.getsize(output_file)
+            reading = not isinstance(err, requests.HTTPError) and not any(
+                isinstance(e, urllib3.exceptions.MaxRetryError) for e in _chain(err)
+            )  # the server answered with the file, then failed: not before, not with an error
+            if reading and "connection closed" not in reason:
+                reason = f"interrupted after {got:,} bytes ({reason})"
+            raise _Failed(reason + ("; the partial download was deleted" if got else "")) from None
+        finally:
+            bar.close()
 
 
 def _fetch(
-    file: RemoteFile, folder: Path, mirrors: Sequence[str], timeout: float, progress: _Progress
+    file: RemoteFile, folder: Path, mirrors: Sequence[str], timeout: float, stream: TextIO
 ) -> bool:
     """Put ``file`` into ``folder``; False when it was already there with the right checksum."""
-    final, part = folder / file.name, folder / (file.name + ".part")
+    final = folder / file.name
     if final.is_file():
         got = sha256_of(final)
         if got == file.sha256:
-            progress.say(f"{file.name}: already present, checksum ok")
+            print(f"{file.name}: already present, checksum ok", file=stream)
             return False
-        progress.say(
+        print(
             f"{file.name}: present but its sha256 is {got[:12]}..., not {file.sha256[:12]}...: "
-            f"downloading it again"
+            f"downloading it again",
+            file=stream,
         )
     reasons = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + file.name
-        try:
-            _transfer(url, part, file, timeout, progress, resume=True)
-        except _Failed as err:
-            progress.end(f"{file.name}: failed: {err}")
-            reasons.append(f"{url}: {err}")
-            continue
-        got = sha256_of(part)
-        if got != file.sha256:
-            part.unlink()
-            progress.end(f"{file.name}: checksum mismatch, download deleted")
-            reasons.append(
-                f"{url}: checksum mismatch (expected sha256 {file.sha256[:12]}..., got "
-                f"{got[:12]}...; the download was deleted)"
+        try:  # a download into a temporary file, moved to ``final`` once its checksum matched
+            pooch.retrieve(
+                url,
+                known_hash=f"sha256:{file.sha256}",
+                fname=file.name,
+                path=folder,
+                downloader=_Downloader(file.name, timeout, stream),
             )
-            continue
-        os.replace(part, final)
-        progress.end(f"{file.name}: {_mb(final.stat().st_size)}, checksum ok")
-        return True
-    kept = (
-        f"; {part.name} keeps the {part.stat().st_size:,} bytes received: run the command again "
-        f"to resume"
-        if part.is_file()
-        else ""
-    )
-    raise DownloadError(
-        f"could not download {file.name} from any mirror: {'; '.join(reasons)}{kept}"
-    )
+        except _Failed as err:
+            reason = str(err)
+        except ValueError as err:  # pooch's checksum refusal: it has deleted the download
+            got = re.search(r"got ([0-9a-fA-F]{64})", str(err))
+            if got is None:
+                raise
+            reason = (
+                f"checksum mismatch (expected sha256 {file.sha256[:12]}..., got {got[1][:12]}...; "
+                f"the download was deleted)"
+            )
+        else:
+            print(f"{file.name}: {final.stat().st_size / 1e6:.1f} MB, checksum ok", file=stream)
+            return True
+        print(f"{file.name}: failed: {reason}", file=stream)
+        reasons.append(f"{url}: {reason}")
+    raise DownloadError(f"could not download {file.name} from any mirror: {'; '.join(reasons)}")
 
 
 def download_files(
@@ -316,8 +248,14 @@ def download_files(
         target.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DownloadError(f"cannot create the folder {target}: {_reason(err)}") from None
-    progress = _Progress(sys.stderr if stream is None else stream)
-    return [f.name for f in files if _fetch(f, target, mirrors, timeout, progress)]
+    stream = sys.stderr if stream is None else stream
+    log = pooch.get_logger()
+    level = log.level
+    log.setLevel(logging.WARNING)  # gnca says what it fetches; pooch's own lines would repeat it
+    try:
+        return [f.name for f in files if _fetch(f, target, mirrors, timeout, stream)]
+    finally:
+        log.setLevel(level)
 
 
 def download_mnist(
