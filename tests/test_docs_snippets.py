@@ -208,8 +208,8 @@ def test_the_command_lines_are_found() -> None:
     subcommands = [c[0] for where, c in COMMANDS if where == "README.md Use"]
     for name in ("train", "grow", "eval", "export", "data", "experiment"):
         assert name in subcommands
-    worked = [c[0] for where, c in COMMANDS if where != "README.md Use"]
-    assert worked == ["train", "grow", "export"]
+    worked = {c[0] for where, c in COMMANDS if where != "README.md Use"}
+    assert {"train", "grow", "export"} <= worked
 
 
 def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
