@@ -111,6 +111,8 @@ def compare(a: Path, b: Path) -> tuple[list[str], list[str]]:
     for key in sorted((set(da) | set(db)) - set(one_sided)):
         if key.startswith("config."):  # the resolved config may gain keys in a refactor
             continue
+        if key.startswith("train_time."):  # wall and CPU seconds: a measurement, not arithmetic
+            continue
         va, vb = da.get(key), db.get(key)
         if isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor):
             same = va.dtype == vb.dtype and va.shape == vb.shape and torch.equal(va, vb)

@@ -182,3 +182,101 @@ class NetAugment:
         idx = class_indices(y, self.classes, size, generator, replacement=replacement,
                             offset=self.offset, total=self.total)  # fmt: skip
         return X[idx], y[idx]
+
+
+class TaskVariants:
+    """Where the augmentations' randomness is drawn: every net's label permutation, feature
+    transform and class subset, from the senses' generator, in one fixed order (permutations,
+    then feature seeds, then class subsets).
+
+    A pooled sample keeps its variant; a fresh or renewed one gets a new one. A distributed run
+    draws the variants of the whole batch on every rank and keeps its rows, so that every rank
+    draws the same.
+
+    Args:
+        permute_labels: every net learns its own permutation of the class labels.
+        feature_transform: :data:`FEATURE_TRANSFORMS`.
+        class_subsets: the fewest classes a net learns (``None``: all).
+        generator: the senses' CPU generator (``None`` when every augmentation is off).
+    """
+
+    def __init__(
+        self,
+        permute_labels: bool = False,
+        feature_transform: str = "none",
+        class_subsets: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.permute_labels = bool(permute_labels)
+        self.feature_transform = feature_transform
+        self.class_subsets = class_subsets
+        self.generator = generator
+
+    def _gen(self) -> torch.Generator:
+        assert self.generator is not None, "task variants need the senses' generator"
+        return self.generator
+
+    def permutations(self, n: int, c: int) -> torch.Tensor:
+        """``(n, c)`` random permutations of ``c`` labels."""
+        return torch.stack([torch.randperm(c, generator=self._gen()) for _ in range(n)])
+
+    def tags(self, n: int, c: int) -> dict[str, torch.Tensor]:
+        """New feature-transform seeds and class subsets of ``n`` nets (those that are on), as
+        pool tags."""
+        tags = {}
+        if self.feature_transform != "none":
+            tags[FEATURE_SEED] = draw_seeds(n, self._gen())
+        if self.class_subsets is not None:
+            tags[CLASSES] = draw_classes(n, c, self.class_subsets, self._gen())
+        return tags
+
+    def fresh(self, n: int, c: int) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The variants of ``n`` new pool samples: label permutations (or ``None``) and tags."""
+        labels = self.permutations(n, c) if self.permute_labels else None
+        return labels, self.tags(n, c)
+
+    def for_batch(
+        self,
+        total: int,
+        rows: slice,
+        c: int,
+        n_features: int,
+        renewed: torch.Tensor | None,
+        kept: tuple[torch.Tensor | None, dict[str, torch.Tensor]] | None,
+        device: torch.device,
+    ) -> tuple[torch.Tensor | None, NetAugment | None, dict[str, torch.Tensor]]:
+        """The variants of this process's nets of a meta-step's batch.
+
+        Args:
+            total: nets in the whole batch (every rank draws for all of them).
+            rows: this process's rows of the batch.
+            c, n_features: the task's classes and features.
+            renewed: ``(n,)`` bool, the nets that start again from a seed (``None``: all do).
+            kept: the pooled nets' label permutations and tags (``None`` without a pool).
+            device: where the permutations and masks go.
+
+        Returns:
+            ``(n, c)`` permutations or ``None``; the :class:`NetAugment` (``None`` when
+            feature transforms and class subsets are both off); the tags to commit.
+        """
+        perm = None
+        if self.permute_labels:
+            perm = self.permutations(total, c)[rows]
+            if kept is not None and kept[0] is not None and renewed is not None:
+                perm = torch.where(renewed.cpu()[:, None], perm, kept[0].cpu())
+            perm = perm.to(device)
+        if self.feature_transform == "none" and self.class_subsets is None:
+            return perm, None, {}
+        tags = {}
+        for k, v in self.tags(total, c).items():
+            v = v[rows]
+            if kept is not None and renewed is not None:
+                keep = ~renewed.cpu().view(-1, *([1] * (v.dim() - 1)))
+                v = torch.where(keep, kept[1][k], v)
+            tags[k] = v
+        maps = None
+        if self.feature_transform != "none":
+            maps = feature_maps(tags[FEATURE_SEED], n_features, self.feature_transform).to(device)
+        classes = tags[CLASSES].bool().to(device) if CLASSES in tags else None
+        aug = NetAugment(perm, self.feature_transform, maps, classes, rows.start, total)
+        return perm, aug, tags

@@ -237,9 +237,10 @@ def _report_training(trainer, run_dir: Path, progress: bool = True) -> None:
     """Evaluate the trained rule, write ``summary.json`` and print the accuracy table."""
     t = trainer.cfg.train
     unseen = [trainer.task.mlp(s) for s in t.eval_architectures]
+    n = len(trainer.archs) + len(unseen)
+    which = "the architecture" if n == 1 else f"each of {n} architectures"
     print(
-        f"evaluating: {t.eval_nets} grown nets of each of {len(trainer.archs) + len(unseen)} "
-        f"architectures, {10 * t.k_max} rule steps",
+        f"evaluating: {t.eval_nets} grown nets of {which}, {10 * t.k_max} rule steps",
         file=sys.stderr,
         flush=True,
     )
@@ -250,7 +251,9 @@ def _report_training(trainer, run_dir: Path, progress: bool = True) -> None:
         "skipped_steps": trainer.skipped_steps,
         "test_accuracy": results,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    from gnca.evaluation import round_floats
+
+    (run_dir / "summary.json").write_text(json.dumps(round_floats(summary), indent=2))
     print(f"\nTest accuracy of {trainer.cfg.train.eval_nets} grown nets per architecture:")
     print(_eval_table(results))
     print(f"\ncheckpoint: {run_dir / 'last.pt'}\nsummary:    {run_dir / 'summary.json'}")

@@ -57,11 +57,11 @@ import torch.distributed as dist
 
 from gnca.architecture import Architecture
 from gnca.build import trainer_parts
+from gnca.comm import Comm
 from gnca.config import Config, config_to_dict
 from gnca.data import Dataset
 from gnca.device import resolve_device
-from gnca.graph import WeightGraph
-from gnca.pool import SamplePool, Shard
+from gnca.pool import Shard
 from gnca.trainer import MetaTrainer
 
 __all__ = [
@@ -313,8 +313,60 @@ def _config_digest(cfg: Config) -> str:
 
 
 # ---------------------------------------------------------------------- meta-training
+class ProcessGroupComm(Comm):
+    """:class:`~gnca.comm.Comm` of one rank of the process group (:func:`init_distributed`).
+
+    Every rank holds a contiguous ``1 / world`` of every pool and batch (rank-major); the
+    meta-step's loss and accuracy and the gradients are averaged with all-reduces, a stop is
+    agreed with an all-reduce of a flag, and the pools are gathered on rank 0 for checkpoints.
+    """
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.rank, self.world, self.is_main = ctx.rank, ctx.world_size, ctx.is_main
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(self.rank, self.world, _all_gather_cat) if self.world > 1 else Shard()
+
+    def step_stats(self, loss: torch.Tensor, accs: list[torch.Tensor]) -> tuple[float, float]:
+        local = torch.stack([loss.double(), torch.cat(accs).double().mean()]).cpu()
+        dist.all_reduce(local)
+        local /= self.world
+        return float(local[0]), float(local[1])
+
+    def average_grads(self, params) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def any(self, flag: bool) -> bool:
+        """Collective: stop when any rank received a signal, so that every rank stops after
+        the same meta-step and takes part in the checkpoint's gather."""
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def gather_to_main(self, t: torch.Tensor) -> torch.Tensor | None:
+        return _gather_cat(t)
+
+    def broadcast_(self, tensors) -> None:
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+    def check_same(self, value: object, what: str) -> None:
+        check_same(value, what)
+
+
 class DistributedMetaTrainer(MetaTrainer):
-    """:class:`~gnca.trainer.MetaTrainer` as one rank of a data-parallel run (module docstring).
+    """:class:`~gnca.trainer.MetaTrainer` as one rank of a data-parallel run (module docstring):
+    a trainer given the :class:`ProcessGroupComm` of this rank.
 
     Build it on every rank after :func:`init_distributed`; construction, :meth:`meta_step`,
     :meth:`state_dict`, :meth:`save` and :meth:`train` are collective (every rank calls them in
@@ -343,19 +395,9 @@ class DistributedMetaTrainer(MetaTrainer):
         check_world_size(cfg, self.ctx.world_size)
         check_same(_config_digest(cfg), "the configuration (start every rank with the same one)")
         device = device or self.ctx.device(cfg.train.device)
-        super().__init__(**trainer_parts(cfg, dataset, device, list(archs) if archs else None))
-        self.is_main = self.ctx.is_main
-        world = self.ctx.world_size
-        self.local_batch = cfg.train.batch_size // world
-        # The global batch's graphs draw the per-net randomness; the local ones grow our share.
-        self.seed_graphs = self.graphs
-        if world > 1:
-            self.graphs = [
-                WeightGraph.replicate(a, self.local_batch, device=self.device) for a in self.archs
-            ]
-        self.pools = [self._shard(p) for p in self.pools]
-        self.shard = Shard(self.ctx.rank, world, _all_gather_cat) if world > 1 else Shard()
-        self._broadcast_rule()
+        parts = trainer_parts(cfg, dataset, device, list(archs) if archs else None)
+        super().__init__(**parts, comm=ProcessGroupComm(self.ctx))
+        self.local_batch = cfg.train.batch_size // self.ctx.world_size
 
     @classmethod
     def from_config(  # type: ignore[override]
@@ -367,85 +409,6 @@ class DistributedMetaTrainer(MetaTrainer):
     ) -> DistributedMetaTrainer:
         """The same as the constructor (collective)."""
         return cls(cfg, dataset, device, archs)
-
-    # ------------------------------------------------------------------ sharding
-    def _shard(self, pool: SamplePool) -> SamplePool:
-        """This rank's contiguous block of a full pool."""
-        n = pool.size // self.ctx.world_size
-        lo, hi = self.ctx.rank * n, (self.ctx.rank + 1) * n
-        labels = pool.labels[lo:hi].clone() if pool.labels is not None else None
-        tags = {k: v[lo:hi].clone() for k, v in pool.tags.items()}
-        return SamplePool(
-            pool.w[lo:hi].clone(),
-            pool.h[lo:hi].clone(),
-            pool.loss[lo:hi].clone(),
-            labels,
-            pool.age[lo:hi].clone(),
-            tags,
-        )
-
-    def _broadcast_rule(self) -> None:
-        for t in self.rule.state_dict().values():
-            dist.broadcast(t, src=0)
-
-    def _fire_mask(self, w: torch.Tensor) -> torch.Tensor:
-        n = w.shape[0]  # b * E
-        full = self.rule.fire_mask(n * self.ctx.world_size, w.device, self.dev_gen)
-        return full[self.ctx.rank * n : (self.ctx.rank + 1) * n]
-
-    def _step_stats(self, loss: torch.Tensor, accs: list[torch.Tensor]) -> tuple[float, float]:
-        local = torch.stack([loss.double(), torch.cat(accs).double().mean()]).cpu()
-        dist.all_reduce(local)
-        local /= self.ctx.world_size
-        return float(local[0]), float(local[1])
-
-    def _agree_stop(self, requested: bool) -> bool:
-        """Collective: stop when any rank received a signal, so that every rank stops after
-        the same meta-step and takes part in the checkpoint's gather."""
-        flag = torch.tensor([1.0 if requested else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
-
-    def _sync_grads(self) -> None:
-        grads = [p.grad for p in self.rule.parameters() if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.ctx.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-    # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict | None:  # type: ignore[override]
-        """Collective: the full training state (pools gathered) on rank 0, ``None`` elsewhere."""
-        d = super().state_dict()  # pools: this rank's shards
-        pools = []
-        for p in d["pools"]:
-            full = {k: _gather_cat(v) for k, v in p.items()}
-            pools.append(full)
-        if not self.is_main:
-            return None
-        d["pools"] = pools
-        return d
-
-    def load_state_dict(self, d: dict) -> None:
-        """Load a checkpoint written with any number of processes and keep this rank's shards."""
-        super().load_state_dict(d)
-        self.pools = [self._shard(p) for p in self.pools]
-        check_same(self.step, "the checkpoint's meta-step (is the run directory shared?)")
-        self._broadcast_rule()
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Collective: gather the state on rank 0, which writes the checkpoint atomically."""
-        from gnca.checkpoint import save_checkpoint
-
-        d = self.state_dict()
-        if d is not None:
-            save_checkpoint(path, d)
-        self.saved_step = self.step
 
     def failure_message(self, err: BaseException, checkpoint: Path) -> str | None:
         """A one-line explanation if ``err`` is a lost peer (a rank died or hung), else None."""

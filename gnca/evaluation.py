@@ -119,6 +119,7 @@ def accuracy_table(
     seed: int | None = None,
     sense_seed: int | None = None,
     before: Callable[[Architecture], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Accuracies]:
     """Grow ``num`` nets of every row (no gradients) and measure their ``split`` accuracy.
 
@@ -133,6 +134,7 @@ def accuracy_table(
         sense_seed: seed of a data-reading rule's batches, per row (default
             ``train.seed + EVAL_SENSES_OFFSET``).
         before: called with each row's architecture before it grows (e.g. to set threads).
+        progress: called after every rule step of every row (e.g. a progress bar's update).
 
     Returns:
         ``{label: {str(step): {"mean", "min", "max"}}}`` in the order of ``rows``.
@@ -164,6 +166,7 @@ def accuracy_table(
             metric=row.task.metric(split, trained.device),
             record_at=horizons,
             senses=reader,
+            progress=progress,
         )
         assert res.curve is not None
         out[row.label] = {

@@ -203,6 +203,18 @@ class SamplePool:
                 raise KeyError(f"the pool keeps no tag {k!r}")
             self.tags[k] = self.tags[k].index_copy(0, idx.cpu(), v.detach().cpu())
 
+    def part(self, rank: int, world: int) -> SamplePool:
+        """Rank ``rank``'s contiguous block of ``size // world`` samples (copies); the pool
+        itself when ``world == 1``."""
+        if world == 1:
+            return self
+        n = self.size // world
+        lo, hi = rank * n, (rank + 1) * n
+        labels = self.labels[lo:hi].clone() if self.labels is not None else None
+        tags = {k: v[lo:hi].clone() for k, v in self.tags.items()}
+        w, h = self.w[lo:hi].clone(), self.h[lo:hi].clone()
+        return SamplePool(w, h, self.loss[lo:hi].clone(), labels, self.age[lo:hi].clone(), tags)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         # copies: the pool's own tensors change in place at the next commit
         d = {"w": self.w.detach().cpu().clone(), "h": self.h.detach().cpu().clone(),

@@ -34,6 +34,7 @@ as learned optimisers treat their gradient inputs).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -361,8 +362,8 @@ class SenseReader:
 
     Attributes:
         augment: the nets' feature transforms and class subsets (:class:`gnca.augment.NetAugment`,
-            set by the trainer at every meta-step with the same permutation as
-            :attr:`permutation`, which labels the batches), or ``None``.
+            with the same permutation as :attr:`permutation`, which labels the batches), or
+            ``None``; a meta-step hands both in with :meth:`bind`.
     """
 
     def __init__(
@@ -380,6 +381,13 @@ class SenseReader:
         self.permutation = permutation
         self.augment: NetAugment | None = None
         self.feedback = any(n in NEEDS_FEEDBACK for n in self.names)
+
+    def bind(self, permutation: torch.Tensor | None, augment: NetAugment | None) -> SenseReader:
+        """A reader of the same task and generator for nets learning under ``permutation`` and
+        ``augment`` (one meta-step's task variants); this reader is left as it is."""
+        bound = copy.copy(self)
+        bound.permutation, bound.augment = permutation, augment
+        return bound
 
     def labels(self, y: torch.Tensor) -> torch.Tensor:
         """``y (B,)`` (or ``(G, B)``) as each net sees it: ``(G, B)`` under a permutation, else

@@ -24,6 +24,7 @@ import sys
 
 def _arm(point: str, step: int, sigs: list[signal.Signals]) -> None:
     import gnca.checkpoint as checkpoint_mod
+    from gnca.objective import MetaObjective
     from gnca.pool import SamplePool
     from gnca.trainer import MetaTrainer
 
@@ -49,9 +50,9 @@ def _arm(point: str, step: int, sigs: list[signal.Signals]) -> None:
     wrap(MetaTrainer, "meta_step", lambda self: now.update(step=self.step) and False)
     in_step = lambda *a, **k: now["step"] == step - 1  # noqa: E731
     if point == "draw":
-        wrap(MetaTrainer, "_batch", in_step)
+        wrap(MetaObjective, "batch", in_step)
     elif point == "unroll":
-        wrap(MetaTrainer, "_unroll", in_step)
+        wrap(MetaObjective, "unroll", in_step)
     elif point == "commit":
         wrap(SamplePool, "commit", in_step)
     elif point == "checkpoint":

@@ -56,7 +56,13 @@ def test_default_keys_give_bitwise_the_same_meta_training(permute, monkeypatch):
     for cfg in (plain, explicit, plain):
         tr = MetaTrainer.from_config(cfg)
         if len(runs) == 2:  # the augmented path, as the identity
-            monkeypatch.setattr(tr, "_augment", lambda i, n, got, perm: (A.NetAugment(perm), {}))
+            drawn = tr.variants.for_batch
+
+            def identity(*args, drawn=drawn, **kwargs):
+                perm, _, _ = drawn(*args, **kwargs)
+                return perm, A.NetAugment(perm), {}
+
+            monkeypatch.setattr(tr.variants, "for_batch", identity)
         for _ in range(3):
             tr.meta_step()
         runs.append(params(tr))
@@ -192,14 +198,20 @@ def test_pooled_samples_keep_their_transform_and_subset_fresh_ones_get_new_ones(
     pool = tr.pools[0]
     assert pool.tags[A.FEATURE_SEED].shape == (16,) and pool.tags[A.CLASSES].shape == (16, 3)
     seen = {}
-    augment = tr._augment
+    batch, variants = tr.objective.batch, tr.variants.for_batch
 
-    def spy(i, n, got, perm):
-        out = augment(i, n, got, perm)
-        seen.update(got=got, aug=out[0], tags=out[1])
+    def spy_batch(i):
+        out = batch(i)
+        seen.update(got=out[0])
         return out
 
-    monkeypatch.setattr(tr, "_augment", spy)
+    def spy_variants(*args, **kwargs):
+        out = variants(*args, **kwargs)
+        seen.update(aug=out[1], tags=out[2])
+        return out
+
+    monkeypatch.setattr(tr.objective, "batch", spy_batch)
+    monkeypatch.setattr(tr.variants, "for_batch", spy_variants)
     for _ in range(3):
         before = {k: v.clone() for k, v in tr.pools[0].tags.items()}
         s = tr.meta_step()

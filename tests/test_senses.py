@@ -236,7 +236,7 @@ def test_pooled_samples_keep_their_label_permutation(tmp_path):
     assert labels is not None and labels.shape == (16, 3)
     assert all(sorted(r.tolist()) == [0, 1, 2] for r in labels)
     before = labels.clone()
-    got = tr._batch(0)[3]
+    got = tr.objective.batch(0)[0]
     kept = ~got.renewed.cpu()
     tr.pools[0].commit(got.idx, got.w, got.h, torch.zeros(4), got.labels)
     assert torch.equal(tr.pools[0].labels[got.idx[kept]], before[got.idx[kept]])

@@ -91,11 +91,11 @@ def test_several_horizons_average_the_loss_along_one_rollout() -> None:
     ref = MetaTrainer.from_config(cfg)  # same seeds: the same draws step for step
     _ = int(torch.randint(6, 7, (1,), generator=ref.gen))  # the K draw
     X, y = ref.task.train_batch(ref.gen, ref.device)
-    _, w, h, _ = ref._batch(0)
+    _, w, h = ref.objective.batch(0)
     graph = ref.graphs[0]
     terms = []
     for step in range(1, 7):
-        w, h = ref.rule(graph, w, h, mask=ref._fire_mask(w))
+        w, h = ref.rule(graph, w, h, mask=ref.objective.fire_mask(w))
         if step in (2, 4, 6):
             terms.append(logits_cross_entropy(ref.task.logits(graph, w, X), y).mean())
     want = float(torch.stack(terms).mean())
@@ -112,10 +112,10 @@ def test_weight_penalty_adds_the_mean_squared_weight() -> None:
     ref = MetaTrainer.from_config(cfg)
     _ = int(torch.randint(4, 5, (1,), generator=ref.gen))
     X, y = ref.task.train_batch(ref.gen, ref.device)
-    _, w, h, _ = ref._batch(0)
+    _, w, h = ref.objective.batch(0)
     graph = ref.graphs[0]
     for _ in range(4):
-        w, h = ref.rule(graph, w, h, mask=ref._fire_mask(w))
+        w, h = ref.rule(graph, w, h, mask=ref.objective.fire_mask(w))
     b = cfg.train.batch_size
     ce = logits_cross_entropy(ref.task.logits(graph, w, X), y)  # (b,)
     sq = torch.stack([(w.view(b, -1)[i] ** 2).sum() / w.view(b, -1).shape[1] for i in range(b)])

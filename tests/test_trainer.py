@@ -187,7 +187,7 @@ def test_depth_code_option_reaches_the_seeds_and_grow(depth_code):
     from gnca import Architecture, WeightGraph
 
     graph = WeightGraph.from_architecture(Architecture.mlp([4, 8, 3]))
-    _, h = trainer._seed_states(graph)
+    _, h = trainer.objective.seeds(graph)
     assert bool((h[:, 12] != 0).any()) is depth_code  # channel 6f with code_freqs = 2
     res = grow(trainer.rule, Architecture.mlp([4, 8, 3]), 2, 0, make_init(cfg.task))
     assert bool((res.h[:, 12] != 0).any()) is depth_code
@@ -249,7 +249,7 @@ def test_code_jitter_reaches_training_seeds_but_not_growth():
     arch = Architecture.mlp([4, 8, 3])
     graph = WeightGraph.from_architecture(arch)
     exact = identity_codes(graph, 16, cfg.task.code_freqs, cfg.task.depth_code)
-    _, h = trainer._seed_states(graph)
+    _, h = trainer.objective.seeds(graph)
     assert not torch.equal(h, exact)
     assert trainer.init.code_jitter == 0.0 and make_init(cfg.task).code_jitter == 0.0
     res = grow(trainer.rule, arch, 1, 0, make_init(cfg.task))
@@ -268,7 +268,7 @@ def test_code_jitter_fraction_reaches_training_seeds_and_checkpoints(tmp_path):
 
     graph = WeightGraph.from_architecture(Architecture.mlp([4, 8, 3]))
     exact = identity_codes(graph, 16, cfg.task.code_freqs, cfg.task.depth_code)
-    _, h = trainer._seed_states(graph)
+    _, h = trainer.objective.seeds(graph)
     assert torch.equal(h, exact)
     trainer.train(str(tmp_path), progress=False)
     from gnca.build import load_trained

@@ -36,8 +36,8 @@ def test_train_config_fields_are_honoured() -> None:
     rule, task, archs = _parts()
     train = TrainConfig(steps=1, batch_size=2, feature_transform="permute", class_subsets=2)
     trainer = MetaTrainer(rule, task, archs, train=train, pool=PoolConfig(size=4))
-    assert trainer.feature_transform == "permute"
-    assert trainer.class_subsets == 2
+    assert trainer.variants.feature_transform == "permute"
+    assert trainer.variants.class_subsets == 2
     assert trainer.cfg.train.feature_transform == "permute"
 
 
