@@ -117,19 +117,10 @@ def make_also(cfg: Config) -> list[tuple[Task, list[Architecture]]]:
 
 
 def make_init(t: TaskConfig, training: bool = False) -> InitSpec:
-    """How task nets start; ``task.code_jitter`` applies only to meta-training seeds."""
-    return InitSpec(
-        t.init,
-        t.init_scale,
-        t.init_seed,
-        t.init_noise,
-        t.code_freqs,
-        t.depth_code,
-        code_jitter=t.code_jitter if training else 0.0,
-        neuron_codes=t.neuron_codes,
-        out_freqs=t.out_code_freqs,
-        jitter_fraction=t.code_jitter_fraction if training else 1.0,
-    )
+    """How task nets start: the initial-state keys of ``t``; the code jitter
+    (:data:`~gnca.state.TRAINING_ONLY`) applies only to meta-training seeds (``training``)."""
+    init = InitSpec.of(t)
+    return init if training else init.growing()
 
 
 def trainer_parts(

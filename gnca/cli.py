@@ -328,7 +328,7 @@ def _grow_for(args, trained, arch: Architecture, steps: int, record_at):
 
 def _warn_fixed_seed(trained, archs: list[Architecture]) -> None:
     """One line on stderr for each architecture a fixed-seed rule was not trained on."""
-    if trained.init.kind != "fixed":
+    if trained.init.init != "fixed":
         return
     known = {tuple(a) for a in trained.cfg.task.architectures}
     for arch in archs:

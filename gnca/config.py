@@ -34,7 +34,7 @@ from gnca.perception import REDUCTIONS as _REDUCTIONS
 from gnca.pool import RENEW
 from gnca.rule import ACTIVATIONS as _RULE_ACTIVATIONS
 from gnca.senses import SENSES as SENSE_NAMES
-from gnca.state import INIT_KINDS, NEURON_CODES
+from gnca.state import INIT_KINDS, NEURON_CODES, InitSpec
 
 __all__ = [
     "ACTIVATIONS",
@@ -106,23 +106,25 @@ class DataConfig:
 
 
 @dataclass
-class TaskConfig:
-    """The task networks grown by the rule."""
+class _TaskNets:
+    """The keys of the ``task`` section that come before the initial-state ones."""
 
     # MLP layer sizes meta-trained together; first = n_features, last = n_classes
     architectures: list[list[int]] = field(default_factory=lambda: [[4, 16, 3]])
     bias: bool = True  # whether the task MLPs have biases
     activation: str = "tanh"  # hidden activation: tanh | relu | gelu | sigmoid | identity
-    init: str = "fixed"  # fixed | random | codes
-    init_seed: int = 0  # seed of the `fixed` initial net
-    init_scale: float = 1.0  # initial weights ~ init_scale * N(0,1)/sqrt(fan_in)
-    init_noise: float = 0.0  # extra N(0, init_noise) added to each sample's initial weights
-    code_freqs: int = 2  # sinusoid frequencies per identity code (init=codes)
-    out_code_freqs: int | None = None  # frequencies of the out-neuron code; None = code_freqs
-    depth_code: bool = True  # identity codes carry level/depth (false: 0, same for every depth)
-    code_jitter: float = 0.0  # meta-training only: random shift of hidden code positions, 0..1
-    code_jitter_fraction: float = 1.0  # share of meta-training nets the jitter moves, 0..1
-    neuron_codes: str = "sincos"  # hidden neurons' codes: sincos (position) | random (Gaussian)
+
+
+@dataclass
+class TaskConfig(InitSpec, _TaskNets):
+    """The task networks grown by the rule, and how they start.
+
+    The initial-state keys (``init`` ... ``neuron_codes``) are the fields of
+    :class:`~gnca.state.InitSpec`, declared there once; the keys keep the order
+    ``architectures``, ``bias``, ``activation``, those fields, ``fan_in_ref``.
+    :func:`gnca.build.make_init` turns this section into the specs of growing and training.
+    """
+
     fan_in_ref: float | None = None  # if set: non-bias weights count as w * fan_in_ref / fan_in
 
 

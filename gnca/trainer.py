@@ -42,7 +42,7 @@ from gnca.objective import MetaObjective, loss_horizons
 from gnca.pool import SamplePool
 from gnca.rule import LocalRule
 from gnca.runlog import RunLogs
-from gnca.state import InitSpec, check_codes_fit
+from gnca.state import TRAINING_ONLY, InitSpec, check_codes_fit
 from gnca.task import Task
 
 __all__ = ["MetaTrainer", "StepStats", "config_record", "loss_horizons"]
@@ -363,21 +363,15 @@ def config_record(
     aggr = rc.pop("aggr")
     sizes = [list(a.mlp_sizes) for a in archs if a.mlp_sizes]
     data = DataConfig(name=task.name, batch_size=task.batch_size)
+    # the initial-state keys: those of growing, the training-only ones of the seeds
+    start = {f.name: getattr(seed_init if f.name in TRAINING_ONLY else init, f.name)
+             for f in fields(InitSpec)}  # fmt: skip
     tc = TaskConfig(
         architectures=sizes or [[task.n_features, task.n_classes]],
         bias=task.bias,
         activation=task.activation,
-        init=init.kind,
-        init_seed=init.seed,
-        init_scale=init.scale,
-        init_noise=init.noise,
-        code_freqs=init.code_freqs,
-        out_code_freqs=init.out_freqs,
-        depth_code=init.depth_code,
-        code_jitter=seed_init.code_jitter,
-        code_jitter_fraction=seed_init.jitter_fraction,
-        neuron_codes=init.neuron_codes,
         fan_in_ref=task.fan_in_ref,
+        **start,
     )
     return data, tc, RuleConfig(**rc, aggr=None if aggr == rc["reduce"] else aggr)
 

@@ -36,7 +36,7 @@ def blobs(n: int = 200, seed: int = 0) -> Task:
 
 def start(task: Task, nets: int = 3):
     graph = WeightGraph.replicate(task.mlp([2, 4, 2]), nets)
-    w0, _ = InitSpec(kind="random").state(graph, 4, torch.Generator().manual_seed(1))
+    w0, _ = InitSpec(init="random").state(graph, 4, torch.Generator().manual_seed(1))
     return graph, w0
 
 
@@ -99,7 +99,7 @@ def test_tune_adam_picks_the_best_validation_rate():
 def test_adam_cell_and_its_cache(tmp_path):
     task = blobs()
     settings = AdamSettings(examples=300, batch=32, lrs=(0.01, 0.1), nets=2)
-    res = adam_cell(task, InitSpec(kind="random"), 4, [2, 8, 2], settings, seed=0)
+    res = adam_cell(task, InitSpec(init="random"), 4, [2, 8, 2], settings, seed=0)
     assert res["examples"] == 300 and res["steps"] == 10 and res["nets"] == 2
     assert res["lr"] in (0.01, 0.1) and 0.5 < res["mean"] <= 1.0
     calls = []

@@ -342,7 +342,7 @@ def test_a_device_checkpoint_grows_on_the_cpu(device, tmp_path):
 def test_grow_on_the_device_matches_the_cpu(device):
     arch = Architecture.mlp([4, 8, 3])
     rule = _active_rule(8, fire_rate=1.0, bound=0.1)
-    init = InitSpec("fixed", seed=3)
+    init = InitSpec("fixed", init_seed=3)
     X = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(1))
 

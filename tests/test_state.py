@@ -28,15 +28,15 @@ def test_fixed_is_identical_across_samples_and_calls() -> None:
     arch = Architecture.mlp([4, 5, 3])
     e = arch.num_weights
     g = WeightGraph.replicate(arch, 3)
-    w, h = initial_state(g, 4, "fixed", seed=7)
+    w, h = initial_state(g, 4, "fixed", init_seed=7)
     per = w.view(3, e)
     assert torch.equal(per[0], per[1]) and torch.equal(per[0], per[2])
     assert (h == 0).all()
-    again, _ = initial_state(g, 4, "fixed", seed=7)
+    again, _ = initial_state(g, 4, "fixed", init_seed=7)
     assert torch.equal(w, again)
-    single, _ = initial_state(WeightGraph.from_architecture(arch), 4, "fixed", seed=7)
+    single, _ = initial_state(WeightGraph.from_architecture(arch), 4, "fixed", init_seed=7)
     assert torch.equal(single, per[0])
-    other, _ = initial_state(g, 4, "fixed", seed=8)
+    other, _ = initial_state(g, 4, "fixed", init_seed=8)
     assert not torch.equal(other, w)
     # same seed per architecture also inside a mixed batch
     mixed = WeightGraph.collate(
@@ -45,17 +45,19 @@ def test_fixed_is_identical_across_samples_and_calls() -> None:
             WeightGraph.from_architecture(Architecture.mlp([4, 3])),
         ]
     )
-    w_mixed, _ = initial_state(mixed, 4, "fixed", seed=7)
+    w_mixed, _ = initial_state(mixed, 4, "fixed", init_seed=7)
     assert torch.equal(w_mixed[:e], per[0])
 
 
 def test_fixed_noise_differs_per_sample() -> None:
     arch = Architecture.mlp([4, 5, 3])
     g = WeightGraph.replicate(arch, 2)
-    w = initial_weights(g, "fixed", seed=0, noise=0.1, generator=torch.Generator().manual_seed(0))
+    w = initial_weights(
+        g, "fixed", init_seed=0, init_noise=0.1, generator=torch.Generator().manual_seed(0)
+    )
     per = w.view(2, -1)
     assert not torch.equal(per[0], per[1])
-    base = initial_weights(g, "fixed", seed=0).view(2, -1)
+    base = initial_weights(g, "fixed", init_seed=0).view(2, -1)
     nb = ~torch.as_tensor(arch.is_bias_weight.copy())
     assert (per[0] - base[0])[nb].abs().max() < 1.0
 
@@ -76,7 +78,7 @@ def test_random_differs_across_samples(kind: str) -> None:
 def test_bias_weights_start_at_zero_and_scale(kind: str) -> None:
     arch = Architecture.mlp([200, 50, 3])
     g = WeightGraph.replicate(arch, 2)
-    w, h = initial_state(g, 16, kind, scale=2.0, generator=torch.Generator().manual_seed(0))
+    w, h = initial_state(g, 16, kind, init_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert (w[g.is_bias] == 0).all()
     assert (w[~g.is_bias] != 0).all()
     assert h.shape == (g.num_nodes, 16)
@@ -331,18 +333,18 @@ def test_unknown_neuron_codes() -> None:
         identity_codes(g, 16, 2, neuron_codes="learned")
 
 
-def test_out_freqs_widen_only_the_out_neuron_code() -> None:
-    """``out_freqs = g``: the out-neuron code has ``g`` frequencies, the in-neuron code and the
+def test_out_code_freqs_widen_only_the_out_neuron_code() -> None:
+    """``out_code_freqs = g``: the out-neuron code has ``g`` frequencies, the in-neuron code and the
     flags are those of ``g = f`` (shifted by ``2(g - f)`` channels), checked weight by weight."""
     f, gq, c = 2, 4, 24
     arch = Architecture.mlp([4, 3, 2])
     graph = WeightGraph.from_architecture(arch)
     assert code_channels(f, gq) == 4 * f + 2 * gq + 4 == 20
     assert code_channels(f, None) == code_channels(f) == code_channels(f, f)
-    wide = identity_codes(graph, c, f, out_freqs=gq)
+    wide = identity_codes(graph, c, f, out_code_freqs=gq)
     plain = identity_codes(graph, c, f)
-    assert torch.equal(identity_codes(graph, c, f, out_freqs=f), plain)
-    _, h = initial_state(graph, c, "codes", code_freqs=f, out_freqs=gq)
+    assert torch.equal(identity_codes(graph, c, f, out_code_freqs=f), plain)
+    _, h = initial_state(graph, c, "codes", code_freqs=f, out_code_freqs=gq)
     assert torch.equal(h, wide)
     heads = arch.edges[:, 1].tolist()
     size = {4 + j: 3 for j in range(3)} | {7 + k: 2 for k in range(2)}
@@ -353,13 +355,15 @@ def test_out_freqs_widen_only_the_out_neuron_code() -> None:
         assert torch.equal(wide[e, :8], plain[e, :8])  # in-neuron code unchanged
         assert torch.equal(wide[e, 16:20], plain[e, 12:16])  # flags moved up by 2(g - f)
         assert wide[e, 20:].abs().sum() == 0
-    with pytest.raises(ValueError, match="code_freqs=2 and out_freqs=4 need hidden_channels >= 20"):
-        identity_codes(graph, 19, f, out_freqs=gq)
-    with pytest.raises(ValueError, match="out_freqs must be >= 1"):
-        identity_codes(graph, c, f, out_freqs=0)
+    with pytest.raises(
+        ValueError, match="code_freqs=2 and out_code_freqs=4 need hidden_channels >= 20"
+    ):
+        identity_codes(graph, 19, f, out_code_freqs=gq)
+    with pytest.raises(ValueError, match="out_code_freqs must be >= 1"):
+        identity_codes(graph, c, f, out_code_freqs=0)
     # random hidden codes: the out-code is the first 2g channels of the neuron's Gaussian code
     gen = torch.Generator().manual_seed(0)
-    r = identity_codes(graph, c, f, neuron_codes="random", out_freqs=5, generator=gen)
+    r = identity_codes(graph, c, f, neuron_codes="random", out_code_freqs=5, generator=gen)
     hidden_in = [e for e, (u, _) in enumerate(arch.edges.tolist()) if 4 <= u < 7]
     hidden_out = [e for e, v in enumerate(heads) if 4 <= v < 7]
     u0 = arch.edges[hidden_in[0], 0].item()
@@ -371,12 +375,12 @@ def test_out_freqs_widen_only_the_out_neuron_code() -> None:
 def test_check_codes_fit_names_out_code_freqs() -> None:
     from gnca.state import InitSpec, check_codes_fit
 
-    check_codes_fit(InitSpec("codes", code_freqs=6, out_freqs=12), 52)
+    check_codes_fit(InitSpec("codes", code_freqs=6, out_code_freqs=12), 52)
     with pytest.raises(ValueError, match="task.out_code_freqs = 12 \\(needs >= 52\\)"):
-        check_codes_fit(InitSpec("codes", code_freqs=6, out_freqs=12), 48)
+        check_codes_fit(InitSpec("codes", code_freqs=6, out_code_freqs=12), 48)
 
 
-def test_jitter_fraction_moves_whole_nets_and_keeps_the_rest_exact() -> None:
+def test_code_jitter_fraction_moves_whole_nets_and_keeps_the_rest_exact() -> None:
     arch = Architecture.mlp([3, 7, 4, 2])
     g = WeightGraph.replicate(arch, 40)
     per = arch.num_weights
@@ -384,11 +388,21 @@ def test_jitter_fraction_moves_whole_nets_and_keeps_the_rest_exact() -> None:
     full = identity_codes(g, 10, 1, code_jitter=0.8, generator=torch.Generator().manual_seed(0))
     # fraction 1 draws nothing more: the same codes as before the option existed
     same = identity_codes(
-        g, 10, 1, code_jitter=0.8, jitter_fraction=1.0, generator=torch.Generator().manual_seed(0)
+        g,
+        10,
+        1,
+        code_jitter=0.8,
+        code_jitter_fraction=1.0,
+        generator=torch.Generator().manual_seed(0),
     )
     assert torch.equal(same, full)
     h = identity_codes(
-        g, 10, 1, code_jitter=0.8, jitter_fraction=0.5, generator=torch.Generator().manual_seed(0)
+        g,
+        10,
+        1,
+        code_jitter=0.8,
+        code_jitter_fraction=0.5,
+        generator=torch.Generator().manual_seed(0),
     )
     moved = [
         not torch.equal(h[i * per : (i + 1) * per], exact[i * per : (i + 1) * per])
@@ -400,8 +414,49 @@ def test_jitter_fraction_moves_whole_nets_and_keeps_the_rest_exact() -> None:
         assert torch.equal(h[block], full[block] if m else exact[block])
     assert 8 <= sum(moved) <= 32  # Binomial(40, 0.5)
     none = identity_codes(
-        g, 10, 1, code_jitter=0.8, jitter_fraction=0.0, generator=torch.Generator().manual_seed(0)
+        g,
+        10,
+        1,
+        code_jitter=0.8,
+        code_jitter_fraction=0.0,
+        generator=torch.Generator().manual_seed(0),
     )
     assert torch.equal(none, exact)
-    with pytest.raises(ValueError, match="jitter_fraction must be in"):
-        identity_codes(g, 10, 1, code_jitter=0.5, jitter_fraction=1.5)
+    with pytest.raises(ValueError, match="code_jitter_fraction must be in"):
+        identity_codes(g, 10, 1, code_jitter=0.5, code_jitter_fraction=1.5)
+
+
+def test_init_spec_is_the_schema_of_the_task_sections_initial_state_keys() -> None:
+    """One name per option, from config key to keyword: every :class:`InitSpec` field is a
+    ``task`` key with the same default; ``make_init`` reads the keys (the code jitter for
+    meta-training seeds only), ``config_record`` writes them back, ``initial_state`` takes them."""
+    from dataclasses import fields, replace
+
+    from gnca.build import make_init, trainer_parts
+    from gnca.config import TaskConfig, config_from_dict
+    from gnca.state import TRAINING_ONLY, InitSpec
+    from gnca.trainer import config_record
+
+    task_keys = {f.name: f for f in fields(TaskConfig)}
+    for f in fields(InitSpec):
+        assert task_keys[f.name].default == f.default, f.name
+    custom = {
+        "init": "codes", "init_seed": 3, "init_scale": 0.5, "init_noise": 0.1, "code_freqs": 3,
+        "out_code_freqs": 5, "depth_code": False, "code_jitter": 0.25,
+        "code_jitter_fraction": 0.5, "neuron_codes": "random",
+    }  # fmt: skip
+    assert set(custom) == {f.name for f in fields(InitSpec)}  # a new option: add it here too
+    cfg = config_from_dict({"task": custom, "rule": {"hidden_channels": 26}})
+    assert make_init(cfg.task, training=True) == InitSpec(**custom)
+    growing = replace(InitSpec(**custom), code_jitter=0.0, code_jitter_fraction=1.0)
+    assert make_init(cfg.task) == growing == InitSpec(**custom).growing()
+    assert set(TRAINING_ONLY) == {"code_jitter", "code_jitter_fraction"}
+    parts = trainer_parts(cfg)
+    _, recorded, _ = config_record(
+        parts["rule"], parts["task"], parts["archs"], parts["init"], parts["seed_init"]
+    )
+    assert {name: getattr(recorded, name) for name in custom} == custom
+    graph = WeightGraph.from_architecture(Architecture.mlp([4, 6, 3]))
+    w, h = initial_state(graph, 26, generator=torch.Generator().manual_seed(0), **custom)
+    w2, h2 = InitSpec(**custom).state(graph, 26, torch.Generator().manual_seed(0))
+    assert torch.equal(w, w2) and torch.equal(h, h2)

@@ -64,7 +64,7 @@ def test_fresh_rule_grows_nothing():
     tr = MetaTrainer.from_config(tiny_config())
     res = grow(tr.rule, tr.archs[0], 3, 4, tr.init, generator=torch.Generator().manual_seed(0))
     one = WeightGraph.from_architecture(tr.archs[0])
-    w0, _ = initial_state(one, tr.cfg.rule.hidden_channels, "fixed", seed=tr.init.seed)
+    w0, _ = initial_state(one, tr.cfg.rule.hidden_channels, "fixed", init_seed=tr.init.init_seed)
     assert torch.equal(res.w, torch.cat([w0] * 3))
     assert torch.count_nonzero(res.h) == 0
 
@@ -263,7 +263,8 @@ def test_code_jitter_fraction_reaches_training_seeds_and_checkpoints(tmp_path):
     cfg.task.code_jitter_fraction = 0.0  # jitter on no net: every seed exact
     cfg.rule.hidden_channels = 16
     trainer = MetaTrainer.from_config(cfg)
-    assert trainer.seed_init.jitter_fraction == 0.0 and trainer.init.jitter_fraction == 1.0
+    assert trainer.seed_init.code_jitter_fraction == 0.0
+    assert trainer.init.code_jitter_fraction == 1.0
     from gnca import Architecture, WeightGraph, identity_codes
 
     graph = WeightGraph.from_architecture(Architecture.mlp([4, 8, 3]))
@@ -275,7 +276,7 @@ def test_code_jitter_fraction_reaches_training_seeds_and_checkpoints(tmp_path):
 
     trained = load_trained(tmp_path / "last.pt", device="cpu")
     assert trained.cfg.task.code_jitter_fraction == 0.0
-    assert trained.init.jitter_fraction == 1.0  # growing: exact codes
+    assert trained.init.code_jitter_fraction == 1.0  # growing: exact codes
 
 
 def test_random_neuron_codes_reach_training_growth_and_checkpoints(tmp_path):

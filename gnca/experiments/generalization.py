@@ -360,7 +360,9 @@ def adam_key(
             "fan_in_ref": tr.task.fan_in_ref,
             "bias": tr.task.bias,
         },
-        "init": {"kind": init.kind, "scale": init.scale, "seed": init.seed, "noise": init.noise},
+        # the key names of caches written before InitSpec took the config's names
+        "init": {"kind": init.init, "scale": init.init_scale, "seed": init.init_seed,
+                 "noise": init.init_noise},  # fmt: skip
         "device": device.type,
     }
 
