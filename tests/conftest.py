@@ -1,15 +1,19 @@
-"""Shared helpers for the core tests: a hypothesis strategy for random DAGs and brute-force
-references (neighbourhoods, perception, levels, topological order) written as plain Python loops,
-independent of the vectorised code under test."""
+"""Shared helpers of the tests: a hypothesis strategy for random DAGs and brute-force references
+(neighbourhoods, perception, levels, topological order) written as plain Python loops,
+independent of the vectorised code under test; the test device; tiny configs and runs, and a fake
+MNIST folder. Test files import helpers from here, never from each other."""
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import math
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -17,6 +21,10 @@ import torch
 from hypothesis import strategies as st
 
 from gnca import Architecture, LocalRule
+
+if TYPE_CHECKING:
+    from gnca.config import Config
+    from gnca.trainer import MetaTrainer
 
 NEIGHBOURHOOD_NAMES = ("incident", "directed", "sibling")
 
@@ -384,3 +392,82 @@ TINY_TRAIN = [
     "train.log_every=1",
     "train.device=cpu",
 ]
+
+
+# ---------------------------------------------------------------------- configs, runs and data
+REPO = Path(__file__).resolve().parents[1]
+IRIS = str(REPO / "configs" / "iris.yaml")
+#: ``--set`` overrides that make ``gnca train --config IRIS`` four meta-steps (command-line tests)
+TINY = [
+    "task.architectures=[[4,8,3]]",
+    "pool.size=8",
+    "pool.fresh=1",
+    "train.steps=4",
+    "train.batch_size=4",
+    "train.k_min=2",
+    "train.k_max=3",
+    "train.log_every=2",
+    "train.checkpoint_every=2",
+    "train.eval_nets=4",
+    "train.device=cpu",
+]
+
+
+def error_line(err: str) -> str:
+    """The one line ``gnca: error: ...`` of ``err`` (and no traceback)."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err  # exactly one line, no traceback
+    assert lines[0].startswith("gnca: error: ")
+    return lines[0]
+
+
+def tiny_config(**train) -> Config:
+    """The default config shrunk to a few seconds of meta-training (4-8-3 Iris nets, a pool of
+    16, 12 meta-steps on the CPU); ``train`` overrides keys of its ``train`` section."""
+    from gnca.config import Config, config_from_dict, config_to_dict
+
+    d = config_to_dict(Config())
+    d["task"]["architectures"] = [[4, 8, 3]]
+    d["pool"].update(size=16, fresh=1)
+    d["train"].update(
+        steps=12,
+        batch_size=4,
+        k_min=3,
+        k_max=5,
+        lr=3e-3,
+        lr_final=None,
+        log_every=4,
+        checkpoint_every=4,
+        eval_nets=8,
+        device="cpu",
+    )
+    d["train"].update(train)
+    return config_from_dict(d)
+
+
+def rule_params(trainer: MetaTrainer) -> list[torch.Tensor]:
+    """Copies of the trainer's rule parameters."""
+    return [p.detach().clone() for p in trainer.rule.parameters()]
+
+
+def write_idx(path: Path, magic: int, array: np.ndarray, *, gz: bool = False) -> None:
+    """Write ``array`` (uint8) as an IDX file with the given magic number."""
+    header = np.array([magic, *array.shape], dtype=">u4").tobytes()
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if gz:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as fh:
+            fh.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def fake_mnist(folder: Path, n_train: int = 30, n_test: int = 20, gz: bool = True) -> Path:
+    """Small synthetic MNIST folder: random 28x28 images, labels cycling 0-9."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", 2051, images, gz=gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", 2049, labels, gz=gz)
+    return folder

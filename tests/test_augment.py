@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_trainer import tiny_config
+from conftest import tiny_config
 
 from gnca import Architecture, WeightGraph
 from gnca import augment as A

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import tiny_config
+from conftest import tiny_config
 
 from gnca import Architecture, LocalRule
 from gnca.build import load_rule, load_trained, make_rule, trained_from

@@ -9,37 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import IRIS, TINY, error_line
 
 from gnca.cli import CLIError, main, mlp_sizes, parse_arch
 
-TINY = [
-    "task.architectures=[[4,8,3]]",
-    "pool.size=8",
-    "pool.fresh=1",
-    "train.steps=4",
-    "train.batch_size=4",
-    "train.k_min=2",
-    "train.k_max=3",
-    "train.log_every=2",
-    "train.checkpoint_every=2",
-    "train.eval_nets=4",
-    "train.device=cpu",
-]
 REPO = Path(__file__).resolve().parents[1]
-IRIS = str(REPO / "configs" / "iris.yaml")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def error_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err  # exactly one line, no traceback
-    assert lines[0].startswith("gnca: error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

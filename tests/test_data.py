@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fake_mnist, write_idx
 from scipy.spatial.distance import cdist
 
 from gnca.data import DataError, Dataset, load_dataset, load_mnist_idx
@@ -70,29 +71,6 @@ def _check_partition(ds: Dataset, raw: np.ndarray, y_raw: np.ndarray, global_aff
     nearest = dist.argmin(axis=1)
     assert dist[np.arange(len(x)), nearest].max() < 1e-4
     assert np.array_equal(np.bincount(nearest, minlength=len(uniq)), counts)
-
-
-def _write_idx(path: Path, magic: int, array: np.ndarray, *, gz: bool = False) -> None:
-    """Write ``array`` (uint8) as an IDX file with the given magic number."""
-    header = np.array([magic, *array.shape], dtype=">u4").tobytes()
-    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    if gz:
-        with gzip.open(path.with_name(path.name + ".gz"), "wb") as fh:
-            fh.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
-def _fake_mnist(folder: Path, n_train: int = 30, n_test: int = 20, gz: bool = True) -> Path:
-    """Small synthetic MNIST folder: random 28x28 images, labels cycling 0-9."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte", 2051, images, gz=gz)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", 2049, labels, gz=gz)
-    return folder
 
 
 def _write_csv(path: Path, lines: list[str]) -> Path:
@@ -370,12 +348,12 @@ def test_mnist_uncompressed_files(tmp_path: Path, mnist_raw: tuple[np.ndarray, .
 
 
 def test_gnca_data_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = _fake_mnist(tmp_path / "env")
+    folder = fake_mnist(tmp_path / "env")
     monkeypatch.setenv("GNCA_DATA", str(folder))
     ds = load_dataset("mnist", split="standard")
     assert ds.X_train.shape == (30, 784) and ds.X_test.shape == (20, 784)
     # an explicit data_dir wins over the environment
-    other = _fake_mnist(tmp_path / "arg", n_train=40)
+    other = fake_mnist(tmp_path / "arg", n_train=40)
     assert load_dataset("mnist", data_dir=other, split="standard").X_train.shape == (40, 784)
 
 
@@ -395,7 +373,7 @@ def test_mnist_missing_dir(tmp_path: Path) -> None:
 
 
 def test_mnist_missing_file(tmp_path: Path) -> None:
-    folder = _fake_mnist(tmp_path)
+    folder = fake_mnist(tmp_path)
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\[\.gz\] not found") as info:
         load_mnist_idx(folder)
@@ -403,21 +381,21 @@ def test_mnist_missing_file(tmp_path: Path) -> None:
 
 
 def test_mnist_dotted_and_plain_names(tmp_path: Path) -> None:
-    folder = _fake_mnist(tmp_path, gz=False)
+    folder = fake_mnist(tmp_path, gz=False)
     (folder / "train-images-idx3-ubyte").rename(folder / "train-images.idx3-ubyte")
     tr_img, tr_lab, te_img, te_lab = load_mnist_idx(folder)
     assert tr_img.shape == (30, 28, 28) and te_lab.tolist() == [i % 10 for i in range(20)]
 
 
 def test_mnist_bad_magic(tmp_path: Path) -> None:
-    folder = _fake_mnist(tmp_path, gz=False)
-    _write_idx(folder / "t10k-images-idx3-ubyte", 2049, np.zeros((20, 28, 28), np.uint8))
+    folder = fake_mnist(tmp_path, gz=False)
+    write_idx(folder / "t10k-images-idx3-ubyte", 2049, np.zeros((20, 28, 28), np.uint8))
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte: bad magic number 2049"):
         load_mnist_idx(folder)
 
 
 def test_mnist_truncated(tmp_path: Path) -> None:
-    folder = _fake_mnist(tmp_path, gz=False)
+    folder = fake_mnist(tmp_path, gz=False)
     path = folder / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(DataError, match="train-images-idx3-ubyte: truncated IDX file"):
@@ -428,7 +406,7 @@ def test_mnist_truncated(tmp_path: Path) -> None:
 
 
 def test_mnist_truncated_gzip(tmp_path: Path) -> None:
-    folder = _fake_mnist(tmp_path)
+    folder = fake_mnist(tmp_path)
     path = folder / "train-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-12])
     with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: not a valid gzip file"):
@@ -436,14 +414,14 @@ def test_mnist_truncated_gzip(tmp_path: Path) -> None:
 
 
 def test_mnist_count_mismatch(tmp_path: Path) -> None:
-    folder = _fake_mnist(tmp_path, gz=False)
-    _write_idx(folder / "train-labels-idx1-ubyte", 2049, np.zeros(29, np.uint8))
+    folder = fake_mnist(tmp_path, gz=False)
+    write_idx(folder / "train-labels-idx1-ubyte", 2049, np.zeros(29, np.uint8))
     with pytest.raises(DataError, match="has 30 images but .*train-labels-idx1-ubyte has 29"):
         load_mnist_idx(folder)
 
 
 def test_mnist_downsample_not_divisible(tmp_path: Path) -> None:
-    folder = _fake_mnist(tmp_path)
+    folder = fake_mnist(tmp_path)
     with pytest.raises(DataError, match="downsample=3 does not divide the 28x28 images of mnist"):
         load_dataset("mnist", data_dir=folder, split="standard", downsample=3)
     ds = load_dataset("mnist", data_dir=folder, split="standard", downsample=4)

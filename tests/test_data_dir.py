@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_data import _fake_mnist
+from conftest import fake_mnist
 
 from gnca.build import make_dataset
 from gnca.cli import main
@@ -48,7 +48,7 @@ def test_the_mnist_configs_exist_and_name_no_folder() -> None:
 
 @pytest.mark.parametrize("path", MNIST_CONFIGS, ids=lambda p: p.stem)
 def test_mnist_config_loads_from_gnca_data(path: Path, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("GNCA_DATA", str(_fake_mnist(tmp_path / "env")))
+    monkeypatch.setenv("GNCA_DATA", str(fake_mnist(tmp_path / "env")))
     cfg = load_config(path)
     data = make_dataset(cfg.data)
     assert data.name == "mnist" and data.n_classes == 10
@@ -58,8 +58,8 @@ def test_mnist_config_loads_from_gnca_data(path: Path, tmp_path, monkeypatch) ->
 
 
 def test_config_data_dir_beats_gnca_data(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("GNCA_DATA", str(_fake_mnist(tmp_path / "env", n_train=30)))
-    other = _fake_mnist(tmp_path / "cfg", n_train=40)
+    monkeypatch.setenv("GNCA_DATA", str(fake_mnist(tmp_path / "env", n_train=30)))
+    other = fake_mnist(tmp_path / "cfg", n_train=40)
     cfg = load_config(REPO / "configs" / "mnist_fast.yaml", [f"data.data_dir={other}"])
     assert len(make_dataset(cfg.data).y_train) == 48  # 80% of the 40 + 20 in the config's
     monkeypatch.setenv("GNCA_DATA", str(tmp_path / "nowhere"))
@@ -70,7 +70,7 @@ def test_config_data_dir_beats_gnca_data(tmp_path, monkeypatch) -> None:
 def mnist_run(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny MNIST run trained from the folder ``data.data_dir`` names: (run dir, folder)."""
     root = tmp_path_factory.mktemp("mnist_run")
-    folder = _fake_mnist(root / "train_data")
+    folder = fake_mnist(root / "train_data")
     code = main(
         [
             "train",
@@ -112,7 +112,7 @@ def test_flag_beats_config_and_env(capsys, mnist_run, tmp_path, monkeypatch) -> 
 
 def test_gnca_data_is_the_fallback_of_a_checkpoint(capsys, tmp_path, monkeypatch) -> None:
     """A run trained with the folder from GNCA_DATA keeps no folder in its config."""
-    monkeypatch.setenv("GNCA_DATA", str(_fake_mnist(tmp_path / "env")))
+    monkeypatch.setenv("GNCA_DATA", str(fake_mnist(tmp_path / "env")))
     code = main(
         [
             "train",

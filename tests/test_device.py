@@ -17,17 +17,19 @@ import json
 import pytest
 import torch
 from conftest import (
+    IRIS,
     NEIGHBOURHOOD_NAMES,
+    TINY,
     dag_specs,
     edge_list,
     example_archs,
     float64_state,
     loop_perceive,
     on_device,
+    rule_params,
+    tiny_config,
 )
 from hypothesis import given, settings
-from test_cli import IRIS, TINY
-from test_trainer import rule_params, tiny_config
 
 from gnca import Architecture, LocalRule, WeightGraph, perceive, task_forward
 from gnca.build import load_rule, load_trained

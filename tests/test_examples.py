@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_data import _fake_mnist
+from conftest import fake_mnist
 
 from gnca.config import Config
 from gnca.trainer import MetaTrainer
@@ -21,7 +21,7 @@ def _tiny_rule(tmp_path: Path, sizes: list[int], fan_in_ref: float | None = None
     """A checkpoint of a rule meta-trained for one step on fake 14x14 MNIST nets ``sizes``."""
     cfg = Config()
     cfg.data.name = "mnist"
-    cfg.data.data_dir = str(_fake_mnist(tmp_path / "mnist"))
+    cfg.data.data_dir = str(fake_mnist(tmp_path / "mnist"))
     cfg.data.downsample = 2
     cfg.task.architectures = [sizes]
     cfg.task.init = "codes"
@@ -77,7 +77,7 @@ def test_code_bounds_bases_and_runs(tmp_path, monkeypatch, capsys) -> None:
     assert basis.shape == (25, 64)
     # products of 1-D Fourier rows at cell centres are orthogonal: the basis is orthonormal
     assert torch.allclose(basis @ basis.T, torch.eye(25), atol=1e-5)
-    monkeypatch.setenv("GNCA_DATA", str(_fake_mnist(tmp_path / "mnist")))
+    monkeypatch.setenv("GNCA_DATA", str(fake_mnist(tmp_path / "mnist")))
     argv = ["code_bounds.py", "--pixels", "2", "0", "--neurons", "1", "--hidden", "6"]
     monkeypatch.setattr(sys, "argv", [*argv, "--steps", "3", "--downsample", "2"])
     runpy.run_path(str(EXAMPLES / "code_bounds.py"), run_name="__main__")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from test_trainer import tiny_config
+from conftest import tiny_config
 
 from gnca.build import load_rule
 from gnca.grow import grow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_trainer import tiny_config
+from conftest import tiny_config
 
 from gnca import Architecture, LocalRule, WeightGraph
 from gnca.config import config_from_dict, config_to_dict

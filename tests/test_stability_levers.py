@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer import rule_params, tiny_config
+from conftest import rule_params, tiny_config
 
 from gnca import Architecture, LocalRule, WeightGraph
 from gnca.config import ConfigError, config_from_dict, config_to_dict

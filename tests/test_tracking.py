@@ -7,8 +7,7 @@ import csv
 import sys
 
 import pytest
-from test_cli import IRIS, TINY, error_line
-from test_trainer import tiny_config
+from conftest import IRIS, TINY, error_line, tiny_config
 
 from gnca.cli import main
 from gnca.config import ConfigError, TrainConfig, config_from_dict, config_to_dict

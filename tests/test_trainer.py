@@ -6,33 +6,14 @@ import os
 
 import pytest
 import torch
+from conftest import rule_params, tiny_config
 
 from gnca.build import make_init
 from gnca.checkpoint import load_checkpoint, save_checkpoint
-from gnca.config import Config, config_from_dict, config_to_dict
+from gnca.config import config_to_dict
 from gnca.grow import grow
 from gnca.task import Task
 from gnca.trainer import MetaTrainer
-
-
-def tiny_config(**train) -> Config:
-    d = config_to_dict(Config())
-    d["task"]["architectures"] = [[4, 8, 3]]
-    d["pool"].update(size=16, fresh=1)
-    d["train"].update(
-        steps=12,
-        batch_size=4,
-        k_min=3,
-        k_max=5,
-        lr=3e-3,
-        lr_final=None,
-        log_every=4,
-        checkpoint_every=4,
-        eval_nets=8,
-        device="cpu",
-    )
-    d["train"].update(train)
-    return config_from_dict(d)
 
 
 def grown_loss(trainer: MetaTrainer, steps: int = 5, num: int = 16) -> float:
@@ -41,10 +22,6 @@ def grown_loss(trainer: MetaTrainer, steps: int = 5, num: int = 16) -> float:
     res = grow(trainer.rule, trainer.archs[0], num, steps, trainer.init, generator=gen)
     with torch.no_grad():
         return float(trainer.task.loss(res.graph, res.w, trainer.X_train, trainer.y_train).mean())
-
-
-def rule_params(trainer: MetaTrainer) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in trainer.rule.parameters()]
 
 
 def test_tiny_training_lowers_the_loss():
