@@ -17,8 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gnca.layers import LayerNet
 
 # Neuron kinds, stored per neuron in ``Architecture.kinds``.
 INPUT, HIDDEN, OUTPUT, BIAS = 0, 1, 2, 3
@@ -73,6 +77,17 @@ class Architecture:
     input_shape: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ builders
+    @staticmethod
+    def from_module(module: Any, example_input: Any) -> LayerNet:
+        """The :class:`gnca.layers.LayerNet` of a ``torch.nn.Module`` (conv layers, residual
+        adds, pooling; traced with torch.fx on ``example_input``, a batch ``(B, *in_shape)``).
+        It stands wherever an architecture does: :meth:`gnca.WeightGraph.from_architecture`,
+        growing, meta-training; ``read_weights(module)`` / ``write_weights(module, w)`` move
+        its ``(E,)`` weights in and out of the module."""
+        from gnca.layers import LayerNet
+
+        return LayerNet.from_module(module, example_input)
+
     @classmethod
     def from_edges(
         cls,

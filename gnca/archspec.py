@@ -1,5 +1,7 @@
-"""``--arch`` specs: an MLP's layer sizes, its hidden widths only (``h:32-16``), or a JSON edge
-list, turned into an :class:`~gnca.Architecture` with one-line errors (:class:`CLIError`)."""
+"""``--arch`` specs: an MLP's layer sizes, its hidden widths only (``h:32-16``), a JSON edge
+list, a conv net (``conv:8k5s2-16k5s2``) or a module of your own (``file.py:Class``), turned
+into an :class:`~gnca.Architecture` (a :class:`~gnca.layers.LayerNet` for the last two) with
+one-line errors (:class:`CLIError`)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,36 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------- helpers
 #: Prefix of an ``--arch`` spec that lists only the hidden widths (``h:32-16``).
 HIDDEN_PREFIX = "h:"
+#: Prefix of a conv-net ``--arch`` spec (``conv:8k5s2-16k5s2``, :func:`gnca.layers.conv_module`).
+CONV_PREFIX = "conv:"
+
+
+def layer_arch(spec: str, n_in: int, n_out: int, bias: bool, input_shape, activation: str):
+    """The :class:`~gnca.layers.LayerNet` of a ``conv:`` spec or of ``file.py:Class`` for data
+    of ``n_in`` features (an image of ``input_shape`` ``(H, W)`` as ``(1, H, W)``, else a
+    signal ``(1, n_in)``)."""
+    import torch
+
+    from gnca.layers import LayerNet, LayerNetError, conv_module, module_from_file
+
+    shape = (1, *input_shape) if input_shape else (1, n_in)
+    try:
+        if spec.startswith(CONV_PREFIX):
+            module = conv_module(spec[len(CONV_PREFIX) :], shape, n_out, bias=bias,
+                                 activation=activation)  # fmt: skip
+            return LayerNet.from_module(module, torch.zeros(2, *shape))
+        module = module_from_file(spec)
+        try:  # an image or signal module first, then one that takes the flat features
+            return LayerNet.from_module(module, torch.zeros(2, *shape))
+        except LayerNetError:
+            return LayerNet.from_module(module, torch.zeros(2, n_in))
+    except LayerNetError as err:
+        raise CLIError(f"--arch {spec}: {err}") from None
+
+
+def is_layer_spec(spec: str) -> bool:
+    """A ``conv:`` spec or a ``file.py:Class`` one."""
+    return spec.startswith(CONV_PREFIX) or ".py:" in spec
 
 
 def _sizes(text: str, spec: str) -> list[int]:
@@ -114,15 +146,21 @@ def parse_arch(
     bias: bool,
     input_shape,
     dataset: str | None = None,
+    activation: str = "tanh",
 ) -> Architecture:
     """An ``--arch`` spec as an :class:`Architecture`.
 
     ``spec`` is a full MLP spec ``"4-32-3"`` (features first, classes last), hidden widths only
-    ``"h:32-16"`` (see :func:`mlp_sizes`), or a JSON file
-    ``{"edges": [[u, v], ...], "inputs": [...], "outputs": [...]}``. Every form is checked
+    ``"h:32-16"`` (see :func:`mlp_sizes`), a JSON file
+    ``{"edges": [[u, v], ...], "inputs": [...], "outputs": [...]}``, a conv net
+    ``"conv:8k5s2-16k5s2"`` (:func:`gnca.layers.conv_module`, ``activation`` after each layer)
+    or ``"file.py:Class"`` (a module of your own, built with no arguments). Every form is checked
     against the data's ``n_in`` features and ``n_out`` classes (:class:`CLIError` if it does
     not fit); ``dataset`` (e.g. ``"iris"``) is named in errors.
     """
+    if is_layer_spec(spec):
+        arch = layer_arch(spec, n_in, n_out, bias, input_shape, activation)
+        return check_fits(arch, spec, n_in, n_out, dataset)
     if spec.endswith(".json"):
         p = Path(spec)
         if not p.is_file():

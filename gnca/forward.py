@@ -72,7 +72,7 @@ def task_forward(
         w: ``(E,)`` weights (graph-major, as batched).
         X: ``(B, n_in)`` inputs shared by all nets, or ``(G, B, n_in)`` one batch per net.
         activation: hidden activation: ``tanh`` (default), ``relu``, ``gelu``, ``sigmoid``,
-            ``identity``.
+            ``identity`` (a layer net of :mod:`gnca.layers` uses its own).
         path: ``"auto"`` (dense when possible), ``"dense"`` (MLP batches only) or ``"general"``.
         fan_in_ref: if set, non-bias weights count as ``w * fan_in_ref / fan_in`` (module
             docstring); None (default): plain weighted sums.
@@ -85,6 +85,12 @@ def task_forward(
         raise ValueError(f"w must have shape ({graph.src.numel()},), got {tuple(w.shape)}")
     w = effective_weights(graph, w, fan_in_ref)
     g = num_graphs(graph)
+    nets = getattr(graph, "layer_net", None)
+    if nets is not None:  # a layer net (gnca/layers.py): its own ops and activations
+        net = nets[0] if isinstance(nets, list) else nets
+        if isinstance(nets, list) and not same_architecture(graph):
+            raise ValueError("a batch of layer nets must hold one architecture")
+        return net.forward(w.view(g, -1), X)
     n_in = graph.input_index.numel() // g
     if X.dim() == 2:
         X = X.unsqueeze(0).expand(g, -1, -1)

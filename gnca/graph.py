@@ -88,6 +88,10 @@ class WeightGraph(Data):
             arch: the task network's architecture.
             device: where to put the tensors (default CPU).
         """
+        from gnca.layers import LayerNet
+
+        if isinstance(arch, LayerNet):  # units instead of neurons (gnca/layers.py)
+            return arch.graph(device)
         if not isinstance(arch, Architecture):
             raise TypeError(f"expected an Architecture, got {type(arch).__name__}")
         e = arch.edges

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,6 +43,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch_geometric.data import Batch
 
 from gnca.architecture import BIAS, HIDDEN, INPUT, OUTPUT
+
+if TYPE_CHECKING:
+    from gnca.graph import WeightGraph
 
 __all__ = ["LayerNet", "LayerNetError"]
 
@@ -124,6 +129,10 @@ class LayerNet:
     place_count: np.ndarray
     tap_extent: np.ndarray
 
+    #: what an :class:`~gnca.Architecture` of a plain MLP or an image input would hold
+    mlp_sizes = None
+    input_shape = None
+
     @property
     def in_shape(self) -> tuple[int, ...]:
         return self.shapes[0]
@@ -131,6 +140,47 @@ class LayerNet:
     @property
     def n_out(self) -> int:
         return int(np.prod(self.shapes[-1]))
+
+    @property
+    def num_inputs(self) -> int:
+        """Features per example (the data's flat features are reshaped to :attr:`in_shape`)."""
+        return int(np.prod(self.in_shape))
+
+    @property
+    def num_outputs(self) -> int:
+        return self.n_out
+
+    @property
+    def depth(self) -> int:
+        """Parameterised layers."""
+        return int(self.layer.max()) + 1
+
+    def describe(self) -> str:
+        """A short name, e.g. ``layers 1x12x12 conv4k3s2-relu-conv4k3-add-avgpool2-linear10``."""
+        parts = []
+        for op in self.ops:
+            a = op.args
+            if op.kind == "conv":
+                stride = "" if set(a["stride"]) == {1} else f"s{a['stride'][0]}"
+                parts.append(f"conv{a['out']}k{'x'.join(map(str, a['kernel']))}{stride}")
+            elif op.kind == "linear":
+                parts.append(f"linear{a['out']}")
+            elif op.kind == "act":
+                parts.append(a["name"])
+            elif op.kind == "pool":
+                parts.append(f"{a['kind']}pool{a['kernel']}")
+            elif op.kind == "add":
+                parts.append("add")
+        shape = "x".join(map(str, self.in_shape))
+        return f"layers {shape} " + "-".join(parts)
+
+    def key(self) -> tuple:
+        """A hashable identity: equal keys, identical structure."""
+        ops = tuple((o.kind, o.inputs, o.out, repr(sorted(o.args.items()))) for o in self.ops)
+        return (tuple(self.shapes), ops, self.num_weights)
+
+    def __repr__(self) -> str:
+        return f"LayerNet({self.describe()}, units={self.num_units}, weights={self.num_weights})"
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -188,7 +238,8 @@ class LayerNet:
     # ------------------------------------------------------------------ forward of G nets
     def forward(self, w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         """Outputs of ``G`` nets with weights ``w`` (``(G, E)``, or ``(G*E,)``) on inputs ``X``
-        (``(B, *in_shape)`` shared, or ``(G, B, *in_shape)``): ``(G, B, n_out)``.
+        (``(B, *in_shape)`` shared, or ``(G, B, *in_shape)``; flat features ``(B, F)`` or
+        ``(G, B, F)`` are reshaped to ``in_shape``): ``(G, B, n_out)``.
 
         Convolutions of all nets run as one grouped convolution, linear layers as one batched
         matmul: no loop over nets.
@@ -196,6 +247,10 @@ class LayerNet:
         e = self.num_weights
         w = w.view(-1, e)
         g = w.shape[0]
+        n = len(self.in_shape)
+        flat = tuple(X.shape[-n:]) != self.in_shape and X.shape[-1] == self.num_inputs
+        if n > 1 and flat and X.dim() in (2, 3):
+            X = X.reshape(*X.shape[:-1], *self.in_shape)  # the data's flat features
         if X.dim() == len(self.in_shape) + 1:
             X = X.unsqueeze(0).expand(g, *X.shape)
         if tuple(X.shape[2:]) != self.in_shape or X.shape[0] != g:
@@ -263,18 +318,19 @@ class LayerNet:
         return F.pad(out, (0, hidden_channels - need))
 
     # ------------------------------------------------------------------ weight graph
-    def weight_graph(self, copies: int = 1, device: torch.device | str | None = None) -> Batch:
-        """``copies`` of this net as a batched :class:`~gnca.WeightGraph`-like graph whose
-        ``src``/``dst`` are unit ids, for :func:`gnca.perception.perceive`."""
+    def graph(self, device: torch.device | str | None = None) -> WeightGraph:
+        """One net as a :class:`~gnca.WeightGraph` whose ``src``/``dst`` are unit ids (what
+        :meth:`gnca.WeightGraph.from_architecture` gives for a layer net): the perception
+        works on it unchanged, and :func:`gnca.forward.task_forward` runs it through
+        :meth:`forward` (the graph keeps the net as ``layer_net``)."""
         from gnca.graph import WeightGraph
 
-        fan = np.bincount(self.dst[~self.is_bias], minlength=self.num_units)
         one = WeightGraph(
             num_nodes=self.num_weights,
             src=torch.as_tensor(self.src.copy()),
             dst=torch.as_tensor(self.dst.copy()),
             is_bias=torch.as_tensor(self.is_bias.copy()),
-            fan_in=torch.as_tensor(np.maximum(fan[self.dst], 1), dtype=torch.float32),
+            fan_in=torch.as_tensor(self.fan_in, dtype=torch.float32),
             tap=torch.as_tensor(self.tap.copy()),
             layer=torch.as_tensor(self.layer.copy()),
             neuron_level=torch.as_tensor(self.unit_level.copy()),
@@ -283,12 +339,31 @@ class LayerNet:
             output_index=torch.as_tensor(self.output_units.copy()),
             num_neurons_per_graph=torch.tensor([self.num_units]),
             num_weights_per_graph=torch.tensor([self.num_weights]),
-            arch_key=hash((tuple(self.src), tuple(self.dst), tuple(map(tuple, self.tap)))),
+            arch_key=hash(self.key()),
             mlp_sizes=(),
             input_shape=(),
+            depth=self.depth,
+            layer_net=self,
         )
-        out = WeightGraph.collate([one] * copies)
+        return one.to(device) if device is not None else one
+
+    def weight_graph(self, copies: int = 1, device: torch.device | str | None = None) -> Batch:
+        """``copies`` of :meth:`graph`, batched."""
+        from gnca.graph import WeightGraph
+
+        out = WeightGraph.collate([self.graph()] * copies)
         return out.to(device) if device is not None else out
+
+    @property
+    def fan_in(self) -> np.ndarray:
+        """``(E,)`` the fan-in of the layer each weight belongs to (``C_in * prod(kernel)`` or
+        ``in_features``; 1 for biases): mean-field sums (``task.fan_in_ref``) divide by it."""
+        per_layer = {}
+        for j, op in enumerate(o for o in self.ops if o.kind in ("linear", "conv")):
+            k = math.prod(op.args.get("kernel", (1,)))
+            per_layer[j] = op.args["in"] * k
+        fan = np.array([per_layer[j] for j in self.layer.tolist()], dtype=np.float32)
+        return np.where(self.is_bias, 1.0, fan).astype(np.float32)
 
 
 def _grouped_conv(op: Op, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -627,3 +702,91 @@ def nets_forward_reference(
     :meth:`LayerNet.forward`)."""
     with torch.no_grad():
         return torch.stack([m(X).reshape(X.shape[0], -1) for m in modules])
+
+
+# ---------------------------------------------------------------------- compact specs
+def conv_module(
+    spec: str, in_shape: Sequence[int], n_classes: int, *, bias: bool = True,
+    activation: str = "tanh",
+) -> nn.Module:  # fmt: skip
+    """The ``nn.Sequential`` of a compact conv-net spec such as ``"8k5s2-16k5s2"``.
+
+    Each ``-``-separated token is a conv layer ``<channels>k<kernel>[s<stride>][p<padding>]``
+    (``1-D`` or ``2-D`` after ``in_shape``: ``(C, L)`` or ``(C, H, W)``), followed by the
+    activation; ``fc<width>`` tokens after the convs are hidden linear layers; the net ends in
+    flatten (before the first linear layer) and a linear layer to ``n_classes``.
+
+    Raises:
+        LayerNetError: a token that does not parse, or a conv that shrinks the input to nothing.
+    """
+    if activation not in ACTIVATIONS:
+        raise LayerNetError(f"unknown activation {activation!r}; choose one of "
+                            f"{', '.join(ACTIVATIONS)}")  # fmt: skip
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}[activation]
+    shape = tuple(int(s) for s in in_shape)
+    if len(shape) not in (2, 3):
+        raise LayerNetError(f"a conv net needs (C, L) or (C, H, W) inputs, got {shape}")
+    conv = nn.Conv1d if len(shape) == 2 else nn.Conv2d
+    layers: list[nn.Module] = []
+    c, fc = shape[0], False
+    x0 = torch.zeros(1, *shape)
+    for token in [t for t in spec.split("-") if t]:
+        m = _CONV_TOKEN.fullmatch(token)
+        f = _FC_TOKEN.fullmatch(token)
+        if m and not fc:
+            out, k = int(m["c"]), int(m["k"])
+            s, p = int(m["s"] or 1), int(m["p"] or 0)
+            layers += [conv(c, out, k, stride=s, padding=p, bias=bias), act()]
+            c = out
+        elif f:
+            if not fc:
+                layers.append(nn.Flatten())
+                fc = True
+            width = int(f["w"])
+            layers += [nn.LazyLinear(width, bias=bias), act()]
+        else:
+            raise LayerNetError(
+                f"bad conv spec token {token!r} in {spec!r}: use <channels>k<kernel>[s<stride>]"
+                f"[p<padding>] (e.g. 8k5s2), then fc<width> for hidden linear layers"
+            )
+        try:
+            nn.Sequential(*layers)(x0)
+        except RuntimeError:
+            raise LayerNetError(f"conv spec {spec!r}: {token} shrinks {shape} to nothing") from None
+    if not fc:
+        layers.append(nn.Flatten())
+    layers.append(nn.LazyLinear(n_classes, bias=bias))
+    net = nn.Sequential(*layers)
+    net(x0)  # materialise the lazy layers
+    return net
+
+
+_CONV_TOKEN = re.compile(r"(?P<c>\d+)k(?P<k>\d+)(?:s(?P<s>\d+))?(?:p(?P<p>\d+))?")
+_FC_TOKEN = re.compile(r"fc(?P<w>\d+)")
+
+
+def module_from_file(spec: str) -> nn.Module:
+    """An instance of ``Class`` from ``path/to/file.py:Class`` (built with no arguments)."""
+    import importlib.util
+    from pathlib import Path
+
+    path, _, name = spec.rpartition(":")
+    if not path or not name:
+        raise LayerNetError(f"--module takes FILE.py:CLASS, got {spec!r}")
+    if not Path(path).is_file():
+        raise LayerNetError(f"module file not found: {path}")
+    loader = importlib.util.spec_from_file_location(f"gnca_user_{Path(path).stem}", path)
+    if loader is None or loader.loader is None:
+        raise LayerNetError(f"cannot import {path}")
+    mod = importlib.util.module_from_spec(loader)
+    try:
+        loader.loader.exec_module(mod)
+    except Exception as err:
+        raise LayerNetError(f"importing {path} failed: {type(err).__name__}: {err}") from None
+    cls = getattr(mod, name, None)
+    if cls is None:
+        raise LayerNetError(f"{path} has no {name}")
+    try:
+        return cls()
+    except Exception as err:
+        raise LayerNetError(f"{name}() failed: {type(err).__name__}: {err}") from None

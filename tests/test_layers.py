@@ -245,3 +245,52 @@ def test_codes_tell_every_kernel_entry_apart_and_place_taps_on_one_continuum():
     assert c3[b, :4].abs().sum() == 0 and c3[b, 4:8].abs().sum() > 0
     with pytest.raises(ValueError, match="hidden_channels >= 20"):
         n3.codes(16)
+
+
+def test_a_module_is_an_architecture_for_the_weight_graph_and_task_forward(tmp_path):
+    from gnca import Architecture, WeightGraph
+    from gnca.forward import task_forward
+
+    torch.manual_seed(1)
+    m = ConvRes()
+    x = torch.randn(6, 1, 12, 12)
+    arch = Architecture.from_module(m, x)
+    graph = WeightGraph.from_architecture(arch)
+    got = task_forward(graph, arch.read_weights(m), x)  # (1, B, 10)
+    torch.testing.assert_close(got[0], m(x))
+    flat = task_forward(graph, arch.read_weights(m), x.flatten(1))  # the data's flat features
+    torch.testing.assert_close(flat[0], m(x))
+    batch = WeightGraph.replicate(arch, 2)
+    w = torch.cat([arch.read_weights(m), arch.read_weights(ConvRes())])
+    assert task_forward(batch, w, x).shape == (2, 6, 10)
+
+
+def test_compact_conv_specs_and_module_files_as_arch(tmp_path):
+    from gnca.archspec import CLIError, parse_arch
+    from gnca.layers import conv_module
+
+    m = conv_module("8k5s2p2-16k5s2p2", (1, 28, 28), 10)
+    assert sum(p.numel() for p in m.parameters()) == 11274  # 1-8-16 channels, k5, s2, linear
+    net = parse_arch("conv:8k5s2p2-16k5s2p2", 784, 10, True, (28, 28), "mnist")
+    assert net.num_weights == 11274 and net.in_shape == (1, 28, 28)
+    one_d = parse_arch("conv:4k5s2-fc16", 40, 10, True, None, "mnist1d")
+    assert one_d.in_shape == (1, 40) and one_d.num_outputs == 10
+    src = tmp_path / "mine.py"
+    src.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Mine(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.c = nn.Conv2d(1, 2, 3)\n"
+        "        self.fc = nn.Linear(2 * 6 * 6, 10)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(torch.flatten(torch.relu(self.c(x)), 1))\n"
+    )
+    mine = parse_arch(f"{src}:Mine", 64, 10, True, (8, 8), "digits")
+    assert mine.num_weights == 2 * 9 + 2 + 72 * 10 + 10
+    with pytest.raises(CLIError, match=r"and 10 output\(s\), but wine-like has 64 features and 3"):
+        parse_arch(f"{src}:Mine", 64, 3, True, (8, 8), "wine-like")
+    with pytest.raises(CLIError, match="bad conv spec token 'x3'"):
+        parse_arch("conv:x3", 64, 10, True, (8, 8))
+    with pytest.raises(CLIError, match="has no Nope"):
+        parse_arch(f"{src}:Nope", 64, 10, True, (8, 8))
