@@ -27,7 +27,7 @@ from sklearn.model_selection import train_test_split
 
 __all__ = ["DataError", "Dataset", "load_dataset", "load_mnist_idx", "DATASET_NAMES"]
 
-DATASET_NAMES: tuple[str, ...] = ("iris", "wine", "digits", "mnist", "csv")
+DATASET_NAMES: tuple[str, ...] = ("iris", "wine", "digits", "mnist", "mnist1d", "csv")
 _IMAGE_MAGIC = 2051
 _LABEL_MAGIC = 2049
 # The four standard MNIST files, in the order load_mnist_idx returns them.
@@ -436,12 +436,14 @@ def load_dataset(
     """Load, split and standardise a dataset.
 
     Args:
-        name: ``"iris"``, ``"wine"``, ``"digits"``, ``"mnist"`` or ``"csv"`` (case-insensitive).
+        name: ``"iris"``, ``"wine"``, ``"digits"``, ``"mnist"``, ``"mnist1d"`` (40-sample 1-D
+            signals of the ``mnist1d`` package, generated offline and cached) or ``"csv"``
+            (case-insensitive).
         data_dir: MNIST folder with the IDX files; default ``$GNCA_DATA``. Ignored otherwise.
         csv_path: CSV file for ``name="csv"`` (features first, label last, optional header).
         test_fraction: test share in (0, 1) for ``split="random"``.
-        split: ``"random"`` (seeded, stratified; MNIST pools all 70,000 images) or
-            ``"standard"`` (MNIST's own 60k/10k split; MNIST only).
+        split: ``"random"`` (seeded, stratified; MNIST pools all 70,000 images, mnist1d its
+            5,000) or ``"standard"`` (MNIST's own 60k/10k split, mnist1d's 4,000/1,000).
         seed: seed of the random split and of the ``max_train`` subsample.
         downsample: ``k``: ``k x k`` average pooling of images (digits, mnist) before
             standardising; ``H`` and ``W`` must be divisible by ``k``.
@@ -461,6 +463,9 @@ def load_dataset(
     if name == "mnist":
         train_x, train_y, test_x, test_y = _mnist_split(data_dir, split, test_fraction, seed)
         scale, n_classes = 255.0, 10
+    elif name == "mnist1d":
+        train_x, train_y, test_x, test_y = _mnist1d_split(split, test_fraction, seed)
+        n_classes = 10
     else:
         x, y, class_names = _read_table(name, csv_path)
         n_classes = len(class_names) if class_names is not None else int(y.max()) + 1
@@ -491,11 +496,13 @@ def _check_options(
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     name = name.strip().lower()
     if split not in ("random", "standard"):
-        raise DataError(f"unknown split {split!r}; use 'random' or 'standard' (mnist only)")
-    if split == "standard" and name != "mnist":
         raise DataError(
-            f"split='standard' only exists for mnist (its 60k/10k split); use split='random' "
-            f"for {name}"
+            f"unknown split {split!r}; use 'random' or 'standard' (mnist and mnist1d only)"
+        )
+    if split == "standard" and name not in ("mnist", "mnist1d"):
+        raise DataError(
+            f"split='standard' only exists for mnist (its 60k/10k split) and mnist1d (4,000/"
+            f"1,000); use split='random' for {name}"
         )
     if (
         isinstance(test_fraction, bool)
@@ -512,6 +519,51 @@ def _check_options(
             f"downsample={k} only applies to image datasets (digits, mnist), not {name}; use 1"
         )
     return name, float(test_fraction), seed, k, max_train
+
+
+def _mnist1d_split(
+    split: str, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """mnist1d's signals and labels: its standard 4,000/1,000 split, as its package generates it
+    with its default arguments (cached in gnca's cache folder), or a seeded stratified split of
+    all 5,000."""
+    d = _mnist1d_arrays()
+    if split == "standard":
+        return d["x"], d["y"], d["x_test"], d["y_test"]
+    x = np.concatenate([d["x"], d["x_test"]])
+    y = np.concatenate([d["y"], d["y_test"]])
+    tr, te = _random_split(y, test_fraction, seed, "mnist1d")
+    return x[tr], y[tr], x[te], y[te]
+
+
+def _mnist1d_arrays() -> dict[str, np.ndarray]:
+    """The default mnist1d dataset (``x (4000, 40)``, ``y``, ``x_test (1000, 40)``, ``y_test``),
+    generated once by the ``mnist1d`` package and cached as ``mnist1d.npz``."""
+    import pooch
+
+    cache = Path(os.environ.get("GNCA_CACHE") or pooch.os_cache("gnca"))
+    path = cache / "mnist1d.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise DataError(
+            "dataset mnist1d needs the mnist1d package: pip install 'gnca[mnist1d]'"
+        ) from None
+    made = make_dataset(get_dataset_args())
+    out = {
+        "x": np.asarray(made["x"], dtype=np.float32),
+        "y": np.asarray(made["y"], dtype=np.int64),
+        "x_test": np.asarray(made["x_test"], dtype=np.float32),
+        "y_test": np.asarray(made["y_test"], dtype=np.int64),
+    }
+    cache.mkdir(parents=True, exist_ok=True)
+    from gnca.files import atomic_write
+
+    atomic_write(path, lambda f: np.savez(f, **out))
+    return out
 
 
 def _mnist_split(

@@ -503,3 +503,17 @@ def test_csv_missing_path(tmp_path: Path) -> None:
         load_dataset("csv", csv_path=tmp_path / "nope.csv")
     with pytest.raises(DataError, match="needs a file: pass data.csv_path"):
         load_dataset("csv")
+
+
+def test_mnist1d_standard_split_is_generated_once_and_cached(tmp_path, monkeypatch):
+    pytest.importorskip("mnist1d")
+    monkeypatch.setenv("GNCA_CACHE", str(tmp_path))
+    d = load_dataset("mnist1d", split="standard")
+    assert d.X_train.shape == (4000, 40) and d.X_test.shape == (1000, 40)
+    assert d.n_classes == 10 and d.image_shape is None
+    assert sorted(torch.unique(d.y_train).tolist()) == list(range(10))
+    assert (tmp_path / "mnist1d.npz").is_file()
+    again = load_dataset("mnist1d", split="standard")  # from the cache
+    assert torch.equal(again.X_train, d.X_train) and torch.equal(again.y_test, d.y_test)
+    pooled = load_dataset("mnist1d", test_fraction=0.2, seed=1)
+    assert pooled.X_train.shape == (4000, 40) and pooled.X_test.shape == (1000, 40)
