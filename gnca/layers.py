@@ -283,8 +283,17 @@ class LayerNet:
         return vals[self.ops[-1].out if self.ops else 0].reshape(g, b, -1)
 
     # ------------------------------------------------------------------ identity codes
-    def codes(self, hidden_channels: int, freqs: int = 2) -> torch.Tensor:
-        """``(E, C)`` identity codes: what a data-free rule knows of each weight's place.
+    def codes(
+        self,
+        hidden_channels: int,
+        freqs: int = 2,
+        *,
+        copies: int = 1,
+        jitter: float = 0.0,
+        fraction: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``(copies * E, C)`` identity codes: what a data-free rule knows of a weight's place.
 
         Positions are taken in ``(0, 1)`` as ``(index + 0.5) / count`` (in-channel, out-channel,
         and each axis of the tap within its kernel or flattened map), so that a kernel of an
@@ -292,29 +301,46 @@ class LayerNet:
         Layout, with ``f = freqs``: ``sin, cos`` of ``2^j * pi * pos`` (``j < f``) for the
         in-channel (``2f``), the out-channel (``2f``) and both tap axes (``4f``); then the
         layer's depth ``(layer + 0.5) / layers``, a bias flag, a first-layer flag and a
-        last-layer flag; zeros after. Needs ``C >= 8f + 4``.
+        last-layer flag; zeros after. Needs ``C >= 8f + 4``. A bias keeps its out-channel code
+        only.
+
+        ``jitter`` in ``[0, 1]`` (meta-training seeds): each hidden unit's channel index moves
+        by up to ``jitter / 2``, one draw per unit and net from ``generator``, in a ``fraction``
+        of the nets (the first ``round(fraction * copies)``), as ``task.code_jitter`` does for
+        MLP neurons.
         """
         need = 8 * freqs + 4
         if hidden_channels < need:
             raise ValueError(f"layer codes with freqs={freqs} need hidden_channels >= {need}, "
                              f"got {hidden_channels}")  # fmt: skip
-        pos = np.concatenate([(self.place + 0.5) / self.place_count,
-                              (self.tap + 0.5) / self.tap_extent], 1)  # fmt: skip  # (E, 4)
-        pos = torch.as_tensor(pos, dtype=torch.float32)
+        e = self.num_weights
+        place = torch.as_tensor(self.place, dtype=torch.float32).expand(copies, e, 2)
+        if jitter > 0:
+            moved = round(fraction * copies)
+            shift = (torch.rand(copies, self.num_units, generator=generator) - 0.5) * jitter
+            hidden = torch.as_tensor(self.unit_kind == HIDDEN)
+            shift = shift * hidden * (torch.arange(copies) < moved)[:, None]  # (copies, units)
+            ends = torch.as_tensor(np.stack([self.src, self.dst], 1))  # (E, 2)
+            place = place + shift[:, ends] * torch.as_tensor(~self.is_bias)[None, :, None]
+        count = torch.as_tensor(self.place_count, dtype=torch.float32)
+        taps = (torch.as_tensor(self.tap, dtype=torch.float32) + 0.5) / torch.as_tensor(
+            self.tap_extent, dtype=torch.float32
+        )
+        pos = torch.cat([(place + 0.5) / count, taps.expand(copies, e, 2)], 2)  # (copies, E, 4)
         scale = torch.pi * 2.0 ** torch.arange(freqs, dtype=torch.float32)  # (f,)
-        ang = pos[:, :, None] * scale  # (E, 4, f)
-        waves = torch.cat([ang.sin(), ang.cos()], 2)  # (E, 4, 2f)
+        ang = pos[..., None] * scale  # (copies, E, 4, f)
+        waves = torch.cat([ang.sin(), ang.cos()], 3)  # (copies, E, 4, 2f)
         n_layers = int(self.layer.max()) + 1
         layer = torch.as_tensor(self.layer, dtype=torch.float32)
         bias = torch.as_tensor(self.is_bias, dtype=torch.float32)
-        keep = torch.ones(self.num_weights, 4, 1)
+        keep = torch.ones(e, 4, 1)
         keep[:, [0, 2, 3]] = (1 - bias)[:, None, None]  # a bias has no in-channel or tap
-        waves = (waves * keep).reshape(self.num_weights, -1)  # (E, 8f)
+        waves = (waves * keep).reshape(copies, e, -1)  # (copies, E, 8f)
         flags = torch.stack(
             [(layer + 0.5) / n_layers, bias, (layer == 0).float(), (layer == n_layers - 1).float()],
             1,
         )
-        out = torch.cat([waves, flags], 1)
+        out = torch.cat([waves, flags.expand(copies, e, 4)], 2).reshape(copies * e, -1)
         return F.pad(out, (0, hidden_channels - need))
 
     # ------------------------------------------------------------------ weight graph

@@ -409,6 +409,11 @@ class SenseReader:
 
     def __call__(self, graph: Data, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """``(E, S)`` senses of the nets ``(w, h)`` on a fresh training batch."""
+        if getattr(graph, "layer_net", None) is not None:
+            raise ValueError(
+                "a rule that reads data (rule.senses) cannot grow layer nets yet; use a "
+                "data-free rule for conv and residual nets"
+            )
         X, y = self.batch(w.device)
         aug, mask = self.augment, None
         if aug is not None:

@@ -244,6 +244,13 @@ def _codes(
     """``(E, C)`` identity codes of :func:`identity_codes`: the in-neuron code, the out-neuron
     code (hidden neurons' replaced by random codes with ``neuron_codes="random"``), the flags
     and zeros."""
+    nets = getattr(graph, "layer_net", None)
+    if nets is not None:  # a layer net (gnca/layers.py): channel, tap and layer codes
+        net = nets[0] if isinstance(nets, list) else nets
+        codes = net.codes(hidden_channels, spec.code_freqs, copies=num_graphs(graph),
+                          jitter=spec.code_jitter, fraction=spec.code_jitter_fraction,
+                          generator=generator)  # fmt: skip
+        return codes.to(torch.get_default_dtype()).to(graph.src.device)
     f, g = _check_codes(spec, hidden_channels)
     drawn = spec.code_jitter > 0 or spec.neuron_codes == "random"
     copies = num_graphs(graph)

@@ -294,3 +294,55 @@ def test_compact_conv_specs_and_module_files_as_arch(tmp_path):
         parse_arch("conv:x3", 64, 10, True, (8, 8))
     with pytest.raises(CLIError, match="has no Nope"):
         parse_arch(f"{src}:Nope", 64, 10, True, (8, 8))
+
+
+def test_a_rule_that_reads_data_refuses_layer_nets_in_one_line():
+    from gnca import LocalRule
+    from gnca.data import load_dataset
+    from gnca.task import Task
+    from gnca.trainer import MetaTrainer
+
+    task = Task(load_dataset("digits"))
+    net = LayerNet.from_module(
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 10)), torch.zeros(2, 1, 8, 8)
+    )
+    with pytest.raises(ValueError, match="cannot grow layer nets yet"):
+        MetaTrainer(LocalRule(24, senses=["act"]), task, [net])
+
+
+def test_a_data_free_rule_meta_trains_and_grows_conv_nets():
+    """Two meta-steps on conv nets with identity codes run, change the rule and grow an unseen
+    kernel size (no accuracy is claimed here: examples/conv_digits.py measures it)."""
+    from gnca import LocalRule
+    from gnca.archspec import parse_arch
+    from gnca.config import PoolConfig, TrainConfig
+    from gnca.data import load_dataset
+    from gnca.state import InitSpec
+    from gnca.task import Task
+    from gnca.trainer import MetaTrainer
+
+    task = Task(load_dataset("digits"))
+
+    def arch(spec: str) -> LayerNet:
+        return parse_arch("conv:" + spec, 64, 10, True, (8, 8), "digits")
+
+    torch.manual_seed(0)
+    trainer = MetaTrainer(
+        LocalRule(24, widths=[32]),
+        task,
+        [arch("2k3p1-4k3s2p1"), arch("2k5p2-4k5s2p2")],
+        train=TrainConfig(steps=2, batch_size=2, k_min=2, k_max=3, device="cpu", eval_nets=2),
+        pool=PoolConfig(size=4, fresh=1),
+        init=InitSpec(init="codes"),
+        seed_init=InitSpec(init="codes", code_jitter=1.0),
+    )
+    before = [p.detach().clone() for p in trainer.rule.parameters()]
+    for _ in range(2):
+        s = trainer.meta_step()
+        assert not s.skipped and torch.isfinite(torch.tensor(s.loss))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, trainer.rule.parameters(), strict=True)
+    )
+    table = trainer.evaluate(num=2, horizons=(2, 3), unseen=[arch("2k4p2-4k4s2p1")])
+    assert any(k.endswith("[unseen]") for k in table)
+    assert all(0.0 <= v["mean"] <= 1.0 for row in table.values() for v in row.values())
