@@ -22,17 +22,12 @@ from gnca.architecture import Architecture
 from gnca.archspec import HIDDEN_PREFIX, CLIError, mlp_sizes, parse_arch  # noqa: E402,F401
 from gnca.cliargs import (
     Parser,
-    fraction,
     http_url,
     int_list,
-    nonneg_float,
     nonneg_int,
     positive_int,
     seconds,
     seed,
-    seed_list,
-    set_types,
-    target,
 )
 from gnca.heap import keep_heap
 
@@ -521,28 +516,6 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
-#: The ``type=`` of every numeric flag of ``gnca experiment ...`` (registered by
-#: :func:`gnca.experiments.cli.add_experiment_parser`), by option name.
-EXPERIMENT_TYPES = {
-    "--num": positive_int,
-    "--seed": seed,
-    "--horizon-mult": positive_int,
-    "--split-seed": seed,
-    "--tolerance": nonneg_float,
-    "--zero-outs": positive_int,
-    "--every": positive_int,
-    "--fraction": fraction,
-    "--tail": nonneg_int,
-    "--search-mult": positive_int,
-    "--steps": nonneg_int,  # generalization: 0 rule steps grows nothing (the initial nets)
-    "--chunk": positive_int,
-    "--depths": int_list(1, unique=True),
-    "--widths": int_list(1, unique=True),
-    "--seeds": seed_list,
-    "--target": target,
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``gnca`` parser: one helper per subcommand, registered in the order of ``--help``."""
     p = Parser(
@@ -558,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     from gnca.experiments.cli import add_experiment_parser
 
-    set_types(add_experiment_parser(sub, _common), EXPERIMENT_TYPES)
+    add_experiment_parser(sub, _common)
     return p
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "seconds",
     "seed",
     "seed_list",
-    "set_types",
     "target",
 ]
 
@@ -240,15 +239,3 @@ def iter_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentP
                 if id(sub) not in seen:  # aliases map several names to one parser
                     seen.add(id(sub))
                     yield from iter_parsers(sub)
-
-
-def set_types(
-    parser: argparse.ArgumentParser, types: Mapping[str, Callable[[str], object]]
-) -> None:
-    """Give every option named in ``types`` (e.g. ``"--num"``), in ``parser`` and all its
-    subcommands, that ``type=``; for parsers registered elsewhere (``gnca experiment``)."""
-    for sub in iter_parsers(parser):
-        for action in sub._actions:
-            for flag in action.option_strings:
-                if flag in types:
-                    action.type = types[flag]

@@ -134,11 +134,11 @@ def test_gnca_data_is_the_fallback_of_a_checkpoint(capsys, tmp_path, monkeypatch
 
 
 def test_experiment_data_dir_flag_beats_the_config(tmp_path) -> None:
-    from gnca.experiments.cli import _config
+    from gnca.experiments.command import read_config
 
-    cfg = _config(
+    cfg = read_config(
         str(REPO / "configs" / "mnist_fast.yaml"), [f"data.data_dir={tmp_path / 'cfg'}"], "flag"
     )
     assert cfg is not None and cfg.data.data_dir == "flag"
-    cfg = _config(str(REPO / "configs" / "mnist_fast.yaml"), [], None)
+    cfg = read_config(str(REPO / "configs" / "mnist_fast.yaml"), [], None)
     assert cfg is not None and cfg.data.data_dir is None

@@ -19,7 +19,7 @@ from gnca.cli import main
 from gnca.config import load_config
 from gnca.experiments import RuleSource, run_generalization, run_robustness, run_stability
 from gnca.experiments.generalization import grid_sizes
-from gnca.experiments.plots import plot_heatmap
+from gnca.experiments.generalization import plot as plot_heatmap
 from gnca.experiments.stability import band_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -334,3 +334,26 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         == 2
     )
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_every_experiment_module_owns_its_parser_run_headline_and_figure():
+    """``gnca experiment NAME`` is one module: the registry names it, the module has the rest
+    (its flags with their types, its run, its headline over seeds, its figure)."""
+    import ast
+    import inspect
+
+    from gnca.experiments.cli import EXPERIMENTS
+
+    for name, module in EXPERIMENTS.items():
+        for attr in ("HELP", "DESCRIPTION", "CHECKPOINT_HELP"):
+            assert isinstance(getattr(module, attr), str) and getattr(module, attr), (name, attr)
+        for attr in ("add_arguments", "main", "headline", f"run_{name}"):
+            assert callable(getattr(module, attr)), (name, attr)
+        if name != "transfer":  # transfer writes tables only
+            assert callable(module.plot), name
+    package = Path(inspect.getfile(EXPERIMENTS["stability"])).parent
+    for path in sorted(package.glob("*.py")):
+        names = {
+            n.attr for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)
+        }
+        assert "_actions" not in names, path.name  # flags are typed where they are added

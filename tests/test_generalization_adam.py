@@ -136,7 +136,7 @@ def test_adam_option_errors_are_one_line(plain, tmp_path, capsys):
 
 
 def test_heatmap_second_panel(tmp_path):
-    from gnca.experiments.plots import plot_heatmap
+    from gnca.experiments.generalization import plot as plot_heatmap
 
     values = np.array([[0.9, 0.8], [0.7, np.nan]])
     diff = np.array([[0.05, -0.2], [0.0, np.nan]])

@@ -12,7 +12,8 @@ from gnca.cli import main
 from gnca.config import load_config
 from gnca.data import load_dataset
 from gnca.experiments.common import RuleSource
-from gnca.experiments.learning import permutations, run_learning, run_transfer
+from gnca.experiments.learning import permutations, run_learning
+from gnca.experiments.transfer import run_transfer
 from gnca.task import Task
 
 ROOT = Path(__file__).resolve().parents[1]

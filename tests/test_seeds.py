@@ -14,7 +14,8 @@ from conftest import TINY_TRAIN  # noqa: E402
 
 from gnca.cli import main
 from gnca.cliargs import seed_list, target
-from gnca.experiments.seeds import Headline, aggregate, headline, verdict
+from gnca.experiments import robustness
+from gnca.experiments.seeds import Headline, aggregate, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_TRAIN
@@ -266,7 +267,7 @@ def test_headline_of_a_robustness_summary():
         {"rule": "no-damage", "min_recovery": 0.4, "mean_recovery": 0.5, "zero_outs_recovered": 0,
          "zero_outs": 2, "pre_damage_test_acc": 0.9, "final_test_acc": 0.3},
     ]  # fmt: skip
-    h = headline({"experiment": "robustness", "table": rows, "threshold": 0.95})
+    h = robustness.headline({"experiment": "robustness", "table": rows, "threshold": 0.95})
     assert h.metrics["damage.min_recovery"] == (0.97, "higher")
     assert list(h.claims.values()) == [True, True]
     assert "min_recovery >= 0.95" in next(iter(h.claims))

@@ -10,7 +10,9 @@ Each ``run_*`` function is a protocol (what it grows, measures and tabulates) on
 :class:`~gnca.experiments.runner.ExperimentRun`, which does what they share (option checks, the
 output folder, obtaining the rules, seeded growth, clocks, ``summary.json``). Each writes a
 Markdown table, CSV files, a PNG and ``summary.json`` into an output folder and returns the
-summary; ``gnca experiment ...`` (:mod:`gnca.experiments.cli`) is the command line, and
+summary. An experiment is one module: its protocol, its flags and command (``add_arguments``,
+``main``), its headline metrics over seeds (``headline``) and its figure (``plot``);
+:mod:`gnca.experiments.cli` registers them as ``gnca experiment NAME``, and
 :mod:`gnca.experiments.seeds` summarises one experiment over several meta-training seeds
 (``--seeds``).
 """

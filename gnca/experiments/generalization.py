@@ -18,6 +18,7 @@ cached in ``out/adam/<architecture>.json``, keyed by everything it depends on, a
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,10 +27,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from gnca.cliargs import int_list, nonneg_int, positive_int
 from gnca.config import config_to_dict
-from gnca.experiments.adam_baseline import AdamSettings, adam_cell, cached_adam_cell
+from gnca.experiments.adam_baseline import (
+    AdamSettings,
+    adam_cell,
+    cached_adam_cell,
+    lr_list,
+    parse_lrs,
+)
+from gnca.experiments.command import device_of, out_folder, parse_ints, print_report, rule_sources
 from gnca.experiments.common import RuleSource, TrainedRule, md_table, mean_std, rule_info
 from gnca.experiments.runner import ExperimentRun
+from gnca.experiments.seeds import HIGHER, Headline, optional_float
 
 #: default budget of weight-cells grown at once (nets are split into chunks to respect it)
 WEIGHT_BUDGET = 1_000_000
@@ -44,8 +54,6 @@ def _figure_and_tables(run, values, adam_values, depths, widths, trained_cells, 
                        adam_info, adam, name: str, num: int, steps: int):  # fmt: skip
     """``generalization.png`` (with the grown-minus-Adam panel) and ``generalization.md``;
     returns the figure's path."""
-    from gnca.experiments.plots import plot_heatmap
-
     title = (
         f"{name}: mean test accuracy of {num} grown nets\n"
         f"after {steps} rule steps (red: training architectures)"
@@ -58,8 +66,7 @@ def _figure_and_tables(run, values, adam_values, depths, widths, trained_cells, 
         f"seen per net, lr tuned on a validation fifth)"
     )
     diff = values - adam_values if adam_values is not None else None
-    plot_heatmap(values, depths, widths, trained_cells, png, title, diff=diff,
-                 diff_title=diff_title)  # fmt: skip
+    plot(values, depths, widths, trained_cells, png, title, diff=diff, diff_title=diff_title)
     md = generalization_markdown(values, depths, widths, trained_cells, rows, overview)
     if adam is not None and diff is not None:
         md += "\n\n" + adam_markdown(adam_values, diff, depths, widths, trained_cells, rows,
@@ -361,8 +368,12 @@ def adam_key(
             "bias": tr.task.bias,
         },
         # the key names of caches written before InitSpec took the config's names
-        "init": {"kind": init.init, "scale": init.init_scale, "seed": init.init_seed,
-                 "noise": init.init_noise},  # fmt: skip
+        "init": {
+            "kind": init.init,
+            "scale": init.init_scale,
+            "seed": init.init_seed,
+            "noise": init.init_noise,
+        },  # fmt: skip
         "device": device.type,
     }
 
@@ -495,3 +506,206 @@ def adam_markdown(
         + f" ({len(ahead)} of {len(rows)})."
     )
     return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------- command line
+HELP = "heatmap of grown-net accuracy over MLP depths x widths (MNIST, Iris)"
+DESCRIPTION = (
+    "Grow nets of every MLP of a grid of depths (hidden layers) and widths; heatmap of mean test "
+    "accuracy, training architectures outlined in red."
+)
+CHECKPOINT_HELP = "checkpoint of the rule (instead of meta-training --config)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``gnca experiment generalization`` after the shared ones."""
+    cells = int_list(1, unique=True)
+    parser.add_argument(
+        "--depths", type=cells, default="1,2,3", help="hidden layers per grid row (1,2,3)"
+    )
+    parser.add_argument(
+        "--widths", type=cells, default="16,32,64,128", help="hidden widths (16,32,64,128)"
+    )
+    # 0 rule steps grows nothing (the initial nets)
+    parser.add_argument(
+        "--steps", type=nonneg_int, default=None, help="rule steps (default: k_max)"
+    )
+    parser.add_argument(
+        "--chunk", type=positive_int, default=None, help="nets grown at once (default: auto)"
+    )
+    parser.add_argument(
+        "--adam",
+        action="store_true",
+        help="add an Adam baseline per architecture (same split and task-net conventions; "
+        "cached in <out>/adam): CSV columns, grids of Adam and grown minus Adam, a second panel",
+    )
+    parser.add_argument(
+        "--adam-examples",
+        type=positive_int,
+        default=25_600,
+        help="Adam's budget: training examples seen per net (25600 = 100 steps of 256)",
+    )
+    parser.add_argument(
+        "--adam-batch", type=positive_int, default=256, help="examples per Adam step (256)"
+    )
+    parser.add_argument(
+        "--adam-lrs",
+        type=lr_list,
+        default="1e-3,3e-3,1e-2,3e-2",
+        help="Adam learning rates tried, the best on the last fifth of the training split "
+        "(1e-3,3e-3,1e-2,3e-2)",
+    )
+    parser.add_argument(
+        "--adam-nets", type=positive_int, default=10, help="nets Adam trains per architecture (10)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """``gnca experiment generalization``: one run of :func:`run_generalization`."""
+    adam = None
+    if args.adam:
+        adam = AdamSettings(
+            examples=args.adam_examples,
+            batch=args.adam_batch,
+            lrs=parse_lrs(args.adam_lrs),
+            nets=args.adam_nets,
+        )
+    cfg, rule, _ = rule_sources(args, "generalization", ("rule", ""))
+    out = out_folder(args, "generalization", cfg, args.checkpoint)
+    summary = run_generalization(
+        rule,
+        out,
+        depths=parse_ints(args.depths, "--depths"),
+        widths=parse_ints(args.widths, "--widths"),
+        num=args.num,
+        steps=args.steps,
+        seed=args.seed,
+        device=device_of(args, cfg),
+        chunk=args.chunk,
+        retrain=args.retrain,
+        progress=not args.no_progress,
+        adam=adam,
+    )
+    print_report(summary, out, "generalization.md", "generalization.png")
+    return 0
+
+
+# ---------------------------------------------------------------------- --seeds
+def headline(s: dict[str, Any]) -> Headline:
+    """The metrics of one run's ``summary.json`` that ``--seeds`` compares."""
+    h = Headline()
+    for key in ("seen_mean", "seen_min", "unseen_mean", "unseen_min"):
+        h.metrics[key] = (optional_float(s.get(key)), HIGHER)
+    cells = [v for row in s["grid"] for v in row]
+    h.metrics["worst_cell"] = (min(cells) if cells else None, HIGHER)
+    return h
+
+
+# ---------------------------------------------------------------------- figure
+def plot(
+    values: np.ndarray,
+    depths: Sequence[int],
+    widths: Sequence[int],
+    trained: Sequence[tuple[int, int]],
+    path: Path,
+    title: str = "",
+    *,
+    diff: np.ndarray | None = None,
+    diff_title: str = "",
+) -> list[tuple[int, int]]:
+    """Heatmap of mean accuracy, rows = hidden layers, columns = width; training cells in red.
+
+    Args:
+        values: ``(len(depths), len(widths))`` mean test accuracy.
+        depths: number of hidden layers of each row.
+        widths: hidden width of each column.
+        trained: ``(row, column)`` cells of the training architectures.
+        path: the PNG to write.
+        title: figure title.
+        diff: optional ``(len(depths), len(widths))`` differences (e.g. grown minus Adam), drawn
+            as a second panel on a diverging colormap centred at 0 (symmetric limits), the same
+            cells outlined in red.
+        diff_title: the second panel's title.
+
+    Returns:
+        The outlined ``(row, column)`` cells, in the order drawn (the same in both panels).
+    """
+    values = np.asarray(values, dtype=float)
+    shape = (len(depths), len(widths))
+    if values.shape != shape:
+        raise ValueError(f"values has shape {values.shape}, expected {shape}")
+    if diff is not None:
+        diff = np.asarray(diff, dtype=float)
+        if diff.shape != shape:
+            raise ValueError(f"diff has shape {diff.shape}, expected {shape}")
+    from gnca.experiments.plots import pyplot
+
+    plt = pyplot()
+    size = (1.2 * len(widths) + 2.5, 0.9 * len(depths) + 1.8)
+    if diff is None:
+        fig, ax = plt.subplots(figsize=size)
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(2 * size[0], size[1] + 0.3))
+    outlined = _heatmap_panel(
+        fig, axes[0], values, depths, widths, trained, title, "viridis", 0.0, 1.0,
+        lambda v: f"{v:.3f}", lambda v: v > 0.6, "mean test accuracy",
+    )  # fmt: skip
+    if diff is not None:
+        finite = np.abs(diff[np.isfinite(diff)])
+        lim = float(finite.max()) if finite.size and finite.max() > 0 else 0.01
+        _heatmap_panel(
+            fig, axes[1], diff, depths, widths, trained, diff_title, "BrBG", -lim, lim,
+            lambda v: f"{v:+.3f}", lambda v: abs(v) < 0.6 * lim, "grown minus Adam",
+        )  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return outlined
+
+
+def _heatmap_panel(
+    fig,
+    ax,
+    values: np.ndarray,
+    depths: Sequence[int],
+    widths: Sequence[int],
+    trained: Sequence[tuple[int, int]],
+    title: str,
+    cmap: str,
+    vmin: float,
+    vmax: float,
+    fmt,
+    light,
+    label: str,
+) -> list[tuple[int, int]]:
+    """One heatmap panel: cell values as text (black on light cells), training cells in red."""
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    for r in range(len(depths)):
+        for c in range(len(widths)):
+            v = values[r, c]
+            ax.text(
+                c,
+                r,
+                "-" if np.isnan(v) else fmt(v),
+                ha="center",
+                va="center",
+                color="black" if light(v) else "white",
+                fontsize=9,
+            )
+    from matplotlib.patches import Rectangle
+
+    outlined = []
+    for r, c in trained:
+        ax.add_patch(
+            Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5, zorder=3)
+        )
+        outlined.append((r, c))
+    ax.set_xticks(range(len(widths)), [str(w) for w in widths])
+    ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+    ax.set_xlabel("hidden width")
+    ax.set_ylabel("hidden layers")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label=label)
+    return outlined

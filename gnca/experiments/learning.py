@@ -20,6 +20,7 @@ Outputs in ``out``: ``learning.md``, ``learning.csv`` (one row per measurement),
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,12 @@ import torch
 
 from gnca.architecture import OUTPUT
 from gnca.build import TrainedRule
+from gnca.cliargs import positive_int
 from gnca.experiments.adam_baseline import ADAM_LRS, adam, tuned_adam  # noqa: F401 (re-exported)
-from gnca.experiments.common import (
-    ExperimentError,
-    RuleSource,
-    md_table,
-    mean_std,
-    write_csv,
-)
+from gnca.experiments.command import device_of, out_folder, print_report, rule_sources
+from gnca.experiments.common import ExperimentError, RuleSource, md_table, mean_std, write_csv
 from gnca.experiments.runner import ExperimentRun
+from gnca.experiments.seeds import HIGHER, Headline, optional_float
 from gnca.graph import WeightGraph
 from gnca.grow import grow
 from gnca.senses import SenseReader
@@ -228,14 +226,88 @@ def _write_learning(out: Path, rows, curves, record, head, tr, num: int, k: int,
         f"(examples seen per net: {head['examples_seen']}; Adam lr {lr_o:g} / {lr_f:g})\n"
         f"- past the horizon: peak {head['peak']:.3f}, at {mult}K {head['at_end']:.3f}\n"
     )
-    _plot(curves, record, k, out / "learning.png", tr.task.name)
+    plot(curves, record, k, out / "learning.png", tr.task.name)
 
 
-def _plot(curves: dict[str, torch.Tensor], steps: list[int], k: int, path: Path, name: str):
-    import matplotlib
+# ---------------------------------------------------------------------- command line
+HELP = "a rule that reads data, on label permutations never seen in meta-training"
+DESCRIPTION = (
+    "Grow nets with a data-reading rule (rule.senses) on held-out label permutations and on the "
+    "plain labels; compare with a data-free rule, with the grown nets' hidden layers reset, and "
+    "with Adam (output layer only / all layers) at equal examples seen; accuracy far past the "
+    "horizon."
+)
+CHECKPOINT_HELP = "checkpoint of the data-reading rule (instead of meta-training --config)"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``gnca experiment learning`` after the shared ones."""
+    parser.add_argument("--datafree-config", help="config of the data-free control rule")
+    parser.add_argument("--datafree-checkpoint", help="checkpoint of the data-free control rule")
+    parser.add_argument(
+        "--horizon-mult",
+        type=positive_int,
+        default=10,
+        help="rule steps grown, in units of k_max (10)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """``gnca experiment learning``: one run of :func:`run_learning`."""
+    cfg, rule, control = rule_sources(
+        args,
+        "learning",
+        ("senses", "data-free"),
+        control=(args.datafree_config, args.datafree_checkpoint, "", {}),
+        skip_control=args.datafree_config is None and args.datafree_checkpoint is None,
+    )
+    out = out_folder(args, "learning", cfg, args.checkpoint)
+    summary = run_learning(
+        rule,
+        control,
+        out,
+        num=args.num,
+        horizon_mult=args.horizon_mult,
+        seed=args.seed,
+        device=device_of(args, cfg),
+        retrain=args.retrain,
+        progress=not args.no_progress,
+    )
+    print_report(summary, out, "learning.md", "learning.png")
+    return 0
+
+
+# ---------------------------------------------------------------------- --seeds
+#: The headline keys of a run and which direction is better (``None``: a baseline).
+BETTER = {
+    "permuted_over_unpermuted": HIGHER,
+    "accuracy_permuted": HIGHER,
+    "accuracy_unpermuted": HIGHER,
+    "accuracy_hidden_reset": None,
+    "adam_output_only": None,
+    "adam_all_layers": None,
+    "gap_closed": HIGHER,
+    "peak": HIGHER,
+    "at_end": HIGHER,
+    "end_minus_peak": HIGHER,
+}
+
+
+def headline(s: dict[str, Any]) -> Headline:
+    """The metrics of one run's ``summary.json`` that ``--seeds`` compares."""
+    h = Headline()
+    for key, value in s["headline"].items():
+        if key in BETTER:
+            h.metrics[key] = (optional_float(value), BETTER[key])
+    return h
+
+
+# ---------------------------------------------------------------------- figure
+def plot(curves: dict[str, torch.Tensor], steps: list[int], k: int, path: Path, name: str) -> None:
+    """Mean test accuracy against rule steps, one line per curve, the horizon ``k`` dotted."""
+    from gnca.experiments.plots import pyplot
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, c in curves.items():
@@ -249,68 +321,3 @@ def _plot(curves: dict[str, torch.Tensor], steps: list[int], k: int, path: Path,
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def run_transfer(
-    source: RuleSource,
-    task: Task,
-    archs: list,
-    out: str | Path,
-    *,
-    num: int = 100,
-    horizon_mult: int = 10,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Grow nets on data the rule never met in meta-training, against Adam and the majority.
-
-    For every architecture: the grown nets' test accuracy at ``K`` and ``horizon_mult * K``;
-    Adam on all layers from the same initial nets with as many examples seen (``K`` steps of
-    ``rule.sense_batch``; the learning rate picked on a validation part of the training split);
-    the majority class of the training split. Outputs: ``transfer.md``, ``transfer.csv``,
-    ``summary.json``.
-    """
-    run = ExperimentRun("transfer", out, device=device, progress=progress,
-                        checks=[(num < 1 or horizon_mult < 1,
-                                 "num and horizon_mult must be >= 1")])  # fmt: skip
-    out, device = run.out, run.device
-    (tr,) = run.obtain(source)
-    if not tr.rule.senses:
-        raise ExperimentError(
-            f"rule {source.label!r} reads no data (rule.senses is empty): it cannot learn "
-            f"{task.name}; the transfer experiment needs a rule with senses"
-        )
-    k = tr.cfg.train.k_max
-    total = horizon_mult * k
-    _, y_tr = task.split("train", device)
-    X_te, y_te = task.split("test", device)
-    majority = float((y_te == torch.bincount(y_tr).argmax()).float().mean())
-    rows = []
-    for arch in archs:
-        at = sorted({k, total})
-        _, curve = grow_on(tr, None, total, record=at, seed=seed, num=num, task=task, arch=arch)
-        graph, w0 = initial_weights(tr, num, seed, arch)
-        lr, w_adam = tuned_adam(task, graph, w0, torch.ones(w0.shape[0], dtype=torch.bool,
-                                device=w0.device), k, tr.cfg.rule.sense_batch, seed)  # fmt: skip
-        adam_acc = task.accuracy(graph, w_adam, X_te, y_te)
-        g_k, g_end = mean_std(curve[0])[0], mean_std(curve[-1])[0]
-        a_m = mean_std(adam_acc)[0]
-        rows.append({
-            "dataset": task.name, "architecture": arch.describe(), "grown_at_K": g_k,
-            f"grown_at_{horizon_mult}K": g_end, "adam": a_m, "adam_lr": lr,
-            "grown_minus_adam": g_k - a_m, "majority": majority,
-            "examples_seen": k * tr.cfg.rule.sense_batch,
-        })  # fmt: skip
-    write_csv(out / "transfer.csv", rows)
-    table = md_table(
-        ["architecture", "grown @K", f"grown @{horizon_mult}K", "Adam", "grown - Adam", "majority"],
-        [[r["architecture"], f"{r['grown_at_K']:.3f}", f"{r[f'grown_at_{horizon_mult}K']:.3f}",
-          f"{r['adam']:.3f}", f"{r['grown_minus_adam']:+.3f}", f"{r['majority']:.3f}"]
-         for r in rows],
-    )  # fmt: skip
-    (out / "transfer.md").write_text(
-        f"# Growing on {task.name}, never seen in meta-training ({num} nets, K = {k}, "
-        f"{k * tr.cfg.rule.sense_batch} examples seen per net)\n\n{table}\n"
-    )
-    return run.finish({"rules": run.rule_infos(), "dataset": task.name, "num": num, "rows": rows})

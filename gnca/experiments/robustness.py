@@ -20,7 +20,9 @@ grow from fresh seeds:
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,13 @@ import numpy as np
 import torch
 
 from gnca.architecture import Architecture
+from gnca.cliargs import fraction as fraction_arg
+from gnca.cliargs import nonneg_int, positive_int
 from gnca.damage import zero_out
+from gnca.experiments.command import device_of, out_folder, print_report, rule_sources
 from gnca.experiments.common import ExperimentError, RuleSource, TrainedRule, md_table
 from gnca.experiments.runner import ExperimentRun
+from gnca.experiments.seeds import HIGHER, Headline, SeedCurves, optional_float
 
 
 def run_robustness(
@@ -74,8 +80,6 @@ def run_robustness(
         retrain: meta-train again even if ``out/rules/<label>`` holds a finished run.
         progress: show which rule is being evaluated.
     """
-    from gnca.experiments.plots import plot_robustness
-
     bad = min(num, zero_outs, every, search_mult) < 1 or tail < 0 or not 0 <= fraction <= 1
     message = "num, zero_outs, every and search_mult must be >= 1, tail >= 0, fraction in [0, 1]"
     checks = [(bad, message)]
@@ -95,7 +99,7 @@ def run_robustness(
         summary_rows.append(_summary_row(g, rows, nets_ok_all, threshold))
         plot_curves[tr.label] = _plot_curve(g, damage_rel)
         curve_rows += _curve_rows(g, damage_rel)
-    png = plot_robustness(plot_curves, damage_rel, run.path("robustness.png"))
+    png = plot(plot_curves, damage_rel, run.path("robustness.png"))
     _write_tables(run, summary_rows, per_zero_rows, curve_rows, threshold)
     return run.finish(
         {
@@ -385,3 +389,140 @@ def _grow_with_zero_outs(
     )
     assert res.curve is not None and len(damaged_acc) == zero_outs
     return _Grown(tr, arch, best, res.curve, torch.stack(train_acc), damaged_acc)
+
+
+# ---------------------------------------------------------------------- command line
+HELP = "20 zero-outs over 100 rule steps, rule trained with vs without damage (Iris)"
+DESCRIPTION = (
+    "After grown nets reach their best accuracy, zero out one layer and 30%% of the other "
+    "weights every 5 steps, 20 times; report the recovery."
+)
+CHECKPOINT_HELP = "checkpoint of the damage-trained rule (instead of meta-training --config)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``gnca experiment robustness`` after the shared ones."""
+    parser.add_argument(
+        "--nodamage-config",
+        help="config of the rule trained without damage (default: --config, pool.damage=0)",
+    )
+    parser.add_argument(
+        "--nodamage-checkpoint", help="checkpoint of the rule trained without damage"
+    )
+    parser.add_argument("--damage-only", action="store_true", help="skip the rule without damage")
+    parser.add_argument(
+        "--zero-outs", type=positive_int, default=20, help="number of zero-outs (20)"
+    )
+    parser.add_argument(
+        "--every", type=positive_int, default=5, help="rule steps between zero-outs (5)"
+    )
+    parser.add_argument(
+        "--fraction", type=fraction_arg, default=0.3, help="share of other weights zeroed (0.3)"
+    )
+    parser.add_argument(
+        "--tail", type=nonneg_int, default=20, help="steps grown after the last window (20)"
+    )
+    parser.add_argument(
+        "--search-mult",
+        type=positive_int,
+        default=2,
+        help="the best-accuracy step is searched in 1..search-mult x k_max (2)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """``gnca experiment robustness``: one run of :func:`run_robustness`."""
+    cfg, damaged, undamaged = rule_sources(
+        args,
+        "robustness",
+        ("damage", "no-damage"),
+        control=(args.nodamage_config, args.nodamage_checkpoint, "nodamage", {"damage": 0}),
+        skip_control=args.damage_only,
+        control_error="the rule without damage needs --nodamage-config, --nodamage-checkpoint "
+        "or --config (or pass --damage-only)",
+    )
+    out = out_folder(args, "robustness", cfg, args.checkpoint)
+    summary = run_robustness(
+        damaged,
+        undamaged,
+        out,
+        num=args.num,
+        zero_outs=args.zero_outs,
+        every=args.every,
+        fraction=args.fraction,
+        tail=args.tail,
+        search_mult=args.search_mult,
+        seed=args.seed,
+        device=device_of(args, cfg),
+        retrain=args.retrain,
+        progress=not args.no_progress,
+    )
+    print_report(summary, out, "robustness.md", "robustness.png")
+    return 0
+
+
+# ---------------------------------------------------------------------- --seeds
+SEED_CURVES = SeedCurves(
+    "robustness_curve.csv",
+    x="steps_since_best",
+    xlabel="rule steps since the best accuracy",
+    ys=("test_acc_mean",),
+    ylabels=("mean test accuracy",),
+)
+
+
+def headline(s: dict[str, Any]) -> Headline:
+    """The metrics and claims of one run's ``summary.json`` that ``--seeds`` compares."""
+    h = Headline()
+    rows = s["table"]
+    for r in rows:
+        label = r["rule"]
+        for key in ("min_recovery", "mean_recovery", "zero_outs_recovered"):
+            h.metrics[f"{label}.{key}"] = (optional_float(r[key]), HIGHER)
+        for key in ("pre_damage_test_acc", "final_test_acc"):
+            h.metrics[f"{label}.{key}"] = (optional_float(r[key]), HIGHER)
+    first, threshold = rows[0], s["threshold"]
+    h.claims[
+        f"{first['rule']}: back to >= {threshold * 100:g}% of the pre-damage accuracy after "
+        f"every one of the {first['zero_outs']} zero-outs (min_recovery >= {threshold:g})"
+    ] = first["min_recovery"] >= threshold
+    if len(rows) > 1:
+        other = rows[1]
+        h.claims[f"{first['rule']} recovers better than {other['rule']} (min_recovery)"] = (
+            first["min_recovery"] > other["min_recovery"]
+        )
+    return h
+
+
+# ---------------------------------------------------------------------- figure
+def plot(curves: dict[str, dict[str, np.ndarray]], damage_steps: Sequence[int], path: Path) -> Path:
+    """Mean test accuracy against rule steps with the zero-outs marked.
+
+    Args:
+        curves: ``label -> {"x": steps, "mean": ..., "lo": ..., "hi": ...}``; a zero-out at
+            step ``t`` appears as a drop at ``x = t - 1`` (the damaged net, before the rule
+            step ``t``).
+        damage_steps: the steps before which a zero-out was applied (relative to the plot's
+            x axis).
+        path: the PNG to write.
+    """
+    from gnca.experiments.plots import COLORS, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for i, t in enumerate(damage_steps):
+        ax.axvline(t - 1, color="grey", lw=0.6, alpha=0.6, label="zero-out" if i == 0 else None)
+    for i, (label, c) in enumerate(curves.items()):
+        color = COLORS[i % len(COLORS)]
+        ax.plot(c["x"], c["mean"], color=color, lw=1.2, label=f"{label}: mean")
+        ax.fill_between(c["x"], c["lo"], c["hi"], color=color, alpha=0.15)
+    ax.set_xlabel("rule steps since the net reached its best accuracy")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{len(damage_steps)} zero-outs (grey lines), mean and 10-90% band")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -5,17 +5,16 @@
 main and its control rules); the nets it grows keep ``--seed``. This module then reads the
 ``summary.json`` of every seed and writes into ``OUT``:
 
-* ``seeds.csv``: one row per seed with the experiment's headline metrics (:func:`headline`),
-  then the rows ``mean``, ``std`` (sample standard deviation, 0 for one seed), ``worst`` and
-  ``worst_seed``;
+* ``seeds.csv``: one row per seed with the experiment's headline metrics (the ``headline`` of
+  its module), then the rows ``mean``, ``std`` (sample standard deviation, 0 for one seed),
+  ``worst`` and ``worst_seed``;
 * ``seeds.md``: the same table, one row per metric, with the direction that is better, and the
   experiment's claims: each holds for ``k`` of ``n`` seeds, and is *reproduced* only when it
   holds for every seed run;
 * ``seeds.json``: all of it, with the per-seed folders, the summed wall and CPU seconds and the
   environment (CPU model included);
-* ``seeds.png``: the spread over seeds (stability: every seed's loss and accuracy curves;
-  robustness: every seed's accuracy through the zero-outs; the others: every seed's value of
-  each headline metric).
+* ``seeds.png``: the spread over seeds (an experiment with :class:`SeedCurves`, stability and
+  robustness: every seed's curves; the others: every seed's value of each headline metric).
 
 The worst seed is the lowest value of a metric where higher is better and the highest where
 lower is better; metrics without a better direction (Adam baselines) have none.
@@ -45,121 +44,27 @@ class Headline:
     claims: dict[str, bool] = field(default_factory=dict)
 
 
-def _num(value: Any) -> float | None:
+def optional_float(value: Any) -> float | None:
+    """A summary value as a metric: ``None`` stays ``None``."""
     return None if value is None else float(value)
 
 
-# ---------------------------------------------------------------------- headlines
-def _stability(s: dict[str, Any]) -> Headline:
-    h = Headline()
-    rows = s["table"]
-    for r in rows:
-        label = r["rule"]
-        for key in ("epochs_within_mean", "epochs_within_median", "nets_within_10x_horizon"):
-            h.metrics[f"{label}.{key}"] = (_num(r[key]), HIGHER)
-        for key in ("test_acc_at_k", "test_acc_at_10k", "test_acc_at_end"):
-            h.metrics[f"{label}.{key}"] = (_num(r[key]), HIGHER)
-        for key in ("test_acc_drop_at_10k", "test_acc_drop_at_end"):
-            if key in r:
-                h.metrics[f"{label}.{key}"] = (_num(r[key]), LOWER)
-    first = rows[0]
-    pct = f"{s['tolerance'] * 100:g}%"
-    ten_k = 10 * first["horizon_k_max"]
-    h.claims[
-        f"{first['rule']}: loss within {pct} of its minimum for >= 10 K = {ten_k} steps on "
-        f"average (epochs_within_mean >= {ten_k})"
-    ] = first["epochs_within_mean"] >= ten_k
-    if "test_acc_drop_at_end" in first:
-        end = first["steps_grown"]
-        h.claims[
-            f"{first['rule']}: test accuracy at 10 K and at {end} steps within 0.02 of its peak"
-        ] = max(first["test_acc_drop_at_10k"], first["test_acc_drop_at_end"]) <= 0.02
-    if len(rows) > 1:
-        other = rows[1]
-        h.claims[f"{first['rule']} more stable than {other['rule']} (epochs_within_mean)"] = (
-            first["epochs_within_mean"] > other["epochs_within_mean"]
-        )
-    return h
+@dataclass(frozen=True)
+class SeedCurves:
+    """The per-step CSV of an experiment that ``seeds.png`` draws for every seed, one colour
+    per rule and one panel per column of ``ys``. Columns in ``log`` (losses) are drawn on a log
+    axis, clipped at ``10 * LOSS_CLIP``; the others are accuracies (axis 0 to 1.02)."""
+
+    csv: str  # file name in every seed-S folder (columns: rule, x, ys)
+    x: str
+    xlabel: str
+    ys: tuple[str, ...]
+    ylabels: tuple[str, ...]
+    log: tuple[str, ...] = ()
 
 
-def _robustness(s: dict[str, Any]) -> Headline:
-    h = Headline()
-    rows = s["table"]
-    for r in rows:
-        label = r["rule"]
-        for key in ("min_recovery", "mean_recovery", "zero_outs_recovered"):
-            h.metrics[f"{label}.{key}"] = (_num(r[key]), HIGHER)
-        for key in ("pre_damage_test_acc", "final_test_acc"):
-            h.metrics[f"{label}.{key}"] = (_num(r[key]), HIGHER)
-    first, threshold = rows[0], s["threshold"]
-    h.claims[
-        f"{first['rule']}: back to >= {threshold * 100:g}% of the pre-damage accuracy after "
-        f"every one of the {first['zero_outs']} zero-outs (min_recovery >= {threshold:g})"
-    ] = first["min_recovery"] >= threshold
-    if len(rows) > 1:
-        other = rows[1]
-        h.claims[f"{first['rule']} recovers better than {other['rule']} (min_recovery)"] = (
-            first["min_recovery"] > other["min_recovery"]
-        )
-    return h
-
-
-def _generalization(s: dict[str, Any]) -> Headline:
-    h = Headline()
-    for key in ("seen_mean", "seen_min", "unseen_mean", "unseen_min"):
-        h.metrics[key] = (_num(s.get(key)), HIGHER)
-    cells = [v for row in s["grid"] for v in row]
-    h.metrics["worst_cell"] = (min(cells) if cells else None, HIGHER)
-    return h
-
-
-#: The learning experiment's headline keys and which direction is better (``None``: a baseline).
-LEARNING_BETTER = {
-    "permuted_over_unpermuted": HIGHER,
-    "accuracy_permuted": HIGHER,
-    "accuracy_unpermuted": HIGHER,
-    "accuracy_hidden_reset": None,
-    "adam_output_only": None,
-    "adam_all_layers": None,
-    "gap_closed": HIGHER,
-    "peak": HIGHER,
-    "at_end": HIGHER,
-    "end_minus_peak": HIGHER,
-}
-
-
-def _learning(s: dict[str, Any]) -> Headline:
-    h = Headline()
-    for key, value in s["headline"].items():
-        if key in LEARNING_BETTER:
-            h.metrics[key] = (_num(value), LEARNING_BETTER[key])
-    return h
-
-
-def _transfer(s: dict[str, Any]) -> Headline:
-    h = Headline()
-    for r in s["rows"]:
-        arch = r["architecture"]
-        for key, value in r.items():
-            if key.startswith("grown_at_") or key == "grown_minus_adam":
-                h.metrics[f"{arch}.{key}"] = (_num(value), HIGHER)
-            elif key == "adam":
-                h.metrics[f"{arch}.adam"] = (_num(value), None)
-    return h
-
-
-HEADLINES: dict[str, Callable[[dict[str, Any]], Headline]] = {
-    "stability": _stability,
-    "robustness": _robustness,
-    "generalization": _generalization,
-    "learning": _learning,
-    "transfer": _transfer,
-}
-
-
-def headline(summary: dict[str, Any]) -> Headline:
-    """The headline metrics and claims of one run's ``summary.json``."""
-    return HEADLINES[summary["experiment"]](summary)
+#: ``headline(summary) -> Headline``: an experiment module's metrics and claims of one run
+HeadlineOf = Callable[[dict[str, Any]], Headline]
 
 
 def add_targets(h: Headline, targets: Sequence[tuple[str, str, float]]) -> Headline:
@@ -302,9 +207,13 @@ def summarize_seeds(
     out: str | Path,
     seeds: Sequence[int],
     targets: Sequence[tuple[str, str, float]] = (),
+    *,
+    headline: HeadlineOf,
+    curves: SeedCurves | None = None,
 ) -> dict[str, Any]:
     """Read ``out/seed-S/summary.json`` for every seed and write ``seeds.csv``, ``seeds.md``,
-    ``seeds.json`` and ``seeds.png`` into ``out``; return what ``seeds.json`` holds."""
+    ``seeds.json`` and ``seeds.png`` into ``out``; return what ``seeds.json`` holds.
+    ``headline`` and ``curves`` are the experiment module's."""
     out = Path(out)
     summaries: dict[int, dict[str, Any]] = {}
     for s in seeds:
@@ -316,7 +225,7 @@ def summarize_seeds(
     agg = aggregate(per_seed)
     env = environment()
     write_csv(out / "seeds.csv", _csv_rows(seeds, agg), ["seed", *agg["metrics"]])
-    png = plot_seeds(experiment, out, seeds, agg, out / "seeds.png")
+    png = plot_seeds(experiment, out, seeds, agg, out / "seeds.png", curves)
     (out / "seeds.md").write_text(seeds_markdown(experiment, seeds, agg, env) + "\n")
     result = {
         "experiment": experiment,
@@ -349,40 +258,36 @@ def _curves(path: Path, x: str, ys: Sequence[str]) -> dict[str, dict[str, list[f
 
 
 def plot_seeds(
-    experiment: str, out: Path, seeds: Sequence[int], agg: dict[str, Any], path: Path
+    experiment: str,
+    out: Path,
+    seeds: Sequence[int],
+    agg: dict[str, Any],
+    path: Path,
+    curves: SeedCurves | None = None,
 ) -> Path:
-    """``seeds.png``: stability and robustness draw every seed's curves, one colour per rule;
-    the other experiments every seed's value of each headline metric."""
-    import matplotlib
+    """``seeds.png``: with ``curves`` (stability, robustness), every seed's curves, one colour
+    per rule; otherwise every seed's value of each headline metric."""
+    from gnca.experiments.plots import COLORS, LOSS_CLIP, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gnca.experiments.plots import COLORS, LOSS_CLIP
-
-    files = {"stability": "stability_curve.csv", "robustness": "robustness_curve.csv"}
-    curves = experiment in files
-    if curves and all((out / f"seed-{s}" / files[experiment]).is_file() for s in seeds):
-        stability = experiment == "stability"
-        x = "step" if stability else "steps_since_best"
-        ys = ("loss_median", "test_acc_mean") if stability else ("test_acc_mean",)
+    plt = pyplot()
+    if curves is not None and all((out / f"seed-{s}" / curves.csv).is_file() for s in seeds):
+        x, ys = curves.x, curves.ys
         fig, axes = plt.subplots(1, len(ys), figsize=(5.5 * len(ys), 4), squeeze=False)
         colors: dict[str, str] = {}
         for s in seeds:
-            for rule, c in _curves(out / f"seed-{s}" / files[experiment], x, ys).items():
+            for rule, c in _curves(out / f"seed-{s}" / curves.csv, x, ys).items():
                 first = rule not in colors
                 color = colors.setdefault(rule, COLORS[len(colors) % len(COLORS)])
                 for ax, y in zip(axes[0], ys, strict=True):
-                    values = [min(v, 10 * LOSS_CLIP) for v in c[y]] if y == "loss_median" else c[y]
+                    values = [min(v, 10 * LOSS_CLIP) for v in c[y]] if y in curves.log else c[y]
                     label = f"{rule} ({len(seeds)} seeds)" if first else None
                     ax.plot(c[x], values, color=color, alpha=0.7, lw=1, label=label)
-        for ax, y in zip(axes[0], ys, strict=True):
-            ax.set_xlabel("rule steps" if stability else "rule steps since the best accuracy")
-            if y == "loss_median":
+        for ax, y, ylabel in zip(axes[0], ys, curves.ylabels, strict=True):
+            ax.set_xlabel(curves.xlabel)
+            ax.set_ylabel(ylabel)
+            if y in curves.log:
                 ax.set_yscale("log")
-                ax.set_ylabel("median training loss over nets")
             else:
-                ax.set_ylabel("mean test accuracy")
                 ax.set_ylim(0, 1.02)
             ax.legend(fontsize=8)
         fig.suptitle(f"{experiment}: one curve per meta-training seed ({len(seeds)})")

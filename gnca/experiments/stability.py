@@ -19,16 +19,21 @@ The table gives mean, standard deviation and median over the nets, how many reac
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gnca.architecture import Architecture
+from gnca.cliargs import nonneg_float, positive_int
+from gnca.experiments.command import device_of, out_folder, print_report, rule_sources
 from gnca.experiments.common import ExperimentError, RuleSource, TrainedRule, md_table, mean_std
 from gnca.experiments.runner import ExperimentRun
+from gnca.experiments.seeds import HIGHER, LOWER, Headline, SeedCurves, optional_float
 from gnca.graph import num_graphs, weight_batch
 
 
@@ -96,8 +101,6 @@ def run_stability(
         retrain: meta-train again even if ``out/rules/<label>`` holds a finished run.
         progress: show progress bars.
     """
-    from gnca.experiments.plots import plot_stability
-
     bad = num < 1 or horizon_mult < 1 or tolerance < 0
     message = "num and horizon_mult must be >= 1 and tolerance >= 0"
     run = ExperimentRun(
@@ -115,7 +118,7 @@ def run_stability(
 
     curves = {g.tr.label: {"loss": g.loss, "acc": g.acc} for g in grown}
     horizons = {g.tr.label: g.k for g in grown}
-    png = plot_stability(curves, horizons, run.path("stability.png"))
+    png = plot(curves, horizons, run.path("stability.png"))
     run.write_text("stability.md", stability_markdown(summary_rows, tolerance))
     run.write_csv("stability.csv", summary_rows)
     run.write_csv("stability_nets.csv", net_rows)
@@ -331,3 +334,175 @@ def stability_markdown(rows: list[dict[str, Any]], tolerance: float = 0.1) -> st
 def _ages(r: dict[str, Any]) -> str:
     med, top = r.get("pool_age_median"), r.get("pool_age_max")
     return "" if med is None or top is None else f"{med:.0f} / {top:.0f}"
+
+
+# ---------------------------------------------------------------------- command line
+HELP = "loss far past the training horizon, pooled vs unpooled rule (Iris)"
+DESCRIPTION = (
+    "Grow nets for horizon-mult x k_max rule steps; report epochs to train and epochs within "
+    "10%% of the minimum training loss, pooled vs unpooled rule."
+)
+CHECKPOINT_HELP = "checkpoint of the pooled rule (instead of meta-training --config)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``gnca experiment stability`` after the shared ones."""
+    parser.add_argument(
+        "--nopool-config", help="config of the unpooled rule (default: --config, pool.size=0)"
+    )
+    parser.add_argument("--nopool-checkpoint", help="checkpoint of the unpooled rule")
+    parser.add_argument("--pooled-only", action="store_true", help="skip the unpooled rule")
+    parser.add_argument(
+        "--horizon-mult",
+        type=positive_int,
+        default=50,
+        help="rule steps grown, in units of k_max (50)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=nonneg_float,
+        default=0.1,
+        help="band above the minimum loss (0.1 = 10%%)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """``gnca experiment stability``: one run of :func:`run_stability`."""
+    cfg, pooled, unpooled = rule_sources(
+        args,
+        "stability",
+        ("pooled", "unpooled"),
+        control=(args.nopool_config, args.nopool_checkpoint, "nopool", {"size": 0}),
+        skip_control=args.pooled_only,
+        control_error="the unpooled rule needs --nopool-config, --nopool-checkpoint or --config "
+        "(or pass --pooled-only)",
+    )
+    out = out_folder(args, "stability", cfg, args.checkpoint)
+    summary = run_stability(
+        pooled,
+        unpooled,
+        out,
+        num=args.num,
+        horizon_mult=args.horizon_mult,
+        tolerance=args.tolerance,
+        seed=args.seed,
+        device=device_of(args, cfg),
+        retrain=args.retrain,
+        progress=not args.no_progress,
+    )
+    print_report(summary, out, "stability.md", "stability.png")
+    return 0
+
+
+# ---------------------------------------------------------------------- --seeds
+SEED_CURVES = SeedCurves(
+    "stability_curve.csv",
+    x="step",
+    xlabel="rule steps",
+    ys=("loss_median", "test_acc_mean"),
+    ylabels=("median training loss over nets", "mean test accuracy"),
+    log=("loss_median",),
+)
+
+
+def headline(s: dict[str, Any]) -> Headline:
+    """The metrics and claims of one run's ``summary.json`` that ``--seeds`` compares."""
+    h = Headline()
+    rows = s["table"]
+    for r in rows:
+        label = r["rule"]
+        for key in ("epochs_within_mean", "epochs_within_median", "nets_within_10x_horizon"):
+            h.metrics[f"{label}.{key}"] = (optional_float(r[key]), HIGHER)
+        for key in ("test_acc_at_k", "test_acc_at_10k", "test_acc_at_end"):
+            h.metrics[f"{label}.{key}"] = (optional_float(r[key]), HIGHER)
+        for key in ("test_acc_drop_at_10k", "test_acc_drop_at_end"):
+            if key in r:
+                h.metrics[f"{label}.{key}"] = (optional_float(r[key]), LOWER)
+    first = rows[0]
+    pct = f"{s['tolerance'] * 100:g}%"
+    ten_k = 10 * first["horizon_k_max"]
+    h.claims[
+        f"{first['rule']}: loss within {pct} of its minimum for >= 10 K = {ten_k} steps on "
+        f"average (epochs_within_mean >= {ten_k})"
+    ] = first["epochs_within_mean"] >= ten_k
+    if "test_acc_drop_at_end" in first:
+        end = first["steps_grown"]
+        h.claims[
+            f"{first['rule']}: test accuracy at 10 K and at {end} steps within 0.02 of its peak"
+        ] = max(first["test_acc_drop_at_10k"], first["test_acc_drop_at_end"]) <= 0.02
+    if len(rows) > 1:
+        other = rows[1]
+        h.claims[f"{first['rule']} more stable than {other['rule']} (epochs_within_mean)"] = (
+            first["epochs_within_mean"] > other["epochs_within_mean"]
+        )
+    return h
+
+
+# ---------------------------------------------------------------------- figure
+def plot(curves: dict[str, dict[str, torch.Tensor]], horizons: dict[str, int], path: Path) -> Path:
+    """Training loss (log scale) and test accuracy against rule steps, one colour per rule.
+
+    Args:
+        curves: ``label -> {"loss": (T + 1, G), "acc": (T + 1, G)}``.
+        horizons: ``label -> k_max`` (dashed line at ``K``, dotted at ``10 K``).
+        path: the PNG to write.
+    """
+    from gnca.experiments.plots import COLORS, LOSS_CLIP, pyplot
+
+    plt = pyplot()
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
+    lowest, highest = np.inf, 0.0
+    for i, (label, c) in enumerate(curves.items()):
+        color = COLORS[i % len(COLORS)]
+        steps = np.arange(c["loss"].shape[0])
+        _, lo, hi = _band(c["loss"])
+        median = torch.nan_to_num(c["loss"].double(), nan=float("inf")).median(1).values.numpy()
+        # non-finite and huge losses are drawn at the top of the (clipped) axis
+        median, lo, hi = (
+            np.minimum(np.nan_to_num(a, posinf=1e300), 10 * LOSS_CLIP) for a in (median, lo, hi)
+        )
+        positive = lo[lo > 0]
+        if positive.size:
+            lowest = min(lowest, float(positive.min()))
+        highest = max(highest, float(hi.max()), float(median.max()))
+        ax_l.plot(steps, median, color=color, label=f"{label}: median")
+        ax_l.fill_between(steps, lo, hi, color=color, alpha=0.2, label=f"{label}: 10-90%")
+        acc_m, acc_lo, acc_hi = _band(c["acc"])
+        ax_a.plot(steps, acc_m, color=color, label=f"{label}: mean")
+        ax_a.fill_between(steps, acc_lo, acc_hi, color=color, alpha=0.2)
+        k = horizons[label]
+        for ax in (ax_l, ax_a):
+            ax.axvline(k, color=color, ls="--", lw=0.8)
+            if 10 * k <= steps[-1]:
+                ax.axvline(10 * k, color=color, ls=":", lw=0.8)
+    ax_l.set_yscale("log")
+    clipped = highest > LOSS_CLIP
+    if np.isfinite(lowest):
+        ax_l.set_ylim(lowest / 2, min(highest * 2, LOSS_CLIP))
+    ax_l.set_xlabel("rule steps")
+    ax_l.set_ylabel("training cross-entropy")
+    ax_l.set_title(
+        "loss of grown nets (dashed: K, dotted: 10K)"
+        + (f"\n(axis clipped at {LOSS_CLIP:g})" if clipped else "")
+    )
+    ax_l.legend(fontsize=8)
+    ax_a.set_xlabel("rule steps")
+    ax_a.set_ylabel("test accuracy")
+    ax_a.set_ylim(0, 1.02)
+    ax_a.set_title("test accuracy (mean, 10-90% band)")
+    ax_a.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _band(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, 10th and 90th percentile over nets of a ``(T, G)`` curve (NaN-safe)."""
+    x = torch.nan_to_num(x.to(torch.float64), nan=float("inf"), posinf=1e6)
+    return (
+        x.mean(1).numpy(),
+        torch.quantile(x, 0.1, dim=1).numpy(),
+        torch.quantile(x, 0.9, dim=1).numpy(),
+    )
