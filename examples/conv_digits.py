@@ -43,7 +43,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    task = Task(load_dataset("digits"))
+    task = Task(load_dataset("digits"), batch_size=256)  # meta-loss batch of 256 examples
     conv = {s: parse_arch("conv:" + s, 64, 10, True, (8, 8), "digits") for s in TRAIN + UNSEEN}
     init = InitSpec(init="codes", code_freqs=2)
     seeds = InitSpec(init="codes", code_freqs=2, code_jitter=1.0)
