@@ -300,25 +300,59 @@ def _threads_for(args: argparse.Namespace, device: torch.device, arch: Architect
     _auto_threads(args, device, arch.num_weights * num)
 
 
+def _check_memory(args, trained, archs: Sequence[Architecture], num: int, tasks=None) -> None:
+    """Before anything grows: refuse in one line when ``num`` nets of one of ``archs`` (grown
+    for ``tasks``, default the rule's own) need more memory than the device has
+    (:mod:`gnca.memory`); say the estimate on stderr when it is 1 GiB or more."""
+    from gnca.memory import GIB, check_grow_memory, human_bytes
+
+    sense_rows = trained.cfg.rule.sense_batch if trained.rule.senses else 0
+    for arch, task in zip(archs, tasks or [trained.task] * len(archs), strict=True):
+        data = task.data
+        rows = (data.X_test if args.split == "test" else data.X_train).shape[0]
+        need = check_grow_memory(
+            arch, num, trained.rule, device=trained.device, test_rows=rows, sense_rows=sense_rows
+        )
+        if need >= GIB:
+            print(
+                f"growing {num:,} nets of {arch.describe()}: about {human_bytes(need)} of memory",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _step_bar(args: argparse.Namespace, total: int, desc: str):
+    """A progress bar over rule steps on stderr, shown once growing has taken a second (none
+    with ``--no-progress``); it disappears when closed."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="step", delay=1.0, leave=False, disable=args.no_progress
+    )
+
+
 def _grow_for(args, trained, arch: Architecture, steps: int, record_at):
-    """Grow ``--num`` nets of ``arch`` with the loaded rule, recording ``--split`` accuracy."""
+    """Grow ``--num`` nets of ``arch`` with the loaded rule, recording ``--split`` accuracy,
+    with a progress bar over the rule steps."""
     from gnca.grow import grow
 
     device = trained.device
     _threads_for(args, device, arch, args.num)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    return grow(
-        trained.rule,
-        arch,
-        args.num,
-        steps,
-        trained.init,
-        device=device,
-        generator=gen,
-        metric=trained.task.metric(args.split, device),
-        record_at=record_at,
-        senses=trained.reader(args.seed),
-    )
+    with _step_bar(args, steps, f"growing {args.num:,} nets of {arch.describe()}") as bar:
+        return grow(
+            trained.rule,
+            arch,
+            args.num,
+            steps,
+            trained.init,
+            device=device,
+            generator=gen,
+            metric=trained.task.metric(args.split, device),
+            record_at=record_at,
+            senses=trained.reader(args.seed),
+            progress=lambda _: bar.update(1),
+        )
 
 
 def _warn_fixed_seed(trained, archs: list[Architecture]) -> None:
@@ -370,7 +404,9 @@ def cmd_grow(args: argparse.Namespace) -> int:
         "steps": steps,
         "architectures": {},
     }
-    for arch in _archs(args, trained):
+    archs = _archs(args, trained)
+    _check_memory(args, trained, archs, args.num)
+    for arch in archs:
         res = _grow_for(args, trained, arch, steps, record)
         assert res.curve is not None
         final = res.curve[-1]
@@ -385,6 +421,7 @@ def cmd_grow(args: argparse.Namespace) -> int:
                 str(s): float(res.curve[i].mean()) for i, s in enumerate(res.curve_steps)
             }
         out["architectures"][arch.describe()] = entry
+        del res  # the next architecture grows without this one's nets in memory
     if args.json:
         from gnca.evaluation import round_floats
 
@@ -435,16 +472,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if isinstance(err, DataError):
                 raise
             raise CLIError(f"{err}; pass --arch for the data grown on") from None
-    results = accuracy_table(
-        trained,
-        rows,
-        num=num,
-        horizons=horizons,
-        split=args.split,
-        seed=seed,
-        sense_seed=args.seed,  # None: the table's own
-        before=lambda arch: _threads_for(args, trained.device, arch, num),
-    )
+    _check_memory(args, trained, [r.arch for r in rows], num, [r.task for r in rows])
+    with _step_bar(args, len(rows) * max(horizons), f"growing {num:,} nets per row") as bar:
+        results = accuracy_table(
+            trained,
+            rows,
+            num=num,
+            horizons=horizons,
+            split=args.split,
+            seed=seed,
+            sense_seed=args.seed,  # None: the table's own
+            before=lambda arch: _threads_for(args, trained.device, arch, num),
+            progress=lambda _: bar.update(1),
+        )
     if args.json:
         out = {
             "checkpoint": str(args.checkpoint),
@@ -468,6 +508,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if len(archs) != 1:
         raise CLIError("gnca export takes exactly one --arch")
     steps = args.steps or cfg.train.k_max
+    _check_memory(args, trained, archs, args.num)
     res = _grow_for(args, trained, archs[0], steps, [steps])
     nets = trained.task.export(res)
     out = Path(args.out)
@@ -624,6 +665,7 @@ def _growing(sp: argparse.ArgumentParser, *, like_training: bool = False) -> Non
         help="grow on other data (rules with senses), e.g. data.name=wine or data.name=csv "
         "data.csv_path=FILE, with a matching --arch",
     )
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(sp)
 
 
