@@ -72,9 +72,9 @@ def test_estimate_is_within_a_factor_of_two_of_the_measured_peak(checkpoint, spe
         [sys.executable, "-c", MEASURE, str(checkpoint), spec, str(num), "3"],
         capture_output=True,
         text=True,
-        check=True,
         timeout=600,
     )
+    assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["set_by_grow"], r  # the peak is the grow's, not the loading's
     assert r["measured"] > 200 * 2**20, r  # large enough for the allocator's noise not to matter
