@@ -8,6 +8,7 @@ from gnca.architecture import Architecture
 from gnca.damage import zero_out
 from gnca.forward import task_forward
 from gnca.graph import WeightGraph, line_graph_edge_index
+from gnca.layers import LayerNet
 from gnca.perception import perceive
 from gnca.rule import LocalRule
 from gnca.state import identity_codes, initial_state
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Architecture",
+    "LayerNet",
     "LocalRule",
     "WeightGraph",
     "identity_codes",

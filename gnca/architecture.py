@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from gnca.layers import LayerNet
+#: ``tracer(module, example_input)``: set by :mod:`gnca.layers` (which builds on this module).
+MODULE_TRACER: Any = None
 
 # Neuron kinds, stored per neuron in ``Architecture.kinds``.
 INPUT, HIDDEN, OUTPUT, BIAS = 0, 1, 2, 3
@@ -78,15 +78,16 @@ class Architecture:
 
     # ------------------------------------------------------------------ builders
     @staticmethod
-    def from_module(module: Any, example_input: Any) -> LayerNet:
+    def from_module(module: Any, example_input: Any) -> Any:
         """The :class:`gnca.layers.LayerNet` of a ``torch.nn.Module`` (conv layers, residual
         adds, pooling; traced with torch.fx on ``example_input``, a batch ``(B, *in_shape)``).
         It stands wherever an architecture does: :meth:`gnca.WeightGraph.from_architecture`,
         growing, meta-training; ``read_weights(module)`` / ``write_weights(module, w)`` move
-        its ``(E,)`` weights in and out of the module."""
-        from gnca.layers import LayerNet
-
-        return LayerNet.from_module(module, example_input)
+        its ``(E,)`` weights in and out of the module. (:mod:`gnca.layers`, which sits above
+        this module, registers the tracer when gnca is imported.)"""
+        if MODULE_TRACER is None:
+            raise RuntimeError("import gnca (or gnca.layers) to trace modules")
+        return MODULE_TRACER(module, example_input)
 
     @classmethod
     def from_edges(

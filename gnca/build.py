@@ -90,8 +90,25 @@ def make_task(t: TaskConfig, data: Dataset, batch_size: int | None = None) -> Ta
     return Task(data, t.activation, t.fan_in_ref, t.bias, batch_size)
 
 
+def make_layer_nets(specs: list[str], t: TaskConfig, task: Task, key: str) -> list[Architecture]:
+    """The layer nets of ``specs`` (``conv:...`` or ``FILE.py:CLASS``, config key ``key``) for
+    the task's data."""
+    from gnca.archspec import CLIError, parse_arch
+
+    d = task.data
+    out = []
+    for i, spec in enumerate(specs):
+        try:
+            out.append(parse_arch(spec, d.n_features, d.n_classes, t.bias, d.image_shape,
+                                  dataset=d.name, activation=t.activation))  # fmt: skip
+        except CLIError as err:
+            raise ValueError(f"{key}[{i}]: {err}") from None
+    return out
+
+
 def make_architectures(t: TaskConfig, task: Task) -> list[Architecture]:
-    """The training MLPs of ``cfg.task.architectures``, checked against the task's data."""
+    """The training MLPs of ``cfg.task.architectures`` and layer nets of ``cfg.task.layers``,
+    checked against the task's data."""
     archs = []
     for i, sizes in enumerate(t.architectures):
         try:
@@ -101,7 +118,7 @@ def make_architectures(t: TaskConfig, task: Task) -> list[Architecture]:
                 f"task.architectures[{i}] = {sizes} does not fit {task.name}: it needs "
                 f"{task.n_features} inputs and {task.n_classes} outputs"
             ) from None
-    return archs
+    return archs + make_layer_nets(t.layers, t, task, "task.layers")
 
 
 def make_also(cfg: Config) -> list[tuple[Task, list[Architecture]]]:

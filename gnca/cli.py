@@ -30,6 +30,7 @@ from gnca.cliargs import (
     seed,
 )
 from gnca.heap import keep_heap
+from gnca.layers import LayerNet
 
 
 def _set_threads(n: int | None) -> None:
@@ -87,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer, run_dir = _make_trainer(args, trainer_cls, main)
     for sizes in trainer.cfg.train.eval_architectures:  # fail now, not after training
         trainer.task.mlp(sizes)
+    _unseen_layers(trainer)
     ckpt = run_dir / "last.pt"
     if main:
         _announce(trainer, run_dir, dist_run)
@@ -228,10 +230,18 @@ def _interrupted(
     return exit_status(signum)
 
 
+def _unseen_layers(trainer) -> list:
+    """The layer nets of ``train.eval_layers`` for the trainer's task."""
+    from gnca.build import make_layer_nets
+
+    cfg = trainer.cfg
+    return make_layer_nets(cfg.train.eval_layers, cfg.task, trainer.task, "train.eval_layers")
+
+
 def _report_training(trainer, run_dir: Path, progress: bool = True) -> None:
     """Evaluate the trained rule, write ``summary.json`` and print the accuracy table."""
     t = trainer.cfg.train
-    unseen = [trainer.task.mlp(s) for s in t.eval_architectures]
+    unseen = [trainer.task.mlp(s) for s in t.eval_architectures] + _unseen_layers(trainer)
     n = len(trainer.archs) + len(unseen)
     which = "the architecture" if n == 1 else f"each of {n} architectures"
     print(
@@ -380,11 +390,19 @@ def _archs(args, trained) -> list[Architecture]:
 
 def _parse_archs(args, trained) -> list[Architecture]:
     cfg, data = trained.cfg, trained.task.data
-    specs = args.arch or ["-".join(map(str, a)) for a in cfg.task.architectures]
+    specs = args.arch or ["-".join(map(str, a)) for a in cfg.task.architectures] + list(
+        cfg.task.layers
+    )
     return [
         parse_arch(
-            s, data.n_features, data.n_classes, cfg.task.bias, data.image_shape, dataset=data.name
-        )
+            s,
+            data.n_features,
+            data.n_classes,
+            cfg.task.bias,
+            data.image_shape,
+            dataset=data.name,
+            activation=cfg.task.activation,
+        )  # fmt: skip
         for s in specs
     ]
 
@@ -510,6 +528,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     steps = args.steps or cfg.train.k_max
     _check_memory(args, trained, archs, args.num)
     res = _grow_for(args, trained, archs[0], steps, [steps])
+    if isinstance(archs[0], LayerNet):
+        return _export_layer_nets(args, archs[0], res, steps)
     nets = trained.task.export(res)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -524,6 +544,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"{args.split} accuracy {float(res.curve[-1].mean()):.4f}) to {out}\n"
         f"load them without gnca: from grown_net import GrownNets; "
         f"nets = GrownNets.load({str(out)!r})  (module: {module_file})"
+    )
+    return 0
+
+
+def _export_layer_nets(args: argparse.Namespace, net, res, steps: int) -> int:
+    """``gnca export`` of layer nets: one state dict per grown net, for the module's own class
+    (``torch.load(out, weights_only=True)["state_dicts"][i]``)."""
+    from gnca.checkpoint import save_checkpoint
+
+    out = Path(args.out)
+    sds = net.state_dicts(res.w)
+    save_checkpoint(out, {"arch": args.arch[0], "describe": net.describe(), "rule_steps": steps,
+                          "state_dicts": sds})  # fmt: skip
+    assert res.curve is not None
+    print(
+        f"exported {len(sds)} grown nets ({net.describe()}, {steps} rule steps, mean "
+        f"{args.split} accuracy {float(res.curve[-1].mean()):.4f}) to {out}\n"
+        f"load one into your module: m.load_state_dict(torch.load({str(out)!r}, "
+        f"weights_only=True)['state_dicts'][0])"
     )
     return 0
 

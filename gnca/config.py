@@ -113,6 +113,8 @@ class _TaskNets:
     architectures: list[list[int]] = field(default_factory=lambda: [[4, 16, 3]])
     bias: bool = True  # whether the task MLPs have biases
     activation: str = "tanh"  # hidden activation: tanh | relu | gelu | sigmoid | identity
+    # layer nets meta-trained beside the MLPs, as --arch specs: conv:8k5s2p2-16k5s2p2, file.py:Cls
+    layers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -185,6 +187,7 @@ class TrainConfig:
     eval_nets: int = 100  # task nets grown for evaluation
     # MLPs not trained on, also evaluated at the end of `gnca train` (marked [unseen])
     eval_architectures: list[list[int]] = field(default_factory=list)
+    eval_layers: list[str] = field(default_factory=list)  # unseen layer nets in that table
     loss_horizons: int = 1  # meta-loss averaged after this many evenly spaced rule steps
     weight_penalty: float = 0.0  # meta-loss += this x mean squared task weight (scale damping)
     permute_labels: bool = False  # each net learns under its own random label permutation
@@ -422,14 +425,23 @@ def _validate_data(c: DataConfig, p: str) -> None:
 
 def _validate_task(c: TaskConfig, p: str) -> None:
     key = _key(p, "architectures")
-    if not c.architectures:
-        raise ConfigError(f"config key '{key}' must be a non-empty list of layer-size lists")
+    for i, spec in enumerate(c.layers):
+        if not isinstance(spec, str) or not (spec.startswith("conv:") or ".py:" in spec):
+            raise ConfigError(
+                f"config key '{_key(p, 'layers')}[{i}]' must be a conv:... spec or FILE.py:CLASS, "
+                f"got {_short(spec)}"
+            )
+    if not c.architectures and not c.layers:
+        raise ConfigError(
+            f"config key '{key}' must be a non-empty list of layer-size lists (or give "
+            f"'{_key(p, 'layers')}')"
+        )
     for i, arch in enumerate(c.architectures):
         if len(arch) < 2 or any(n < 1 for n in arch):
             raise ConfigError(
                 f"config key '{key}[{i}]' must list >= 2 positive layer sizes, got {_short(arch)}"
             )
-    first = c.architectures[0]
+    first = c.architectures[0] if c.architectures else []
     for i, arch in enumerate(c.architectures[1:], start=1):
         if arch[0] != first[0] or arch[-1] != first[-1]:
             raise ConfigError(

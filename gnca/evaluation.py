@@ -105,7 +105,11 @@ def training_rows(trained: TrainedRule) -> list[Row]:
     for extra, extra_archs in make_also(trained.cfg):
         archs += extra_archs
         tasks += [extra] * len(extra_archs)
-    unseen = [task.mlp(s) for s in trained.cfg.train.eval_architectures]
+    from gnca.build import make_layer_nets
+
+    cfg = trained.cfg
+    unseen = [task.mlp(s) for s in cfg.train.eval_architectures]
+    unseen += make_layer_nets(cfg.train.eval_layers, cfg.task, task, "train.eval_layers")
     return table_rows(task, archs, tasks, unseen)
 
 

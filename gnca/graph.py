@@ -88,10 +88,9 @@ class WeightGraph(Data):
             arch: the task network's architecture.
             device: where to put the tensors (default CPU).
         """
-        from gnca.layers import LayerNet
-
-        if isinstance(arch, LayerNet):  # units instead of neurons (gnca/layers.py)
-            return arch.graph(device)
+        layer_graph = getattr(arch, "layer_graph", None)
+        if layer_graph is not None:  # a layer net: units instead of neurons (gnca/layers.py)
+            return layer_graph(device)
         if not isinstance(arch, Architecture):
             raise TypeError(f"expected an Architecture, got {type(arch).__name__}")
         e = arch.edges

@@ -28,6 +28,7 @@ backward nodes. A module whose ``forward`` depends on the data cannot be traced;
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 import re
@@ -42,6 +43,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch_geometric.data import Batch
 
+from gnca import architecture
 from gnca.architecture import BIAS, HIDDEN, INPUT, OUTPUT
 
 if TYPE_CHECKING:
@@ -128,6 +130,7 @@ class LayerNet:
     place: np.ndarray
     place_count: np.ndarray
     tap_extent: np.ndarray
+    template: nn.Module | None = field(default=None, repr=False)  # a copy of the traced module
 
     #: what an :class:`~gnca.Architecture` of a plain MLP or an image input would hold
     mlp_sizes = None
@@ -149,6 +152,11 @@ class LayerNet:
     @property
     def num_outputs(self) -> int:
         return self.n_out
+
+    @property
+    def num_neurons(self) -> int:
+        """Units (the neurons of an :class:`~gnca.Architecture`)."""
+        return self.num_units
 
     @property
     def depth(self) -> int:
@@ -206,7 +214,9 @@ class LayerNet:
                 f"{type(module).__name__} fails on an input of shape "
                 f"{tuple(example_input.shape)}: {first}"
             ) from None
-        return _Tracer(gm).build()
+        net = _Tracer(gm).build()
+        net.template = copy.deepcopy(module)
+        return net
 
     # ------------------------------------------------------------------ weights in and out
     def read_weights(self, module: nn.Module) -> torch.Tensor:
@@ -234,6 +244,17 @@ class LayerNet:
                 p.copy_(w[off : off + p.numel()].view_as(p))
                 off += p.numel()
         return module
+
+    def state_dicts(self, w: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """The state dict of each of the ``G`` nets ``w`` (``(G, E)`` or ``(G*E,)``), as the
+        traced module's class loads it (``module.load_state_dict(sd)``)."""
+        if self.template is None:
+            raise LayerNetError("this layer net keeps no module to write state dicts of")
+        out = []
+        for row in w.detach().reshape(-1, self.num_weights).cpu():
+            m = self.write_weights(copy.deepcopy(self.template), row)
+            out.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return out
 
     # ------------------------------------------------------------------ forward of G nets
     def forward(self, w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -344,7 +365,7 @@ class LayerNet:
         return F.pad(out, (0, hidden_channels - need))
 
     # ------------------------------------------------------------------ weight graph
-    def graph(self, device: torch.device | str | None = None) -> WeightGraph:
+    def layer_graph(self, device: torch.device | str | None = None) -> WeightGraph:
         """One net as a :class:`~gnca.WeightGraph` whose ``src``/``dst`` are unit ids (what
         :meth:`gnca.WeightGraph.from_architecture` gives for a layer net): the perception
         works on it unchanged, and :func:`gnca.forward.task_forward` runs it through
@@ -374,10 +395,10 @@ class LayerNet:
         return one.to(device) if device is not None else one
 
     def weight_graph(self, copies: int = 1, device: torch.device | str | None = None) -> Batch:
-        """``copies`` of :meth:`graph`, batched."""
+        """``copies`` of :meth:`layer_graph`, batched."""
         from gnca.graph import WeightGraph
 
-        out = WeightGraph.collate([self.graph()] * copies)
+        out = WeightGraph.collate([self.layer_graph()] * copies)
         return out.to(device) if device is not None else out
 
     @property
@@ -816,3 +837,6 @@ def module_from_file(spec: str) -> nn.Module:
         return cls()
     except Exception as err:
         raise LayerNetError(f"{name}() failed: {type(err).__name__}: {err}") from None
+
+
+architecture.MODULE_TRACER = LayerNet.from_module  # Architecture.from_module

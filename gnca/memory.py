@@ -33,6 +33,7 @@ within a factor of two.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def _forward_per_net(arch: Architecture, rows: int) -> int:
     if arch.mlp_sizes is not None:  # batched matmuls: a layer's output, + bias, activation
         widest = max(arch.mlp_sizes[1:])
         return 4 * rows * 3 * widest + 9 * rows  # + argmax (int64) and the hits (bool)
+    shapes = getattr(arch, "shapes", None)
+    if shapes is not None:  # a layer net: every value of its program, kept to the end
+        return 4 * rows * sum(math.prod(s) for s in shapes) + 9 * rows
     return 4 * rows * (2 * arch.num_neurons + arch.num_weights) + 9 * rows
 
 

@@ -14,13 +14,20 @@ import io
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gnca.config import Config, config_to_dict
 from gnca.files import atomic_write
 
-if TYPE_CHECKING:
-    from gnca.trainer import StepStats
+
+class StepStats(Protocol):
+    """What a row reads of a meta-step (:class:`gnca.trainer.StepStats`)."""
+
+    step: int
+    loss: float
+    accuracy: float
+    lr: float
+    skipped: bool
 
 
 def window_means(window: Sequence[tuple[float, float, bool]]) -> tuple[float, float, int]:

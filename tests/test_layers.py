@@ -346,3 +346,34 @@ def test_a_data_free_rule_meta_trains_and_grows_conv_nets():
     table = trainer.evaluate(num=2, horizons=(2, 3), unseen=[arch("2k4p2-4k4s2p1")])
     assert any(k.endswith("[unseen]") for k in table)
     assert all(0.0 <= v["mean"] <= 1.0 for row in table.values() for v in row.values())
+
+
+def test_a_config_of_layer_nets_trains_grows_and_exports_from_the_command_line(tmp_path, capsys):
+    from pathlib import Path
+
+    from gnca.cli import main
+    from gnca.config import ConfigError, load_config
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "conv_digits.yaml")
+    tiny = ["train.steps=2", "train.k_min=2", "train.k_max=3", "train.eval_nets=2",
+            "train.batch_size=2", "pool.size=4", "pool.fresh=1",
+            "task.layers=[conv:2k3p1-4k3s2p1]",
+            "train.eval_layers=[conv:2k4p2-4k4s2p1]"]  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["train", "--config", config, "--set", *tiny, "--out", str(run),
+                 "--no-progress"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "conv2k3x3" in out and "conv2k4x4" in out and "[unseen]" in out
+    ckpt = str(run / "last.pt")
+    assert main(["grow", "--checkpoint", ckpt, "--arch", "conv:3k5p2-6k5s2p2", "--num", "2",
+                 "--steps", "3", "--no-progress"]) == 0  # fmt: skip
+    nets = tmp_path / "nets.pt"
+    assert main(["export", "--checkpoint", ckpt, "--arch", "conv:2k3p1-4k3s2p1", "--num", "2",
+                 "--steps", "3", "--out", str(nets)]) == 0  # fmt: skip
+    from gnca.layers import conv_module
+
+    saved = torch.load(nets, weights_only=True)
+    m = conv_module("2k3p1-4k3s2p1", (1, 8, 8), 10)
+    m.load_state_dict(saved["state_dicts"][1])  # the user's own module takes a grown net
+    with pytest.raises(ConfigError, match="task.layers"):
+        load_config(config, ["task.layers=[4k3]"])
