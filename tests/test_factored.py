@@ -1,5 +1,6 @@
 """The factored first layer (gnca.factored) equals the MLP's first layer on the dense perception,
-values and gradients, on every neighbourhood option, random DAGs, senses and bf16 autocast."""
+and the factored route (gnca.rule_fast.factored) the reference route LocalRule.step, values and
+gradients, on every neighbourhood option, random DAGs, senses and bf16 autocast."""
 
 from __future__ import annotations
 
@@ -13,28 +14,30 @@ from hypothesis import given, settings
 from gnca import Architecture, LocalRule, WeightGraph
 from gnca.factored import factored_first_layer, factored_plan
 from gnca.perception import perceive
+from gnca.rule_fast import factored, pick_route
 
 
-def _step_and_grads(rule: LocalRule, g, w, h, senses=None):
-    """One rule step with a fixed mask; the outputs and the gradients of a scalar of them with
-    respect to the rule's parameters and to ``w``, ``h`` (and ``senses``)."""
+def _step_and_grads(rule: LocalRule, g, w, h, senses=None, reference: bool = False):
+    """One rule step with a fixed mask (``forward``, or the reference ``step``); the outputs and
+    the gradients of a scalar of them with respect to the rule's parameters and to ``w``, ``h``
+    (and ``senses``)."""
     w, h = w.clone().requires_grad_(), h.clone().requires_grad_()
     leaves = [w, h]
     if senses is not None:
         senses = senses.clone().requires_grad_()
         leaves.append(senses)
     mask = (torch.arange(w.shape[0]) % 4 != 1).to(w.dtype)
-    w1, h1 = rule(g, w, h, mask=mask, senses=senses)
+    w1, h1 = (rule.step if reference else rule)(g, w, h, mask=mask, senses=senses)
     loss = (w1.sin() * 1.3).sum() + (h1 * h1.cos()).sum()
     grads = torch.autograd.grad(loss, [*rule.parameters(), *leaves])
     return (w1.detach(), h1.detach()), grads
 
 
 def _compare(rule: LocalRule, g, w, h, senses=None, atol: float = 1e-11) -> None:
-    dense = copy.deepcopy(rule)
     rule.factored = True
     assert factored_plan(g, rule.neighbourhood, rule.include_self, rule.reduce, w.dtype)
-    (wa, ha), ga = _step_and_grads(dense, g, w, h, senses)
+    assert pick_route(rule, g, w, "fast") is factored
+    (wa, ha), ga = _step_and_grads(rule, g, w, h, senses, reference=True)
     (wb, hb), gb = _step_and_grads(rule, g, w, h, senses)
     torch.testing.assert_close(wb, wa, rtol=0, atol=atol)
     torch.testing.assert_close(hb, ha, rtol=0, atol=atol)
@@ -46,7 +49,7 @@ def _compare(rule: LocalRule, g, w, h, senses=None, atol: float = 1e-11) -> None
 @pytest.mark.parametrize("neighbourhood", NEIGHBOURHOOD_NAMES)
 @pytest.mark.parametrize("include_self", [False, True])
 @pytest.mark.parametrize("reduce", ["mean", "sum"])
-def test_factored_step_equals_dense_step_float64(
+def test_factored_route_equals_the_reference_step_float64(
     neighbourhood: str, include_self: bool, reduce: str
 ) -> None:
     g = WeightGraph.collate(
@@ -65,7 +68,7 @@ def test_factored_step_equals_dense_step_float64(
 
 @settings(max_examples=25, deadline=None)
 @given(spec=dag_specs())
-def test_factored_step_equals_dense_step_random_dags(spec) -> None:
+def test_factored_route_equals_the_reference_step_random_dags(spec) -> None:
     g = WeightGraph.replicate(spec.build(), 2)
     rule = live_rule(3, widths=(8,), bound=0.5, activation="tanh").double()
     w, h = float64_state(g.num_nodes, 3, seed=2)

@@ -1,4 +1,5 @@
-"""The fused no-grad rule step (used when growing) equals the differentiable step."""
+"""The no-grad routes of gnca.rule_fast (the fused step used when growing, the blocked MLP of the
+explicit path) equal the reference route, LocalRule.step."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from conftest import NEIGHBOURHOOD_NAMES, dag_specs, live_rule
 from hypothesis import given, settings
 
 from gnca import Architecture, LocalRule, WeightGraph
+from gnca.rule_fast import blocked, fused_step, pick_route
 
 
-def _both(rule: LocalRule, g, w, h, seed: int = 3):
-    """(grad-mode step, no-grad step) with the same fire-mask generator seed."""
-    a = rule(g, w, h, generator=torch.Generator().manual_seed(seed))
+def _both(rule: LocalRule, g, w, h, seed: int = 3, path: str = "fast", senses=None):
+    """(reference step, no-grad step through forward) with the same fire-mask generator seed."""
+    a = rule.step(g, w, h, generator=torch.Generator().manual_seed(seed), path=path, senses=senses)
     with torch.no_grad():
-        b = rule(g, w, h, generator=torch.Generator().manual_seed(seed))
+        assert pick_route(rule, g, w, path) is (fused_step if path == "fast" else blocked)
+        b = rule(g, w, h, generator=torch.Generator().manual_seed(seed), path=path, senses=senses)
     return a, b
 
 
@@ -134,3 +137,36 @@ def test_no_grad_step_under_bf16_autocast() -> None:
     assert got_d.shape == ref_d.shape
     torch.testing.assert_close(got[0], ref[0], rtol=0.05, atol=0.05)
     torch.testing.assert_close(got[1], ref[1], rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("path", ["fast", "explicit"])
+@pytest.mark.parametrize("block_rows", [None, 4])
+def test_no_grad_routes_equal_the_reference_with_senses_and_state_bound(
+    path: str, block_rows: int | None
+) -> None:
+    g = WeightGraph.replicate(Architecture.skip_mlp([4, 5, 3, 2], skip=2), 2)
+    e = g.num_nodes
+    rule = live_rule(3, senses=("act", "delta"), bound=0.3, state_bound=1.5).double()
+    rule.block_rows = block_rows
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(e, generator=gen, dtype=torch.float64)
+    h = torch.randn(e, 3, generator=gen, dtype=torch.float64) * 2
+    s = torch.randn(e, rule.mlp[0].in_features - 12, generator=gen, dtype=torch.float64)
+    (wa, ha), (wb, hb) = _both(rule, g, w, h, path=path, senses=s)
+    torch.testing.assert_close(wb, wa, rtol=0, atol=1e-12)
+    torch.testing.assert_close(hb, ha, rtol=0, atol=1e-12)
+    fired = wb != w
+    assert fired.any() and hb[fired].abs().max() < 1.5  # the state bound holds where they fire
+
+
+def test_blocked_route_of_a_max_aggregation_equals_the_reference() -> None:
+    g = WeightGraph.replicate(Architecture.mlp([3, 4, 2]), 2)
+    e = g.num_nodes
+    rule = live_rule(2, aggr="max", widths=(8, 8), activation="silu").double()
+    rule.block_rows = 3
+    gen = torch.Generator().manual_seed(6)
+    w = torch.randn(e, generator=gen, dtype=torch.float64)
+    h = torch.randn(e, 2, generator=gen, dtype=torch.float64)
+    (wa, ha), (wb, hb) = _both(rule, g, w, h, path="explicit")
+    torch.testing.assert_close(wb, wa, rtol=0, atol=1e-12)
+    torch.testing.assert_close(hb, ha, rtol=0, atol=1e-12)

@@ -1,4 +1,5 @@
-"""Tests of gnca.rule: the LocalRule update (no-op start, fire mask, bound, gradients)."""
+"""Tests of gnca.rule: the LocalRule update (no-op start, fire mask, bound, gradients), the
+reference step against the equation, and which route forward takes."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from conftest import NEIGHBOURHOOD_NAMES, float64_state, randomise_output
 
-from gnca import Architecture, LocalRule, WeightGraph, initial_state, task_forward
+from gnca import Architecture, LocalRule, WeightGraph, initial_state, rule_fast, task_forward
 from gnca.perception import perceive
+from gnca.rule_fast import pick_route
 
 
 @pytest.mark.parametrize("neighbourhood", NEIGHBOURHOOD_NAMES)
@@ -237,3 +239,70 @@ def test_gradcheck_of_a_whole_step(neighbourhood: str, include_self: bool) -> No
     params = tuple(p.detach().clone().requires_grad_(True) for p in rule.parameters())
     inputs = (w.requires_grad_(True), h.requires_grad_(True), *params)
     assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("path", ["fast", "explicit"])
+def test_forward_with_gradients_is_the_reference_step_bitwise(path: str) -> None:
+    """With gradients and without the factored flag, forward runs LocalRule.step itself."""
+    g = WeightGraph.replicate(Architecture.skip_mlp([4, 5, 3, 2], skip=2), 2)
+    rule = LocalRule(3, widths=(8, 8), bound=0.5, state_bound=2.0, fire_rate=0.7)
+    randomise_output(rule)
+    w, h = torch.randn(g.num_nodes), torch.randn(g.num_nodes, 3)
+    assert pick_route(rule, g, w, path) is None
+    outs, grads = [], []
+    for step in (rule, rule.step):
+        wg = w.clone().requires_grad_(True)
+        w1, h1 = step(g, wg, h, generator=torch.Generator().manual_seed(1), path=path)
+        (w1.sin().sum() + h1.square().sum()).backward()
+        outs.append((w1.detach(), h1.detach()))
+        grads.append([wg.grad, *(p.grad.clone() for p in rule.parameters())])
+        rule.zero_grad()
+    assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+@pytest.mark.parametrize("state_bound", [None, 0.7])
+def test_reference_step_is_the_update_equation(state_bound: float | None) -> None:
+    """step() against the class docstring's equation written out on the explicit line graph."""
+    g = WeightGraph.replicate(Architecture.mlp([3, 4, 2]), 2)
+    e, c, b = g.num_nodes, 2, 0.4
+    rule = LocalRule(c, widths=(6,), bound=b, state_bound=state_bound).double()
+    randomise_output(rule, std=2.0)
+    w, h = float64_state(e, c, seed=3)
+    m = (torch.arange(e) % 3 != 0).double()
+    w1, h1 = rule.step(g, w, h, mask=m, path="explicit")
+    ei_f, ei_b = rule.line_graph(g)  # (2, pairs): messages from source j to target i
+    x = torch.cat([w.unsqueeze(1), h], dim=1)
+
+    def mean_over(ei: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros_like(x).index_add_(0, ei[1], x[ei[0]])
+        count = torch.bincount(ei[1], minlength=e).clamp(min=1).unsqueeze(1)
+        return total / count
+
+    p = torch.cat([x, mean_over(ei_f), mean_over(ei_b)], dim=1)
+    d = b * torch.tanh(rule.mlp(p) / b)
+    h_target = (
+        h + d[:, 1:]
+        if state_bound is None
+        else state_bound * torch.tanh((h + d[:, 1:]) / state_bound)
+    )
+    torch.testing.assert_close(w1, w + m * d[:, 0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(h1, h + m.unsqueeze(1) * (h_target - h), rtol=0, atol=1e-12)
+
+
+def test_pick_route_follows_the_table() -> None:
+    """Which route forward runs (the table in gnca.rule_fast)."""
+    g = WeightGraph.from_architecture(Architecture.mlp([3, 4, 2]))
+    w32, w16 = torch.zeros(g.num_nodes), torch.zeros(g.num_nodes, dtype=torch.bfloat16)
+    rule = LocalRule(2)
+    assert pick_route(rule, g, w32, "fast") is None  # gradients on: the reference
+    assert pick_route(rule, g, w32, "explicit") is None
+    rule.factored = True
+    assert pick_route(rule, g, w32, "fast") is rule_fast.factored
+    assert pick_route(rule, g, w32, "explicit") is None  # factored needs the fast path
+    assert pick_route(rule, g, w16, "fast") is None  # no sparse products in bf16
+    with torch.no_grad():
+        assert pick_route(rule, g, w32, "fast") is rule_fast.fused_step  # flag ignored
+        assert pick_route(rule, g, w32, "explicit") is rule_fast.blocked
+        rule.factored = False
+        assert pick_route(rule, g, w32, "fast") is rule_fast.fused_step
