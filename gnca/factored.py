@@ -21,8 +21,8 @@ never held or differentiated. :func:`factored_plan` returns ``None`` for graphs 
 fall into too many runs (``max_runs``); the caller then uses the dense perception.
 
 The result equals ``first_layer(perceive(...))`` up to float rounding (tests compare both
-in float64); it is used by the differentiable fast path when :attr:`gnca.LocalRule.factored` is
-set (``train.perception: factored``).
+in float64); the factored route of :mod:`gnca.rule_fast` uses it when
+:attr:`gnca.LocalRule.factored` is set (``train.perception: factored``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 from gnca.graph import cached
-from gnca.perception import _csr, _FixedSparseMM, _sparse_plan
+from gnca.perception import FixedSparseMM, csr_matrix, sparse_plan
 
 #: Above this many runs of weights with one ``(c_f, c_b)`` pair the factored layer is not used.
 MAX_RUNS = 256
@@ -85,7 +85,7 @@ def factored_plan(
 def _build(
     graph: Data, neighbourhood: str, include_self: bool, reduce: str, dtype: torch.dtype
 ) -> FactoredPlan:
-    index, coef, a, a_t, _ = _sparse_plan(graph, neighbourhood, include_self, reduce, dtype)
+    index, coef, a, a_t, _ = sparse_plan(graph, neighbourhood, include_self, reduce, dtype)
     e = graph.src.numel()
     r = a.shape[0]
     rows3 = index.view(e, 3)  # slot 0 is the zero row; slots 1, 2 are 1 + a row of T
@@ -95,8 +95,8 @@ def _build(
     keep = torch.cat([rows3[:, 1] > 0, rows3[:, 2] > 0])  # the zero row gathers nothing
     rows, cols = rows[keep], cols[keep]
     ones = torch.ones(rows.numel(), dtype=dtype, device=graph.src.device)
-    gather = _csr(rows, cols, ones, (e, 2 * r))
-    gather_t = _csr(cols, rows, ones, (2 * r, e))
+    gather = csr_matrix(rows, cols, ones, (e, 2 * r))
+    gather_t = csr_matrix(cols, rows, ones, (2 * r, e))
     c = coef[:, 1:, 0]  # (E, 2)
     starts = (
         torch.cat([torch.ones(1, dtype=torch.bool, device=c.device), (c[1:] != c[:-1]).any(1)])
@@ -131,9 +131,9 @@ def factored_first_layer(
     d = x.shape[1]
     wt = first.weight  # (width, 3D + S)
     w0, wf, wb = wt[:, :d], wt[:, d : 2 * d], wt[:, 2 * d : 3 * d]
-    t = _FixedSparseMM.apply(plan.a, plan.a_t, x)  # (R, D) scaled neuron sums
+    t = FixedSparseMM.apply(plan.a, plan.a_t, x)  # (R, D) scaled neuron sums
     neighbours = torch.cat([t @ wf.t(), t @ wb.t()])  # (2R, width)
-    gathered = _FixedSparseMM.apply(
+    gathered = FixedSparseMM.apply(
         plan.gather, plan.gather_t, neighbours.to(plan.gather.dtype)
     )  # (E, width)
     # own term per run, the neighbour term and the bias added inside each product (under

@@ -18,7 +18,9 @@ product with a constant sparse matrix, and the gather back is a single ``index_s
 the whole ``(E, 3, 1 + C)`` perception (its first slot reads a zero row), followed by one fused
 ``addcmul`` that puts ``x`` in the first slot and the weight's own correction in the other two.
 Both have hand-written backwards through cached CSR transposes (autograd's own backward of a
-gather is an ``index_add`` that sorts its indices at every call).
+gather is an ``index_add`` that sorts its indices at every call). The structure
+(:func:`sparse_plan`, built with :func:`csr_matrix`) and the constant sparse product
+(:class:`FixedSparseMM`) are public: :mod:`gnca.factored` builds on them.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def _build_neuron_plan(
     return index.flatten(), coef, scales[0], scales[1]
 
 
-def _csr(
+def csr_matrix(
     rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]
 ) -> torch.Tensor:
     """A sparse CSR matrix from COO triplets (duplicates are not expected)."""
@@ -108,7 +110,7 @@ def _csr(
         return torch.sparse_csr_tensor(crow, cols, vals, size=shape)
 
 
-class _FixedSparseMM(torch.autograd.Function):
+class FixedSparseMM(torch.autograd.Function):
     """``y = M @ x`` for a constant sparse ``M``; the backward multiplies by the cached ``M^T``
     (an explicit CSR matrix), so neither direction sorts or scatters at run time."""
 
@@ -172,7 +174,7 @@ class _GatherPerception(torch.autograd.Function):
         return grad_table, None, None, grad_x, None
 
 
-def _sparse_plan(
+def sparse_plan(
     graph: Data, neighbourhood: str, include_self: bool, reduce: str, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fast path's structure as sparse matrices, cached on ``graph`` (see :func:`perceive`).
@@ -213,11 +215,11 @@ def _build_sparse_plan(
             vals.append(scale[ends[part], 0])
     n_rows = n if shared else 2 * n
     rows_t, cols_t, vals_t = torch.cat(rows), torch.cat(cols), torch.cat(vals)
-    a = _csr(rows_t, cols_t, vals_t, (n_rows, e))
-    a_t = _csr(cols_t, rows_t, vals_t, (e, n_rows))
+    a = csr_matrix(rows_t, cols_t, vals_t, (n_rows, e))
+    a_t = csr_matrix(cols_t, rows_t, vals_t, (e, n_rows))
     row_b = 1 + (0 if shared else n) + graph.src
     index = torch.stack([torch.zeros_like(graph.dst), 1 + graph.dst, row_b], 1).flatten()
-    g_t = _csr(  # slot 0 reads the zero row, which needs no gradient
+    g_t = csr_matrix(  # slot 0 reads the zero row, which needs no gradient
         torch.cat([1 + graph.dst, row_b]),
         torch.cat([3 * arange + 1, 3 * arange + 2]),
         torch.ones(2 * e, dtype=dtype, device=graph.src.device),
@@ -262,8 +264,8 @@ def perceive(
     x = torch.cat([w.unsqueeze(1), h], dim=1)  # (E, D), D = 1 + C
     e, d = x.shape
     if x.dtype in _SPARSE_DTYPES:
-        index, coef, a, a_t, g_t = _sparse_plan(graph, neighbourhood, include_self, reduce, x.dtype)
-        t = _FixedSparseMM.apply(a, a_t, x)  # (R, D) scaled sums per neuron (and relation)
+        index, coef, a, a_t, g_t = sparse_plan(graph, neighbourhood, include_self, reduce, x.dtype)
+        t = FixedSparseMM.apply(a, a_t, x)  # (R, D) scaled sums per neuron (and relation)
         table = torch.cat([x.new_zeros(1, d), t])  # (1 + R, D)
         return _GatherPerception.apply(table, index, g_t, x, coef)  # (E, 3 + 3C)
     else:  # reduced precision: sparse CSR products are not implemented for it everywhere

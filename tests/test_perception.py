@@ -317,7 +317,7 @@ def test_fused_gather_gradients_are_bitwise_those_of_plain_ops(
     gradients of the unfused formulation it replaced: a gather (backward through the same sparse
     transpose) then an out-of-place ``addcmul``. Rules trained before the fusion, and the results
     documented with them, are reproduced bitwise only because of this."""
-    from gnca.perception import _FixedSparseMM, _sparse_plan
+    from gnca.perception import FixedSparseMM, sparse_plan
 
     class Gather(torch.autograd.Function):
         @staticmethod
@@ -341,9 +341,9 @@ def test_fused_gather_gradients_are_bitwise_those_of_plain_ops(
         if fused:
             p = perceive(g, w, h, neighbourhood, include_self=include_self)
         else:
-            index, coef, a, a_t, g_t = _sparse_plan(g, neighbourhood, include_self, "mean", w.dtype)
+            index, coef, a, a_t, g_t = sparse_plan(g, neighbourhood, include_self, "mean", w.dtype)
             x = torch.cat([w.unsqueeze(1), h], dim=1)
-            table = torch.cat([x.new_zeros(1, 4), _FixedSparseMM.apply(a, a_t, x)])
+            table = torch.cat([x.new_zeros(1, 4), FixedSparseMM.apply(a, a_t, x)])
             gathered = Gather.apply(table, index, g_t).view(-1, 3, 4)
             p = torch.addcmul(gathered, x.unsqueeze(1), coef).view(-1, 12)
         (p * upstream).sum().backward()
