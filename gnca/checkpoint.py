@@ -35,7 +35,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be written or read (missing, corrupt, unsafe, foreign)."""
 
 
-def _first_line(err: BaseException, limit: int = 200) -> str:
+def first_line(err: BaseException, limit: int = 200) -> str:
     """The first non-empty line of an exception message, shortened."""
     for line in str(err).splitlines():
         line = line.strip()
@@ -63,7 +63,7 @@ def _describe_load_error(err: BaseException) -> tuple[str | None, str]:
         for line in rest.splitlines():
             if line.strip():
                 return None, f"{type(err).__name__}: {line.strip()}"
-    return None, f"{type(err).__name__}: {_first_line(err)}"
+    return None, f"{type(err).__name__}: {first_line(err)}"
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:

@@ -57,6 +57,7 @@ import torch.distributed as dist
 
 from gnca.architecture import Architecture
 from gnca.build import trainer_parts
+from gnca.checkpoint import first_line
 from gnca.comm import Comm
 from gnca.config import Config, config_to_dict
 from gnca.data import Dataset
@@ -93,12 +94,8 @@ class DistributedError(RuntimeError):
     """A distributed run that cannot start or go on; the message is one line."""
 
 
-def _first_line(err: BaseException, limit: int = 240) -> str:
-    for line in str(err).splitlines():
-        line = line.strip()
-        if line:
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return type(err).__name__
+def _first_line(err: BaseException) -> str:
+    return first_line(err, 240)
 
 
 # ---------------------------------------------------------------------- the process group

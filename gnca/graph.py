@@ -94,29 +94,59 @@ class WeightGraph(Data):
         if not isinstance(arch, Architecture):
             raise TypeError(f"expected an Architecture, got {type(arch).__name__}")
         e = arch.edges
-        src = torch.as_tensor(e[:, 0].copy())
-        dst = torch.as_tensor(e[:, 1].copy())
-        is_bias = torch.as_tensor(arch.is_bias_weight.copy())
         nonbias_in = np.bincount(e[~arch.is_bias_weight, 1], minlength=arch.num_neurons)
-        fan_in = torch.as_tensor(np.maximum(nonbias_in[e[:, 1]], 1), dtype=torch.float32)
-        g = cls(
-            num_nodes=arch.num_weights,
-            src=src,
-            dst=dst,
-            is_bias=is_bias,
-            fan_in=fan_in,
-            neuron_level=torch.as_tensor(arch.levels.copy()),
-            neuron_kind=torch.as_tensor(arch.kinds.copy()),
+        return cls.of(
+            arch,
+            src=e[:, 0],
+            dst=e[:, 1],
+            is_bias=arch.is_bias_weight,
+            fan_in=np.maximum(nonbias_in[e[:, 1]], 1),
+            kinds=arch.kinds,
+            levels=arch.levels,
+            inputs=arch.inputs,
+            outputs=arch.outputs,
+            device=device,
             neuron_position=torch.as_tensor(arch.position.copy()),
             neuron_level_size=torch.as_tensor(arch.level_size.copy()),
-            input_index=torch.as_tensor(arch.inputs.copy()),
-            output_index=torch.as_tensor(arch.outputs.copy()),
+        )
+
+    @classmethod
+    def of(
+        cls,
+        arch: Any,
+        *,
+        src: np.ndarray,
+        dst: np.ndarray,
+        is_bias: np.ndarray,
+        fan_in: np.ndarray,
+        kinds: np.ndarray,
+        levels: np.ndarray,
+        inputs: np.ndarray,
+        outputs: np.ndarray,
+        device: torch.device | str | None = None,
+        **extra: Any,
+    ) -> WeightGraph:
+        """The graph of one net from its weights' tail and head neurons (or units) ``src``,
+        ``dst`` ``(E,)``, bias flags and fan-ins ``(E,)``, its neurons' kinds and levels
+        ``(N,)`` and input and output ids; ``arch`` gives its counts, key, depth and shapes;
+        ``extra`` attributes are stored as given."""
+        g = cls(
+            num_nodes=arch.num_weights,
+            src=torch.as_tensor(np.array(src, dtype=np.int64)),
+            dst=torch.as_tensor(np.array(dst, dtype=np.int64)),
+            is_bias=torch.as_tensor(np.array(is_bias, dtype=bool)),
+            fan_in=torch.as_tensor(fan_in, dtype=torch.float32),
+            neuron_level=torch.as_tensor(np.array(levels, dtype=np.int64)),
+            neuron_kind=torch.as_tensor(np.array(kinds, dtype=np.int64)),
+            input_index=torch.as_tensor(np.array(inputs, dtype=np.int64)),
+            output_index=torch.as_tensor(np.array(outputs, dtype=np.int64)),
             num_neurons_per_graph=torch.tensor([arch.num_neurons]),
             num_weights_per_graph=torch.tensor([arch.num_weights]),
             arch_key=hash(arch.key()),
             mlp_sizes=tuple(arch.mlp_sizes or ()),
             input_shape=tuple(arch.input_shape or ()),
             depth=arch.depth,
+            **extra,
         )
         return g.to(device) if device is not None else g
 

@@ -372,27 +372,21 @@ class LayerNet:
         :meth:`forward` (the graph keeps the net as ``layer_net``)."""
         from gnca.graph import WeightGraph
 
-        one = WeightGraph(
-            num_nodes=self.num_weights,
-            src=torch.as_tensor(self.src.copy()),
-            dst=torch.as_tensor(self.dst.copy()),
-            is_bias=torch.as_tensor(self.is_bias.copy()),
-            fan_in=torch.as_tensor(self.fan_in, dtype=torch.float32),
+        return WeightGraph.of(
+            self,
+            src=self.src,
+            dst=self.dst,
+            is_bias=self.is_bias,
+            fan_in=self.fan_in,
+            kinds=self.unit_kind,
+            levels=self.unit_level,
+            inputs=self.input_units,
+            outputs=self.output_units,
+            device=device,
             tap=torch.as_tensor(self.tap.copy()),
             layer=torch.as_tensor(self.layer.copy()),
-            neuron_level=torch.as_tensor(self.unit_level.copy()),
-            neuron_kind=torch.as_tensor(self.unit_kind.copy()),
-            input_index=torch.as_tensor(self.input_units.copy()),
-            output_index=torch.as_tensor(self.output_units.copy()),
-            num_neurons_per_graph=torch.tensor([self.num_units]),
-            num_weights_per_graph=torch.tensor([self.num_weights]),
-            arch_key=hash(self.key()),
-            mlp_sizes=(),
-            input_shape=(),
-            depth=self.depth,
             layer_net=self,
         )
-        return one.to(device) if device is not None else one
 
     def weight_graph(self, copies: int = 1, device: torch.device | str | None = None) -> Batch:
         """``copies`` of :meth:`layer_graph`, batched."""
