@@ -1,5 +1,5 @@
 """Every numeric flag of every subcommand: an out-of-range value is one line ``gnca: error:
---flag must ..., got ...`` and exit status 2, before anything is loaded (issue 12)."""
+--flag must ..., got ...`` and exit status 2, before anything is loaded."""
 
 from __future__ import annotations
 

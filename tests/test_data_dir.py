@@ -1,5 +1,5 @@
 """Where MNIST comes from: the command-line flag, then the config's ``data.data_dir``, then
-``$GNCA_DATA`` (issue 12). The shipped configs name no folder of their own."""
+``$GNCA_DATA``. The shipped configs name no folder of their own."""
 
 from __future__ import annotations
 

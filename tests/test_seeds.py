@@ -1,5 +1,5 @@
 """``gnca experiment ... --seeds``: one rule per meta-training seed, the headline metrics over
-seeds (mean, std, worst seed) and the claims held by k of n seeds (issue 15, item 1)."""
+seeds (mean, std, worst seed) and the claims held by k of n seeds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The stability levers (issue 15): bounded hidden states, several loss horizons, weight-scale
+"""The stability levers: bounded hidden states, several loss horizons, weight-scale
 damping. Each is off by default; on, each does what it says against a slow reference."""
 
 from __future__ import annotations
