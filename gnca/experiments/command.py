@@ -3,13 +3,16 @@
 An experiment module (:mod:`gnca.experiments.cli` lists them) adds its own flags after
 :func:`add_shared_arguments` and, in its ``main(args)``, turns the shared ones into rules
 (:func:`rule_sources`), an output folder (:func:`out_folder`) and a device (:func:`device_of`),
-runs its protocol and prints the result (:func:`print_report`).
+runs its protocol and prints the result (:func:`print_report`); :func:`run_and_report` does all
+but the rules for a protocol that takes the shared flags.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -61,6 +64,16 @@ def add_shared_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) 
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_horizon_mult(parser: argparse.ArgumentParser, default: int) -> None:
+    """``--horizon-mult``: how far the nets grow, in units of the training horizon."""
+    parser.add_argument(
+        "--horizon-mult",
+        type=positive_int,
+        default=default,
+        help=f"rule steps grown, in units of k_max ({default})",
+    )
+
+
 def parse_ints(text: str, what: str) -> list[int]:
     """Comma-separated integers (``--depths 1,2,3``)."""
     try:
@@ -106,10 +119,38 @@ def out_folder(
     return Path("results") / experiment / name
 
 
-def print_report(summary: dict, out: Path, table: str, figure: str) -> None:
-    """Print the Markdown table, the figure and the output folder of a finished run."""
+def run_and_report(
+    args: argparse.Namespace,
+    experiment: str,
+    cfg: Config | None,
+    run: Callable[..., dict],
+    *rules: RuleSource | None,
+    **options: Any,
+) -> int:
+    """``run(*rules, out, **options)`` with the shared flags (``--num``, ``--seed``, the device,
+    ``--retrain``, ``--no-progress``) into :func:`out_folder`, then :func:`print_report` of its
+    ``<experiment>.md`` and ``<experiment>.png``; returns 0, the command's exit status."""
+    out = out_folder(args, experiment, cfg, args.checkpoint)
+    summary = run(
+        *rules,
+        out,
+        num=args.num,
+        seed=args.seed,
+        device=device_of(args, cfg),
+        retrain=args.retrain,
+        progress=not args.no_progress,
+        **options,
+    )
+    print_report(summary, out, f"{experiment}.md", f"{experiment}.png")
+    return 0
+
+
+def print_report(summary: dict, out: Path, table: str, figure: str | None) -> None:
+    """Print the Markdown table, the figure (if there is one) and the output folder of a
+    finished run."""
     print((out / table).read_text().rstrip())
-    print(f"\nfigure:  {out / figure}\nresults: {out} ({took(summary)})")
+    shown = f"figure:  {out / figure}\n" if figure else ""
+    print(f"\n{shown}results: {out} ({took(summary)})")
 
 
 def took(summary: dict) -> str:

@@ -36,7 +36,7 @@ from gnca.experiments.adam_baseline import (
     lr_list,
     parse_lrs,
 )
-from gnca.experiments.command import device_of, out_folder, parse_ints, print_report, rule_sources
+from gnca.experiments.command import parse_ints, rule_sources, run_and_report
 from gnca.experiments.common import RuleSource, TrainedRule, md_table, mean_std, rule_info
 from gnca.experiments.runner import ExperimentRun
 from gnca.experiments.seeds import HIGHER, Headline, optional_float
@@ -571,23 +571,18 @@ def main(args: argparse.Namespace) -> int:
             nets=args.adam_nets,
         )
     cfg, rule, _ = rule_sources(args, "generalization", ("rule", ""))
-    out = out_folder(args, "generalization", cfg, args.checkpoint)
-    summary = run_generalization(
+    return run_and_report(
+        args,
+        "generalization",
+        cfg,
+        run_generalization,
         rule,
-        out,
         depths=parse_ints(args.depths, "--depths"),
         widths=parse_ints(args.widths, "--widths"),
-        num=args.num,
         steps=args.steps,
-        seed=args.seed,
-        device=device_of(args, cfg),
         chunk=args.chunk,
-        retrain=args.retrain,
-        progress=not args.no_progress,
         adam=adam,
     )
-    print_report(summary, out, "generalization.md", "generalization.png")
-    return 0
 
 
 # ---------------------------------------------------------------------- --seeds

@@ -28,9 +28,8 @@ import torch
 
 from gnca.architecture import OUTPUT
 from gnca.build import TrainedRule
-from gnca.cliargs import positive_int
 from gnca.experiments.adam_baseline import ADAM_LRS, adam, tuned_adam  # noqa: F401 (re-exported)
-from gnca.experiments.command import device_of, out_folder, print_report, rule_sources
+from gnca.experiments.command import add_horizon_mult, rule_sources, run_and_report
 from gnca.experiments.common import ExperimentError, RuleSource, md_table, mean_std, write_csv
 from gnca.experiments.runner import ExperimentRun
 from gnca.experiments.seeds import HIGHER, Headline, optional_float
@@ -244,12 +243,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``gnca experiment learning`` after the shared ones."""
     parser.add_argument("--datafree-config", help="config of the data-free control rule")
     parser.add_argument("--datafree-checkpoint", help="checkpoint of the data-free control rule")
-    parser.add_argument(
-        "--horizon-mult",
-        type=positive_int,
-        default=10,
-        help="rule steps grown, in units of k_max (10)",
-    )
+    add_horizon_mult(parser, 10)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -261,20 +255,9 @@ def main(args: argparse.Namespace) -> int:
         control=(args.datafree_config, args.datafree_checkpoint, "", {}),
         skip_control=args.datafree_config is None and args.datafree_checkpoint is None,
     )
-    out = out_folder(args, "learning", cfg, args.checkpoint)
-    summary = run_learning(
-        rule,
-        control,
-        out,
-        num=args.num,
-        horizon_mult=args.horizon_mult,
-        seed=args.seed,
-        device=device_of(args, cfg),
-        retrain=args.retrain,
-        progress=not args.no_progress,
+    return run_and_report(
+        args, "learning", cfg, run_learning, rule, control, horizon_mult=args.horizon_mult
     )
-    print_report(summary, out, "learning.md", "learning.png")
-    return 0
 
 
 # ---------------------------------------------------------------------- --seeds

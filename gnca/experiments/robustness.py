@@ -34,10 +34,10 @@ from gnca.architecture import Architecture
 from gnca.cliargs import fraction as fraction_arg
 from gnca.cliargs import nonneg_int, positive_int
 from gnca.damage import zero_out
-from gnca.experiments.command import device_of, out_folder, print_report, rule_sources
+from gnca.experiments.command import rule_sources, run_and_report
 from gnca.experiments.common import ExperimentError, RuleSource, TrainedRule, md_table
 from gnca.experiments.runner import ExperimentRun
-from gnca.experiments.seeds import HIGHER, Headline, SeedCurves, optional_float
+from gnca.experiments.seeds import HIGHER, Headline, SeedCurves
 
 
 def run_robustness(
@@ -441,24 +441,19 @@ def main(args: argparse.Namespace) -> int:
         control_error="the rule without damage needs --nodamage-config, --nodamage-checkpoint "
         "or --config (or pass --damage-only)",
     )
-    out = out_folder(args, "robustness", cfg, args.checkpoint)
-    summary = run_robustness(
+    return run_and_report(
+        args,
+        "robustness",
+        cfg,
+        run_robustness,
         damaged,
         undamaged,
-        out,
-        num=args.num,
         zero_outs=args.zero_outs,
         every=args.every,
         fraction=args.fraction,
         tail=args.tail,
         search_mult=args.search_mult,
-        seed=args.seed,
-        device=device_of(args, cfg),
-        retrain=args.retrain,
-        progress=not args.no_progress,
     )
-    print_report(summary, out, "robustness.md", "robustness.png")
-    return 0
 
 
 # ---------------------------------------------------------------------- --seeds
@@ -471,16 +466,22 @@ SEED_CURVES = SeedCurves(
 )
 
 
+#: A rule's headline metrics (higher is better).
+HEADLINE_KEYS = (
+    "min_recovery",
+    "mean_recovery",
+    "zero_outs_recovered",
+    "pre_damage_test_acc",
+    "final_test_acc",
+)
+
+
 def headline(s: dict[str, Any]) -> Headline:
     """The metrics and claims of one run's ``summary.json`` that ``--seeds`` compares."""
     h = Headline()
     rows = s["table"]
     for r in rows:
-        label = r["rule"]
-        for key in ("min_recovery", "mean_recovery", "zero_outs_recovered"):
-            h.metrics[f"{label}.{key}"] = (optional_float(r[key]), HIGHER)
-        for key in ("pre_damage_test_acc", "final_test_acc"):
-            h.metrics[f"{label}.{key}"] = (optional_float(r[key]), HIGHER)
+        h.add(r["rule"], r, HEADLINE_KEYS, HIGHER)
     first, threshold = rows[0], s["threshold"]
     h.claims[
         f"{first['rule']}: back to >= {threshold * 100:g}% of the pre-damage accuracy after "

@@ -43,6 +43,13 @@ class Headline:
     metrics: dict[str, tuple[float | None, str | None]] = field(default_factory=dict)
     claims: dict[str, bool] = field(default_factory=dict)
 
+    def add(
+        self, prefix: str, row: dict[str, Any], keys: Sequence[str], better: str | None
+    ) -> None:
+        """The metrics ``<prefix>.<key>`` of ``row[key]`` for every key of ``keys``, in order."""
+        for key in keys:
+            self.metrics[f"{prefix}.{key}"] = (optional_float(row[key]), better)
+
 
 def optional_float(value: Any) -> float | None:
     """A summary value as a metric: ``None`` stays ``None``."""

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from gnca.architecture import Architecture
-from gnca.cliargs import nonneg_float, positive_int
-from gnca.experiments.command import device_of, out_folder, print_report, rule_sources
+from gnca.cliargs import nonneg_float
+from gnca.experiments.command import add_horizon_mult, rule_sources, run_and_report
 from gnca.experiments.common import ExperimentError, RuleSource, TrainedRule, md_table, mean_std
 from gnca.experiments.runner import ExperimentRun
-from gnca.experiments.seeds import HIGHER, LOWER, Headline, SeedCurves, optional_float
+from gnca.experiments.seeds import HIGHER, LOWER, Headline, SeedCurves
 from gnca.graph import num_graphs, weight_batch
 
 
@@ -352,12 +352,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--nopool-checkpoint", help="checkpoint of the unpooled rule")
     parser.add_argument("--pooled-only", action="store_true", help="skip the unpooled rule")
-    parser.add_argument(
-        "--horizon-mult",
-        type=positive_int,
-        default=50,
-        help="rule steps grown, in units of k_max (50)",
-    )
+    add_horizon_mult(parser, 50)
     parser.add_argument(
         "--tolerance",
         type=nonneg_float,
@@ -377,21 +372,16 @@ def main(args: argparse.Namespace) -> int:
         control_error="the unpooled rule needs --nopool-config, --nopool-checkpoint or --config "
         "(or pass --pooled-only)",
     )
-    out = out_folder(args, "stability", cfg, args.checkpoint)
-    summary = run_stability(
+    return run_and_report(
+        args,
+        "stability",
+        cfg,
+        run_stability,
         pooled,
         unpooled,
-        out,
-        num=args.num,
         horizon_mult=args.horizon_mult,
         tolerance=args.tolerance,
-        seed=args.seed,
-        device=device_of(args, cfg),
-        retrain=args.retrain,
-        progress=not args.no_progress,
     )
-    print_report(summary, out, "stability.md", "stability.png")
-    return 0
 
 
 # ---------------------------------------------------------------------- --seeds
@@ -405,19 +395,26 @@ SEED_CURVES = SeedCurves(
 )
 
 
+#: A rule's headline metrics where higher is better, then those where lower is better
+#: (accuracy lost since the peak, taken only where the summary has them).
+HEADLINE_KEYS = (
+    "epochs_within_mean",
+    "epochs_within_median",
+    "nets_within_10x_horizon",
+    "test_acc_at_k",
+    "test_acc_at_10k",
+    "test_acc_at_end",
+)
+HEADLINE_DROPS = ("test_acc_drop_at_10k", "test_acc_drop_at_end")
+
+
 def headline(s: dict[str, Any]) -> Headline:
     """The metrics and claims of one run's ``summary.json`` that ``--seeds`` compares."""
     h = Headline()
     rows = s["table"]
     for r in rows:
-        label = r["rule"]
-        for key in ("epochs_within_mean", "epochs_within_median", "nets_within_10x_horizon"):
-            h.metrics[f"{label}.{key}"] = (optional_float(r[key]), HIGHER)
-        for key in ("test_acc_at_k", "test_acc_at_10k", "test_acc_at_end"):
-            h.metrics[f"{label}.{key}"] = (optional_float(r[key]), HIGHER)
-        for key in ("test_acc_drop_at_10k", "test_acc_drop_at_end"):
-            if key in r:
-                h.metrics[f"{label}.{key}"] = (optional_float(r[key]), LOWER)
+        h.add(r["rule"], r, HEADLINE_KEYS, HIGHER)
+        h.add(r["rule"], r, [key for key in HEADLINE_DROPS if key in r], LOWER)
     first = rows[0]
     pct = f"{s['tolerance'] * 100:g}%"
     ten_k = 10 * first["horizon_k_max"]

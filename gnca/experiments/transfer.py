@@ -14,10 +14,9 @@ from typing import Any
 
 import torch
 
-from gnca.cliargs import positive_int
 from gnca.cliargs import seed as seed_arg
 from gnca.experiments.adam_baseline import tuned_adam
-from gnca.experiments.command import device_of, rule_sources, took
+from gnca.experiments.command import add_horizon_mult, device_of, print_report, rule_sources
 from gnca.experiments.common import ExperimentError, RuleSource, md_table, mean_std, write_csv
 from gnca.experiments.learning import grow_on, initial_weights
 from gnca.experiments.runner import ExperimentRun
@@ -107,12 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split-seed", type=seed_arg, default=0, help="seed of its train/test split (0)"
     )
     parser.add_argument("--arch", action="append", help="architecture(s) on that data, e.g. h:32")
-    parser.add_argument(
-        "--horizon-mult",
-        type=positive_int,
-        default=10,
-        help="rule steps grown, in units of k_max (10)",
-    )
+    add_horizon_mult(parser, 10)
 
 
 def seeds_out(args: argparse.Namespace) -> Path:
@@ -153,8 +147,7 @@ def main(args: argparse.Namespace) -> int:
         device=device_of(args, cfg),
         progress=not args.no_progress,
     )
-    print((out / "transfer.md").read_text().rstrip())
-    print(f"\nresults: {out} ({took(summary)})")
+    print_report(summary, out, "transfer.md", None)
     return 0
 
 
