@@ -15,7 +15,7 @@ import argparse
 import math
 import re
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 __all__ = [
     "Parser",
@@ -38,6 +38,7 @@ MAX_SEED = 2**64 - 1
 #: The most seeds ``--seeds N`` runs (each meta-trains its rules).
 MAX_SEEDS = 10_000
 _TYPE_ERROR = re.compile(r"^argument (?P<flags>[^:]+): (?P<msg>must .*)$", re.DOTALL)
+_Number = TypeVar("_Number", int, float)
 
 
 class Parser(argparse.ArgumentParser):
@@ -93,20 +94,21 @@ def _number(text: str) -> float:
     return value
 
 
+def _at_least(value: _Number, low: int, text: str) -> _Number:
+    """``value`` (parsed from ``text``) if it is >= ``low``, else the error ``must be >= low``."""
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1 (``--num``, ``--steps``, ``--threads``, ...)."""
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+    return _at_least(_integer(text), 1, text)
 
 
 def nonneg_int(text: str) -> int:
     """An integer >= 0 (``--curve`` where 0 means off, ``--tail``, ...)."""
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    return _at_least(_integer(text), 0, text)
 
 
 def seed(text: str) -> int:
@@ -134,10 +136,7 @@ def seconds(text: str) -> float:
 
 def nonneg_float(text: str) -> float:
     """A finite number >= 0 (``--tolerance``)."""
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    return _at_least(_number(text), 0, text)
 
 
 def fraction(text: str) -> float:
