@@ -22,6 +22,7 @@ from gnca.architecture import Architecture
 from gnca.archspec import HIDDEN_PREFIX, CLIError, mlp_sizes, parse_arch  # noqa: E402,F401
 from gnca.cliargs import (
     Parser,
+    add_set_flag,
     http_url,
     int_list,
     nonneg_int,
@@ -602,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gnca",
         description="Meta-Neural Cellular Automata: grow task networks with a learned local rule.",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _debug(p)
     sub = p.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_grow(sub)
@@ -615,22 +616,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _debug(sp: argparse.ArgumentParser) -> None:
+    """``--debug``: a traceback instead of the one-line error (see :func:`main`)."""
+    sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
 def _common(sp: argparse.ArgumentParser) -> None:
     """Flags of every subcommand: ``--debug`` and ``--threads``."""
-    sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _debug(sp)
     sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="meta-train a local rule from a YAML config")
     t.add_argument("--config", help="YAML config file (e.g. configs/iris.yaml)")
-    t.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted overrides, e.g. train.steps=2000 rule.widths=[64,64]",
-    )
+    add_set_flag(t, "dotted overrides, e.g. train.steps=2000 rule.widths=[64,64]")
     t.add_argument("--out", help="run directory (default: runs/<name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in the run directory")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run")
@@ -660,10 +660,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_train)
 
 
-def _growing(sp: argparse.ArgumentParser, *, like_training: bool = False) -> None:
+def _growing(
+    sp: argparse.ArgumentParser, *, like_training: bool = False, steps: bool = False
+) -> None:
     """Flags of the subcommands that grow nets from a checkpoint (grow, eval, export);
     ``like_training`` (eval): ``--num``, ``--seed`` and the architectures default to those of
-    the table that ended ``gnca train``."""
+    the table that ended ``gnca train``; ``steps`` (grow, export): ``--steps`` last."""
     sp.add_argument("--checkpoint", required=True, help="a checkpoint written by gnca train")
     archs, num, seed_ = "the training architectures", "100", "0"
     if like_training:
@@ -696,24 +698,23 @@ def _growing(sp: argparse.ArgumentParser, *, like_training: bool = False) -> Non
     )
     sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
     sp.add_argument("--data-dir", default=None, help="data folder (MNIST), overrides the config")
-    sp.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="data.KEY=VALUE",
-        help="grow on other data (rules with senses), e.g. data.name=wine or data.name=csv "
+    add_set_flag(
+        sp,
+        "grow on other data (rules with senses), e.g. data.name=wine or data.name=csv "
         "data.csv_path=FILE, with a matching --arch",
+        metavar="data.KEY=VALUE",
     )
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(sp)
+    if steps:
+        sp.add_argument(
+            "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
+        )
 
 
 def _add_grow(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("grow", help="grow task nets with a trained rule and report accuracy")
-    _growing(g)
-    g.add_argument(
-        "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
-    )
+    _growing(g, steps=True)
     g.add_argument(
         "--curve",
         type=nonneg_int,
@@ -748,10 +749,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export", help="grow nets and save them as a plain PyTorch module")
-    _growing(x)
-    x.add_argument(
-        "--steps", type=positive_int, default=None, help="rule steps (default: train.k_max)"
-    )
+    _growing(x, steps=True)
     x.add_argument("--out", required=True, help="output file, e.g. nets.pt")
     x.set_defaults(func=cmd_export)
 
@@ -787,7 +785,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         metavar="SEC",
         help="seconds a silent connection is waited for (30)",
     )
-    dl.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _debug(dl)
     dl.set_defaults(func=cmd_data_download)
 
 

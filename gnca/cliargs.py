@@ -19,6 +19,7 @@ from typing import NoReturn, TypeVar
 
 __all__ = [
     "Parser",
+    "add_set_flag",
     "fraction",
     "http_url",
     "int_list",
@@ -226,6 +227,11 @@ def target(text: str) -> tuple[str, str, float]:
             f"must read METRIC>=VALUE or METRIC<=VALUE with a finite number, got {text!r}"
         ) from None
     return match[1], match[2], value
+
+
+def add_set_flag(parser: argparse.ArgumentParser, help: str, metavar: str = "KEY=VALUE") -> None:
+    """``--set KEY=VALUE ...``: config overrides, none by default (``help`` says which)."""
+    parser.add_argument("--set", nargs="*", default=[], metavar=metavar, help=help)
 
 
 def iter_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gnca.cliargs import positive_int, seed, seed_list, target
+from gnca.cliargs import add_set_flag, positive_int, seed, seed_list, target
 from gnca.config import Config, config_from_dict, config_to_dict, load_config
 from gnca.experiments.common import ExperimentError, RuleSource
 
@@ -25,12 +25,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) 
     """Flags of every experiment: the rule, overrides, output, nets, seeds, device."""
     parser.add_argument("--config", help="YAML config of the (main) rule to meta-train")
     parser.add_argument("--checkpoint", help=checkpoint_help)
-    parser.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="overrides applied to every config of the experiment, e.g. train.steps=200",
+    add_set_flag(
+        parser, "overrides applied to every config of the experiment, e.g. train.steps=200"
     )
     parser.add_argument("--out", help="output folder (default results/<experiment>/<name>)")
     parser.add_argument(
