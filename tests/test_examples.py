@@ -96,3 +96,17 @@ def test_examples_name_a_missing_checkpoint_or_data_in_one_line(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", ["code_bounds.py", "--neurons", "1"])
     with pytest.raises(SystemExit, match="^error: MNIST needs a data directory"):
         runpy.run_path(str(EXAMPLES / "code_bounds.py"), run_name="__main__")
+
+
+def test_conv_nets_runs_end_to_end_with_adam_beside(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "conv"
+    argv = ["conv_nets.py", "--steps", "1", "--nets", "2", "--adam-examples", "64",
+            "--adam-nets", "1", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(EXAMPLES / "conv_nets.py"), run_name="__main__")
+    import json
+
+    result = json.loads((out / "results.json").read_text())
+    assert result["steps"] == 1 and len(result["rows"]) == 6
+    assert all(0.0 <= r["grown_K"] <= 1.0 and 0.0 <= r["adam"] <= 1.0 for r in result["rows"])
+    assert "[unseen]" in capsys.readouterr().out
