@@ -312,7 +312,7 @@ def test_a_rule_that_reads_data_refuses_layer_nets_in_one_line():
 
 def test_a_data_free_rule_meta_trains_and_grows_conv_nets():
     """Two meta-steps on conv nets with identity codes run, change the rule and grow an unseen
-    kernel size (no accuracy is claimed here: examples/conv_digits.py measures it)."""
+    kernel size (no accuracy is claimed here: examples/conv_nets.py measures it)."""
     from gnca import LocalRule
     from gnca.archspec import parse_arch
     from gnca.config import PoolConfig, TrainConfig
