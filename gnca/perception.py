@@ -26,12 +26,15 @@ gather is an ``index_add`` that sorts its indices at every call). The structure
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch_geometric.data import Data
 
 from gnca.graph import NEIGHBOURHOODS, cached, check_neighbourhood, total_neurons
+
+_Plan = TypeVar("_Plan")
 
 REDUCTIONS = ("mean", "sum")
 
@@ -46,6 +49,11 @@ def check_state(w: torch.Tensor, h: torch.Tensor, graph: Data) -> None:
         raise ValueError(f"w must have shape ({e},) for this graph, got {tuple(w.shape)}")
     if h.dim() != 2 or h.shape[0] != e:
         raise ValueError(f"h must have shape ({e}, C) for this graph, got {tuple(h.shape)}")
+
+
+def _cached_plan(name: str, build: Callable[..., _Plan], graph: Data, *options: Any) -> _Plan:
+    """``build(graph, *options)``, computed once per ``graph`` and ``(name, *options)``."""
+    return cached(graph, (name, *options), lambda: build(graph, *options))
 
 
 def neuron_plan(
@@ -64,10 +72,8 @@ def neuron_plan(
             ``s = (include_self - own) * scale``.
         scale_f, scale_b: ``(N, 1)`` per-neuron ``1 / count`` (0 when empty; 1 for ``sum``).
     """
-    return cached(
-        graph,
-        ("neuron_plan", neighbourhood, include_self, reduce, dtype),
-        lambda: _build_neuron_plan(graph, neighbourhood, include_self, reduce, dtype),
+    return _cached_plan(
+        "neuron_plan", _build_neuron_plan, graph, neighbourhood, include_self, reduce, dtype
     )
 
 
@@ -188,10 +194,8 @@ def sparse_plan(
             transpose.
         g_t: ``(1 + R, 3E)`` CSR transpose of the gather, for its backward.
     """
-    return cached(
-        graph,
-        ("sparse_plan", neighbourhood, include_self, reduce, dtype),
-        lambda: _build_sparse_plan(graph, neighbourhood, include_self, reduce, dtype),
+    return _cached_plan(
+        "sparse_plan", _build_sparse_plan, graph, neighbourhood, include_self, reduce, dtype
     )
 
 
