@@ -206,10 +206,15 @@ class Architecture:
         dst = np.concatenate(dsts).astype(np.int64)
         inp = np.arange(sizes_l[0], dtype=np.int64)
         out = np.arange(starts[-2], starts[-1], dtype=np.int64)
-        if input_shape is not None and int(np.prod(input_shape)) != sizes_l[0]:
-            raise ValueError(f"input_shape {tuple(input_shape)} does not match {sizes_l[0]} inputs")
-        return cls._finish(
-            bias_ids, src, dst, inp, out, np.concatenate(is_b), tuple(sizes_l), input_shape
+        return cls._build(
+            bias_ids,
+            src,
+            dst,
+            inp,
+            out,
+            input_shape=input_shape,
+            is_b=np.concatenate(is_b),
+            mlp_sizes=tuple(sizes_l),
         )
 
     @classmethod
@@ -253,35 +258,27 @@ class Architecture:
         inp: np.ndarray,
         out: np.ndarray,
         *,
-        bias: bool,
         input_shape: tuple[int, int] | None,
+        bias: bool = False,
+        is_b: np.ndarray | None = None,
+        mlp_sizes: tuple[int, ...] | None = None,
     ) -> Architecture:
-        is_b = np.zeros(len(src), dtype=bool)
-        if bias:
-            is_input = np.zeros(n, dtype=bool)
-            is_input[inp] = True
-            targets = np.flatnonzero(~is_input)
-            b_ids = np.arange(n, n + len(targets), dtype=np.int64)
-            src = np.concatenate([src, b_ids])
-            dst = np.concatenate([dst, targets])
-            is_b = np.concatenate([is_b, np.ones(len(targets), dtype=bool)])
-            n = n + len(targets)
+        """The architecture of ``n`` neurons and the weights ``src -> dst``. ``is_b`` marks the
+        bias weights where the caller laid them out (:meth:`mlp`); without it, ``bias`` appends
+        one bias weight (a new neuron) for every neuron that is not an input."""
+        if is_b is None:
+            is_b = np.zeros(len(src), dtype=bool)
+            if bias:
+                is_input = np.zeros(n, dtype=bool)
+                is_input[inp] = True
+                targets = np.flatnonzero(~is_input)
+                b_ids = np.arange(n, n + len(targets), dtype=np.int64)
+                src = np.concatenate([src, b_ids])
+                dst = np.concatenate([dst, targets])
+                is_b = np.concatenate([is_b, np.ones(len(targets), dtype=bool)])
+                n = n + len(targets)
         if input_shape is not None and int(np.prod(input_shape)) != len(inp):
             raise ValueError(f"input_shape {tuple(input_shape)} does not match {len(inp)} inputs")
-        return cls._finish(n, src, dst, inp, out, is_b, None, input_shape)
-
-    @classmethod
-    def _finish(
-        cls,
-        n: int,
-        src: np.ndarray,
-        dst: np.ndarray,
-        inp: np.ndarray,
-        out: np.ndarray,
-        is_b: np.ndarray,
-        mlp_sizes: tuple[int, ...] | None,
-        input_shape: tuple[int, int] | None,
-    ) -> Architecture:
         kinds = np.full(n, HIDDEN, dtype=np.int64)
         kinds[np.unique(src[is_b])] = BIAS
         kinds[inp] = INPUT
