@@ -16,12 +16,13 @@ import time
 
 import torch
 
-from gnca.layers import LayerNet, conv_module
+from gnca.layers import LayerNet
+from gnca.layerspec import conv_module
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--spec", default="8k5s2p2-16k5s2p2", help="conv spec (gnca.layers.conv_module)")
+    p.add_argument("--spec", default="8k5s2p2-16k5s2p2", help="gnca.layerspec.conv_module spec")
     p.add_argument("--shape", default="1,28,28", help="input shape per example")
     p.add_argument("--nets", type=int, default=8)
     p.add_argument("--batch", type=int, default=256)

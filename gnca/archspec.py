@@ -18,7 +18,7 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------- helpers
 #: Prefix of an ``--arch`` spec that lists only the hidden widths (``h:32-16``).
 HIDDEN_PREFIX = "h:"
-#: Prefix of a conv-net ``--arch`` spec (``conv:8k5s2-16k5s2``, :func:`gnca.layers.conv_module`).
+#: Prefix of a conv-net ``--arch`` spec (``conv:8k5s2-16k5s2``, :func:`gnca.layerspec.conv_module`).
 CONV_PREFIX = "conv:"
 
 
@@ -28,7 +28,8 @@ def layer_arch(spec: str, n_in: int, n_out: int, bias: bool, input_shape, activa
     signal ``(1, n_in)``)."""
     import torch
 
-    from gnca.layers import LayerNet, LayerNetError, conv_module, module_from_file
+    from gnca.layers import LayerNet, LayerNetError
+    from gnca.layerspec import conv_module, module_from_file
 
     shape = (1, *input_shape) if input_shape else (1, n_in)
     try:
@@ -153,7 +154,7 @@ def parse_arch(
     ``spec`` is a full MLP spec ``"4-32-3"`` (features first, classes last), hidden widths only
     ``"h:32-16"`` (see :func:`mlp_sizes`), a JSON file
     ``{"edges": [[u, v], ...], "inputs": [...], "outputs": [...]}``, a conv net
-    ``"conv:8k5s2-16k5s2"`` (:func:`gnca.layers.conv_module`, ``activation`` after each layer)
+    ``"conv:8k5s2-16k5s2"`` (:func:`gnca.layerspec.conv_module`, ``activation`` after each layer)
     or ``"file.py:Class"`` (a module of your own, built with no arguments). Every form is checked
     against the data's ``n_in`` features and ``n_out`` classes (:class:`CLIError` if it does
     not fit); ``dataset`` (e.g. ``"iris"``) is named in errors.

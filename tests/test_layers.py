@@ -10,8 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gnca.layers import LayerNet, LayerNetError, nets_forward_reference
+from gnca.layers import LayerNet, LayerNetError
 from gnca.perception import perceive
+
+
+def nets_forward_reference(
+    net: LayerNet, modules: list[nn.Module], X: torch.Tensor
+) -> torch.Tensor:
+    """``(G, B, n_out)``: each module run on ``X`` in turn (the slow reference of
+    :meth:`LayerNet.forward`)."""
+    with torch.no_grad():
+        return torch.stack([m(X).reshape(X.shape[0], -1) for m in modules])
 
 
 class ConvRes(nn.Module):
@@ -267,7 +276,7 @@ def test_a_module_is_an_architecture_for_the_weight_graph_and_task_forward(tmp_p
 
 def test_compact_conv_specs_and_module_files_as_arch(tmp_path):
     from gnca.archspec import CLIError, parse_arch
-    from gnca.layers import conv_module
+    from gnca.layerspec import conv_module
 
     m = conv_module("8k5s2p2-16k5s2p2", (1, 28, 28), 10)
     assert sum(p.numel() for p in m.parameters()) == 11274  # 1-8-16 channels, k5, s2, linear
@@ -370,7 +379,7 @@ def test_a_config_of_layer_nets_trains_grows_and_exports_from_the_command_line(t
     nets = tmp_path / "nets.pt"
     assert main(["export", "--checkpoint", ckpt, "--arch", "conv:2k3p1-4k3s2p1", "--num", "2",
                  "--steps", "3", "--out", str(nets)]) == 0  # fmt: skip
-    from gnca.layers import conv_module
+    from gnca.layerspec import conv_module
 
     saved = torch.load(nets, weights_only=True)
     m = conv_module("2k3p1-4k3s2p1", (1, 8, 8), 10)

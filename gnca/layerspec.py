@@ -1,0 +1,101 @@
+"""Modules from compact specs: the ``conv:`` nets of ``--arch`` and ``FILE.py:CLASS`` modules of
+your own, built as ``torch.nn`` modules that :meth:`gnca.layers.LayerNet.from_module` traces."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from gnca.layers import ACTIVATIONS, LayerNetError
+
+__all__ = ["conv_module", "module_from_file"]
+
+
+def conv_module(
+    spec: str, in_shape: Sequence[int], n_classes: int, *, bias: bool = True,
+    activation: str = "tanh",
+) -> nn.Module:  # fmt: skip
+    """The ``nn.Sequential`` of a compact conv-net spec such as ``"8k5s2-16k5s2"``.
+
+    Each ``-``-separated token is a conv layer ``<channels>k<kernel>[s<stride>][p<padding>]``
+    (``1-D`` or ``2-D`` after ``in_shape``: ``(C, L)`` or ``(C, H, W)``), followed by the
+    activation; ``fc<width>`` tokens after the convs are hidden linear layers; the net ends in
+    flatten (before the first linear layer) and a linear layer to ``n_classes``.
+
+    Raises:
+        LayerNetError: a token that does not parse, or a conv that shrinks the input to nothing.
+    """
+    if activation not in ACTIVATIONS:
+        raise LayerNetError(f"unknown activation {activation!r}; choose one of "
+                            f"{', '.join(ACTIVATIONS)}")  # fmt: skip
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}[activation]
+    shape = tuple(int(s) for s in in_shape)
+    if len(shape) not in (2, 3):
+        raise LayerNetError(f"a conv net needs (C, L) or (C, H, W) inputs, got {shape}")
+    conv = nn.Conv1d if len(shape) == 2 else nn.Conv2d
+    layers: list[nn.Module] = []
+    c, fc = shape[0], False
+    x0 = torch.zeros(1, *shape)
+    for token in [t for t in spec.split("-") if t]:
+        m = _CONV_TOKEN.fullmatch(token)
+        f = _FC_TOKEN.fullmatch(token)
+        if m and not fc:
+            out, k = int(m["c"]), int(m["k"])
+            s, p = int(m["s"] or 1), int(m["p"] or 0)
+            layers += [conv(c, out, k, stride=s, padding=p, bias=bias), act()]
+            c = out
+        elif f:
+            if not fc:
+                layers.append(nn.Flatten())
+                fc = True
+            width = int(f["w"])
+            layers += [nn.LazyLinear(width, bias=bias), act()]
+        else:
+            raise LayerNetError(
+                f"bad conv spec token {token!r} in {spec!r}: use <channels>k<kernel>[s<stride>]"
+                f"[p<padding>] (e.g. 8k5s2), then fc<width> for hidden linear layers"
+            )
+        try:
+            nn.Sequential(*layers)(x0)
+        except RuntimeError:
+            raise LayerNetError(f"conv spec {spec!r}: {token} shrinks {shape} to nothing") from None
+    if not fc:
+        layers.append(nn.Flatten())
+    layers.append(nn.LazyLinear(n_classes, bias=bias))
+    net = nn.Sequential(*layers)
+    net(x0)  # materialise the lazy layers
+    return net
+
+
+_CONV_TOKEN = re.compile(r"(?P<c>\d+)k(?P<k>\d+)(?:s(?P<s>\d+))?(?:p(?P<p>\d+))?")
+_FC_TOKEN = re.compile(r"fc(?P<w>\d+)")
+
+
+def module_from_file(spec: str) -> nn.Module:
+    """An instance of ``Class`` from ``path/to/file.py:Class`` (built with no arguments)."""
+    import importlib.util
+    from pathlib import Path
+
+    path, _, name = spec.rpartition(":")
+    if not path or not name:
+        raise LayerNetError(f"--module takes FILE.py:CLASS, got {spec!r}")
+    if not Path(path).is_file():
+        raise LayerNetError(f"module file not found: {path}")
+    loader = importlib.util.spec_from_file_location(f"gnca_user_{Path(path).stem}", path)
+    if loader is None or loader.loader is None:
+        raise LayerNetError(f"cannot import {path}")
+    mod = importlib.util.module_from_spec(loader)
+    try:
+        loader.loader.exec_module(mod)
+    except Exception as err:
+        raise LayerNetError(f"importing {path} failed: {type(err).__name__}: {err}") from None
+    cls = getattr(mod, name, None)
+    if cls is None:
+        raise LayerNetError(f"{path} has no {name}")
+    try:
+        return cls()
+    except Exception as err:
+        raise LayerNetError(f"{name}() failed: {type(err).__name__}: {err}") from None
