@@ -47,6 +47,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", choices=sorted(SPECS), default="digits")
     p.add_argument("--steps", type=int, default=600, help="meta-steps")
+    p.add_argument(
+        "--no-depth-code",
+        action="store_true",
+        help="codes without the layer's depth (task.depth_code: false)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nets", type=int, default=50, help="grown nets per architecture")
     p.add_argument("--adam-examples", type=int, default=25_600, help="per net")
@@ -62,8 +67,9 @@ def main() -> None:
     task = Task(data, batch_size=256)  # meta-loss batch of 256 examples
     conv = {s: parse_arch("conv:" + s, data.n_features, data.n_classes, True, data.image_shape,
                           args.data) for s in TRAIN + UNSEEN}  # fmt: skip
-    init = InitSpec(init="codes", code_freqs=2)
-    seeds = InitSpec(init="codes", code_freqs=2, code_jitter=1.0)
+    depth = not args.no_depth_code
+    init = InitSpec(init="codes", code_freqs=2, depth_code=depth)
+    seeds = InitSpec(init="codes", code_freqs=2, code_jitter=1.0, depth_code=depth)
     train = TrainConfig(steps=args.steps, batch_size=8, k_min=10, k_max=20, lr=2e-3,
                         lr_final=2e-4, seed=args.seed, device="cpu", log_every=25,
                         checkpoint_every=100, eval_nets=args.nets)  # fmt: skip

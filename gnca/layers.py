@@ -311,6 +311,7 @@ class LayerNet:
         jitter: float = 0.0,
         fraction: float = 1.0,
         generator: torch.Generator | None = None,
+        depth_code: bool = True,
     ) -> torch.Tensor:
         """``(copies * E, C)`` identity codes: what a data-free rule knows of a weight's place.
 
@@ -326,7 +327,8 @@ class LayerNet:
         ``jitter`` in ``[0, 1]`` (meta-training seeds): each hidden unit's channel index moves
         by up to ``jitter / 2``, one draw per unit and net from ``generator``, in a ``fraction``
         of the nets (the first ``round(fraction * copies)``), as ``task.code_jitter`` does for
-        MLP neurons.
+        MLP neurons. ``depth_code=False`` sets the depth channel to 0, so that the layers between
+        the first and the last carry the same codes at every depth (``task.depth_code``).
         """
         need = 8 * freqs + 4
         if hidden_channels < need:
@@ -355,10 +357,8 @@ class LayerNet:
         keep = torch.ones(e, 4, 1)
         keep[:, [0, 2, 3]] = (1 - bias)[:, None, None]  # a bias has no in-channel or tap
         waves = (waves * keep).reshape(copies, e, -1)  # (copies, E, 8f)
-        flags = torch.stack(
-            [(layer + 0.5) / n_layers, bias, (layer == 0).float(), (layer == n_layers - 1).float()],
-            1,
-        )
+        depth = (layer + 0.5) / n_layers if depth_code else torch.zeros_like(layer)
+        flags = torch.stack([depth, bias, (layer == 0).float(), (layer == n_layers - 1).float()], 1)
         out = torch.cat([waves, flags.expand(copies, e, 4)], 2).reshape(copies * e, -1)
         return F.pad(out, (0, hidden_channels - need))
 

@@ -249,7 +249,7 @@ def _codes(
         net = nets[0] if isinstance(nets, list) else nets
         codes = net.codes(hidden_channels, spec.code_freqs, copies=num_graphs(graph),
                           jitter=spec.code_jitter, fraction=spec.code_jitter_fraction,
-                          generator=generator)  # fmt: skip
+                          generator=generator, depth_code=spec.depth_code)  # fmt: skip
         return codes.to(torch.get_default_dtype()).to(graph.src.device)
     f, g = _check_codes(spec, hidden_channels)
     drawn = spec.code_jitter > 0 or spec.neuron_codes == "random"

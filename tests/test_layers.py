@@ -386,3 +386,13 @@ def test_a_config_of_layer_nets_trains_grows_and_exports_from_the_command_line(t
     m.load_state_dict(saved["state_dicts"][1])  # the user's own module takes a grown net
     with pytest.raises(ConfigError, match="task.layers"):
         load_config(config, ["task.layers=[4k3]"])
+
+
+def test_without_the_depth_code_the_depth_channel_is_zero_and_the_rest_unchanged():
+    modules, X, net = _nets(ConvRes, (1, 12, 12), g=1)
+    with_depth = net.codes(24)
+    without = net.codes(24, depth_code=False)
+    depth = 8 * 2  # after the 8f waves
+    assert without[:, depth].abs().sum() == 0 and with_depth[:, depth].abs().sum() > 0
+    keep = [i for i in range(24) if i != depth]
+    assert torch.equal(with_depth[:, keep], without[:, keep])
