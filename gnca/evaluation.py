@@ -124,6 +124,7 @@ def accuracy_table(
     sense_seed: int | None = None,
     before: Callable[[Architecture], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    bar: bool = False,
 ) -> dict[str, Accuracies]:
     """Grow ``num`` nets of every row (no gradients) and measure their ``split`` accuracy.
 
@@ -139,6 +140,7 @@ def accuracy_table(
             ``train.seed + EVAL_SENSES_OFFSET``).
         before: called with each row's architecture before it grows (e.g. to set threads).
         progress: called after every rule step of every row (e.g. a progress bar's update).
+        bar: show a progress bar over the rule steps of all rows.
 
     Returns:
         ``{label: {str(step): {"mean", "min", "max"}}}`` in the order of ``rows``.
@@ -148,6 +150,17 @@ def accuracy_table(
     sense_seed = train_seed + EVAL_SENSES_OFFSET if sense_seed is None else sense_seed
     gen = torch.Generator(device=trained.device).manual_seed(seed)
     out: dict[str, Accuracies] = {}
+    tick, shown = progress, None
+    if bar:
+        from tqdm.auto import tqdm
+
+        shown = tqdm(total=len(rows) * max(horizons), desc="evaluate", unit="step")
+
+        def tick(step: int) -> None:
+            shown.update(1)
+            if progress is not None:
+                progress(step)
+
     for row in rows:
         if before is not None:
             before(row.arch)
@@ -170,7 +183,7 @@ def accuracy_table(
             metric=row.task.metric(split, trained.device),
             record_at=horizons,
             senses=reader,
-            progress=progress,
+            progress=tick,
         )
         assert res.curve is not None
         out[row.label] = {
@@ -181,6 +194,8 @@ def accuracy_table(
             }
             for i, s in enumerate(res.curve_steps)
         }
+    if shown is not None:
+        shown.close()
     return out
 
 

@@ -236,21 +236,9 @@ class MetaTrainer:
         accuracy_table`). Default horizons: ``k_max`` and ``10 * k_max``. ``progress``: a
         progress bar over the rule steps of all architectures."""
         num = num or self.cfg.train.eval_nets
-        k = self.cfg.train.k_max
-        horizons = horizons or (k, 10 * k)
+        horizons = horizons or (self.cfg.train.k_max, 10 * self.cfg.train.k_max)
         rows = table_rows(self.task, self.archs, self.arch_tasks, unseen)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(rows) * max(horizons), desc="evaluate", unit="step")
-        tick = (lambda _: bar.update(1)) if bar is not None else None
-        try:
-            return accuracy_table(self, rows, num=num, horizons=horizons, split=split,
-                                  progress=tick)  # fmt: skip
-        finally:
-            if bar is not None:
-                bar.close()
+        return accuracy_table(self, rows, num=num, horizons=horizons, split=split, bar=progress)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict | None:
