@@ -53,6 +53,10 @@ def main() -> None:
         help="codes without the layer's depth (task.depth_code: false)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-extra", action="append", default=[], metavar="SPEC",
+                   help="one more conv spec to meta-train on (repeatable)")  # fmt: skip
+    p.add_argument("--unseen-extra", action="append", default=[], metavar="SPEC",
+                   help="one more unseen conv spec for the table (repeatable)")  # fmt: skip
     p.add_argument("--nets", type=int, default=50, help="grown nets per architecture")
     p.add_argument("--adam-examples", type=int, default=25_600, help="per net")
     p.add_argument("--adam-nets", type=int, default=5)
@@ -62,6 +66,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     TRAIN, UNSEEN = SPECS[args.data]
+    TRAIN = TRAIN + args.train_extra
+    UNSEEN = [u for u in UNSEEN if u not in TRAIN] + args.unseen_extra
     split = {"split": "standard"} if args.data == "mnist1d" else {}
     data = load_dataset(args.data, **split)
     task = Task(data, batch_size=256)  # meta-loss batch of 256 examples
