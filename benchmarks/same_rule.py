@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from trees import worktrees
 
+from gnca.checkpoint import leaves, same_leaf
+
 ROOT = Path(__file__).resolve().parent.parent
 # Both sides read the config files of the older commit (``--against``): a later commit may change
 # what a repo config says (configs/iris.yaml became the identity-code main job), not the engine.
@@ -79,28 +81,13 @@ def train(
     return out / "last.pt"
 
 
-def flatten(obj, prefix: str = "") -> dict[str, torch.Tensor | object]:
-    """Every leaf of a nested checkpoint dict, keyed by its path."""
-    if isinstance(obj, dict):
-        out: dict = {}
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    if isinstance(obj, (list, tuple)):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(flatten(v, f"{prefix}{i}."))
-        return out
-    return {prefix.rstrip("."): obj}
-
-
 def compare(a: Path, b: Path) -> tuple[list[str], list[str]]:
     """Names of the checkpoint entries that differ (tensors compared bit for bit), and of the
     entries only one side has that do not count: non-tensor ones (e.g. a constructor argument a
     refactor records) and tensors only the newer side ``b`` records (new state, such as the
     pool's sample ages). A tensor the newer side lost is a difference."""
-    da = flatten(torch.load(a, weights_only=True))
-    db = flatten(torch.load(b, weights_only=True))
+    da = leaves(torch.load(a, weights_only=True))
+    db = leaves(torch.load(b, weights_only=True))
     diff = []
     one_sided = [
         k
@@ -113,12 +100,7 @@ def compare(a: Path, b: Path) -> tuple[list[str], list[str]]:
             continue
         if key.startswith("train_time."):  # wall and CPU seconds: a measurement, not arithmetic
             continue
-        va, vb = da.get(key), db.get(key)
-        if isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor):
-            same = va.dtype == vb.dtype and va.shape == vb.shape and torch.equal(va, vb)
-        else:
-            same = va == vb
-        if not same:
+        if not same_leaf(da.get(key), db.get(key)):
             diff.append(key)
     return diff, one_sided
 

@@ -25,7 +25,15 @@ import torch
 
 from gnca.files import atomic_write
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CheckpointError",
+    "leaves",
+    "load_checkpoint",
+    "same_leaf",
+    "save_checkpoint",
+]
 
 FORMAT = "gnca-checkpoint"
 VERSION = 1
@@ -125,3 +133,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             f"checkpoint {path} has version {version}, newer than this gnca reads ({VERSION})"
         )
     return obj
+
+
+def leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a nested checkpoint (dicts, lists, tuples), keyed by its dotted path
+    (``rng.gen``, ``pools.0.w``): for comparing two checkpoints entry by entry."""
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return {prefix.rstrip("."): obj}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(leaves(v, f"{prefix}{k}."))
+    return out
+
+
+def same_leaf(a: Any, b: Any) -> bool:
+    """Two checkpoint leaves are equal: tensors bit for bit (dtype, shape, values), the rest
+    by ``==``."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    return a == b

@@ -25,6 +25,7 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
+from gnca.archspec import is_layer_spec
 from gnca.augment import FEATURE_TRANSFORMS
 from gnca.data import DATASET_NAMES
 from gnca.files import atomic_write
@@ -426,7 +427,7 @@ def _validate_data(c: DataConfig, p: str) -> None:
 def _validate_task(c: TaskConfig, p: str) -> None:
     key = _key(p, "architectures")
     for i, spec in enumerate(c.layers):
-        if not isinstance(spec, str) or not (spec.startswith("conv:") or ".py:" in spec):
+        if not isinstance(spec, str) or not is_layer_spec(spec):
             raise ConfigError(
                 f"config key '{_key(p, 'layers')}[{i}]' must be a conv:... spec or FILE.py:CLASS, "
                 f"got {_short(spec)}"

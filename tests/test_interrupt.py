@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gnca.checkpoint import leaves, same_leaf
+
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).resolve().parent / "interrupt_driver.py"
 STEPS = 16
@@ -58,24 +60,9 @@ def _run(args: list[str], point: str = "none", step: int = 0, sig: str = "INT"):
     )
 
 
-def _flat(obj: object, prefix: str = "") -> dict[str, object]:
-    """Every leaf of a nested checkpoint, keyed by its path."""
-    if isinstance(obj, dict):
-        out: dict[str, object] = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}.{k}"))
-        return out
-    if isinstance(obj, list | tuple):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(_flat(v, f"{prefix}[{i}]"))
-        return out
-    return {prefix: obj}
-
-
 def _checkpoint(run: Path) -> dict[str, object]:
-    d = _flat(torch.load(run / "last.pt", weights_only=True))
-    return {k: v for k, v in d.items() if not k.startswith(".train_time")}  # wall-clock seconds
+    d = leaves(torch.load(run / "last.pt", weights_only=True))
+    return {k: v for k, v in d.items() if not k.startswith("train_time.")}  # wall-clock seconds
 
 
 def _rows(run: Path) -> list[list[str]]:
@@ -85,17 +72,7 @@ def _rows(run: Path) -> list[list[str]]:
 
 
 def _differing(a: dict[str, object], b: dict[str, object]) -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        x, y = a.get(k), b.get(k)
-        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-            same = x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
-        else:
-            same = x == y
-        if not same:
-            out.append(k)
-    return out
+    return [k for k in sorted(set(a) | set(b)) if not same_leaf(a.get(k), b.get(k))]
 
 
 def _accuracies(run: Path) -> dict:
