@@ -87,9 +87,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer_cls = distributed.DistributedMetaTrainer if dist_run else MetaTrainer
     main = distributed.context().is_main  # only rank 0 prints and writes files
     trainer, run_dir = _make_trainer(args, trainer_cls, main)
-    for sizes in trainer.cfg.train.eval_architectures:  # fail now, not after training
-        trainer.task.mlp(sizes)
-    _unseen_layers(trainer)
+    # the unseen architectures of the final table, built now: a bad one fails before training
+    unseen = [trainer.task.mlp(s) for s in trainer.cfg.train.eval_architectures]
+    unseen += _unseen_layers(trainer)
     ckpt = run_dir / "last.pt"
     if main:
         _announce(trainer, run_dir, dist_run)
@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _interrupted(trainer, run_dir, main, saved=True, signum=stop.received)
     if main:
         try:
-            _report_training(trainer, run_dir, progress=not args.no_progress)
+            _report_training(trainer, run_dir, unseen, progress=not args.no_progress)
         except KeyboardInterrupt:
             print(
                 f"\ninterrupted during the final evaluation; {ckpt} (meta-step {trainer.step}) is "
@@ -239,10 +239,9 @@ def _unseen_layers(trainer) -> list:
     return make_layer_nets(cfg.train.eval_layers, cfg.task, trainer.task, "train.eval_layers")
 
 
-def _report_training(trainer, run_dir: Path, progress: bool = True) -> None:
+def _report_training(trainer, run_dir: Path, unseen: list, progress: bool = True) -> None:
     """Evaluate the trained rule, write ``summary.json`` and print the accuracy table."""
     t = trainer.cfg.train
-    unseen = [trainer.task.mlp(s) for s in t.eval_architectures] + _unseen_layers(trainer)
     n = len(trainer.archs) + len(unseen)
     which = "the architecture" if n == 1 else f"each of {n} architectures"
     print(
