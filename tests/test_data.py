@@ -517,3 +517,17 @@ def test_mnist1d_standard_split_is_generated_once_and_cached(tmp_path, monkeypat
     assert torch.equal(again.X_train, d.X_train) and torch.equal(again.y_test, d.y_test)
     pooled = load_dataset("mnist1d", test_fraction=0.2, seed=1)
     assert pooled.X_train.shape == (4000, 40) and pooled.X_test.shape == (1000, 40)
+
+
+def test_mnist1d_without_its_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from gnca.data import DataError
+
+    monkeypatch.setenv("GNCA_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setitem(sys.modules, "mnist1d", None)  # the import fails
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)
+    with pytest.raises(
+        DataError, match=r"needs the mnist1d package: pip install 'gnca\[mnist1d\]'$"
+    ):
+        load_dataset("mnist1d")
