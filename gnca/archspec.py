@@ -1,5 +1,6 @@
 """``--arch`` specs: an MLP's layer sizes, its hidden widths only (``h:32-16``), a JSON edge
-list, a conv net (``conv:8k5s2-16k5s2``) or a module of your own (``file.py:Class``), turned
+list, a conv net (``conv:8k5s2-16k5s2``; ``r`` before a token for a residual layer,
+``conv:fc32-rfc32``) or a module of your own (``file.py:Class``), turned
 into an :class:`~gnca.Architecture` (a :class:`~gnca.layers.LayerNet` for the last two) with
 one-line errors (:class:`CLIError`)."""
 

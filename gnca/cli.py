@@ -674,8 +674,10 @@ def _growing(
         "--arch",
         action="append",
         help="an MLP's layer sizes from the features to the classes (4-32-3), its hidden "
-        "widths only (h:32-16), or edges.json (a DAG with the data's features as inputs and "
-        f"classes as outputs); repeatable (default: {archs})",
+        "widths only (h:32-16), edges.json (a DAG with the data's features as inputs and "
+        "classes as outputs), a conv net (conv:8k5s2p2-16k5s2p2; r before a token for a "
+        "residual layer: conv:8k3p1-r8k3p1, conv:fc32-rfc32) or FILE.py:CLASS; repeatable "
+        f"(default: {archs})",
     )
     sp.add_argument(
         "--num",

@@ -11,7 +11,7 @@ from torch import nn
 
 from gnca.layers import ACTIVATIONS, LayerNetError
 
-__all__ = ["conv_module", "module_from_file"]
+__all__ = ["Residual", "conv_module", "module_from_file"]
 
 
 def conv_module(
@@ -23,10 +23,14 @@ def conv_module(
     Each ``-``-separated token is a conv layer ``<channels>k<kernel>[s<stride>][p<padding>]``
     (``1-D`` or ``2-D`` after ``in_shape``: ``(C, L)`` or ``(C, H, W)``), followed by the
     activation; ``fc<width>`` tokens after the convs are hidden linear layers; the net ends in
-    flatten (before the first linear layer) and a linear layer to ``n_classes``.
+    flatten (before the first linear layer) and a linear layer to ``n_classes``. A token
+    prefixed by ``r`` is a residual layer, ``x + act(layer(x))`` (:class:`Residual`):
+    ``r16k3p1`` (16 channels in and out, stride 1, padding ``(kernel - 1) / 2``) or ``rfc32``
+    (32 features in and out); it must keep the shape it gets.
 
     Raises:
-        LayerNetError: a token that does not parse, or a conv that shrinks the input to nothing.
+        LayerNetError: a token that does not parse, a conv that shrinks the input to nothing,
+            or a residual layer that changes the shape.
     """
     if activation not in ACTIVATIONS:
         raise LayerNetError(f"unknown activation {activation!r}; choose one of "
@@ -40,34 +44,74 @@ def conv_module(
     c, fc = shape[0], False
     x0 = torch.zeros(1, *shape)
     for token in [t for t in spec.split("-") if t]:
-        m = _CONV_TOKEN.fullmatch(token)
-        f = _FC_TOKEN.fullmatch(token)
+        residual = token.startswith("r")
+        body = token[1:] if residual else token
+        m = _CONV_TOKEN.fullmatch(body)
+        f = _FC_TOKEN.fullmatch(body)
         if m and not fc:
             out, k = int(m["c"]), int(m["k"])
             s, p = int(m["s"] or 1), int(m["p"] or 0)
-            layers += [conv(c, out, k, stride=s, padding=p, bias=bias), act()]
+            layer: nn.Module = conv(c, out, k, stride=s, padding=p, bias=bias)
             c = out
         elif f:
             if not fc:
                 layers.append(nn.Flatten())
                 fc = True
-            width = int(f["w"])
-            layers += [nn.LazyLinear(width, bias=bias), act()]
+            layer = nn.LazyLinear(int(f["w"]), bias=bias)
         else:
             raise LayerNetError(
                 f"bad conv spec token {token!r} in {spec!r}: use <channels>k<kernel>[s<stride>]"
-                f"[p<padding>] (e.g. 8k5s2), then fc<width> for hidden linear layers"
+                f"[p<padding>] (e.g. 8k5s2), then fc<width> for hidden linear layers, each "
+                f"optionally prefixed by r for a residual layer (r8k3p1, rfc32)"
             )
-        try:
-            nn.Sequential(*layers)(x0)
-        except RuntimeError:
-            raise LayerNetError(f"conv spec {spec!r}: {token} shrinks {shape} to nothing") from None
+        before = _shape_after(layers, x0, spec, token, shape)
+        layers += [Residual(layer, act()) if residual else layer]
+        if not residual:
+            layers.append(act())
+        after = _shape_after(layers, x0, spec, token, shape, residual=residual)
+        if residual and after != before:
+            raise LayerNetError(
+                f"conv spec {spec!r}: residual layer {token} must keep the shape it gets, "
+                f"{before}, but gives {after} (same channels or width, stride 1, padding "
+                f"(kernel - 1) / 2)"
+            )
     if not fc:
         layers.append(nn.Flatten())
     layers.append(nn.LazyLinear(n_classes, bias=bias))
     net = nn.Sequential(*layers)
     net(x0)  # materialise the lazy layers
     return net
+
+
+class Residual(nn.Module):
+    """``x + act(layer(x))``: a residual layer of a conv spec (``r16k3p1``, ``rfc32``)."""
+
+    def __init__(self, layer: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.layer(x))
+
+
+def _shape_after(
+    layers: list[nn.Module], x0: torch.Tensor, spec: str, token: str, shape: tuple[int, ...],
+    *, residual: bool = False,
+) -> tuple[int, ...]:  # fmt: skip
+    """The shape of one example after ``layers``; a :class:`LayerNetError` naming ``token``
+    when they fail on it (a conv that shrinks it to nothing, a residual that changes it)."""
+    if residual:  # the layer's own output, before the + that would fail on a new shape
+        *rest, last = layers
+        x = nn.Sequential(*rest)(x0)
+        try:
+            return tuple(last.layer(x).shape[1:])
+        except RuntimeError:
+            raise LayerNetError(f"conv spec {spec!r}: {token} shrinks {shape} to nothing") from None
+    try:
+        return tuple(nn.Sequential(*layers)(x0).shape[1:])
+    except RuntimeError:
+        raise LayerNetError(f"conv spec {spec!r}: {token} shrinks {shape} to nothing") from None
 
 
 _CONV_TOKEN = re.compile(r"(?P<c>\d+)k(?P<k>\d+)(?:s(?P<s>\d+))?(?:p(?P<p>\d+))?")
