@@ -1,5 +1,6 @@
-"""``gnca experiment NAME``: the paper's experiments (stability, robustness, generalization) and
-the data-reading rule's (learning, transfer); :data:`EXPERIMENTS` lists them.
+"""``gnca experiment NAME``: the paper's experiments (stability, robustness, generalization),
+the data-reading rule's (learning, transfer) and layer nets' (conv); :data:`EXPERIMENTS` lists
+them.
 
 Each subcommand meta-trains the rules it needs (or loads them with ``--checkpoint``), runs the
 experiment and writes a Markdown table, CSV files, a PNG and ``summary.json`` into ``--out``
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import gnca.experiments.conv as conv
 import gnca.experiments.generalization as generalization
 import gnca.experiments.learning as learning
 import gnca.experiments.robustness as robustness
@@ -52,6 +54,7 @@ EXPERIMENTS: dict[str, ModuleType] = {
     "generalization": generalization,
     "learning": learning,
     "transfer": transfer,
+    "conv": conv,
 }
 
 

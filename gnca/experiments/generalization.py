@@ -674,8 +674,12 @@ def _heatmap_panel(
     fmt,
     light,
     label: str,
+    *,
+    xlabel: str = "hidden width",
+    ylabel: str = "hidden layers",
 ) -> list[tuple[int, int]]:
-    """One heatmap panel: cell values as text (black on light cells), training cells in red."""
+    """One heatmap panel: cell values as text (black on light cells), training cells in red;
+    rows ``depths`` and columns ``widths`` (named by ``ylabel`` and ``xlabel``)."""
     im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     for r in range(len(depths)):
         for c in range(len(widths)):
@@ -699,8 +703,8 @@ def _heatmap_panel(
         outlined.append((r, c))
     ax.set_xticks(range(len(widths)), [str(w) for w in widths])
     ax.set_yticks(range(len(depths)), [str(d) for d in depths])
-    ax.set_xlabel("hidden width")
-    ax.set_ylabel("hidden layers")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label=label)
     return outlined
