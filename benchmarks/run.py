@@ -1,4 +1,4 @@
-"""The gnca benchmark runner: every section of issue 5 in one process, tables to a folder.
+"""The gnca benchmark runner: every section in one process, tables to a folder.
 
 Sections, in the order they run (``--sections`` picks some):
 

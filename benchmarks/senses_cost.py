@@ -3,7 +3,9 @@
 For a batch of task nets (digits 64-32-10 and MNIST-sized 196-32-10 MLPs), times one rule step
 of the data-free rule and of the same rule with all senses (``act hebb error delta loss``,
 ``sense_batch`` examples through the nets first), without gradients (growing) and with them
-(meta-training), interleaved in one run; the table gives the ratios.
+(meta-training), interleaved in one run; the table gives the ratios. Beside growing's step,
+one Adam step on the same nets and as many examples (``task.loss`` on the batch, its backward
+and ``torch.optim.Adam.step``): what a step of the backprop baseline costs.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ def _toy_task(n_in: int, n_out: int, device: torch.device) -> Task:
 def run_senses(sec: Section, ctx: Context) -> None:
     t = Table(
         "One rule step with all senses vs the data-free rule (same nets, C = 16, MLP 64)",
-        ["task nets", "weights", "mode", "data-free ms", "senses ms", "senses/data-free"],
+        [
+            "task nets",
+            "weights",
+            "mode",
+            "data-free ms",
+            "senses ms",
+            "senses/data-free",
+            "Adam step ms",
+            "senses/Adam",
+        ],
     )
     sec.tables.append(t)
     specs = [([64, 32, 10], 8), ([196, 32, 10], 16)] if not ctx.quick else [([64, 32, 10], 4)]
@@ -48,8 +59,20 @@ def _time_one(sec: Section, t: Table, ctx: Context, sizes: list[int], nets: int)
     plain = LocalRule(16, widths=[64]).to(dev)
     torch.manual_seed(0)
     reading = LocalRule(16, widths=[64], senses=list(SENSES)).to(dev)
-    reader = SenseReader(list(SENSES), _toy_task(sizes[0], sizes[-1], dev), 64)
+    task = _toy_task(sizes[0], sizes[-1], dev)
+    reader = SenseReader(list(SENSES), task, 64)
     mask = torch.ones(w.shape[0], device=dev)
+    X, y = task.split("train", dev)
+    param = torch.nn.Parameter(w.clone())
+    opt = torch.optim.Adam([param], lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+
+    def step_adam() -> None:  # one Adam step of every net on 64 examples (as the senses read)
+        idx = torch.randint(0, X.shape[0], (64,), generator=gen).to(dev)
+        loss = task.loss(graph, param, X[idx], y[idx]).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
     def step_plain(grad: bool) -> None:
         with torch.set_grad_enabled(grad):
@@ -66,19 +89,25 @@ def _time_one(sec: Section, t: Table, ctx: Context, sizes: list[int], nets: int)
                 (out[0].sum() + out[1].sum()).backward()
 
     for grad in (False, True):
+        fns = {"plain": lambda g=grad: step_plain(g), "senses": lambda g=grad: step_senses(g)}
+        if not grad:
+            fns["adam"] = step_adam
         res = interleaved(
-            {"plain": lambda g=grad: step_plain(g), "senses": lambda g=grad: step_senses(g)},
+            fns,
             dev,
             ctx.rounds,
             max_seconds=max(5.0, ctx.budget.left() * 0.2),
         )
         a, b = res["plain"].median, res["senses"].median
+        c = res["adam"].median if "adam" in res else None
         t.rows.append(
             [f"{nets} x {'-'.join(map(str, sizes))}", w.shape[0],
-             "fwd+bwd" if grad else "no grad", ms(a), ms(b), f"{b / a:.2f}x"]
+             "fwd+bwd" if grad else "no grad", ms(a), ms(b), f"{b / a:.2f}x",
+             ms(c) if c else "", f"{b / c:.2f}x" if c else ""]
         )  # fmt: skip
         sec.data[f"{'-'.join(map(str, sizes))}_{'grad' if grad else 'nograd'}"] = {
             "plain_s": a,
             "senses_s": b,
             "ratio": b / a,
+            **({"adam_s": c, "senses_over_adam": b / c} if c else {}),
         }
