@@ -27,7 +27,7 @@ import yaml
 
 from gnca.archspec import is_layer_spec
 from gnca.augment import FEATURE_TRANSFORMS
-from gnca.data import DATASET_NAMES
+from gnca.data import DATASET_NAMES, TABLES
 from gnca.files import atomic_write
 from gnca.forward import TASK_ACTIVATIONS
 from gnca.graph import NEIGHBOURHOODS as _NEIGHBOURHOODS
@@ -404,10 +404,10 @@ def _check_range(obj: Any, prefix: str, name: str, low: float, high: float, text
 def _validate_data(c: DataConfig, p: str) -> None:
     _check_choice(c, p, "name", DATASETS)
     _check_choice(c, p, "split", SPLITS)
-    if c.split == "standard" and c.name != "mnist":
+    if c.split == "standard" and c.name not in ("mnist", "mnist1d"):
         raise ConfigError(
-            f"config key '{_key(p, 'split')}' = 'standard' is only available for mnist, "
-            f"not '{c.name}'"
+            f"config key '{_key(p, 'split')}' = 'standard' is only available for mnist and "
+            f"mnist1d, not '{c.name}'"
         )
     if c.name == "csv" and not c.csv_path:
         raise ConfigError(f"config key '{_key(p, 'csv_path')}' must be set when name is 'csv'")
@@ -417,10 +417,10 @@ def _validate_data(c: DataConfig, p: str) -> None:
     _check_min(c, p, "max_train", 1)
     _check_min(c, p, "batch_size", 1)
     for k, name in enumerate(c.also):
-        if name not in ("iris", "wine", "digits", "mnist") or name == c.name:
+        if name not in (*TABLES, "digits", "mnist") or name == c.name:
             raise ConfigError(
-                f"config key '{_key(p, 'also')}[{k}]' must be another of iris, wine, digits, "
-                f"mnist, got {name!r}"
+                f"config key '{_key(p, 'also')}[{k}]' must be another of "
+                f"{', '.join((*TABLES, 'digits', 'mnist'))}, got {name!r}"
             )
 
 

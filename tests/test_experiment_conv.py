@@ -120,3 +120,28 @@ def test_a_bad_unseen_spec_is_one_line(tmp_path, capsys):
 )
 def test_heatmap_cells_of_plain_conv_specs(spec, cell):
     assert conv_cell(spec) == cell
+
+
+def test_the_layer_net_configs_build_their_nets():
+    import importlib.util
+
+    from gnca.build import make_architectures, make_dataset, make_layer_nets, make_task
+    from gnca.config import load_config
+
+    res = load_config(ROOT / "configs" / "residual_digits.yaml")
+    task = make_task(res.task, make_dataset(res.data))
+    assert len(make_architectures(res.task, task)) == 2
+    unseen = make_layer_nets(res.train.eval_layers, res.task, task, "train.eval_layers")
+    assert [n.describe().count("add") for n in unseen] == [3, 1, 2]
+    one_d = load_config(ROOT / "configs" / "conv_mnist1d.yaml")
+    assert (one_d.data.name, one_d.data.split) == ("mnist1d", "standard")
+    spec = importlib.util.spec_from_file_location("conv_nets", ROOT / "examples" / "conv_nets.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    trained, unseen_1d = example.SPECS["mnist1d"]
+    assert one_d.task.layers == ["conv:" + s for s in trained]
+    assert one_d.train.eval_layers == ["conv:" + s for s in unseen_1d]
+    mlp = load_config(ROOT / "configs" / "mnist1d_mlp.yaml")
+    assert mlp.data == one_d.data and mlp.rule == one_d.rule and not mlp.task.layers
+    assert all(a[0] == 40 and a[-1] == 10 for a in mlp.task.architectures)
