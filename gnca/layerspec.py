@@ -11,7 +11,7 @@ from torch import nn
 
 from gnca.layers import ACTIVATIONS, LayerNetError
 
-__all__ = ["Residual", "conv_module", "module_from_file"]
+__all__ = ["CONV_TOKEN", "FC_TOKEN", "Residual", "conv_module", "module_from_file"]
 
 
 def conv_module(
@@ -46,8 +46,8 @@ def conv_module(
     for token in [t for t in spec.split("-") if t]:
         residual = token.startswith("r")
         body = token[1:] if residual else token
-        m = _CONV_TOKEN.fullmatch(body)
-        f = _FC_TOKEN.fullmatch(body)
+        m = CONV_TOKEN.fullmatch(body)
+        f = FC_TOKEN.fullmatch(body)
         if m and not fc:
             out, k = int(m["c"]), int(m["k"])
             s, p = int(m["s"] or 1), int(m["p"] or 0)
@@ -114,8 +114,10 @@ def _shape_after(
         raise LayerNetError(f"conv spec {spec!r}: {token} shrinks {shape} to nothing") from None
 
 
-_CONV_TOKEN = re.compile(r"(?P<c>\d+)k(?P<k>\d+)(?:s(?P<s>\d+))?(?:p(?P<p>\d+))?")
-_FC_TOKEN = re.compile(r"fc(?P<w>\d+)")
+#: a conv token of a spec, ``<channels>k<kernel>[s<stride>][p<padding>]`` (groups c, k, s, p)
+CONV_TOKEN = re.compile(r"(?P<c>\d+)k(?P<k>\d+)(?:s(?P<s>\d+))?(?:p(?P<p>\d+))?")
+#: a hidden linear token of a spec, ``fc<width>`` (group w)
+FC_TOKEN = re.compile(r"fc(?P<w>\d+)")
 
 
 def module_from_file(spec: str) -> nn.Module:

@@ -387,12 +387,12 @@ def headline(s: dict[str, Any]) -> Headline:
 def conv_cell(spec: str) -> tuple[int, int, int] | None:
     """``(conv layers, first kernel size, first channels)`` of a plain conv spec (conv tokens
     only), else ``None``."""
-    from gnca.layerspec import _CONV_TOKEN
+    from gnca.layerspec import CONV_TOKEN
 
     if not spec.startswith(CONV_PREFIX):
         return None
     tokens = [t for t in spec[len(CONV_PREFIX) :].split("-") if t]
-    matches = [_CONV_TOKEN.fullmatch(t) for t in tokens]
+    matches = [CONV_TOKEN.fullmatch(t) for t in tokens]
     if not matches or not all(matches):
         return None
     first = matches[0]
@@ -414,7 +414,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, horizon_mult: int) 
 
 def _heatmaps(rows, cells: list[tuple[int, int, int]], path: Path, title: str) -> None:
     """One column of panels per number of conv layers: grown at K above, Adam below."""
-    from gnca.experiments.generalization import _heatmap_panel
+    from gnca.experiments.generalization import heatmap_panel
     from gnca.experiments.plots import pyplot
 
     plt = pyplot()
@@ -434,7 +434,7 @@ def _heatmaps(rows, cells: list[tuple[int, int, int]], path: Path, title: str) -
                     values[at] = r[key]
                     if r["trained"]:
                         outlined.append(at)
-            _heatmap_panel(
+            heatmap_panel(
                 fig, axes[i, j], values, kernels, channels, outlined,
                 f"{depth} conv layer{'s' if depth > 1 else ''}: {what}", "viridis", 0.0, 1.0,
                 lambda v: f"{v:.3f}", lambda v: v > 0.6 or np.isnan(v), "mean test accuracy",

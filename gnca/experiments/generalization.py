@@ -642,14 +642,14 @@ def plot(
         axes = [ax]
     else:
         fig, axes = plt.subplots(1, 2, figsize=(2 * size[0], size[1] + 0.3))
-    outlined = _heatmap_panel(
+    outlined = heatmap_panel(
         fig, axes[0], values, depths, widths, trained, title, "viridis", 0.0, 1.0,
         lambda v: f"{v:.3f}", lambda v: v > 0.6, "mean test accuracy",
     )  # fmt: skip
     if diff is not None:
         finite = np.abs(diff[np.isfinite(diff)])
         lim = float(finite.max()) if finite.size and finite.max() > 0 else 0.01
-        _heatmap_panel(
+        heatmap_panel(
             fig, axes[1], diff, depths, widths, trained, diff_title, "BrBG", -lim, lim,
             lambda v: f"{v:+.3f}", lambda v: abs(v) < 0.6 * lim, "grown minus Adam",
         )  # fmt: skip
@@ -660,7 +660,7 @@ def plot(
     return outlined
 
 
-def _heatmap_panel(
+def heatmap_panel(
     fig,
     ax,
     values: np.ndarray,
