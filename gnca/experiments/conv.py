@@ -125,11 +125,6 @@ def run_conv(
     specs = [*trained, *unseen]
     if _no_layer_nets(specs):
         raise ExperimentError(NO_LAYER_NETS)
-    if tr.rule.senses:
-        raise ExperimentError(
-            f"rule {source.label!r} reads data (rule.senses): it does not grow layer nets yet; "
-            f"the conv experiment needs a data-free rule"
-        )
     archs = {s: _arch(s, task, tr) for s in specs}  # every spec checked before growing
     k = tr.cfg.train.k_max
     rows = [
@@ -290,7 +285,7 @@ DESCRIPTION = (
     "initial nets beside each. Heatmap over kernel size x channels for plain conv specs, else a "
     "bar chart."
 )
-CHECKPOINT_HELP = "checkpoint of the data-free rule (instead of meta-training --config)"
+CHECKPOINT_HELP = "checkpoint of the rule (instead of meta-training --config)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
