@@ -1,4 +1,5 @@
-"""Dataset loaders: iris, wine, digits (scikit-learn, offline), MNIST (local IDX files) and CSV.
+"""Dataset loaders: iris, wine, breast_cancer, digits (scikit-learn, bundled), circles, moons,
+classification (scikit-learn generators with fixed seeds), MNIST (local IDX files), mnist1d and CSV.
 
 Every loader returns a :class:`Dataset` with float32 features standardised using statistics of the
 training split only, and int64 labels in ``[0, n_classes)``. Nothing is ever downloaded here
@@ -6,8 +7,9 @@ training split only, and int64 labels in ``[0, n_classes)``. Nothing is ever dow
 
 Preprocessing
 -------------
-* Tabular data (iris, wine, csv): per-feature mean and (population, ddof=0) standard deviation of
-  the training split; a feature that is constant on the training split gets std 1.
+* Tabular data (iris, wine, breast_cancer, circles, moons, classification, csv): per-feature
+  mean and (population, ddof=0) standard deviation of the training split; a feature that is
+  constant on the training split gets std 1.
 * Image data (digits, mnist): pixels scaled to [0, 1] (digits / 16, mnist / 255), optionally
   ``k x k`` average pooled, then ONE global mean and std over all training pixels.
 """
@@ -25,9 +27,30 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-__all__ = ["DataError", "Dataset", "load_dataset", "load_mnist_idx", "DATASET_NAMES"]
+__all__ = ["DataError", "Dataset", "load_dataset", "load_mnist_idx", "DATASET_NAMES", "TABLES"]
 
-DATASET_NAMES: tuple[str, ...] = ("iris", "wine", "digits", "mnist", "mnist1d", "csv")
+DATASET_NAMES: tuple[str, ...] = (
+    "iris",
+    "wine",
+    "breast_cancer",
+    "digits",
+    "circles",
+    "moons",
+    "classification",
+    "mnist",
+    "mnist1d",
+    "csv",
+)
+#: the tables of :func:`load_dataset` that ship offline: scikit-learn's bundled ones and its
+#: generators with fixed arguments and seeds (always the same samples)
+TABLES: tuple[str, ...] = (
+    "iris",
+    "wine",
+    "breast_cancer",
+    "circles",
+    "moons",
+    "classification",
+)
 _IMAGE_MAGIC = 2051
 _LABEL_MAGIC = 2049
 # The four standard MNIST files, in the order load_mnist_idx returns them.
@@ -436,9 +459,14 @@ def load_dataset(
     """Load, split and standardise a dataset.
 
     Args:
-        name: ``"iris"``, ``"wine"``, ``"digits"``, ``"mnist"``, ``"mnist1d"`` (40-sample 1-D
-            signals of the ``mnist1d`` package, generated offline and cached) or ``"csv"``
-            (case-insensitive).
+        name: ``"iris"``, ``"wine"``, ``"breast_cancer"``, ``"digits"`` (scikit-learn's bundled
+            data), ``"circles"`` (``make_circles(n_samples=1000, noise=0.1, factor=0.5,
+            random_state=0)``: 2 features, 2 classes), ``"moons"`` (``make_moons(n_samples=1000,
+            noise=0.2, random_state=0)``: 2 features, 2 classes), ``"classification"``
+            (``make_classification(n_samples=2000, n_features=20, n_informative=10,
+            n_classes=4, random_state=0)``: 20 features, 4 classes), ``"mnist"``, ``"mnist1d"``
+            (40-sample 1-D signals of the ``mnist1d`` package, generated offline and cached) or
+            ``"csv"`` (case-insensitive).
         data_dir: MNIST folder with the IDX files; default ``$GNCA_DATA``. Ignored otherwise.
         csv_path: CSV file for ``name="csv"`` (features first, label last, optional header).
         test_fraction: test share in (0, 1) for ``split="random"``.
@@ -586,7 +614,8 @@ def _read_table(
     name: str, csv_path: str | os.PathLike[str] | None
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """Features ``(N, F)`` float64, labels ``(N,)`` int64 and (CSV only) the class names of a
-    scikit-learn dataset (iris, wine, digits) or of the CSV file."""
+    scikit-learn dataset (bundled or generated with fixed seeds, :data:`TABLES`; digits) or of
+    the CSV file."""
     if name == "csv":
         if csv_path is None or str(csv_path) == "":
             raise DataError("dataset 'csv' needs a file: pass data.csv_path in the config")
@@ -596,11 +625,21 @@ def _read_table(
         return _read_csv(path)
     from sklearn import datasets as skd
 
-    loader = {"iris": skd.load_iris, "wine": skd.load_wine, "digits": skd.load_digits}
-    bunch = loader[name]()
-    x = np.asarray(bunch.data, dtype=np.float64)
-    y = np.asarray(bunch.target, dtype=np.int64)
-    return x, y, None
+    generated = {
+        "circles": lambda: skd.make_circles(n_samples=1000, noise=0.1, factor=0.5, random_state=0),
+        "moons": lambda: skd.make_moons(n_samples=1000, noise=0.2, random_state=0),
+        "classification": lambda: skd.make_classification(
+            n_samples=2000, n_features=20, n_informative=10, n_classes=4, random_state=0
+        ),
+    }
+    if name in generated:
+        data, target = generated[name]()
+    else:
+        loader = {"iris": skd.load_iris, "wine": skd.load_wine,
+                  "breast_cancer": skd.load_breast_cancer, "digits": skd.load_digits}  # fmt: skip
+        bunch = loader[name]()
+        data, target = bunch.data, bunch.target
+    return np.asarray(data, dtype=np.float64), np.asarray(target, dtype=np.int64), None
 
 
 def _standardised(

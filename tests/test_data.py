@@ -28,7 +28,11 @@ MNIST_FILES = (
 SKLEARN = {  # name -> (N, F, n_classes, image_shape)
     "iris": (150, 4, 3, None),
     "wine": (178, 13, 3, None),
+    "breast_cancer": (569, 30, 2, None),
     "digits": (1797, 64, 10, (8, 8)),
+    "circles": (1000, 2, 2, None),
+    "moons": (1000, 2, 2, None),
+    "classification": (2000, 20, 4, None),
 }
 
 
@@ -40,9 +44,21 @@ SKLEARN = {  # name -> (N, F, n_classes, image_shape)
 def _raw_sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
     from sklearn import datasets
 
-    bunch = {"iris": datasets.load_iris, "wine": datasets.load_wine}.get(
-        name, datasets.load_digits
-    )()
+    generated = {  # the arguments docs/data.md states
+        "circles": lambda: datasets.make_circles(1000, noise=0.1, factor=0.5, random_state=0),
+        "moons": lambda: datasets.make_moons(1000, noise=0.2, random_state=0),
+        "classification": lambda: datasets.make_classification(
+            2000, n_features=20, n_informative=10, n_classes=4, random_state=0
+        ),
+    }
+    if name in generated:
+        x, y = generated[name]()
+        return np.asarray(x, dtype=np.float64), np.asarray(y)
+    bunch = {
+        "iris": datasets.load_iris,
+        "wine": datasets.load_wine,
+        "breast_cancer": datasets.load_breast_cancer,
+    }.get(name, datasets.load_digits)()
     return np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target)
 
 
@@ -99,7 +115,7 @@ def test_sklearn_shapes_dtypes_classes(name: str) -> None:
     assert torch.isfinite(ds.X_train).all() and torch.isfinite(ds.X_test).all()
 
 
-@pytest.mark.parametrize("name", ["iris", "wine"])
+@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "circles", "classification"])
 def test_tabular_per_feature_standardised_on_train(name: str) -> None:
     ds = load_dataset(name, seed=3)
     x = ds.X_train.double()
@@ -144,6 +160,20 @@ def test_split_reproducible_with_seed(name: str) -> None:
     assert not torch.equal(a.X_test, c.X_test)
 
 
+@pytest.mark.parametrize("name", ["circles", "moons", "classification"])
+def test_generated_tables_are_the_same_samples_every_time(name: str) -> None:
+    """The generators run with fixed seeds: every load is the same data, and another split seed
+    only moves the same samples between train and test."""
+    a, b, c = load_dataset(name), load_dataset(name), load_dataset(name, seed=1)
+    assert torch.equal(a.X_train, b.X_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.y_train, c.y_train)
+    raw, y_raw = _raw_sklearn(name)
+    _check_partition(c, raw, y_raw, global_affine=False)
+    assert sorted(Counter(c.y_train.tolist() + c.y_test.tolist()).items()) == sorted(
+        Counter(y_raw.tolist()).items()
+    )
+
+
 def test_max_train_subsample() -> None:
     full = load_dataset("digits", seed=2)
     a = load_dataset("digits", seed=2, max_train=100)
@@ -174,7 +204,8 @@ def test_digits_downsample() -> None:
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(DataError, match="unknown dataset 'cifar'") as info:
         load_dataset("cifar")
-    for valid in ("iris", "wine", "digits", "mnist", "csv"):
+    for valid in ("iris", "wine", "breast_cancer", "digits", "circles", "moons", "classification",
+                  "mnist", "csv"):  # fmt: skip
         assert valid in str(info.value)
 
 
