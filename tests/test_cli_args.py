@@ -162,7 +162,7 @@ def test_help_lists_every_experiment(capsys):
     registered = next(p for p in iter_parsers(parser) if p.prog == "gnca experiment")
     subs = next(a for a in registered._actions if isinstance(a, argparse._SubParsersAction))
     assert list(subs.choices) == list(EXPERIMENTS)
-    assert len(EXPERIMENTS) == 5
+    assert len(EXPERIMENTS) == 6
     for name in EXPERIMENTS:
         assert name in top.split("experiment ", 1)[1].split("options:")[0], name
         assert f"{name} " in exp, name
