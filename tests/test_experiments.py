@@ -349,8 +349,7 @@ def test_every_experiment_module_owns_its_parser_run_headline_and_figure():
             assert isinstance(getattr(module, attr), str) and getattr(module, attr), (name, attr)
         for attr in ("add_arguments", "main", "headline", f"run_{name}"):
             assert callable(getattr(module, attr)), (name, attr)
-        if name != "transfer":  # transfer writes tables only
-            assert callable(module.plot), name
+        assert callable(module.plot), name
     package = Path(inspect.getfile(EXPERIMENTS["stability"])).parent
     for path in sorted(package.glob("*.py")):
         names = {

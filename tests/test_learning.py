@@ -72,10 +72,11 @@ def test_transfer_experiment_and_growing_on_other_data(tmp_path, capsys):
     from gnca.cli import parse_arch
 
     arch = parse_arch("h:8", 13, 3, True, None)
-    s = run_transfer(RuleSource("senses", checkpoint=ckpt), task, [arch], tmp_path / "t",
-                     num=2, horizon_mult=1, progress=False)  # fmt: skip
+    s = run_transfer(RuleSource("senses", checkpoint=ckpt), [(task, [arch])], tmp_path / "t",
+                     num=2, horizons=[1], progress=False)  # fmt: skip
     (row,) = s["rows"]
     assert row["dataset"] == "wine" and 0 <= row["adam"] <= 1 and row["majority"] > 0.3
+    assert not row["seen_in_meta_training"] and row["examples_seen"] == 3 * 16
     assert load_trained(ckpt).rule.senses
     capsys.readouterr()
     grow = ["grow", "--checkpoint", ckpt, "--num", "2", "--steps", "2"]
@@ -95,3 +96,76 @@ def test_transfer_experiment_and_growing_on_other_data(tmp_path, capsys):
     g2 = ["grow", "--checkpoint", str(free / "last.pt"), "--num", "2", "--steps", "2"]
     assert main([*g2, "--set", "data.name=wine", "--arch", "h:8"]) == 2
     assert "reads no data" in error_line(capsys.readouterr().err)
+
+
+@pytest.fixture(scope="module")
+def senses_checkpoint(tmp_path_factory) -> str:
+    """A data-reading rule meta-trained for 2 steps on digits."""
+    run = tmp_path_factory.mktemp("senses") / "run"
+    assert main(["train", "--config", str(ROOT / "configs" / "digits_senses.yaml"),
+                 "--set", *TINY, "train.steps=2", "--out", str(run), "--no-progress",
+                 "--threads", "1"]) == 0  # fmt: skip
+    return str(run / "last.pt")
+
+
+def test_transfer_learning_curves_on_two_datasets(senses_checkpoint, tmp_path, capsys):
+    import csv
+
+    out = tmp_path / "curves"
+    args = ["experiment", "transfer", "--checkpoint", senses_checkpoint, "--dataset", "iris",
+            "--dataset", "circles", "--arch", "h:8", "--horizons", "1,2,4", "--num", "3",
+            "--out", str(out), "--no-progress", "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "transfer.png" in printed and "## iris" in printed and "## circles" in printed
+    with open(out / "transfer.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dataset"], r["horizon"]) for r in rows] == [
+        (d, h) for d in ("iris", "circles") for h in ("1K", "2K", "4K")
+    ]
+    for col in ("architecture", "steps", "examples_seen", "grown", "adam", "adam_lr",
+                "adam_examples_seen", "grown_minus_adam", "hidden_reset", "majority",
+                "grown_cpu_s_per_net", "adam_cpu_s_per_net", "seen_in_meta_training"):  # fmt: skip
+        assert col in rows[0], col
+    for r in rows:  # K = 3 rule steps of 16 examples; Adam: as many steps of 16
+        m = int(r["horizon_mult"])
+        assert int(r["steps"]) == int(r["adam_steps"]) == 3 * m
+        assert int(r["examples_seen"]) == int(r["adam_examples_seen"]) == 3 * m * 16
+        for key in ("grown", "adam", "hidden_reset", "majority"):
+            assert 0 <= float(r[key]) <= 1, key
+        assert float(r["grown_cpu_s_per_net"]) >= 0 and float(r["adam_cpu_s_per_net"]) > 0
+        assert r["seen_in_meta_training"] == "False"
+    cpu = [float(r["grown_cpu_s_per_net"]) for r in rows[:3]]
+    assert cpu == sorted(cpu)  # one growing run, timed up to every horizon
+    md = (out / "transfer.md").read_text()
+    tables = [ln for ln in md.splitlines() if ln.startswith("| ") and "horizon" not in ln]
+    assert len(tables) == 6 and "hidden reset" in md and "grown - Adam" in md
+    assert "mean over datasets of grown - Adam: 1K" in md and "from 2K to 4K" in md
+    assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["datasets"] == ["iris", "circles"] and s["horizons"] == [1, 2, 4]
+    assert s["curves"]["circles"][rows[3]["architecture"]]["examples_seen"] == [48, 96, 192]
+    assert s["headline"]["trend"] in ("rising", "flat", "falling")
+    from gnca.experiments.transfer import headline
+
+    h = headline(s)
+    assert "grown_4K_minus_2K" in h.metrics and "grown_minus_adam_1K" in h.metrics
+    assert f"iris.{rows[0]['architecture']}.grown_minus_adam_at_4K" in h.metrics
+    assert any("still rising" in c for c in h.claims)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--horizons", "1,x"], "--horizons"),
+        (["--horizons", "0,2"], "--horizons"),
+        (["--horizons", "2,2"], "--horizons"),
+        (["--horizons", "1,2", "--horizon-mult", "3"], "--horizon-mult"),
+    ],
+)
+def test_transfer_bad_horizons_are_one_line(tmp_path, capsys, flags, says):
+    args = ["experiment", "transfer", "--checkpoint", str(tmp_path / "none.pt"), "--dataset",
+            "iris", "--arch", "h:8", "--out", str(tmp_path / "o"), *flags]  # fmt: skip
+    assert main(args) == 2
+    assert says in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()

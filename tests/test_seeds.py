@@ -254,8 +254,9 @@ def test_learning_and_transfer_over_two_seeds(tmp_path, capsys):
     assert main([*argv, "--horizon-mult", "1", "--seeds", "2", "--out", str(tmp_path / "t")]) == 0
     result = json.loads((tmp_path / "t" / "seeds.json").read_text())
     names = list(result["metrics"])
-    assert any(n.endswith(".grown_at_K") for n in names)
-    assert any(n.endswith(".grown_minus_adam") for n in names)
+    assert any(n.startswith("wine.") and n.endswith(".grown_at_1K") for n in names)
+    assert any(n.endswith(".grown_minus_adam_at_1K") for n in names)
+    assert "grown_minus_adam_1K" in names
     assert is_png(tmp_path / "t" / "seeds.png")
     capsys.readouterr()
 

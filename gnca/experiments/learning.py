@@ -64,9 +64,11 @@ def grow_on(
     num: int,
     task: Task | None = None,
     arch=None,
+    metric=None,
 ) -> tuple[Any, torch.Tensor]:
     """Grow ``num`` nets with ``tr`` (each reading its permuted labels) on ``task`` (default:
-    the rule's) and ``arch`` (default: its first training architecture); test accuracy curve."""
+    the rule's) and ``arch`` (default: its first training architecture); test accuracy curve
+    (or the curve of ``metric(graph, w) -> (G,)`` when given)."""
     task = task or tr.task
     reader = None
     if tr.rule.senses:
@@ -86,7 +88,7 @@ def grow_on(
         tr.init,
         device=tr.device,
         generator=torch.Generator(device=tr.device).manual_seed(seed),
-        metric=lambda g, w: permuted_accuracy(task, g, w, perm),
+        metric=metric or (lambda g, w: permuted_accuracy(task, g, w, perm)),
         record_at=record,
         senses=reader,
     )
@@ -101,6 +103,12 @@ def initial_weights(tr: TrainedRule, num: int, seed: int, arch=None) -> tuple[An
     gen = torch.Generator(device=tr.device).manual_seed(seed)
     w0, _ = tr.init.state(graph, tr.rule.hidden_channels, gen)
     return graph, w0
+
+
+def hidden_reset(graph, w: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    """``w`` with every weight outside the output layer put back to ``w0`` (the grown nets with
+    their hidden layers reset to the initial weights)."""
+    return torch.where(graph.neuron_kind[graph.dst] == OUTPUT, w, w0)
 
 
 class _Rows:
@@ -184,7 +192,7 @@ def _hidden_part(tr, rows: _Rows, k: int, num: int, seed: int, grown: float) -> 
     graph, w0 = initial_weights(tr, num, seed)
     w_grown = grow_on(tr, None, k, record=[k], seed=seed, num=num)[0].w
     is_out_layer = graph.neuron_kind[graph.dst] == OUTPUT
-    reset = torch.where(is_out_layer, w_grown, w0)
+    reset = hidden_reset(graph, w_grown, w0)
     acc_reset = rows.add("grown, hidden layers reset to the initial weights", tr.label,
                          permuted_accuracy(tr.task, graph, reset, None))  # fmt: skip
     batch = tr.cfg.rule.sense_batch

@@ -1,118 +1,285 @@
-"""Transfer: a data-reading rule grows nets on a dataset it never met in meta-training.
+"""Transfer: a data-reading rule grows nets on datasets it never met in meta-training.
 
-For every architecture (``--arch``) on the new data (``--dataset``): the grown nets' test
-accuracy at ``K`` and at ``horizon_mult * K`` rule steps, against Adam on all layers from the
-same initial nets with as many examples seen, and the majority class. Outputs in ``out``:
-``transfer.md``, ``transfer.csv`` and ``summary.json``.
+Learning curves against Adam at equal examples seen. For every dataset (``--dataset``,
+repeatable) and architecture (``--arch``), ``num`` nets grow once up to the largest horizon;
+at every horizon ``m * K`` of ``horizons`` (``K = train.k_max``) the run records
+
+* the grown nets' test accuracy (``m * K`` rule steps, each reading ``rule.sense_batch``
+  examples: ``m * K * sense_batch`` examples seen per net);
+* the same nets with their hidden layers put back to their initial weights (the control of
+  :mod:`~gnca.experiments.learning`: what the output layer alone carries);
+* Adam on all layers from the same initial nets with as many examples seen (``m * K`` steps of
+  ``sense_batch``), its learning rate tuned for that budget on the last fifth of the training
+  split (trained on the other four fifths, :func:`~gnca.experiments.adam_baseline.tune_adam`);
+* the CPU seconds (``time.process_time``) per net of growing up to ``m * K`` and of Adam's run
+  at that budget with the rate it picked (the tuning's other rates not counted);
+* the majority class of the training split.
+
+Outputs in ``out``: ``transfer.md`` (a table per dataset), ``transfer.csv`` (one row per dataset
+x architecture x horizon), ``transfer.png`` (accuracy against examples seen and against CPU
+seconds per net, one column per dataset) and ``summary.json`` (the rows, the curves and the
+headline: the mean over datasets of grown minus Adam at every horizon, and the grown nets'
+change between the two largest horizons).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gnca.cliargs import int_list, positive_int
 from gnca.cliargs import seed as seed_arg
-from gnca.experiments.adam_baseline import tuned_adam
-from gnca.experiments.command import add_horizon_mult, device_of, print_report, rule_sources
-from gnca.experiments.common import ExperimentError, RuleSource, md_table, mean_std, write_csv
-from gnca.experiments.learning import grow_on, initial_weights
+from gnca.experiments.adam_baseline import ADAM_LRS, adam_batches, tune_adam
+from gnca.experiments.command import device_of, print_report, rule_sources
+from gnca.experiments.common import ExperimentError, RuleSource, md_table, mean_std
+from gnca.experiments.learning import grow_on, hidden_reset, initial_weights
 from gnca.experiments.runner import ExperimentRun
 from gnca.experiments.seeds import HIGHER, Headline, optional_float
 from gnca.task import Task
 
+#: default horizons, in units of K
+HORIZONS = (1, 10)
+#: a change of the grown nets' mean accuracy between the two largest horizons smaller than this
+#: (either way) is "flat"
+FLAT = 0.005
+
+
+def horizon_name(m: int) -> str:
+    """``10`` -> ``"10K"``."""
+    return f"{m}K"
+
+
+class _Recorder:
+    """``grow``'s metric: the grown nets' test accuracy at each recorded step, the same nets'
+    with their hidden layers reset to ``w0``, and the CPU seconds spent growing up to that step
+    (the metric's own time left out)."""
+
+    def __init__(self, task: Task, X: torch.Tensor, y: torch.Tensor, w0: torch.Tensor) -> None:
+        self.task, self.X, self.y, self.w0 = task, X, y, w0
+        self.reset: list[torch.Tensor] = []
+        self.cpu: list[float] = []
+        self.start = time.process_time()
+        self.spent = 0.0
+
+    def __call__(self, graph, w: torch.Tensor) -> torch.Tensor:
+        t = time.process_time()
+        self.cpu.append(t - self.start - self.spent)
+        acc = self.task.batched_accuracy(graph, w, self.X, self.y).float()
+        reset = hidden_reset(graph, w, self.w0)
+        self.reset.append(self.task.batched_accuracy(graph, reset, self.X, self.y).float())
+        self.spent += time.process_time() - t
+        return acc
+
 
 def run_transfer(
     source: RuleSource,
-    task: Task,
-    archs: list,
+    problems: Sequence[tuple[Task, Sequence[Any]]],
     out: str | Path,
     *,
     num: int = 100,
-    horizon_mult: int = 10,
+    horizons: Sequence[int] = HORIZONS,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Grow nets on data the rule never met in meta-training, against Adam and the majority.
+    """Learning curves of nets grown on data the rule never met, against Adam at equal examples.
 
-    For every architecture: the grown nets' test accuracy at ``K`` and ``horizon_mult * K``;
-    Adam on all layers from the same initial nets with as many examples seen (``K`` steps of
-    ``rule.sense_batch``; the learning rate picked on a validation part of the training split);
-    the majority class of the training split. Outputs: ``transfer.md``, ``transfer.csv``,
-    ``summary.json``.
+    ``problems`` lists ``(task, architectures)``, one per dataset; ``horizons`` the multiples of
+    ``K`` recorded (one growing run up to the largest). What is measured: the module docstring.
+    Outputs: ``transfer.md``, ``transfer.csv``, ``transfer.png``, ``summary.json``.
     """
-    run = ExperimentRun("transfer", out, device=device, progress=progress,
-                        checks=[(num < 1 or horizon_mult < 1,
-                                 "num and horizon_mult must be >= 1")])  # fmt: skip
+    hs = sorted(set(horizons))
+    names = [t.name for t, _ in problems]
+    run = ExperimentRun("transfer", out, device=device, progress=progress, checks=[
+        (num < 1, "num must be >= 1"),
+        (not hs or min(hs) < 1, f"horizons must be integers >= 1, got {list(horizons)}"),
+        (not problems or any(not a for _, a in problems), "transfer needs a dataset and --arch"),
+        (len(set(names)) != len(names), f"a dataset is given twice: {', '.join(names)}"),
+    ])  # fmt: skip
     out, device = run.out, run.device
     (tr,) = run.obtain(source)
     if not tr.rule.senses:
         raise ExperimentError(
             f"rule {source.label!r} reads no data (rule.senses is empty): it cannot learn "
-            f"{task.name}; the transfer experiment needs a rule with senses"
+            f"{', '.join(names)}; the transfer experiment needs a rule with senses"
         )
-    k = tr.cfg.train.k_max
-    total = horizon_mult * k
-    _, y_tr = task.split("train", device)
+    k, batch = tr.cfg.train.k_max, tr.cfg.rule.sense_batch
+    met = {tr.cfg.data.name, *getattr(tr.cfg.data, "also", [])}
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, dict[str, dict[str, Any]]] = {}
+    for task, archs in problems:
+        curves[task.name] = {}
+        for arch in archs:
+            run.note(f"transfer: {task.name}, {arch.describe()}: growing {hs[-1] * k} steps")
+            got = _one(tr, task, arch, hs, k, batch, num, seed, device)
+            got_rows = [{"dataset": task.name, "seen_in_meta_training": task.name in met, **r}
+                        for r in got]  # fmt: skip
+            rows.extend(got_rows)
+            curves[task.name][arch.describe()] = _curve(got_rows)
+    run.write_csv("transfer.csv", rows)
+    head = _headline(rows, hs)
+    (out / "transfer.md").write_text(_markdown(rows, head, hs, names, num, k, batch))
+    plot(curves, out / "transfer.png", k)
+    return run.finish({
+        "rules": run.rule_infos(), "dataset": ", ".join(names), "datasets": names, "num": num,
+        "k": k, "sense_batch": batch, "horizons": hs, "adam_lrs": list(ADAM_LRS),
+        "headline": head, "rows": rows, "curves": curves,
+    })  # fmt: skip
+
+
+def _one(tr, task: Task, arch, hs: list[int], k: int, batch: int, num: int, seed: int, device):
+    """The rows of one dataset and architecture, one per horizon."""
+    X_tr, y_tr = task.split("train", device)
     X_te, y_te = task.split("test", device)
     majority = float((y_te == torch.bincount(y_tr).argmax()).float().mean())
+    graph, w0 = initial_weights(tr, num, seed, arch)
+    rec = _Recorder(task, X_te, y_te, w0)
+    steps = [m * k for m in hs]
+    _, curve = grow_on(tr, None, steps[-1], record=steps, seed=seed, num=num, task=task,
+                       arch=arch, metric=rec)  # fmt: skip
+    trainable = torch.ones(w0.shape[0], dtype=torch.bool, device=w0.device)
     rows = []
-    for arch in archs:
-        at = sorted({k, total})
-        _, curve = grow_on(tr, None, total, record=at, seed=seed, num=num, task=task, arch=arch)
-        graph, w0 = initial_weights(tr, num, seed, arch)
-        lr, w_adam = tuned_adam(task, graph, w0, torch.ones(w0.shape[0], dtype=torch.bool,
-                                device=w0.device), k, tr.cfg.rule.sense_batch, seed)  # fmt: skip
-        adam_acc = task.accuracy(graph, w_adam, X_te, y_te)
-        g_k, g_end = mean_std(curve[0])[0], mean_std(curve[-1])[0]
-        a_m = mean_std(adam_acc)[0]
+    for i, m in enumerate(hs):
+        batches = adam_batches(steps[i] * batch, batch)
+        t = tune_adam(task, graph, w0, trainable, batches, seed, ADAM_LRS, X_tr, y_tr, 0.2)
+        adam_acc = task.batched_accuracy(graph, t.w, X_te, y_te)
+        (g, g_sd), (a, a_sd) = mean_std(curve[i]), mean_std(adam_acc)
         rows.append({
-            "dataset": task.name, "architecture": arch.describe(), "grown_at_K": g_k,
-            f"grown_at_{horizon_mult}K": g_end, "adam": a_m, "adam_lr": lr,
-            "grown_minus_adam": g_k - a_m, "majority": majority,
-            "examples_seen": k * tr.cfg.rule.sense_batch,
+            "architecture": arch.describe(), "horizon": horizon_name(m), "horizon_mult": m,
+            "steps": steps[i], "examples_seen": steps[i] * batch, "grown": g, "grown_std": g_sd,
+            "adam": a, "adam_std": a_sd, "adam_lr": t.lr, "adam_steps": len(batches),
+            "adam_examples_seen": sum(batches), "grown_minus_adam": g - a,
+            "hidden_reset": mean_std(rec.reset[i])[0], "majority": majority,
+            "grown_cpu_s_per_net": rec.cpu[i] / num,
+            "adam_cpu_s_per_net": t.cpu_seconds[t.lr] / num,
         })  # fmt: skip
-    write_csv(out / "transfer.csv", rows)
-    table = md_table(
-        ["architecture", "grown @K", f"grown @{horizon_mult}K", "Adam", "grown - Adam", "majority"],
-        [[r["architecture"], f"{r['grown_at_K']:.3f}", f"{r[f'grown_at_{horizon_mult}K']:.3f}",
-          f"{r['adam']:.3f}", f"{r['grown_minus_adam']:+.3f}", f"{r['majority']:.3f}"]
-         for r in rows],
-    )  # fmt: skip
-    (out / "transfer.md").write_text(
-        f"# Growing on {task.name}, never seen in meta-training ({num} nets, K = {k}, "
-        f"{k * tr.cfg.rule.sense_batch} examples seen per net)\n\n{table}\n"
-    )
-    return run.finish({"rules": run.rule_infos(), "dataset": task.name, "num": num, "rows": rows})
+    return rows
+
+
+def _curve(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One dataset and architecture's rows as lists over the horizons (``summary.json``)."""
+    keys = ("horizon_mult", "steps", "examples_seen", "grown", "adam", "hidden_reset",
+            "grown_cpu_s_per_net", "adam_cpu_s_per_net", "adam_lr")  # fmt: skip
+    return {key: [r[key] for r in rows] for key in keys} | {"majority": rows[0]["majority"]}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _headline(rows: list[dict[str, Any]], hs: list[int]) -> dict[str, Any]:
+    """Means over datasets and architectures at every horizon, and the grown nets' change
+    between the two largest horizons (``grown_<M>K_minus_<m>K`` and ``trend``)."""
+    head: dict[str, Any] = {}
+    for m in hs:
+        at = [r for r in rows if r["horizon_mult"] == m]
+        for key in ("grown", "adam", "grown_minus_adam", "hidden_reset"):
+            head[f"{key}_{horizon_name(m)}"] = _mean([r[key] for r in at])
+    if len(hs) > 1:
+        last, prev = horizon_name(hs[-1]), horizon_name(hs[-2])
+        change = head[f"grown_{last}"] - head[f"grown_{prev}"]
+        head[f"grown_{last}_minus_{prev}"] = change
+        head["trend"] = "rising" if change > FLAT else "falling" if change < -FLAT else "flat"
+    return head
+
+
+def _markdown(rows, head, hs: list[int], names: list[str], num: int, k: int, batch: int) -> str:
+    """``transfer.md``: a table per dataset, then the means over datasets."""
+    parts = [
+        f"# Growing on data never seen in meta-training: learning curves against Adam\n\n"
+        f"{num} nets per dataset and architecture, K = {k} rule steps, {batch} examples read "
+        f"per rule step; Adam from the same initial nets with the same examples seen per net "
+        f"(batches of {batch}, lr picked per budget on a validation fifth of the training "
+        f"split). CPU s: CPU seconds per net (growing up to the horizon; Adam's run at the "
+        f"picked rate)."
+    ]
+    for name in names:
+        own = [r for r in rows if r["dataset"] == name]
+        seen = " (met in meta-training: not a transfer)" if own[0]["seen_in_meta_training"] else ""
+        table = md_table(
+            ["architecture", "horizon", "examples", "grown", "Adam", "grown - Adam",
+             "hidden reset", "majority", "CPU s grown", "CPU s Adam"],
+            [[r["architecture"], f"{r['horizon']} ({r['steps']})", f"{r['examples_seen']:,}",
+              f"{r['grown']:.3f}", f"{r['adam']:.3f}", f"{r['grown_minus_adam']:+.3f}",
+              f"{r['hidden_reset']:.3f}", f"{r['majority']:.3f}",
+              f"{r['grown_cpu_s_per_net']:.3g}", f"{r['adam_cpu_s_per_net']:.3g}"] for r in own],
+        )  # fmt: skip
+        parts.append(f"## {name}{seen}\n\n{table}")
+    gaps = ", ".join(f"{horizon_name(m)} {head[f'grown_minus_adam_{horizon_name(m)}']:+.3f}"
+                     for m in hs)  # fmt: skip
+    lines = [f"- mean over datasets of grown - Adam: {gaps}"]
+    if len(hs) > 1:
+        last, prev = horizon_name(hs[-1]), horizon_name(hs[-2])
+        lines.append(
+            f"- grown nets from {prev} to {last}: {head[f'grown_{last}_minus_{prev}']:+.3f} "
+            f"(mean over datasets: {head['trend']})"
+        )
+    parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
 
 
 # ---------------------------------------------------------------------- command line
-HELP = "grow with a data-reading rule on a dataset it never met, against Adam"
+HELP = "learning curves of a data-reading rule on datasets it never met, against Adam"
 DESCRIPTION = (
-    "Grow nets on --dataset (not used in meta-training) for each --arch; compare with Adam at "
-    "equal examples seen and with the majority class."
+    "Grow nets on each --dataset (not used in meta-training) for each --arch, recording test "
+    "accuracy at every horizon of --horizons (multiples of K); compare with Adam at equal "
+    "examples seen (its learning rate tuned per budget), with the grown nets' hidden layers "
+    "reset, and with the majority class; CPU seconds per net of both."
 )
 CHECKPOINT_HELP = "checkpoint of the data-reading rule (instead of meta-training --config)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``gnca experiment transfer`` after the shared ones."""
-    parser.add_argument("--dataset", required=True, help="iris, wine, digits, mnist or csv")
+    from gnca.data import DATASET_NAMES
+
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        required=True,
+        help=f"dataset to grow on, repeatable: {', '.join(DATASET_NAMES)}",
+    )
     parser.add_argument("--csv-path", default=None, help="the CSV file of --dataset csv")
     parser.add_argument(
         "--split-seed", type=seed_arg, default=0, help="seed of its train/test split (0)"
     )
     parser.add_argument("--arch", action="append", help="architecture(s) on that data, e.g. h:32")
-    add_horizon_mult(parser, 10)
+    parser.add_argument(
+        "--horizons",
+        type=int_list(1, unique=True),
+        default=None,
+        metavar="M,M,...",
+        help="horizons recorded, in units of K = train.k_max, e.g. 1,10,100 (default 1,10)",
+    )
+    parser.add_argument(
+        "--horizon-mult",
+        type=positive_int,
+        default=None,
+        metavar="M",
+        help="short for --horizons 1,M",
+    )
+
+
+def horizons_of(args: argparse.Namespace) -> list[int]:
+    """``--horizons`` (or ``--horizon-mult M``: ``1,M``) as sorted multiples of K."""
+    if args.horizons is not None and args.horizon_mult is not None:
+        raise ExperimentError("--horizon-mult M is short for --horizons 1,M: give one of them")
+    if args.horizon_mult is not None:
+        return sorted({1, args.horizon_mult})
+    if args.horizons is None:
+        return list(HORIZONS)
+    return sorted(int(x) for x in args.horizons.split(","))
 
 
 def seeds_out(args: argparse.Namespace) -> Path:
-    """The folder of a ``--seeds`` run: ``--out``, else ``results/transfer/<dataset>`` (not
+    """The folder of a ``--seeds`` run: ``--out``, else ``results/transfer/<datasets>`` (not
     the config's name: the data is what is new)."""
-    return Path(args.out) if args.out else Path("results") / "transfer" / args.dataset
+    return Path(args.out) if args.out else Path("results") / "transfer" / "_".join(args.dataset)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -121,45 +288,111 @@ def main(args: argparse.Namespace) -> int:
     from gnca.build import make_dataset, make_task
     from gnca.config import DataConfig
 
+    horizons = horizons_of(args)
+    if not args.arch:
+        raise ExperimentError("gnca experiment transfer needs --arch (e.g. h:32)")
     cfg, rule, _ = rule_sources(args, "transfer", ("senses", ""))
     if args.checkpoint is not None:
         from gnca.build import load_rule
 
         _, cfg = load_rule(args.checkpoint)
     assert cfg is not None
-    data = make_dataset(DataConfig(name=args.dataset, csv_path=args.csv_path, seed=args.split_seed))
-    task = make_task(cfg.task, data)
-    if not args.arch:
-        raise ExperimentError("gnca experiment transfer needs --arch (e.g. h:32)")
-    archs = [
-        parse_arch(a, data.n_features, data.n_classes, cfg.task.bias, data.image_shape, data.name)
-        for a in args.arch
-    ]
-    out = Path(args.out) if args.out else Path("results") / "transfer" / data.name
+    problems = []
+    for name in args.dataset:
+        data = make_dataset(DataConfig(name=name, csv_path=args.csv_path, seed=args.split_seed))
+        archs = [
+            parse_arch(
+                a, data.n_features, data.n_classes, cfg.task.bias, data.image_shape, data.name
+            )  # fmt: skip
+            for a in args.arch
+        ]
+        problems.append((make_task(cfg.task, data), archs))
+    out = seeds_out(args)
     summary = run_transfer(
         rule,
-        task,
-        archs,
+        problems,
         out,
         num=args.num,
-        horizon_mult=args.horizon_mult,
+        horizons=horizons,
         seed=args.seed,
         device=device_of(args, cfg),
         progress=not args.no_progress,
     )
-    print_report(summary, out, "transfer.md", None)
+    print_report(summary, out, "transfer.md", "transfer.png")
     return 0
 
 
 # ---------------------------------------------------------------------- --seeds
 def headline(s: dict[str, Any]) -> Headline:
-    """The metrics of one run's ``summary.json`` that ``--seeds`` compares."""
+    """The metrics of one run's ``summary.json`` that ``--seeds`` compares: every row's grown,
+    Adam and grown - Adam, and the means over datasets of :func:`_headline`."""
     h = Headline()
     for r in s["rows"]:
-        arch = r["architecture"]
-        for key, value in r.items():
-            if key.startswith("grown_at_") or key == "grown_minus_adam":
-                h.metrics[f"{arch}.{key}"] = (optional_float(value), HIGHER)
-            elif key == "adam":
-                h.metrics[f"{arch}.adam"] = (optional_float(value), None)
+        at = f"{r['dataset']}.{r['architecture']}"
+        hz = r["horizon"]
+        h.metrics[f"{at}.grown_at_{hz}"] = (optional_float(r["grown"]), HIGHER)
+        h.metrics[f"{at}.adam_at_{hz}"] = (optional_float(r["adam"]), None)
+        h.metrics[f"{at}.grown_minus_adam_at_{hz}"] = (
+            optional_float(r["grown_minus_adam"]),
+            HIGHER,
+        )
+    for key, value in s["headline"].items():
+        if key == "trend":
+            continue
+        better = None if key.startswith(("adam_", "hidden_reset_")) else HIGHER
+        h.metrics[key] = (optional_float(value), better)
+    hs = [horizon_name(m) for m in s["horizons"]]
+    for hz in (hs[0], hs[-1]):
+        h.claims[f"grown nets at least as accurate as Adam at {hz} (mean over datasets)"] = (
+            s["headline"][f"grown_minus_adam_{hz}"] >= 0
+        )
+    if len(hs) > 1:
+        h.claims[f"grown nets still rising from {hs[-2]} to {hs[-1]} (mean over datasets)"] = (
+            s["headline"]["trend"] == "rising"
+        )
     return h
+
+
+# ---------------------------------------------------------------------- figure
+def plot(curves: dict[str, dict[str, dict[str, Any]]], path: Path, k: int) -> None:
+    """One column per dataset: mean test accuracy against examples seen per net (top) and
+    against CPU seconds per net (bottom), both on log axes; grown nets solid, their hidden
+    layers reset dashed, Adam dash-dotted, the majority class dotted grey."""
+    from gnca.experiments.plots import COLORS, pyplot
+
+    plt = pyplot()
+    from matplotlib.ticker import NullFormatter
+
+    n = len(curves)
+    fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 6.4), squeeze=False)
+    for j, (name, per_arch) in enumerate(curves.items()):
+        top, bottom = axes[0][j], axes[1][j]
+        for i, (arch, c) in enumerate(per_arch.items()):
+            grown_c, adam_c = COLORS[(2 * i) % len(COLORS)], COLORS[(2 * i + 1) % len(COLORS)]
+            x = c["examples_seen"]
+            top.plot(x, c["grown"], "o-", color=grown_c, label=f"grown {arch}")
+            top.plot(x, c["hidden_reset"], "o--", color=grown_c, alpha=0.6,
+                     label=f"grown, hidden reset {arch}")  # fmt: skip
+            top.plot(x, c["adam"], "s-.", color=adam_c, label=f"Adam {arch}")
+            bottom.plot(c["grown_cpu_s_per_net"], c["grown"], "o-", color=grown_c,
+                        label=f"grown {arch}")  # fmt: skip
+            bottom.plot(c["adam_cpu_s_per_net"], c["adam"], "s-.", color=adam_c,
+                        label=f"Adam {arch}")  # fmt: skip
+        majority = next(iter(per_arch.values()))["majority"]
+        for ax in (top, bottom):
+            ax.axhline(majority, color="grey", ls=":", lw=1, label="majority class")
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3, which="both")
+        top.set_title(f"{name} (K = {k} rule steps)")
+        top.set_xlabel("examples seen per net")
+        bottom.set_xlabel("CPU seconds per net")
+        top.legend(fontsize=7)  # the architectures' sizes differ between datasets
+        if j == 0:
+            top.set_ylabel("mean test accuracy")
+            bottom.set_ylabel("mean test accuracy")
+            bottom.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
