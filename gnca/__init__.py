@@ -8,6 +8,7 @@ from gnca.architecture import Architecture
 from gnca.damage import zero_out
 from gnca.forward import task_forward
 from gnca.graph import WeightGraph, line_graph_edge_index
+from gnca.layer_senses import layer_senses  # also lets SenseReader read layer nets
 from gnca.layers import LayerNet
 from gnca.perception import perceive
 from gnca.rule import LocalRule
@@ -22,6 +23,7 @@ __all__ = [
     "WeightGraph",
     "identity_codes",
     "initial_state",
+    "layer_senses",
     "line_graph_edge_index",
     "perceive",
     "task_forward",

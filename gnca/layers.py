@@ -255,17 +255,9 @@ class LayerNet:
         return out
 
     # ------------------------------------------------------------------ forward of G nets
-    def forward(self, w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-        """Outputs of ``G`` nets with weights ``w`` (``(G, E)``, or ``(G*E,)``) on inputs ``X``
-        (``(B, *in_shape)`` shared, or ``(G, B, *in_shape)``; flat features ``(B, F)`` or
-        ``(G, B, F)`` are reshaped to ``in_shape``): ``(G, B, n_out)``.
-
-        Convolutions of all nets run as one grouped convolution, linear layers as one batched
-        matmul: no loop over nets.
-        """
-        e = self.num_weights
-        w = w.view(-1, e)
-        g = w.shape[0]
+    def batch_inputs(self, X: torch.Tensor, g: int) -> torch.Tensor:
+        """``X`` as ``(G, B, *in_shape)``: ``(B, *in_shape)`` is shared by the ``g`` nets, and flat
+        features ``(B, F)`` or ``(G, B, F)`` are reshaped to ``in_shape``."""
         n = len(self.in_shape)
         flat = tuple(X.shape[-n:]) != self.in_shape and X.shape[-1] == self.num_inputs
         if n > 1 and flat and X.dim() in (2, 3):
@@ -277,28 +269,23 @@ class LayerNet:
                 f"X must have shape (B, {self.in_shape}) or ({g}, B, {self.in_shape}), got "
                 f"{tuple(X.shape)}"
             )
+        return X
+
+    def forward(self, w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """Outputs of ``G`` nets with weights ``w`` (``(G, E)``, or ``(G*E,)``) on inputs ``X``
+        (``(B, *in_shape)`` shared, or ``(G, B, *in_shape)``; flat features ``(B, F)`` or
+        ``(G, B, F)`` are reshaped to ``in_shape``): ``(G, B, n_out)``.
+
+        Convolutions of all nets run as one grouped convolution, linear layers as one batched
+        matmul: no loop over nets.
+        """
+        w = w.view(-1, self.num_weights)
+        g = w.shape[0]
+        X = self.batch_inputs(X, g)
         b = X.shape[1]
         vals: dict[int, torch.Tensor] = {0: X.to(w.dtype)}
         for op in self.ops:
-            x = vals[op.inputs[0]]  # (G, B, *shape)
-            if op.kind == "linear":
-                n_in, n_out = op.args["in"], op.args["out"]
-                W = w[:, op.offset : op.offset + n_in * n_out].view(g, n_out, n_in)
-                y = torch.bmm(x.reshape(g, b, n_in), W.transpose(1, 2))  # (G, B, n_out)
-                if op.args["bias"]:
-                    lo = op.offset + n_in * n_out
-                    y = y + w[:, lo : lo + n_out][:, None]  # (G, 1, n_out)
-            elif op.kind == "conv":
-                y = _grouped_conv(op, w, x)
-            elif op.kind == "act":
-                y = ACTIVATIONS[op.args["name"]](x)
-            elif op.kind == "flatten":
-                y = x.reshape(g, b, -1)
-            elif op.kind == "pool":
-                y = _pool(op, x)
-            else:  # add
-                y = x + vals[op.inputs[1]]
-            vals[op.out] = y
+            vals[op.out] = apply_op(op, w, vals)
         return vals[self.ops[-1].out if self.ops else 0].reshape(g, b, -1)
 
     # ------------------------------------------------------------------ identity codes
@@ -403,6 +390,30 @@ class LayerNet:
             per_layer[j] = op.args["in"] * k
         fan = np.array([per_layer[j] for j in self.layer.tolist()], dtype=np.float32)
         return np.where(self.is_bias, 1.0, fan).astype(np.float32)
+
+
+def apply_op(op: Op, w: torch.Tensor, vals: dict[int, torch.Tensor]) -> torch.Tensor:
+    """The value ``op`` computes for ``G`` nets with weights ``w (G, E)`` from the values
+    ``vals`` (value id -> ``(G, B, *shape)``) it reads: ``(G, B, *out_shape)``."""
+    x = vals[op.inputs[0]]  # (G, B, *shape)
+    g, b = x.shape[:2]
+    if op.kind == "linear":
+        n_in, n_out = op.args["in"], op.args["out"]
+        W = w[:, op.offset : op.offset + n_in * n_out].view(g, n_out, n_in)
+        y = torch.bmm(x.reshape(g, b, n_in), W.transpose(1, 2))  # (G, B, n_out)
+        if op.args["bias"]:
+            lo = op.offset + n_in * n_out
+            y = y + w[:, lo : lo + n_out][:, None]  # (G, 1, n_out)
+        return y
+    if op.kind == "conv":
+        return _grouped_conv(op, w, x)
+    if op.kind == "act":
+        return ACTIVATIONS[op.args["name"]](x)
+    if op.kind == "flatten":
+        return x.reshape(g, b, -1)
+    if op.kind == "pool":
+        return _pool(op, x)
+    return x + vals[op.inputs[1]]  # add
 
 
 def _grouped_conv(op: Op, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

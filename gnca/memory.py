@@ -145,7 +145,9 @@ def grow_memory(
         # perception, the next state, the fire mask, the MLP's rows (blocked on the CPU)
         step = max(48 * (m_f + m_b), 5 * d * max(m_f, m_b) + 16 * d * e + 9 * e + block)
     if rule.senses:  # the (E, S) senses, the forward and backward pass on the sense batch
+        shapes = getattr(arch, "shapes", None)  # a layer net: every value of its program
         sizes = sum(arch.mlp_sizes) if arch.mlp_sizes is not None else n
+        sizes = sum(math.prod(v) for v in shapes) if shapes is not None else sizes
         step += 8 * s * e + 16 * sense_rows * sizes
     metric = 8 * e + _forward_per_net(arch, test_rows)
     per_net = graph + plan + state + max(step, metric)

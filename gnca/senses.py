@@ -30,6 +30,9 @@ alignment with learned feedback weights (MPLP and VSML learn such backward messa
 fixed architecture; here they run on any DAG). The messages are differentiable in ``h`` (so
 meta-training learns the feedback), while the forward pass is detached from ``w`` (first-order,
 as learned optimisers treat their gradient inputs).
+
+Layer nets (:mod:`gnca.layers`) read the same products summed over the positions where a shared
+weight is used (:mod:`gnca.layer_senses`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +64,11 @@ SENSES: dict[str, int] = {"act": 2, "hebb": 1, "error": 1, "delta": 1, "loss": 1
 #: senses that need the backward messages (and so the feedback channel of ``h``)
 NEEDS_FEEDBACK = ("error", "delta")
 
+#: ``layer_senses(net, w, feedback, X, y, names, n_classes, fan_in_ref, class_mask)``, the senses
+#: of layer nets: set by :mod:`gnca.layer_senses` (which builds on this module) when gnca is
+#: imported
+LAYER_SENSES: Any = None
+
 
 def check_senses(names: Sequence[str]) -> tuple[str, ...]:
     """``names`` as a tuple in canonical order, or a ValueError naming the unknown one."""
@@ -77,7 +86,7 @@ def sense_size(names: Sequence[str]) -> int:
     return sum(SENSES[n] for n in check_senses(names))
 
 
-def _derivative(activation: str, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+def derivative(activation: str, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """:math:`\\phi'(z)` of the task activation, from ``z`` and ``a = \\phi(z)``."""
     if activation == "tanh":
         return 1 - a * a
@@ -183,7 +192,7 @@ def neuron_stats(
         prob = logits.softmax(-1)  # (G, B, n_out)
         err = prob - F.one_hot(yy, n_out).to(prob.dtype)
         A = A.index_put((graph.output_index,), prob.transpose(1, 2).reshape(-1, b))
-        deriv = _derivative(activation, Z, A)  # (N, B); only hidden rows are used
+        deriv = derivative(activation, Z, A)  # (N, B); only hidden rows are used
     M = None
     if feedback is not None:  # differentiable in the feedback (h), not in w
         M = A.new_zeros(n, b).index_put((graph.output_index,), err.transpose(1, 2).reshape(-1, b))
@@ -283,7 +292,7 @@ def _dense_messages(
         a, b = sizes[i], sizes[i + 1]
         off -= a * b + b
         F_i = fb[:, off : off + a * b].view(-1, a, b)  # (G, a, b)
-        M[i] = torch.bmm(M[i + 1], F_i.transpose(1, 2)) * _derivative(activation, Z[i - 1], A[i])
+        M[i] = torch.bmm(M[i + 1], F_i.transpose(1, 2)) * derivative(activation, Z[i - 1], A[i])
     return M
 
 
@@ -409,16 +418,20 @@ class SenseReader:
 
     def __call__(self, graph: Data, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """``(E, S)`` senses of the nets ``(w, h)`` on a fresh training batch."""
-        if getattr(graph, "layer_net", None) is not None:
-            raise ValueError(
-                "a rule that reads data (rule.senses) cannot grow layer nets yet; use a "
-                "data-free rule for conv and residual nets"
-            )
         X, y = self.batch(w.device)
         aug, mask = self.augment, None
         if aug is not None:
             X, mask = aug.inputs(X), aug.output_mask
         fb = h[:, -1] if self.feedback else None
+        nets = getattr(graph, "layer_net", None)
+        if nets is not None:  # a layer net (gnca/layers.py): senses on shared weights
+            if LAYER_SENSES is None:
+                raise RuntimeError("import gnca (or gnca.layer_senses) to read layer nets")
+            if isinstance(nets, list) and not same_architecture(graph):
+                raise ValueError("a batch of layer nets must hold one architecture")
+            net = nets[0] if isinstance(nets, list) else nets
+            return LAYER_SENSES(net, w, fb, X, self.labels(y), self.names, self.task.n_classes,
+                                self.task.fan_in_ref, mask).to(h.dtype)  # fmt: skip
         sizes = cached(graph, ("dense_sizes",), lambda: _dense_sizes(graph))  # once per graph
         if sizes is not None:
             return dense_senses(sizes, w, fb, X, self.labels(y), self.names, self.task.activation,

@@ -38,7 +38,6 @@ from gnca.config import (
 from gnca.data import Dataset
 from gnca.device import resolve_device
 from gnca.evaluation import accuracy_table, table_rows
-from gnca.layers import LayerNet
 from gnca.objective import MetaObjective, loss_horizons
 from gnca.pool import SamplePool
 from gnca.rule import LocalRule
@@ -384,12 +383,6 @@ def _training_pairs(
     if also and not reads_data:
         raise ValueError(
             "meta-training on several datasets needs a rule that reads data (rule.senses)"
-        )
-    layered = [a for a in out if isinstance(a, LayerNet)]
-    if layered and reads_data:
-        raise ValueError(
-            f"a rule that reads data (rule.senses) cannot grow layer nets yet "
-            f"({layered[0].describe()}); meta-train a data-free rule for them"
         )
     return out, tasks
 

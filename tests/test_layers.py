@@ -305,20 +305,6 @@ def test_compact_conv_specs_and_module_files_as_arch(tmp_path):
         parse_arch(f"{src}:Nope", 64, 10, True, (8, 8))
 
 
-def test_a_rule_that_reads_data_refuses_layer_nets_in_one_line():
-    from gnca import LocalRule
-    from gnca.data import load_dataset
-    from gnca.task import Task
-    from gnca.trainer import MetaTrainer
-
-    task = Task(load_dataset("digits"))
-    net = LayerNet.from_module(
-        nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 10)), torch.zeros(2, 1, 8, 8)
-    )
-    with pytest.raises(ValueError, match="cannot grow layer nets yet"):
-        MetaTrainer(LocalRule(24, senses=["act"]), task, [net])
-
-
 def test_a_data_free_rule_meta_trains_and_grows_conv_nets():
     """Two meta-steps on conv nets with identity codes run, change the rule and grow an unseen
     kernel size (no accuracy is claimed here: examples/conv_nets.py measures it)."""
