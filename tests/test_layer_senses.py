@@ -437,3 +437,13 @@ def test_a_rule_that_reads_data_meta_trains_on_conv_nets(augment, monkeypatch):
     if not augment:
         table = trainer.evaluate(num=2, horizons=(2,))
         assert all(0.0 <= v["mean"] <= 1.0 for row in table.values() for v in row.values())
+
+
+def test_senses_on_the_device_match_the_cpu(device):
+    net, w, f = _nets(ResNet, CASES[-1][1])
+    X = torch.randn(4, math.prod(CASES[-1][1]), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    want = layer_senses(net, w, f, X, y, ALL, 3)
+    got = layer_senses(net, w.to(device), f.to(device), X.to(device), y.to(device), ALL, 3)
+    assert got.device.type == device.type
+    torch.testing.assert_close(got.cpu(), want)
