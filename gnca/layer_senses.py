@@ -57,7 +57,8 @@ name     size   per kernel entry ``w[o, i, tap]``
 A bias of ``o`` reads ``r = 1``: ``act = (1, <a_out[o]>)``, ``hebb = <a_out[o]>``,
 ``error = delta = <m_out[o]>``. The sums over positions are one grouped weight-gradient
 correlation per op and sense (``torch.nn.grad.conv2d_weight`` of ``a_in`` against ``a_out``,
-``m_out`` or ones): ``O(E + activations)``. Every sense but ``loss`` is soft-clipped, ``x / (1 + |x|)``.
+``m_out`` or ones): ``O(E + activations)``. Every sense but ``loss`` is soft-clipped,
+``x / (1 + |x|)``.
 """
 
 from __future__ import annotations
