@@ -48,11 +48,19 @@ def effective_weights(graph: Data, w: torch.Tensor, fan_in_ref: float | None) ->
     """``(E,)`` weights as the forward pass uses them: ``w * fan_in_ref / fan_in`` for non-bias
     weights (``fan_in`` of the head neuron), ``w`` for biases; ``w`` itself when
     ``fan_in_ref`` is None."""
+    return mean_field(w, graph.is_bias, graph.fan_in, fan_in_ref)
+
+
+def mean_field(
+    w: torch.Tensor, is_bias: torch.Tensor, fan_in: torch.Tensor, fan_in_ref: float | None
+) -> torch.Tensor:
+    """``w * fan_in_ref / fan_in`` where ``is_bias`` is False, ``w`` elsewhere (``w`` itself
+    when ``fan_in_ref`` is None); ``w (..., E)``, ``is_bias`` and ``fan_in (E,)``."""
     if fan_in_ref is None:
         return w
     if not fan_in_ref > 0:
         raise ValueError(f"fan_in_ref must be > 0, got {fan_in_ref}")
-    return torch.where(graph.is_bias, w, w * (float(fan_in_ref) / graph.fan_in.to(w.dtype)))
+    return torch.where(is_bias, w, w * (float(fan_in_ref) / fan_in.to(w.dtype)))
 
 
 def task_forward(

@@ -72,6 +72,7 @@ from torch.nn import grad as conv_grad
 
 from gnca import senses
 from gnca.augment import mask_logits
+from gnca.forward import mean_field
 from gnca.layers import LayerNet, Op, apply_op
 from gnca.senses import SENSES, check_senses, soft_clip
 
@@ -299,11 +300,8 @@ def layer_senses(
     with torch.no_grad():
         W = w.detach().view(-1, e)
         if fan_in_ref is not None:
-            if not fan_in_ref > 0:
-                raise ValueError(f"fan_in_ref must be > 0, got {fan_in_ref}")
-            fan = torch.as_tensor(net.fan_in, device=W.device).to(W.dtype)
-            bias = torch.as_tensor(net.is_bias, device=W.device)
-            W = torch.where(bias, W, W * (float(fan_in_ref) / fan))
+            fan = torch.as_tensor(net.fan_in, device=W.device)
+            W = mean_field(W, torch.as_tensor(net.is_bias, device=W.device), fan, fan_in_ref)
         g = W.shape[0]
         vals = _forward(net, W, X)
         out_id = net.ops[-1].out
