@@ -447,3 +447,27 @@ def test_senses_on_the_device_match_the_cpu(device):
     got = layer_senses(net, w.to(device), f.to(device), X.to(device), y.to(device), ALL, 3)
     assert got.device.type == device.type
     torch.testing.assert_close(got.cpu(), want)
+
+
+def test_a_batch_of_two_layer_architectures_is_refused_in_one_line():
+    from torch_geometric.data import Batch
+
+    from gnca.data import load_dataset
+    from gnca.forward import task_forward
+    from gnca.senses import SenseReader
+    from gnca.task import Task
+
+    def net(c: int) -> LayerNet:
+        m = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.LazyLinear(10))
+        X = torch.zeros(1, 1, 8, 8)
+        m(X)
+        return LayerNet.from_module(m, X)
+
+    graph = Batch.from_data_list([net(2).layer_graph(), net(3).layer_graph()])
+    e = graph.src.numel()
+    w, h = torch.randn(e), torch.randn(e, 4)
+    reader = SenseReader(ALL, Task(load_dataset("digits")), 8)
+    for call in (lambda: reader(graph, w, h), lambda: task_forward(graph, w, torch.randn(5, 64))):
+        with pytest.raises(ValueError, match="one architecture") as err:
+            call()
+        assert "\n" not in str(err.value)
