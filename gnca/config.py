@@ -157,6 +157,7 @@ class PoolConfig:
     fresh: int = 2  # fresh seeds per architecture per meta-step
     replace_worst: bool = True  # fresh seeds replace the worst (highest loss) samples
     renew: str = "worst"  # which samples fresh seeds replace: worst (highest loss) | oldest
+    fresh_rate: float = 1.0  # chance that a meta-step brings in its fresh seeds (< 1: longer lives)
     damage: int = 0  # pooled samples zeroed-out per meta-step (lowest loss first)
     damage_fraction: float = (
         0.3  # fraction of other layers' weights zeroed (one whole layer always)
@@ -490,6 +491,8 @@ def _validate_pool(c: PoolConfig, p: str) -> None:
     _check_min(c, p, "damage", 0)
     _check_range(c, p, "damage_fraction", 0.0, 1.0, "in [0, 1]")
     _check_choice(c, p, "renew", RENEW)
+    if not 0 < c.fresh_rate <= 1:
+        raise _bad(p, "fresh_rate", "in (0, 1]", c.fresh_rate)
 
 
 def _validate_train(c: TrainConfig, p: str) -> None:

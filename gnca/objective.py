@@ -204,11 +204,15 @@ class MetaObjective:
             return zero_out(seed_graph, ones, fraction=pool_cfg.damage_fraction,
                             which=which.to(self.device), generator=self.dev_gen)  # fmt: skip
 
+        fresh = pool_cfg.fresh if pool_cfg.replace_worst else 0
+        if fresh and pool_cfg.fresh_rate < 1:  # drawn only then: rate 1 draws as before
+            if float(torch.rand((), generator=self.gen)) >= pool_cfg.fresh_rate:
+                fresh = 0
         got = self.pools[i].batch(
             b,
             self.gen,
             (w_seed.view(b, e), h_seed.view(b, e, -1)),
-            fresh=pool_cfg.fresh if pool_cfg.replace_worst else 0,
+            fresh=fresh,
             damage=pool_cfg.damage,
             damage_mask=damage_mask,
             shard=shard,

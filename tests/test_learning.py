@@ -125,7 +125,8 @@ def test_transfer_learning_curves_on_two_datasets(senses_checkpoint, tmp_path, c
     ]
     for col in ("architecture", "steps", "examples_seen", "grown", "adam", "adam_lr",
                 "adam_examples_seen", "grown_minus_adam", "hidden_reset", "majority",
-                "grown_cpu_s_per_net", "adam_cpu_s_per_net", "seen_in_meta_training"):  # fmt: skip
+                "grown_cpu_s_per_net", "adam_cpu_s_per_net", "seen_in_meta_training",
+                "grown_w_rms", "adam_w_rms"):  # fmt: skip
         assert col in rows[0], col
     for r in rows:  # K = 3 rule steps of 16 examples; Adam: as many steps of 16
         m = int(r["horizon_mult"])
@@ -134,6 +135,7 @@ def test_transfer_learning_curves_on_two_datasets(senses_checkpoint, tmp_path, c
         for key in ("grown", "adam", "hidden_reset", "majority"):
             assert 0 <= float(r[key]) <= 1, key
         assert float(r["grown_cpu_s_per_net"]) >= 0 and float(r["adam_cpu_s_per_net"]) > 0
+        assert float(r["grown_w_rms"]) > 0 and float(r["adam_w_rms"]) > 0
         assert r["seen_in_meta_training"] == "False"
     cpu = [float(r["grown_cpu_s_per_net"]) for r in rows[:3]]
     assert cpu == sorted(cpu)  # one growing run, timed up to every horizon

@@ -3,6 +3,8 @@ damping. Each is off by default; on, each does what it says against a slow refer
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import rule_params, tiny_config
@@ -140,12 +142,14 @@ def test_levers_train_and_resume(tmp_path) -> None:
     ("train.weight_penalty", -1.0, "train.weight_penalty' must be >= 0"),
     ("rule.state_bound", 0.0, "rule.state_bound' must be > 0"),
     ("pool.renew", "newest", "pool.renew' must be one of 'worst', 'oldest', got 'newest'"),
+    ("pool.fresh_rate", 0.0, "pool.fresh_rate' must be in (0, 1], got 0.0"),
+    ("pool.fresh_rate", 1.5, "pool.fresh_rate' must be in (0, 1], got 1.5"),
 ])  # fmt: skip
 def test_lever_keys_are_validated(key: str, value: float, part: str) -> None:
     d = config_to_dict(tiny_config())
     sec, name = key.split(".")
     d[sec][name] = value
-    with pytest.raises(ConfigError, match=part.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(part)):
         config_from_dict(d)
 
 
@@ -190,6 +194,32 @@ def test_ages_count_rule_steps_and_survive_the_checkpoint() -> None:
     assert torch.equal(again.age, pool.age)
     old = {k: v for k, v in pool.state_dict().items() if k != "age"}  # before ages existed
     assert int(SamplePool.from_state_dict(old, torch.device("cpu")).age.sum()) == 0
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.5, 1e-9])
+def test_fresh_rate_is_the_chance_that_a_meta_step_renews(rate: float, monkeypatch) -> None:
+    """pool.fresh_rate < 1: a meta-step brings in its pool.fresh seeds with that chance, else
+    none, so that samples grow older; at 1 every meta-step renews."""
+    d = config_to_dict(tiny_config(k_min=3, k_max=3))
+    d["pool"]["fresh_rate"] = rate
+    tr = MetaTrainer.from_config(config_from_dict(d))
+    asked: list[int] = []
+    batch = SamplePool.batch
+
+    def spy(self, *args, **kw):
+        asked.append(kw["fresh"])
+        return batch(self, *args, **kw)
+
+    monkeypatch.setattr(SamplePool, "batch", spy)
+    for _ in range(12):
+        tr.meta_step()
+    assert len(asked) == 12 and set(asked) <= {0, 1}
+    if rate == 1.0:
+        assert asked == [1] * 12
+    if rate == 0.5:
+        assert 0 < sum(asked) < 12
+    if rate == 1e-9:  # nothing renewed: every batch sample grew 3 steps at every meta-step
+        assert asked == [0] * 12 and int(tr.pools[0].age.sum()) == 12 * 4 * 3
 
 
 def test_committed_age_is_the_start_age_plus_k() -> None:

@@ -13,7 +13,9 @@ at every horizon ``m * K`` of ``horizons`` (``K = train.k_max``) the run records
   split (trained on the other four fifths, :func:`~gnca.experiments.adam_baseline.tune_adam`);
 * the CPU seconds (``time.process_time``) per net of growing up to ``m * K`` and of Adam's run
   at that budget with the rate it picked (the tuning's other rates not counted);
-* the majority class of the training split.
+* the majority class of the training split;
+* the root mean square of the task weights, grown and Adam's (weights that keep growing under
+  the rule show here before the accuracy falls).
 
 Outputs in ``out``: ``transfer.md`` (a table per dataset), ``transfer.csv`` (one row per dataset
 x architecture x horizon), ``transfer.png`` (accuracy against examples seen and against CPU
@@ -62,6 +64,7 @@ class _Recorder:
     def __init__(self, task: Task, X: torch.Tensor, y: torch.Tensor, w0: torch.Tensor) -> None:
         self.task, self.X, self.y, self.w0 = task, X, y, w0
         self.reset: list[torch.Tensor] = []
+        self.w_rms: list[float] = []
         self.cpu: list[float] = []
         self.start = time.process_time()
         self.spent = 0.0
@@ -72,6 +75,7 @@ class _Recorder:
         acc = self.task.batched_accuracy(graph, w, self.X, self.y).float()
         reset = hidden_reset(graph, w, self.w0)
         self.reset.append(self.task.batched_accuracy(graph, reset, self.X, self.y).float())
+        self.w_rms.append(float(w.float().square().mean().sqrt()))
         self.spent += time.process_time() - t
         return acc
 
@@ -155,6 +159,7 @@ def _one(tr, task: Task, arch, hs: list[int], k: int, batch: int, num: int, seed
             "adam": a, "adam_std": a_sd, "adam_lr": t.lr, "adam_steps": len(batches),
             "adam_examples_seen": sum(batches), "grown_minus_adam": g - a,
             "hidden_reset": mean_std(rec.reset[i])[0], "majority": majority,
+            "grown_w_rms": rec.w_rms[i], "adam_w_rms": float(t.w.float().square().mean().sqrt()),
             "grown_cpu_s_per_net": rec.cpu[i] / num,
             "adam_cpu_s_per_net": t.cpu_seconds[t.lr] / num,
         })  # fmt: skip
@@ -195,18 +200,19 @@ def _markdown(rows, head, hs: list[int], names: list[str], num: int, k: int, bat
         f"{num} nets per dataset and architecture, K = {k} rule steps, {batch} examples read "
         f"per rule step; Adam from the same initial nets with the same examples seen per net "
         f"(batches of {batch}, lr picked per budget on a validation fifth of the training "
-        f"split). CPU s: CPU seconds per net (growing up to the horizon; Adam's run at the "
-        f"picked rate)."
+        f"split). w rms: root mean square task weight. CPU s: CPU seconds per net (growing up to "
+        f"the horizon; Adam's run at the picked rate)."
     ]
     for name in names:
         own = [r for r in rows if r["dataset"] == name]
         seen = " (met in meta-training: not a transfer)" if own[0]["seen_in_meta_training"] else ""
         table = md_table(
             ["architecture", "horizon", "examples", "grown", "Adam", "grown - Adam",
-             "hidden reset", "majority", "CPU s grown", "CPU s Adam"],
+             "hidden reset", "majority", "w rms grown / Adam", "CPU s grown", "CPU s Adam"],
             [[r["architecture"], f"{r['horizon']} ({r['steps']})", f"{r['examples_seen']:,}",
               f"{r['grown']:.3f}", f"{r['adam']:.3f}", f"{r['grown_minus_adam']:+.3f}",
               f"{r['hidden_reset']:.3f}", f"{r['majority']:.3f}",
+              f"{r['grown_w_rms']:.3g} / {r['adam_w_rms']:.3g}",
               f"{r['grown_cpu_s_per_net']:.3g}", f"{r['adam_cpu_s_per_net']:.3g}"] for r in own],
         )  # fmt: skip
         parts.append(f"## {name}{seen}\n\n{table}")
