@@ -482,3 +482,22 @@ def test_end_of_training_table_shows_unseen_architectures(tmp_path, capsys):
     assert main(["train", "--config", str(root / "configs" / "iris.yaml"), "--set", *bad,
                  "--out", str(tmp_path / "r2"), "--no-progress"]) == 2  # fmt: skip
     assert not (tmp_path / "r2" / "last.pt").exists()
+
+
+def test_repeated_set_flags_add_up_in_every_command() -> None:
+    """``--set a=1 --set b=2`` keeps both overrides (the second flag once replaced the first,
+    silently), in every subcommand that takes ``--set``."""
+    import argparse
+
+    from gnca.cli import build_parser
+    from gnca.cliargs import iter_parsers
+
+    parser = build_parser()
+    for head in (["train", "--config", "c.yaml"], ["grow", "--checkpoint", "r.pt"],
+                 ["experiment", "transfer", "--checkpoint", "r.pt", "--dataset", "wine"]):  # fmt: skip
+        ns = parser.parse_args([*head, "--set", "a=1", "b=2", "--set", "c=3"])
+        assert ns.set == ["a=1", "b=2", "c=3"], head
+        assert parser.parse_args(head).set == [], head  # the default list is not shared
+    takes = [a for sub in iter_parsers(parser) for a in sub._actions if "--set" in a.option_strings]
+    assert len(takes) >= 5
+    assert all(isinstance(a, argparse._ExtendAction) for a in takes)
