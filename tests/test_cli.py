@@ -493,8 +493,12 @@ def test_repeated_set_flags_add_up_in_every_command() -> None:
     from gnca.cliargs import iter_parsers
 
     parser = build_parser()
-    for head in (["train", "--config", "c.yaml"], ["grow", "--checkpoint", "r.pt"],
-                 ["experiment", "transfer", "--checkpoint", "r.pt", "--dataset", "wine"]):  # fmt: skip
+    heads = [
+        ["train", "--config", "c.yaml"],
+        ["grow", "--checkpoint", "r.pt"],
+        ["experiment", "transfer", "--checkpoint", "r.pt", "--dataset", "wine"],
+    ]
+    for head in heads:
         ns = parser.parse_args([*head, "--set", "a=1", "b=2", "--set", "c=3"])
         assert ns.set == ["a=1", "b=2", "c=3"], head
         assert parser.parse_args(head).set == [], head  # the default list is not shared
