@@ -231,9 +231,7 @@ def target(text: str) -> tuple[str, str, float]:
 
 def add_set_flag(parser: argparse.ArgumentParser, help: str, metavar: str = "KEY=VALUE") -> None:
     """``--set KEY=VALUE ...``: config overrides, none by default (``help`` says which)."""
-    parser.add_argument(
-        "--set", nargs="*", action="extend", default=[], metavar=metavar, help=help
-    )
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar=metavar, help=help)
 
 
 def iter_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
