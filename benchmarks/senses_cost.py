@@ -5,7 +5,10 @@ of the data-free rule and of the same rule with all senses (``act hebb error del
 ``sense_batch`` examples through the nets first), without gradients (growing) and with them
 (meta-training), interleaved in one run; the table gives the ratios. Beside growing's step,
 one Adam step on the same nets and as many examples (``task.loss`` on the batch, its backward
-and ``torch.optim.Adam.step``): what a step of the backprop baseline costs.
+and ``torch.optim.Adam.step``): what a step of the backprop baseline costs, and the reading of
+the senses alone. Two rule sizes: the configs' ``C = 16``, MLP 64, and a small rule, ``C = 8``,
+MLP 16 (``rule.hidden_channels: 8``, ``rule.widths: [16]``), whose MLP costs about a seventh of
+the flops per weight.
 """
 
 from __future__ import annotations
@@ -33,32 +36,38 @@ def run_senses(sec: Section, ctx: Context) -> None:
         [
             "task nets",
             "weights",
+            "rule",
             "mode",
             "data-free ms",
             "senses ms",
             "senses/data-free",
             "Adam step ms",
             "senses/Adam",
+            "reading ms",
         ],
     )
     sec.tables.append(t)
     specs = [([64, 32, 10], 8), ([196, 32, 10], 16)] if not ctx.quick else [([64, 32, 10], 4)]
+    rules = [(16, [64]), (8, [16])] if not ctx.quick else [(16, [64])]
     for sizes, nets in specs:
-        _time_one(sec, t, ctx, sizes, nets)
+        for c, widths in rules:
+            _time_one(sec, t, ctx, sizes, nets, c, widths)
     t.notes.append("64 examples read per rule step; times are medians of interleaved rounds.")
 
 
-def _time_one(sec: Section, t: Table, ctx: Context, sizes: list[int], nets: int) -> None:
+def _time_one(
+    sec: Section, t: Table, ctx: Context, sizes: list[int], nets: int, c: int, widths: list[int]
+) -> None:
     dev = ctx.device
     arch = Architecture.mlp(sizes)
     graph = WeightGraph.replicate(arch, nets, device=dev)
-    w, _ = initial_state(graph, 16, "random", generator=torch.Generator().manual_seed(0))
+    w, _ = initial_state(graph, c, "random", generator=torch.Generator().manual_seed(0))
     w = w.to(dev)
-    h = torch.randn(w.shape[0], 16, device=dev) * 0.1
+    h = torch.randn(w.shape[0], c, device=dev) * 0.1
     torch.manual_seed(0)
-    plain = LocalRule(16, widths=[64]).to(dev)
+    plain = LocalRule(c, widths=widths).to(dev)
     torch.manual_seed(0)
-    reading = LocalRule(16, widths=[64], senses=list(SENSES)).to(dev)
+    reading = LocalRule(c, widths=widths, senses=list(SENSES)).to(dev)
     task = _toy_task(sizes[0], sizes[-1], dev)
     reader = SenseReader(list(SENSES), task, 64)
     mask = torch.ones(w.shape[0], device=dev)
@@ -88,10 +97,15 @@ def _time_one(sec: Section, t: Table, ctx: Context, sizes: list[int], nets: int)
             if grad:
                 (out[0].sum() + out[1].sum()).backward()
 
+    def step_read() -> None:
+        with torch.no_grad():
+            reader(graph, w, h)
+
     for grad in (False, True):
         fns = {"plain": lambda g=grad: step_plain(g), "senses": lambda g=grad: step_senses(g)}
         if not grad:
             fns["adam"] = step_adam
+            fns["read"] = step_read
         res = interleaved(
             fns,
             dev,
@@ -99,15 +113,19 @@ def _time_one(sec: Section, t: Table, ctx: Context, sizes: list[int], nets: int)
             max_seconds=max(5.0, ctx.budget.left() * 0.2),
         )
         a, b = res["plain"].median, res["senses"].median
-        c = res["adam"].median if "adam" in res else None
+        adam = res["adam"].median if "adam" in res else None
+        read = res["read"].median if "read" in res else None
+        rule = f"C={c}, MLP {'-'.join(map(str, widths))}"
         t.rows.append(
-            [f"{nets} x {'-'.join(map(str, sizes))}", w.shape[0],
+            [f"{nets} x {'-'.join(map(str, sizes))}", w.shape[0], rule,
              "fwd+bwd" if grad else "no grad", ms(a), ms(b), f"{b / a:.2f}x",
-             ms(c) if c else "", f"{b / c:.2f}x" if c else ""]
+             ms(adam) if adam else "", f"{b / adam:.2f}x" if adam else "",
+             ms(read) if read else ""]
         )  # fmt: skip
-        sec.data[f"{'-'.join(map(str, sizes))}_{'grad' if grad else 'nograd'}"] = {
+        key = f"{'-'.join(map(str, sizes))}_C{c}_mlp{'-'.join(map(str, widths))}"
+        sec.data[f"{key}_{'grad' if grad else 'nograd'}"] = {
             "plain_s": a,
             "senses_s": b,
             "ratio": b / a,
-            **({"adam_s": c, "senses_over_adam": b / c} if c else {}),
+            **({"adam_s": adam, "senses_over_adam": b / adam, "read_s": read} if adam else {}),
         }
