@@ -32,7 +32,7 @@ def _toy_task(n_in: int, n_out: int, device: torch.device) -> Task:
 
 def run_senses(sec: Section, ctx: Context) -> None:
     t = Table(
-        "One rule step with all senses vs the data-free rule (same nets, C = 16, MLP 64)",
+        "One rule step with all senses vs the data-free rule (same nets and rule size)",
         [
             "task nets",
             "weights",
