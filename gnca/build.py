@@ -67,6 +67,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         state_bound=r.state_bound,
         aggr=r.aggr,
         senses=r.senses,
+        sense_norm=r.sense_norm,
     )
 
 

@@ -147,6 +147,7 @@ class RuleConfig:
     senses: list[str] = field(default_factory=list)  # data read: act hebb error delta loss
     sense_batch: int = 64  # training examples read per rule step (rules with senses)
     state_bound: float | None = None  # if set, hidden states are state_bound * tanh(.)
+    sense_norm: bool = False  # error and delta senses at unit RMS per net (rules with senses)
 
 
 @dataclass
@@ -483,6 +484,8 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
             )
     if len(set(c.senses)) != len(c.senses):
         raise ConfigError(f"config key '{_key(p, 'senses')}' repeats a sense: {c.senses}")
+    if c.sense_norm and not c.senses:
+        raise ConfigError(f"config key '{_key(p, 'sense_norm')}' needs senses to rescale")
 
 
 def _validate_pool(c: PoolConfig, p: str) -> None:

@@ -22,7 +22,7 @@ from torch_geometric.nn import MessagePassing
 from gnca.graph import cached, check_neighbourhood, line_graph_edge_index
 from gnca.perception import REDUCTIONS, perceive, perception_size
 from gnca.rule_fast import delta_no_grad, pick_route
-from gnca.senses import NEEDS_FEEDBACK, check_senses, sense_size
+from gnca.senses import NEEDS_FEEDBACK, check_senses, normalised, sense_size
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -91,6 +91,9 @@ class LocalRule(MessagePassing):
             their ``S`` channels are appended to the perception, and :meth:`forward` then needs
             ``senses=`` (e.g. from :class:`gnca.senses.SenseReader`). Empty (the default): a
             data-free rule.
+        sense_norm: read the ``error`` and ``delta`` senses of every net at unit root mean
+            square (:func:`gnca.senses.normalised`), so that they do not fade as the net
+            learns.
 
     Shapes:
         - **input:** a :class:`~gnca.WeightGraph` (or batch) with :math:`E` weights,
@@ -123,6 +126,7 @@ class LocalRule(MessagePassing):
         against); arguments as for :meth:`forward`."""
         p = self.perceive(graph, w, h, path)  # (E, 3 + 3C): [x, agg_f x, agg_b x], x = [w, h]
         if senses is not None:
+            senses = self.read(graph, senses)
             p = torch.cat([p, senses.to(p.dtype)], dim=1)  # (E, 3 + 3C + S)
         d = self.bounded(self.mlp(p))  # (E, 1 + C): [dw, dh]
         return self.masked_update(w, h, d, mask, generator)
@@ -169,7 +173,8 @@ class LocalRule(MessagePassing):
         _check_sense_tensor(self.senses, senses, w.shape[0])
         fast = pick_route(self, graph, w, path)
         if fast is not None:
-            return fast(self, graph, w, h, mask, generator, senses)
+            s = self.read(graph, senses) if senses is not None else None
+            return fast(self, graph, w, h, mask, generator, s)
         return self.step(graph, w, h, mask=mask, generator=generator, path=path, senses=senses)
 
     # ------------------------------------------------------------------ construction
@@ -187,6 +192,7 @@ class LocalRule(MessagePassing):
         aggr: str | None = None,
         senses: Sequence[str] = (),
         state_bound: float | None = None,
+        sense_norm: bool = False,
     ) -> None:
         _check_arguments(reduce, aggr, fire_rate, hidden_channels, bound, state_bound)
         try:
@@ -212,6 +218,9 @@ class LocalRule(MessagePassing):
         self.bound = bound
         self.state_bound = None if state_bound is None else float(state_bound)
         self.senses = check_senses(senses)
+        self.sense_norm = bool(sense_norm)
+        if self.sense_norm and not self.senses:
+            raise ValueError("sense_norm rescales the senses: the rule needs senses")
         if any(n in NEEDS_FEEDBACK for n in self.senses) and self.hidden_channels < 1:
             raise ValueError("senses error/delta read the feedback channel: hidden_channels >= 1")
         layers: list[nn.Module] = []
@@ -224,6 +233,11 @@ class LocalRule(MessagePassing):
         self.reset_parameters()
 
     # ------------------------------------------------------------------ the step's parts
+    def read(self, graph: Data, senses: torch.Tensor) -> torch.Tensor:
+        """The senses ``(E, S)`` as the MLP reads them: with ``sense_norm``, the error signals
+        of every net at unit RMS (:func:`gnca.senses.normalised`); else as given."""
+        return normalised(graph, senses, self.senses) if self.sense_norm else senses
+
     def perceive(
         self, graph: Data, w: torch.Tensor, h: torch.Tensor, path: str | None = None
     ) -> torch.Tensor:
@@ -300,6 +314,7 @@ class LocalRule(MessagePassing):
             "aggr": self.aggr_name,
             "senses": list(self.senses),
             "state_bound": self.state_bound,
+            **({"sense_norm": True} if self.sense_norm else {}),
         }
 
     def __repr__(self) -> str:
@@ -312,6 +327,7 @@ class LocalRule(MessagePassing):
             + (f", aggr={self.aggr_name}" if self.aggr_name != self.reduce else "")
             + (f", senses={'+'.join(self.senses)}" if self.senses else "")
             + (f", state_bound={self.state_bound}" if self.state_bound is not None else "")
+            + (", sense_norm" if self.sense_norm else "")
             + ")"
         )
 

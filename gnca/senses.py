@@ -217,6 +217,29 @@ def _dense_sizes(graph: Data) -> list[int] | None:
     return sizes
 
 
+#: senses that :func:`normalised` rescales (the error signals, which shrink as a net learns)
+NORMALISED = ("error", "delta")
+
+
+def normalised(graph: Data, senses: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """``senses (E, S)`` with the ``error`` and ``delta`` columns of every net divided by their
+    root mean square over that net's weights and soft-clipped again (the other columns as
+    they are): a rule with ``sense_norm`` reads the direction of its error signals at every
+    scale, as Adam reads its gradient divided by its running RMS (here one RMS per net and
+    step, no running state). New tensor, differentiable."""
+    cols = [n in NORMALISED for n in check_senses(names) for _ in range(SENSES[n])]
+    if not any(cols):
+        return senses
+    batch = weight_batch(graph)
+    g = int(batch.max()) + 1 if batch.numel() else 1
+    sq = senses.new_zeros(g, senses.shape[1]).index_add(0, batch, senses * senses)
+    count = torch.bincount(batch, minlength=g).to(senses.dtype).clamp_min(1)
+    rms = (sq / count[:, None]).sqrt()[batch]  # (E, S)
+    scaled = soft_clip(senses / (rms + 1e-6))
+    keep = torch.tensor(cols, device=senses.device)
+    return torch.where(keep, scaled, senses)
+
+
 def soft_clip(x: torch.Tensor) -> torch.Tensor:
     """``x / (1 + |x|)``: into (-1, 1), the identity near 0."""
     return x / (1 + x.abs())

@@ -220,6 +220,52 @@ def test_fused_no_grad_step_with_senses_equals_the_differentiable_step():
     torch.testing.assert_close(w3, w2)
 
 
+def test_sense_norm_puts_each_nets_error_signals_at_unit_rms():
+    """gnca.senses.normalised against a loop over nets and columns; a rule with sense_norm is
+    the plain rule on the normalised senses, on every route, with gradients through them."""
+    from gnca.senses import normalised, soft_clip
+
+    arch = Architecture.mlp([3, 5, 2])
+    graph, w, h = _state(arch, g=3)
+    e = arch.num_weights
+    s = torch.randn(w.shape[0], sense_size(ALL), dtype=torch.float64) * 0.01
+    s[:e] *= 100  # nets of very different scales
+    got = normalised(graph, s, ALL)
+    cols = [n for n in ALL for _ in range(SENSES[n])]
+    for net in range(3):
+        rows = slice(net * e, (net + 1) * e)
+        for j, name in enumerate(cols):
+            x = s[rows, j]
+            rms = x.pow(2).mean().sqrt()
+            want = soft_clip(x / (rms + 1e-6)) if name in ("error", "delta") else x
+            torch.testing.assert_close(got[rows, j], want)
+    spread = [float(got[net * e : (net + 1) * e, cols.index("delta")].std()) for net in range(3)]
+    assert max(spread) / min(spread) < 1.5  # the 100x scale between nets is gone
+    normed = LocalRule(4, senses=ALL, sense_norm=True).double()
+    plain = LocalRule(4, senses=ALL).double()
+    torch.nn.init.normal_(normed.out.weight, std=0.1)
+    plain.load_state_dict(normed.state_dict())
+    mask = torch.ones(w.shape[0], dtype=torch.float64)
+    for path in ("fast", "explicit"):
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                w1, h1 = normed(graph, w, h, mask=mask, senses=s, path=path)
+                w2, h2 = plain(graph, w, h, mask=mask, senses=got, path=path)
+            torch.testing.assert_close(w1, w2)
+            torch.testing.assert_close(h1, h2)
+    sg = s.clone().requires_grad_(True)
+    normed(graph, w, h, mask=mask, senses=sg)[0].sum().backward()
+    assert sg.grad is not None and sg.grad.abs().sum() > 0
+    assert "sense_norm" in repr(normed) and normed.config()["sense_norm"] is True
+    assert "sense_norm" not in plain.config()  # rules without it keep their checkpoints
+    with pytest.raises(ValueError, match="sense_norm rescales the senses"):
+        LocalRule(4, sense_norm=True)
+    d = config_to_dict(tiny_config())
+    d["rule"]["sense_norm"] = True
+    with pytest.raises(ValueError, match="sense_norm' needs senses"):
+        config_from_dict(d)
+
+
 def test_label_permutations_are_per_net():
     task = Task(load_dataset("iris"))
     reader = SenseReader(["act"], task, 8, torch.Generator().manual_seed(0))
