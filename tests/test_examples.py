@@ -110,3 +110,43 @@ def test_conv_nets_runs_end_to_end_with_adam_beside(tmp_path, monkeypatch, capsy
     assert result["steps"] == 1 and len(result["rows"]) == 6
     assert all(0.0 <= r["grown_K"] <= 1.0 and 0.0 <= r["adam"] <= 1.0 for r in result["rows"])
     assert "[unseen]" in capsys.readouterr().out
+
+
+def test_growth_drift_prints_the_state_of_nets_grown_past_the_horizon(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A rule whose updates sit at the bound grows every hidden channel by exactly the bound
+    per step, and the script's largest |h| shows it."""
+    from conftest import TINY
+
+    from gnca import build
+    from gnca.cli import main
+
+    run = tmp_path / "run"
+    cfg = str(EXAMPLES.parent / "configs" / "digits_senses.yaml")
+    assert main(["train", "--config", cfg, "--set", *TINY, "task.architectures=[[64,8,10]]",
+                 "train.steps=1", "--out", str(run),
+                 "--no-progress"]) == 0  # fmt: skip
+    mod = runpy.run_path(str(EXAMPLES / "growth_drift.py"))
+    load = build.load_trained
+
+    def loud(path, **kw):  # every update at +bound
+        tr = load(path, **kw)
+        with torch.no_grad():
+            tr.rule.out.bias.fill_(100.0)
+        return tr
+
+    monkeypatch.setitem(mod["drift"].__globals__, "load_trained", loud)
+    rows = mod["drift"](str(run / "last.pt"), "wine", [8], 20, 2, 0)
+    assert [r["step"] for r in rows] == [1, 10, 20]
+    h0 = 0.0  # digits_senses.yaml starts hidden states at zero
+    for r in rows:
+        assert math.isclose(r["h_max"], h0 + 0.1 * r["step"], rel_tol=1e-4), r
+        assert 0.0 <= r["acc"] <= 1.0 and r["w_rms_out"] > 0
+    assert sum(k.startswith("sense:") for k in rows[0]) == 6  # act (2), hebb, error, delta, loss
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["growth_drift.py", str(run / "last.pt"), "--steps", "3",
+                                      "--num", "2", "--arch", "8"])  # fmt: skip
+    runpy.run_path(str(EXAMPLES / "growth_drift.py"), run_name="__main__")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["step", "acc", "w_rms_hidden"] and len(out) == 3
