@@ -44,7 +44,10 @@ class StopOnSignal:
 
     Call the object (``stop()``) to ask whether a stop was requested; :attr:`received` is the
     first signal's number (``None`` until one arrives). Outside the main thread, where Python
-    cannot install handlers, it installs none and never requests a stop.
+    cannot install handlers, it installs none and never requests a stop. A signal this process
+    ignores when the context is entered (``SIG_IGN``: SIGINT in a job a non-interactive shell
+    started in the background, or under ``nohup``) stays ignored, so that the whole run, the
+    final evaluation included, answers it the same way.
 
     Args:
         repeat_forces: a second SIGINT raises :class:`KeyboardInterrupt` at once.
@@ -77,6 +80,8 @@ class StopOnSignal:
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
+                if signal.getsignal(s) is signal.SIG_IGN:
+                    continue  # ignored when we started (nohup, a shell's background job): stays so
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 

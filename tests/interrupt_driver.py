@@ -69,6 +69,9 @@ def main() -> int:
     if sys.argv[4] != "--":
         raise SystemExit("usage: interrupt_driver.py POINT STEP SIGNAL -- ARGS...")
     base, _, times = name.partition("x")
+    # a Ctrl-C from a terminal: Python's own SIGINT handler, even when this process was started
+    # with SIGINT ignored (a background job of a non-interactive shell, where gnca leaves it so)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _arm(point, step, [getattr(signal, f"SIG{base}")] * int(times or 1))
     from gnca.cli import main as gnca_main
 

@@ -171,3 +171,29 @@ def test_ctrl_c_to_a_distributed_run_resumes_exactly(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     _assert_same_run(run, ref)
+
+
+def test_a_signal_ignored_at_start_stays_ignored_and_the_other_is_caught():
+    """Under nohup or as a shell's background job SIGINT arrives ignored: StopOnSignal leaves it
+    so (no stop request, handler untouched, restored as it was) and still turns SIGTERM into a
+    stop request."""
+    code = (
+        "import os, signal\n"
+        "from gnca.interrupt import StopOnSignal\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "with StopOnSignal(notice=False) as stop:\n"
+        "    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    assert not stop()\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    assert stop.received == signal.SIGTERM\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "with StopOnSignal(notice=False) as stop:  # not ignored: caught\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    assert stop.received == signal.SIGINT\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
