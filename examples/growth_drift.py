@@ -1,24 +1,26 @@
 """Do a data-reading rule's nets drift when grown far past its horizon? A step-by-step printout.
 
-Grows ``--num`` nets of ``--arch`` (hidden widths, e.g. ``32`` or ``32-32``) with a data-reading
-rule on ``--dataset`` for ``--steps`` rule steps and prints, at a few steps, the test accuracy,
-the root mean square of the task weights per layer kind (hidden layers, output layer), the
-hidden states' mean and largest magnitude, the feedback channel's mean magnitude and the mean of
-every sense column. A rule whose nets drift shows hidden states that grow by the update bound
-at every step and weights that follow.
+Grows ``--num`` nets of ``--arch`` (an architecture spec as ``gnca grow`` takes it, e.g.
+``h:32``) with a data-reading rule on ``--dataset`` (read as ``gnca experiment transfer`` reads
+it) for ``--steps`` rule steps and prints, at a few steps, the test accuracy, the root mean
+square of the task weights per layer kind (hidden layers, output layer), the hidden states' mean
+and largest magnitude, the feedback channel's mean magnitude and the mean of every sense column.
+A rule whose nets drift shows hidden states that grow by the update bound at every step and
+weights that follow.
 
-    python examples/growth_drift.py runs/tabular_augmented_s0/last.pt --dataset wine --arch 32
+    python examples/growth_drift.py runs/tabular_augmented_s0/last.pt --dataset wine --arch h:32
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
 
 from gnca.architecture import OUTPUT
-from gnca.build import load_trained, make_architectures, make_dataset, make_task
+from gnca.archspec import parse_arch
+from gnca.build import load_trained, make_dataset, make_task
+from gnca.config import DataConfig
 from gnca.graph import WeightGraph
 from gnca.senses import SENSES, SenseReader
 
@@ -26,7 +28,7 @@ DEFAULT_AT = (1, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
 def drift(
-    checkpoint: str, dataset: str, hidden: list[int], steps: int, num: int, seed: int
+    checkpoint: str, dataset: str, arch: str, steps: int, num: int, seed: int
 ) -> list[dict[str, float]]:
     """One row per printed step: ``step``, ``acc``, ``w_rms_hidden``, ``w_rms_out``,
     ``h_mean``, ``h_max``, ``feedback`` and one ``sense:<name>`` per sense column (mean
@@ -34,10 +36,11 @@ def drift(
     tr = load_trained(checkpoint)
     if not tr.rule.senses:
         raise SystemExit(f"{checkpoint}: the rule reads no data (rule.senses is empty)")
-    task = make_task(tr.cfg.task, make_dataset(dataclasses.replace(tr.cfg.data, name=dataset)))
-    sizes = [task.n_features, *hidden, task.n_classes]
-    arch = make_architectures(dataclasses.replace(tr.cfg.task, architectures=[sizes]), task)[0]
-    graph = WeightGraph.replicate(arch, num)
+    data = make_dataset(DataConfig(name=dataset))
+    task = make_task(tr.cfg.task, data)
+    net = parse_arch(arch, data.n_features, data.n_classes, tr.cfg.task.bias, data.image_shape,
+                     data.name)  # fmt: skip
+    graph = WeightGraph.replicate(net, num)
     gen = torch.Generator().manual_seed(seed)
     w, h = tr.init.state(graph, tr.rule.hidden_channels, gen)
     reader = SenseReader(
@@ -71,14 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a data-reading rule's last.pt")
     p.add_argument("--dataset", default="wine", help="the data to grow on (default wine)")
-    p.add_argument("--arch", default="32", help="hidden widths, e.g. 32 or 32-32 (default 32)")
+    p.add_argument("--arch", default="h:32", help="architecture spec (default h:32)")
     p.add_argument("--steps", type=int, default=2000, help="rule steps (default 2000)")
     p.add_argument("--num", type=int, default=10, help="nets grown at once (default 10)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    hidden = [int(x) for x in args.arch.split("-")]
-    rows = drift(args.checkpoint, args.dataset, hidden, args.steps, args.num, args.seed)
+    rows = drift(args.checkpoint, args.dataset, args.arch, args.steps, args.num, args.seed)
     cols = list(rows[0])
     print(" ".join(f"{c:>12s}" for c in cols))
     for r in rows:

@@ -230,8 +230,7 @@ def normalised(graph: Data, senses: torch.Tensor, names: Sequence[str]) -> torch
     cols = [n in NORMALISED for n in check_senses(names) for _ in range(SENSES[n])]
     if not any(cols):
         return senses
-    batch = weight_batch(graph)
-    g = int(batch.max()) + 1 if batch.numel() else 1
+    batch, g = weight_batch(graph), num_graphs(graph)  # no device sync: g from the structure
     sq = senses.new_zeros(g, senses.shape[1]).index_add(0, batch, senses * senses)
     count = torch.bincount(batch, minlength=g).to(senses.dtype).clamp_min(1)
     rms = (sq / count[:, None]).sqrt()[batch]  # (E, S)

@@ -137,7 +137,7 @@ def test_growth_drift_prints_the_state_of_nets_grown_past_the_horizon(
         return tr
 
     monkeypatch.setitem(mod["drift"].__globals__, "load_trained", loud)
-    rows = mod["drift"](str(run / "last.pt"), "wine", [8], 20, 2, 0)
+    rows = mod["drift"](str(run / "last.pt"), "wine", "h:8", 20, 2, 0)
     assert [r["step"] for r in rows] == [1, 10, 20]
     h0 = 0.0  # digits_senses.yaml starts hidden states at zero
     for r in rows:
@@ -146,7 +146,7 @@ def test_growth_drift_prints_the_state_of_nets_grown_past_the_horizon(
     assert sum(k.startswith("sense:") for k in rows[0]) == 6  # act (2), hebb, error, delta, loss
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["growth_drift.py", str(run / "last.pt"), "--steps", "3",
-                                      "--num", "2", "--arch", "8"])  # fmt: skip
+                                      "--num", "2", "--arch", "h:8"])  # fmt: skip
     runpy.run_path(str(EXAMPLES / "growth_drift.py"), run_name="__main__")
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["step", "acc", "w_rms_hidden"] and len(out) == 3

@@ -75,7 +75,7 @@ class _Recorder:
         acc = self.task.batched_accuracy(graph, w, self.X, self.y).float()
         reset = hidden_reset(graph, w, self.w0)
         self.reset.append(self.task.batched_accuracy(graph, reset, self.X, self.y).float())
-        self.w_rms.append(float(w.float().square().mean().sqrt()))
+        self.w_rms.append(_rms(w))
         self.spent += time.process_time() - t
         return acc
 
@@ -159,11 +159,16 @@ def _one(tr, task: Task, arch, hs: list[int], k: int, batch: int, num: int, seed
             "adam": a, "adam_std": a_sd, "adam_lr": t.lr, "adam_steps": len(batches),
             "adam_examples_seen": sum(batches), "grown_minus_adam": g - a,
             "hidden_reset": mean_std(rec.reset[i])[0], "majority": majority,
-            "grown_w_rms": rec.w_rms[i], "adam_w_rms": float(t.w.float().square().mean().sqrt()),
+            "grown_w_rms": rec.w_rms[i], "adam_w_rms": _rms(t.w),
             "grown_cpu_s_per_net": rec.cpu[i] / num,
             "adam_cpu_s_per_net": t.cpu_seconds[t.lr] / num,
         })  # fmt: skip
     return rows
+
+
+def _rms(w: torch.Tensor) -> float:
+    """Root mean square of the task weights ``w (G * E,)``, over all nets."""
+    return float(w.float().square().mean().sqrt())
 
 
 def _curve(rows: list[dict[str, Any]]) -> dict[str, Any]:
