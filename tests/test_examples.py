@@ -150,3 +150,16 @@ def test_growth_drift_prints_the_state_of_nets_grown_past_the_horizon(
     runpy.run_path(str(EXAMPLES / "growth_drift.py"), run_name="__main__")
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["step", "acc", "w_rms_hidden"] and len(out) == 3
+
+
+def test_growth_drift_refuses_a_data_free_rule_in_one_line(tmp_path) -> None:
+    from conftest import IRIS, TINY
+
+    from gnca.cli import main
+
+    assert main(["train", "--config", IRIS, "--set", *TINY, "train.steps=1", "--out",
+                 str(tmp_path / "free"), "--no-progress"]) == 0  # fmt: skip
+    mod = runpy.run_path(str(EXAMPLES / "growth_drift.py"))
+    with pytest.raises(SystemExit, match="reads no data") as err:
+        mod["drift"](str(tmp_path / "free" / "last.pt"), "wine", "h:8", 2, 2, 0)
+    assert "\n" not in str(err.value)
