@@ -193,6 +193,9 @@ class TrainConfig:
     eval_layers: list[str] = field(default_factory=list)  # unseen layer nets in that table
     loss_horizons: int = 1  # meta-loss averaged after this many evenly spaced rule steps
     weight_penalty: float = 0.0  # meta-loss += this x mean squared task weight (scale damping)
+    # fraction of every task's training split that only the meta-loss scores: the senses
+    # never read it (rules with senses; 0: the meta-loss scores the examples they read)
+    held_out: float = 0.0
     permute_labels: bool = False  # each net learns under its own random label permutation
     # each net sees its inputs through its own random feature permutation or orthogonal map
     feature_transform: str = "none"  # none | permute | orthogonal (rules with senses)
@@ -521,6 +524,8 @@ def _validate_train(c: TrainConfig, p: str) -> None:
     _check_min(c, p, "grad_clip", 0, strict=True)
     _check_min(c, p, "loss_horizons", 1)
     _check_min(c, p, "weight_penalty", 0)
+    if not 0 <= c.held_out < 1:
+        raise _bad(p, "held_out", "a fraction in [0, 1)", c.held_out)
     _check_min(c, p, "rollback_factor", 0, strict=True)
     if not _DEVICE_RE.match(c.device):
         raise _bad(p, "device", "auto, cpu, cuda or cuda:N", c.device)

@@ -333,7 +333,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _random_split(
+def stratified_split(
     y: np.ndarray,
     test_fraction: float,
     seed: int,
@@ -501,7 +501,7 @@ def load_dataset(
             x = x.reshape(-1, 8, 8)
             scale = 16.0
         what = f"CSV file {csv_path}" if name == "csv" else name
-        tr, te = _random_split(y, test_fraction, seed, what, class_names)
+        tr, te = stratified_split(y, test_fraction, seed, what, class_names)
         train_x, train_y, test_x, test_y = x[tr], y[tr], x[te], y[te]
 
     keep = _subsample(len(train_y), max_train, seed)
@@ -560,7 +560,7 @@ def _mnist1d_split(
         return d["x"], d["y"], d["x_test"], d["y_test"]
     x = np.concatenate([d["x"], d["x_test"]])
     y = np.concatenate([d["y"], d["y_test"]])
-    tr, te = _random_split(y, test_fraction, seed, "mnist1d")
+    tr, te = stratified_split(y, test_fraction, seed, "mnist1d")
     return x[tr], y[tr], x[te], y[te]
 
 
@@ -605,7 +605,7 @@ def _mnist_split(
     else:
         images = np.concatenate([tr_img, te_img])
         labels = np.concatenate([tr_lab, te_lab])
-        tr, te = _random_split(labels, test_fraction, seed, "mnist")
+        tr, te = stratified_split(labels, test_fraction, seed, "mnist")
         train_x, train_y, test_x, test_y = images[tr], labels[tr], images[te], labels[te]
     return train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64)
 

@@ -9,7 +9,8 @@ For every training architecture (paper, Sec. 3; docs/method.md):
    meta-step), reading a data batch at every step when the rule has senses;
 3. **loss**: the cross-entropy of the grown nets on a training batch (at ``train.loss_horizons``
    points of the rollout, averaged), plus ``train.weight_penalty`` times their mean square
-   weight.
+   weight. With ``train.held_out``, that batch comes from a part of the training split that
+   the senses never read, so that the rule is scored on examples its nets did not see.
 
 :meth:`MetaObjective.commit` writes the grown states back to the pools once the optimiser has
 taken the step. Every draw comes from three generators kept in checkpoints: ``gen`` (``K``,
@@ -105,7 +106,10 @@ class MetaObjective:
         # data-free run draws exactly what it drew before senses existed
         self.sense_gen = torch.Generator().manual_seed(train.seed + 2) if rule.senses else None
         variants.generator = self.sense_gen
-        self.readers = _readers(rule, self.tasks, sense_batch, self.sense_gen)
+        read = self.tasks
+        if train.held_out and rule.senses:  # senses read one part, the meta-loss the other
+            read, self.tasks = held_out_tasks(self.tasks, train.held_out, train.seed)
+        self.readers = _readers(rule, read, sense_batch, self.sense_gen)
         b = train.batch_size
         # the whole batch's graphs draw the per-net randomness; the local ones grow our share
         self.seed_graphs = [WeightGraph.replicate(a, b, device=device) for a in self.archs]
@@ -295,6 +299,19 @@ def _readers(
         if id(tk) not in readers:
             readers[id(tk)] = SenseReader(rule.senses, tk, sense_batch, generator)
     return [readers[id(tk)] for tk in tasks]
+
+
+def held_out_tasks(
+    tasks: Sequence[Task], fraction: float, seed: int
+) -> tuple[list[Task], list[Task]]:
+    """The tasks the senses read and the tasks the meta-loss scores: every distinct task cut
+    by :meth:`~gnca.task.Task.held_out` (``fraction`` of its training split to the scored
+    part), in the order of ``tasks``, one pair per task however many architectures share it."""
+    pairs: dict[int, tuple[Task, Task]] = {}
+    for tk in tasks:
+        if id(tk) not in pairs:
+            pairs[id(tk)] = tk.held_out(fraction, seed)
+    return [pairs[id(tk)][0] for tk in tasks], [pairs[id(tk)][1] for tk in tasks]
 
 
 def loss_horizons(k: int, n: int) -> list[int]:

@@ -13,7 +13,7 @@ for logits, loss or accuracy, so these conventions live in one place.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from gnca.architecture import Architecture
-from gnca.data import Dataset
+from gnca.data import Dataset, stratified_split
 from gnca.forward import TASK_ACTIVATIONS, effective_weights, task_forward
 from gnca.graph import num_graphs
 
@@ -118,6 +118,26 @@ class Task:
             return X, y
         idx = torch.randperm(n, generator=generator)[: self.batch_size].to(X.device)
         return X[idx], y[idx]
+
+    def held_out(self, fraction: float, seed: int) -> tuple[Task, Task]:
+        """The task twice, its training split cut in two by a seeded stratified split: the
+        first keeps ``1 - fraction`` of the training examples, the second the other
+        ``fraction`` as its training split (both keep the test split and every convention).
+        Meta-training reads the first through the senses and scores the meta-loss on the
+        second (``train.held_out``)."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"held-out fraction must be in (0, 1), got {fraction}")
+        y = self.data.y_train
+        keep, held = stratified_split(
+            y.numpy(), fraction, seed, f"{self.name} (held-out part of the training split)"
+        )
+        keep, held = torch.from_numpy(keep), torch.from_numpy(held)
+        X = self.data.X_train
+        parts = []
+        for idx in (keep, held):
+            data = replace(self.data, X_train=X[idx], y_train=y[idx])
+            parts.append(replace(self, data=data))
+        return parts[0], parts[1]
 
     # ------------------------------------------------------------------ architectures
     def check(self, arch: Architecture) -> Architecture:

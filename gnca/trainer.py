@@ -134,6 +134,11 @@ class MetaTrainer:
         self.rule.factored = train.perception == "factored"  # meta-training's first layer
         _check_pool(pool, train)
         _check_augment(variants, bool(rule.senses))
+        if train.held_out and not rule.senses:
+            raise ValueError(
+                "train.held_out keeps examples from the senses: it needs a rule that reads data "
+                "(rule.senses)"
+            )
         self.optimizer = torch.optim.Adam(self.rule.parameters(), lr=train.lr)
         self.X_train, self.y_train = task.split("train", self.device)
         self.objective = obj = MetaObjective(
