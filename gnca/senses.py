@@ -233,7 +233,11 @@ def normalised(graph: Data, senses: torch.Tensor, names: Sequence[str]) -> torch
     batch, g = weight_batch(graph), num_graphs(graph)  # no device sync: g from the structure
     sq = senses.new_zeros(g, senses.shape[1]).index_add(0, batch, senses * senses)
     count = torch.bincount(batch, minlength=g).to(senses.dtype).clamp_min(1)
-    rms = (sq / count[:, None]).sqrt()[batch]  # (E, S)
+    ms = sq / count[:, None]  # (G, S)
+    # sqrt has an infinite slope at 0: a net whose column is all 0 (a saturated net's error)
+    # takes the root of 1 times 0 instead, the same value with a finite (zero) gradient
+    live = ms > 0
+    rms = (torch.where(live, ms, torch.ones_like(ms)).sqrt() * live)[batch]  # (E, S)
     scaled = soft_clip(senses / (rms + 1e-6))
     keep = torch.tensor(cols, device=senses.device)
     return torch.where(keep, scaled, senses)

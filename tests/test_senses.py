@@ -266,6 +266,32 @@ def test_sense_norm_puts_each_nets_error_signals_at_unit_rms():
         config_from_dict(d)
 
 
+def test_sense_norm_has_finite_gradients_when_a_nets_error_is_all_zero():
+    """A saturated net (softmax exactly one-hot) reads error and delta senses that are all 0:
+    normalising them must give 0 and a finite gradient, not the NaN of sqrt's slope at 0 (which
+    rolled back every meta-step that drew such a net)."""
+    from gnca.senses import normalised
+
+    arch = Architecture.mlp([3, 5, 2])
+    graph, w, _ = _state(arch, g=2)
+    e = arch.num_weights
+    base = torch.randn(w.shape[0], sense_size(ALL), dtype=torch.float64) * 0.1
+    cols = [n for n in ALL for _ in range(SENSES[n])]
+    err = [j for j, n in enumerate(cols) if n in ("error", "delta")]
+    dead = torch.ones_like(base)
+    dead[:e, err] = 0  # net 0: its error signals are exactly 0
+    s = (base * dead).requires_grad_(True)
+    out = normalised(graph, s, ALL)
+    assert torch.equal(out[:e, err], torch.zeros_like(out[:e, err]))
+    # the other net reads what a plain root mean square gives
+    x = base[e:, err]
+    r = x / (x.pow(2).mean(0).sqrt() + 1e-6)
+    want = r / (1 + r.abs())
+    torch.testing.assert_close(out[e:, err], want)
+    (out * torch.randn_like(out)).sum().backward()
+    assert torch.isfinite(s.grad).all() and s.grad[e:, err].abs().sum() > 0
+
+
 def test_label_permutations_are_per_net():
     task = Task(load_dataset("iris"))
     reader = SenseReader(["act"], task, 8, torch.Generator().manual_seed(0))
