@@ -68,6 +68,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         aggr=r.aggr,
         senses=r.senses,
         sense_norm=r.sense_norm,
+        sense_floor=r.sense_floor,
     )
 
 

@@ -148,6 +148,7 @@ class RuleConfig:
     sense_batch: int = 64  # training examples read per rule step (rules with senses)
     state_bound: float | None = None  # if set, hidden states are state_bound * tanh(.)
     sense_norm: bool = False  # error and delta senses at unit RMS per net (rules with senses)
+    sense_floor: float = 0.0  # sense_norm divides by max(RMS, this): weaker signals stay weak
 
 
 @dataclass
@@ -489,6 +490,9 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
         raise ConfigError(f"config key '{_key(p, 'senses')}' repeats a sense: {c.senses}")
     if c.sense_norm and not c.senses:
         raise ConfigError(f"config key '{_key(p, 'sense_norm')}' needs senses to rescale")
+    _check_min(c, p, "sense_floor", 0)
+    if c.sense_floor and not c.sense_norm:
+        raise ConfigError(f"config key '{_key(p, 'sense_floor')}' needs '{_key(p, 'sense_norm')}'")
 
 
 def _validate_pool(c: PoolConfig, p: str) -> None:

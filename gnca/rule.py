@@ -94,6 +94,8 @@ class LocalRule(MessagePassing):
         sense_norm: read the ``error`` and ``delta`` senses of every net at unit root mean
             square (:func:`gnca.senses.normalised`), so that they do not fade as the net
             learns.
+        sense_floor: with ``sense_norm``, divide by ``max(rms, sense_floor)`` instead: error
+            signals weaker than the floor keep their scale (0, the default: no floor).
 
     Shapes:
         - **input:** a :class:`~gnca.WeightGraph` (or batch) with :math:`E` weights,
@@ -193,6 +195,7 @@ class LocalRule(MessagePassing):
         senses: Sequence[str] = (),
         state_bound: float | None = None,
         sense_norm: bool = False,
+        sense_floor: float = 0.0,
     ) -> None:
         _check_arguments(reduce, aggr, fire_rate, hidden_channels, bound, state_bound)
         try:
@@ -221,6 +224,11 @@ class LocalRule(MessagePassing):
         self.sense_norm = bool(sense_norm)
         if self.sense_norm and not self.senses:
             raise ValueError("sense_norm rescales the senses: the rule needs senses")
+        self.sense_floor = float(sense_floor)
+        if self.sense_floor and not self.sense_norm:
+            raise ValueError("sense_floor bounds sense_norm's divisor: set sense_norm too")
+        if not self.sense_floor >= 0:
+            raise ValueError(f"sense_floor must be >= 0, got {sense_floor}")
         if any(n in NEEDS_FEEDBACK for n in self.senses) and self.hidden_channels < 1:
             raise ValueError("senses error/delta read the feedback channel: hidden_channels >= 1")
         layers: list[nn.Module] = []
@@ -236,7 +244,9 @@ class LocalRule(MessagePassing):
     def read(self, graph: Data, senses: torch.Tensor) -> torch.Tensor:
         """The senses ``(E, S)`` as the MLP reads them: with ``sense_norm``, the error signals
         of every net at unit RMS (:func:`gnca.senses.normalised`); else as given."""
-        return normalised(graph, senses, self.senses) if self.sense_norm else senses
+        if not self.sense_norm:
+            return senses
+        return normalised(graph, senses, self.senses, self.sense_floor)
 
     def perceive(
         self, graph: Data, w: torch.Tensor, h: torch.Tensor, path: str | None = None
@@ -315,6 +325,7 @@ class LocalRule(MessagePassing):
             "senses": list(self.senses),
             "state_bound": self.state_bound,
             **({"sense_norm": True} if self.sense_norm else {}),
+            **({"sense_floor": self.sense_floor} if self.sense_floor else {}),
         }
 
     def __repr__(self) -> str:
@@ -328,6 +339,7 @@ class LocalRule(MessagePassing):
             + (f", senses={'+'.join(self.senses)}" if self.senses else "")
             + (f", state_bound={self.state_bound}" if self.state_bound is not None else "")
             + (", sense_norm" if self.sense_norm else "")
+            + (f", sense_floor={self.sense_floor:g}" if self.sense_floor else "")
             + ")"
         )
 

@@ -221,12 +221,17 @@ def _dense_sizes(graph: Data) -> list[int] | None:
 NORMALISED = ("error", "delta")
 
 
-def normalised(graph: Data, senses: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+def normalised(
+    graph: Data, senses: torch.Tensor, names: Sequence[str], floor: float = 0.0
+) -> torch.Tensor:
     """``senses (E, S)`` with the ``error`` and ``delta`` columns of every net divided by their
     root mean square over that net's weights and soft-clipped again (the other columns as
     they are): a rule with ``sense_norm`` reads the direction of its error signals at every
     scale, as Adam reads its gradient divided by its running RMS (here one RMS per net and
-    step, no running state). New tensor, differentiable."""
+    step, no running state). With a ``floor`` the divisor is ``max(rms, floor)``: signals
+    weaker than the floor keep their true scale, as Adam's epsilon keeps a vanishing gradient
+    small, so that a net that fits its data exactly is not pushed by its rounding errors. New
+    tensor, differentiable."""
     cols = [n in NORMALISED for n in check_senses(names) for _ in range(SENSES[n])]
     if not any(cols):
         return senses
@@ -237,7 +242,10 @@ def normalised(graph: Data, senses: torch.Tensor, names: Sequence[str]) -> torch
     # sqrt has an infinite slope at 0: a net whose column is all 0 (a saturated net's error)
     # takes the root of 1 times 0 instead, the same value with a finite (zero) gradient
     live = ms > 0
-    rms = (torch.where(live, ms, torch.ones_like(ms)).sqrt() * live)[batch]  # (E, S)
+    rms = torch.where(live, ms, torch.ones_like(ms)).sqrt() * live  # (G, S)
+    if floor:
+        rms = rms.clamp_min(floor)
+    rms = rms[batch]  # (E, S)
     scaled = soft_clip(senses / (rms + 1e-6))
     keep = torch.tensor(cols, device=senses.device)
     return torch.where(keep, scaled, senses)

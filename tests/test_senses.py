@@ -292,6 +292,45 @@ def test_sense_norm_has_finite_gradients_when_a_nets_error_is_all_zero():
     assert torch.isfinite(s.grad).all() and s.grad[e:, err].abs().sum() > 0
 
 
+def test_sense_floor_keeps_signals_below_it_at_their_scale():
+    """With a floor, a net's error columns are divided by max(rms, floor): a net far below the
+    floor reads its signals (nearly) as they are, one far above reads them at unit RMS, and
+    floor 0 is sense_norm as before, bit for bit."""
+    from gnca.senses import normalised
+
+    arch = Architecture.mlp([3, 5, 2])
+    graph, w, h = _state(arch, g=2)
+    e = arch.num_weights
+    s = torch.randn(w.shape[0], sense_size(ALL), dtype=torch.float64)
+    s[:e] *= 1e-6  # net 0: a net that fits its data (rounding-level errors)
+    s[e:] *= 0.1
+    cols = [n for n in ALL for _ in range(SENSES[n])]
+    err = [j for j, n in enumerate(cols) if n in ("error", "delta")]
+    floor = 1e-3
+    got = normalised(graph, s, ALL, floor)
+    x = s[:e, err]
+    torch.testing.assert_close(
+        got[:e, err], (x / (floor + 1e-6)) / (1 + (x / (floor + 1e-6)).abs())
+    )
+    assert got[:e, err].abs().max() < 1e-2  # stays weak
+    torch.testing.assert_close(got[e:], normalised(graph, s, ALL)[e:])  # above it: unchanged
+    assert torch.equal(normalised(graph, s, ALL, 0.0), normalised(graph, s, ALL))
+    rule = LocalRule(4, senses=ALL, sense_norm=True, sense_floor=floor).double()
+    plain = LocalRule(4, senses=ALL).double()
+    plain.load_state_dict(rule.state_dict())
+    torch.testing.assert_close(rule(graph, w, h, senses=s)[0], plain(graph, w, h, senses=got)[0])
+    assert rule.config()["sense_floor"] == floor and "sense_floor=0.001" in repr(rule)
+    assert "sense_floor" not in LocalRule(4, senses=ALL, sense_norm=True).config()
+    with pytest.raises(ValueError, match="sense_floor bounds sense_norm"):
+        LocalRule(4, senses=ALL, sense_floor=floor)
+    with pytest.raises(ValueError, match="sense_floor must be >= 0"):
+        LocalRule(4, senses=ALL, sense_norm=True, sense_floor=-1.0)
+    d = config_to_dict(tiny_config())
+    d["rule"].update(senses=ALL, sense_floor=floor)
+    with pytest.raises(ValueError, match="'rule.sense_floor' needs 'rule.sense_norm'"):
+        config_from_dict(d)
+
+
 def test_label_permutations_are_per_net():
     task = Task(load_dataset("iris"))
     reader = SenseReader(["act"], task, 8, torch.Generator().manual_seed(0))
