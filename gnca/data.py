@@ -339,11 +339,13 @@ def stratified_split(
     seed: int,
     what: str,
     class_names: list[str] | None = None,
+    setting: str = "test_fraction",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split of ``range(len(y))`` into (train, test) index arrays.
 
     Args:
-        y: ``(N,)`` int labels; what: dataset/file named in errors; class_names: label texts.
+        y: ``(N,)`` int labels; what: dataset/file named in errors; class_names: label texts;
+        setting: the setting that asked for ``test_fraction``, as errors name it.
     """
     classes, counts = np.unique(y, return_counts=True)
     if counts.min() < 2:
@@ -361,7 +363,7 @@ def stratified_split(
         msg = " ".join(str(exc).split())
         raise DataError(
             f"{what}: cannot split {len(y)} samples of {len(classes)} classes with "
-            f"test_fraction={test_fraction}: {msg}"
+            f"{setting}={test_fraction}: {msg}"
         ) from exc
     return np.asarray(train_idx), np.asarray(test_idx)
 

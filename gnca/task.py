@@ -129,7 +129,7 @@ class Task:
             raise ValueError(f"held-out fraction must be in (0, 1), got {fraction}")
         y = self.data.y_train
         keep, held = stratified_split(
-            y.numpy(), fraction, seed, f"{self.name} (held-out part of the training split)"
+            y.numpy(), fraction, seed, f"{self.name} training split", setting="train.held_out"
         )
         keep, held = torch.from_numpy(keep), torch.from_numpy(held)
         X = self.data.X_train

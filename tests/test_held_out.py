@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_config
 
 from gnca.config import ConfigError, config_from_dict, config_to_dict
-from gnca.data import load_dataset
+from gnca.data import DataError, load_dataset
 from gnca.senses import SENSES, SenseReader
 from gnca.task import Task
 from gnca.trainer import MetaTrainer
@@ -100,7 +100,20 @@ def test_no_held_out_scores_the_task_itself():
     assert tr.objective.readers[0].task is tr.arch_tasks[0]
 
 
-def test_held_out_errors():
+def test_held_out_errors(capsys):
+    from conftest import REPO
+
+    from gnca.cli import main
+
+    with pytest.raises(
+        DataError, match=r"^wine training split: cannot split .* train.held_out=0.01"
+    ):
+        Task(load_dataset("wine")).held_out(0.01, seed=0)  # fewer held out than classes
+    config = str(REPO / "configs" / "tabular_keeps_pace.yaml")
+    args = ["train", "--config", config, "--set", "train.held_out=0.001", "--no-progress"]
+    assert main([*args, "--out", "/nonexistent/never-written"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "train.held_out=0.001" in err
     with pytest.raises(ConfigError, match=r"'train.held_out' must be a fraction in \[0, 1\)"):
         tiny_config(held_out=1.0)
     with pytest.raises(ValueError, match="needs a rule that reads data"):
