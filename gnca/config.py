@@ -174,6 +174,9 @@ class TrainConfig:
     batch_size: int = 16  # task nets per architecture per meta-step
     k_min: int = 20  # unrolled rule steps drawn uniformly in [k_min, k_max]
     k_max: int = 40  # see k_min
+    # horizon curriculum: the upper end of K's range rises linearly from k_min to k_max over
+    # this many meta-steps (0: K ~ U[k_min, k_max] from the first meta-step)
+    k_ramp: int = 0
     lr: float = 2e-3  # Adam learning rate
     lr_final: float | None = None  # cosine/linear decay target (None = constant)
     grad: str = "normalize"  # normalize | clip | none
@@ -520,6 +523,7 @@ def _validate_train(c: TrainConfig, p: str) -> None:
             f"config key '{_key(p, 'k_max')}' must be >= '{_key(p, 'k_min')}' ({c.k_min}), "
             f"got {c.k_max}"
         )
+    _check_min(c, p, "k_ramp", 0)
     _check_min(c, p, "lr", 0, strict=True)
     _check_min(c, p, "lr_final", 0)
     _check_choice(c, p, "grad", GRAD_MODES)

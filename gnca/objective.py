@@ -6,7 +6,9 @@ For every training architecture (paper, Sec. 3; docs/method.md):
    :class:`~gnca.pool.SamplePool` (the worst ``pool.fresh`` replaced by fresh seeds, the best
    ``pool.damage`` zeroed-out) or fresh seeds when the pool is off;
 2. **unroll**: the rule applied ``K`` times (``K ~ U[train.k_min, train.k_max]``, one draw per
-   meta-step), reading a data batch at every step when the rule has senses;
+   meta-step; with ``train.k_ramp`` the upper end rises from ``k_min`` to ``k_max`` over that
+   many meta-steps, :func:`k_range`), reading a data batch at every step when the rule has
+   senses;
 3. **loss**: the cross-entropy of the grown nets on a training batch (at ``train.loss_horizons``
    points of the rollout, averaged), plus ``train.weight_penalty`` times their mean square
    weight. With ``train.held_out``, that batch comes from a part of the training split that
@@ -121,10 +123,12 @@ class MetaObjective:
         self.pools = [p.part(comm.rank, comm.world) for p in self.pools]
 
     # ------------------------------------------------------------------ one meta-step
-    def __call__(self) -> MetaLoss:
-        """Draw ``K``, grow every architecture's batch and score it."""
+    def __call__(self, step: int = 0) -> MetaLoss:
+        """Draw ``K``, grow every architecture's batch and score it (``step``: the meta-step,
+        which sets ``K``'s range under ``train.k_ramp``)."""
         t = self.train
-        k = int(torch.randint(t.k_min, t.k_max + 1, (1,), generator=self.gen))
+        lo, hi = k_range(t.k_min, t.k_max, t.k_ramp, step)
+        k = int(torch.randint(lo, hi + 1, (1,), generator=self.gen))
         horizons = loss_horizons(k, t.loss_horizons)
         batches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for tk in self.tasks:  # one training batch per task, in the order of the tasks
@@ -312,6 +316,15 @@ def held_out_tasks(
         if id(tk) not in pairs:
             pairs[id(tk)] = tk.held_out(fraction, seed)
     return [pairs[id(tk)][0] for tk in tasks], [pairs[id(tk)][1] for tk in tasks]
+
+
+def k_range(k_min: int, k_max: int, ramp: int, step: int) -> tuple[int, int]:
+    """The range ``[lo, hi]`` that meta-step ``step`` (from 0) draws ``K`` from: ``[k_min,
+    k_max]``, or under a horizon curriculum (``ramp > 0`` meta-steps) an upper end that rises
+    linearly from ``k_min`` at step 0 to ``k_max`` at step ``ramp``, rounded down."""
+    if ramp <= 0 or step >= ramp:
+        return k_min, k_max
+    return k_min, k_min + (k_max - k_min) * step // ramp
 
 
 def loss_horizons(k: int, n: int) -> list[int]:

@@ -193,7 +193,7 @@ class MetaTrainer:
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        out = self.objective()  # batch -> unroll -> loss
+        out = self.objective(self.step)  # batch -> unroll -> loss
         loss, acc = self.comm.step_stats(out.loss.detach(), out.accs)
         skipped = not math.isfinite(loss) or (
             self.loss_ema is not None and loss > t.rollback_factor * self.loss_ema

@@ -11,6 +11,7 @@ from conftest import rule_params, tiny_config
 
 from gnca import Architecture, LocalRule, WeightGraph
 from gnca.config import ConfigError, config_from_dict, config_to_dict
+from gnca.objective import k_range
 from gnca.pool import SamplePool
 from gnca.task import logits_cross_entropy
 from gnca.trainer import MetaTrainer, loss_horizons
@@ -140,6 +141,7 @@ def test_levers_train_and_resume(tmp_path) -> None:
 @pytest.mark.parametrize("key,value,part", [
     ("train.loss_horizons", 0, "train.loss_horizons' must be >= 1"),
     ("train.weight_penalty", -1.0, "train.weight_penalty' must be >= 0"),
+    ("train.k_ramp", -1, "train.k_ramp' must be >= 0"),
     ("rule.state_bound", 0.0, "rule.state_bound' must be > 0"),
     ("pool.renew", "newest", "pool.renew' must be one of 'worst', 'oldest', got 'newest'"),
     ("pool.fresh_rate", 0.0, "pool.fresh_rate' must be in (0, 1], got 0.0"),
@@ -234,3 +236,45 @@ def test_committed_age_is_the_start_age_plus_k() -> None:
     assert moved.sum() == tr.cfg.train.batch_size
     assert bool(((pool.age[moved] == start[moved] + 4) | (pool.age[moved] == 4)).all())
     assert int((pool.age[moved] == 4).sum()) >= tr.cfg.pool.fresh
+
+
+@pytest.mark.parametrize("k_min,k_max,ramp", [(10, 20, 7), (1, 10, 100), (3, 3, 5), (2, 9, 1)])
+def test_k_range_rises_linearly_to_k_max(k_min: int, k_max: int, ramp: int) -> None:
+    """The upper end of K's range, step by step, against exact fractions: k_min at step 0,
+    k_min + floor((k_max - k_min) * step / ramp) on the way, k_max from step ``ramp`` on."""
+    from fractions import Fraction
+    from math import floor
+
+    for step in range(ramp + 5):
+        want = k_min + floor(Fraction(k_max - k_min) * min(Fraction(step, ramp), 1))
+        assert k_range(k_min, k_max, ramp, step) == (k_min, want)
+    assert k_range(k_min, k_max, 0, 0) == (k_min, k_max)
+
+
+def test_k_ramp_draws_short_rollouts_first_and_resumes_exactly(tmp_path) -> None:
+    """Under a curriculum every meta-step's K lies in its step's range (K = k_min at step 0),
+    the draws reach past the ramp's early ends later, and a run resumed mid-ramp draws the same
+    K and ends with the same rule as an uninterrupted one."""
+    cfg = tiny_config(steps=16, k_min=1, k_max=12, k_ramp=8)
+    a = MetaTrainer.from_config(cfg)
+    a.train(progress=False)
+    ks = [s.k for s in a.history]
+    for step, k in enumerate(ks):
+        assert 1 <= k <= k_range(1, 12, 8, step)[1]
+    assert ks[0] == 1 and max(ks[8:]) > 4
+    b = MetaTrainer.from_config(cfg)
+    for _ in range(5):
+        b.meta_step()
+    b.save(tmp_path / "mid.pt")
+    c = MetaTrainer.from_checkpoint(tmp_path / "mid.pt")
+    c.train(progress=False)
+    assert [s.k for s in c.history] == ks[5:]
+    for p, q in zip(rule_params(a), rule_params(c), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_k_ramp_off_draws_the_same_k_as_before() -> None:
+    """k_ramp = 0 draws K from [k_min, k_max] at every meta-step, as a run without the key."""
+    plain = MetaTrainer.from_config(tiny_config(steps=6, k_min=2, k_max=9))
+    off = MetaTrainer.from_config(tiny_config(steps=6, k_min=2, k_max=9, k_ramp=0))
+    assert [plain.meta_step().k for _ in range(6)] == [off.meta_step().k for _ in range(6)]
