@@ -45,8 +45,8 @@ from torch import nn
 from torch_geometric.data import Data
 
 from gnca.factored import factored_first_layer, factored_plan
-from gnca.graph import NEIGHBOURHOODS, total_neurons
-from gnca.perception import check_state, neuron_plan
+from gnca.graph import NEIGHBOURHOODS
+from gnca.perception import check_state, neuron_plan, neuron_sums
 
 
 class LocalRule(Protocol):
@@ -219,15 +219,8 @@ def fused_step(
         graph, rule.neighbourhood, rule.include_self, rule.reduce, w.dtype
     )
     block = block_size(rule, w.device, e)
-    n = total_neurons(graph)
     fwd, bwd = NEIGHBOURHOODS[rule.neighbourhood]
-    ends = {"in": graph.dst, "out": graph.src}
-    # sums of x = [w, h] over each neuron's in- and out-weights, block by block
-    sums = {"in": w.new_zeros(n, d), "out": w.new_zeros(n, d)}
-    for i in range(0, e, block):
-        x = torch.cat([w[i : i + block].unsqueeze(1), h[i : i + block]], dim=1)
-        for k, at in ends.items():
-            sums[k].index_add_(0, at[i : i + block], x)
+    sums = neuron_sums(graph, w, h, block)  # x = [w, h] summed over in- and out-weights
     if rule.neighbourhood == "incident":
         s_f = s_b = sums["in"].add_(sums["out"])
     else:

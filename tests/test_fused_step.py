@@ -3,12 +3,14 @@ explicit path) equal the reference route, LocalRule.step."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import NEIGHBOURHOOD_NAMES, dag_specs, live_rule
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gnca import Architecture, LocalRule, WeightGraph
+from gnca import Architecture, LocalRule, WeightGraph, perception
 from gnca.rule_fast import blocked, fused_step, pick_route
 
 
@@ -170,3 +172,72 @@ def test_blocked_route_of_a_max_aggregation_equals_the_reference() -> None:
     (wa, ha), (wb, hb) = _both(rule, g, w, h, path="explicit")
     torch.testing.assert_close(wb, wa, rtol=0, atol=1e-12)
     torch.testing.assert_close(hb, ha, rtol=0, atol=1e-12)
+
+
+def _loop_sums(g, w: torch.Tensor, h: torch.Tensor) -> dict[str, np.ndarray]:
+    """The slow reference: every neuron's in- and out-sums of x = [w, h], added one weight at a
+    time in index order, in w's precision (numpy)."""
+    x = torch.cat([w.unsqueeze(1), h], 1).numpy()
+    n = int(max(int(g.src.max()), int(g.dst.max())) + 1)
+    out = {}
+    for k, at in (("in", g.dst.tolist()), ("out", g.src.tolist())):
+        s = np.zeros((n, x.shape[1]), dtype=x.dtype)
+        for i, v in enumerate(at):
+            s[v] = s[v] + x[i]
+        out[k] = s
+    return out
+
+
+@settings(max_examples=20, deadline=None)
+@given(spec=dag_specs(), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_neuron_sums_add_in_weight_order_on_both_routes(spec, dtype) -> None:
+    """The sparse-product route and the index_add_ route of neuron_sums both give, bit for bit,
+    a Python loop that adds every neuron's weights in index order, on random DAGs."""
+    g = WeightGraph.replicate(spec.build(), 4)
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(g.num_nodes, generator=gen, dtype=dtype)
+    h = torch.randn(g.num_nodes, 3, generator=gen, dtype=dtype)
+    want = _loop_sums(g, w, h)
+    n = want["in"].shape[0]
+    for low in (0, 10**9):  # the sparse route, then the index_add_ route
+        old, perception.CSR_MIN_WEIGHTS = perception.CSR_MIN_WEIGHTS, low
+        try:
+            got = perception.neuron_sums(g, w, h, block=3)
+        finally:
+            perception.CSR_MIN_WEIGHTS = old
+        for k in ("in", "out"):
+            assert np.array_equal(got[k][:n].numpy(), want[k]), (low, k)
+            assert not got[k][n:].any()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_step_is_bitwise_the_same_on_both_sum_routes(threads: int) -> None:
+    """A growing step of MNIST-sized nets (16 x 196-32-10, above CSR_MIN_WEIGHTS) with senses
+    gives the same bits whether the neuron sums come from sparse products or from index_add_."""
+    from gnca.senses import SENSES, sense_size
+
+    g = WeightGraph.replicate(Architecture.mlp([196, 32, 10]), 16)
+    e = g.num_nodes
+    assert e >= perception.CSR_MIN_WEIGHTS
+    rule = live_rule(8, widths=(16,), senses=list(SENSES), state_bound=1.0, bound=0.1)
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(e, generator=gen) * 0.3
+    h = torch.randn(e, 8, generator=gen) * 0.1
+    senses = torch.randn(e, sense_size(rule.senses), generator=gen)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        outs = []
+        for low in (perception.CSR_MIN_WEIGHTS, 10**9):
+            old, perception.CSR_MIN_WEIGHTS = perception.CSR_MIN_WEIGHTS, low
+            try:
+                with torch.no_grad():
+                    mask = torch.ones(e)
+                    outs.append(fused_step(rule, g, w, h, mask, None, senses))
+            finally:
+                perception.CSR_MIN_WEIGHTS = old
+    finally:
+        torch.set_num_threads(old_threads)
+    (wa, ha), (wb, hb) = outs
+    assert torch.equal(wa, wb) and torch.equal(ha, hb)
+    assert not torch.equal(wa, w)
