@@ -356,13 +356,9 @@ def dense_senses(
     )
     cols = [_dense_layer(names, A[i], A[i + 1], M[i + 1], loss) for i in range(len(sizes) - 1)]
     out = torch.cat(cols, 1).reshape(g * e, -1)  # (G * E, S)
-    # every column soft-clipped but the loss's, which is scaled by log(classes) instead (the
-    # values of a torch.where of both, without computing both on every column)
-    res = soft_clip(out)
-    at = [i for i, n in enumerate(n for n in names for _ in range(SENSES[n])) if n == "loss"]
-    if at:
-        res[:, at] = out[:, at] / torch.log(torch.tensor(float(sizes[-1])))
-    return res
+    clip = [n != "loss" for n in names for _ in range(SENSES[n])]
+    keep = torch.tensor(clip, device=out.device)
+    return torch.where(keep, soft_clip(out), out / torch.log(torch.tensor(float(sizes[-1]))))
 
 
 def _dense_layer(
