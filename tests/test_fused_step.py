@@ -3,6 +3,9 @@ explicit path) equal the reference route, LocalRule.step."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -174,6 +177,17 @@ def test_blocked_route_of_a_max_aggregation_equals_the_reference() -> None:
     torch.testing.assert_close(hb, ha, rtol=0, atol=1e-12)
 
 
+@contextmanager
+def _csr_min_weights(low: int) -> Iterator[None]:
+    """perception.CSR_MIN_WEIGHTS set to ``low`` inside the block (0: the sparse route always,
+    a huge value: the index_add_ route always)."""
+    old, perception.CSR_MIN_WEIGHTS = perception.CSR_MIN_WEIGHTS, low
+    try:
+        yield
+    finally:
+        perception.CSR_MIN_WEIGHTS = old
+
+
 def _loop_sums(g, w: torch.Tensor, h: torch.Tensor) -> dict[str, np.ndarray]:
     """The slow reference: every neuron's in- and out-sums of x = [w, h], added one weight at a
     time in index order, in w's precision (numpy)."""
@@ -200,11 +214,8 @@ def test_neuron_sums_add_in_weight_order_on_both_routes(spec, dtype) -> None:
     want = _loop_sums(g, w, h)
     n = want["in"].shape[0]
     for low in (0, 10**9):  # the sparse route, then the index_add_ route
-        old, perception.CSR_MIN_WEIGHTS = perception.CSR_MIN_WEIGHTS, low
-        try:
+        with _csr_min_weights(low):
             got = perception.neuron_sums(g, w, h, block=3)
-        finally:
-            perception.CSR_MIN_WEIGHTS = old
         for k in ("in", "out"):
             assert np.array_equal(got[k][:n].numpy(), want[k]), (low, k)
             assert not got[k][n:].any()
@@ -228,14 +239,9 @@ def test_fused_step_is_bitwise_the_same_on_both_sum_routes(threads: int) -> None
     torch.set_num_threads(threads)
     try:
         outs = []
-        for low in (perception.CSR_MIN_WEIGHTS, 10**9):
-            old, perception.CSR_MIN_WEIGHTS = perception.CSR_MIN_WEIGHTS, low
-            try:
-                with torch.no_grad():
-                    mask = torch.ones(e)
-                    outs.append(fused_step(rule, g, w, h, mask, None, senses))
-            finally:
-                perception.CSR_MIN_WEIGHTS = old
+        for low in (perception.CSR_MIN_WEIGHTS, 10**9):  # the sparse route, then index_add_
+            with _csr_min_weights(low), torch.no_grad():
+                outs.append(fused_step(rule, g, w, h, torch.ones(e), None, senses))
     finally:
         torch.set_num_threads(old_threads)
     (wa, ha), (wb, hb) = outs
