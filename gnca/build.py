@@ -29,7 +29,7 @@ import torch
 from gnca.architecture import Architecture
 from gnca.checkpoint import load_checkpoint
 from gnca.config import Config, DataConfig, RuleConfig, TaskConfig, config_from_dict
-from gnca.data import Dataset, load_dataset
+from gnca.data import IMAGE_DATASETS, Dataset, load_dataset
 from gnca.device import resolve_device
 from gnca.rule import LocalRule
 from gnca.senses import SenseReader
@@ -125,11 +125,15 @@ def make_architectures(t: TaskConfig, task: Task) -> list[Architecture]:
 
 def make_also(cfg: Config) -> list[tuple[Task, list[Architecture]]]:
     """The extra tasks of ``cfg.data.also``, each with its training MLPs: the same split
-    settings as ``cfg.data`` and the hidden layers of ``cfg.task.architectures``."""
+    settings as ``cfg.data`` (images pooled by ``data.also_downsample``, default
+    ``data.downsample``; tables never) and the hidden layers of ``cfg.task.architectures``."""
+    d = cfg.data
+    k = d.downsample if d.also_downsample is None else d.also_downsample
     also = []
-    for name in cfg.data.also:
-        extra = make_task(cfg.task, make_dataset(dataclasses.replace(cfg.data, name=name, also=[])),
-                          cfg.data.batch_size)  # fmt: skip
+    for name in d.also:
+        pool = k if name in IMAGE_DATASETS else 1
+        extra_data = dataclasses.replace(d, name=name, also=[], downsample=pool)
+        extra = make_task(cfg.task, make_dataset(extra_data), d.batch_size)
         sizes = [[extra.n_features, *a[1:-1], extra.n_classes] for a in cfg.task.architectures]
         also.append((extra, [extra.mlp(s) for s in sizes]))
     return also

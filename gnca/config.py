@@ -104,6 +104,7 @@ class DataConfig:
     max_train: int | None = None  # cap on the number of training examples
     batch_size: int | None = None  # training examples per meta-step; None = full training set
     also: list[str] = field(default_factory=list)  # more datasets meta-trained at once (senses)
+    also_downsample: int | None = None  # k x k pooling of the images in `also`; None = downsample
 
 
 @dataclass
@@ -425,6 +426,7 @@ def _validate_data(c: DataConfig, p: str) -> None:
     _check_min(c, p, "downsample", 1)
     _check_min(c, p, "max_train", 1)
     _check_min(c, p, "batch_size", 1)
+    _check_min(c, p, "also_downsample", 1)
     for k, name in enumerate(c.also):
         if name not in (*TABLES, "digits", "mnist") or name == c.name:
             raise ConfigError(

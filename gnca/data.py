@@ -27,7 +27,15 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-__all__ = ["DataError", "Dataset", "load_dataset", "load_mnist_idx", "DATASET_NAMES", "TABLES"]
+__all__ = [
+    "DataError",
+    "Dataset",
+    "load_dataset",
+    "load_mnist_idx",
+    "DATASET_NAMES",
+    "TABLES",
+    "IMAGE_DATASETS",
+]
 
 DATASET_NAMES: tuple[str, ...] = (
     "iris",
@@ -51,6 +59,8 @@ TABLES: tuple[str, ...] = (
     "moons",
     "classification",
 )
+#: the datasets of :func:`load_dataset` that are images (``downsample`` pools them)
+IMAGE_DATASETS: tuple[str, ...] = ("digits", "mnist")
 _IMAGE_MAGIC = 2051
 _LABEL_MAGIC = 2049
 # The four standard MNIST files, in the order load_mnist_idx returns them.
@@ -544,7 +554,7 @@ def _check_options(
     k = _check_int(downsample, "downsample", 1)
     if max_train is not None:
         max_train = _check_int(max_train, "max_train", 1)
-    if k > 1 and name not in ("digits", "mnist"):
+    if k > 1 and name not in IMAGE_DATASETS:
         raise DataError(
             f"downsample={k} only applies to image datasets (digits, mnist), not {name}; use 1"
         )

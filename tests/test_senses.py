@@ -392,3 +392,26 @@ def test_meta_training_on_two_datasets_at_once():
                                             [*over[:4], "data.also=[iris]"]))  # fmt: skip
     with pytest.raises(ConfigError, match="data.also"):
         load_config(root / "configs" / "tabular_senses.yaml", ["data.also=[digits]"])
+
+
+def test_also_downsample_pools_only_the_extra_images():
+    from gnca.build import make_also
+    from gnca.config import ConfigError, load_config
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    over = ["data.name=iris", "data.also=[digits,moons]", "data.also_downsample=2"]
+    cfg = load_config(root / "configs" / "tabular_senses.yaml", over)
+    also = make_also(cfg)
+    assert [(t.name, t.n_features) for t, _ in also] == [("digits", 16), ("moons", 2)]
+    assert [a.describe() for _, archs in also for a in archs] == [
+        "mlp 16-32-10 (+bias)",
+        "mlp 2-32-2 (+bias)",
+    ]
+    pooled = load_dataset("digits", downsample=2)
+    np.testing.assert_array_equal(np.asarray(also[0][0].data.X_train), pooled.X_train)
+    # unset, the extra images take data.downsample: 8 x 8 digits beside iris
+    plain = make_also(load_config(root / "configs" / "tabular_senses.yaml",
+                                  ["data.name=iris", "data.also=[digits]"]))  # fmt: skip
+    assert plain[0][0].n_features == 64
+    with pytest.raises(ConfigError, match="data.also_downsample' must be >= 1"):
+        load_config(root / "configs" / "tabular_senses.yaml", ["data.also_downsample=0"])
