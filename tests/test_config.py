@@ -428,3 +428,17 @@ def test_mnist_long_is_mnist_with_the_issue_13_recipe() -> None:
     assert long.name == "mnist_long"
     long.name = base.name
     assert long == base
+
+
+def test_every_config_key_has_a_row_in_docs_config_md():
+    sections = (REPO / "docs" / "config.md").read_text().split("\n## ")
+    top = next(s for s in sections if s.startswith("Top level"))
+    missing = []
+    for f in dataclasses.fields(Config):
+        doc = next((s for s in sections if s.startswith(f"`{f.name}`")), None)
+        if doc is None:  # a top-level key, not a section
+            missing += [] if f"| `{f.name}` |" in top else [f.name]
+            continue
+        missing += [f"{f.name}.{g.name}" for g in dataclasses.fields(getattr(Config(), f.name))
+                    if f"| `{g.name}` |" not in doc]  # fmt: skip
+    assert missing == []
