@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Both sides read the config files of the older commit (``--against``): a later commit may change
 # what a repo config says (configs/iris.yaml became the identity-code main job), not the engine.
 
-#: (name, config, overrides): the default Iris job, and one that exercises identity codes,
-#: mean-field sums, damage, code jitter and a rule bound on two architectures.
+#: (name, config, overrides): the default Iris job, one that exercises identity codes,
+#: mean-field sums, damage, code jitter and a rule bound on two architectures, and a rule that
+#: reads data.
 CASES: list[tuple[str, str, list[str]]] = [
     ("iris", "configs/iris.yaml", []),
     (
@@ -49,6 +50,9 @@ CASES: list[tuple[str, str, list[str]]] = [
             "data.batch_size=64",
         ],
     ),
+    # a rule that reads data on three tables at once, with every sense, sense_norm, task
+    # augmentations, a held-out part and a weight penalty (the senses' gradients included)
+    ("tabular-senses", "configs/tabular_keeps_pace.yaml", ["train.k_min=4", "train.k_max=6"]),
 ]
 
 

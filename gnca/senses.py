@@ -354,11 +354,9 @@ def dense_senses(
         if feedback is not None
         else [None] * len(sizes)
     )
+    loss = loss / torch.log(torch.tensor(float(sizes[-1])))  # (G,)
     cols = [_dense_layer(names, A[i], A[i + 1], M[i + 1], loss) for i in range(len(sizes) - 1)]
-    out = torch.cat(cols, 1).reshape(g * e, -1)  # (G * E, S)
-    clip = [n != "loss" for n in names for _ in range(SENSES[n])]
-    keep = torch.tensor(clip, device=out.device)
-    return torch.where(keep, soft_clip(out), out / torch.log(torch.tensor(float(sizes[-1]))))
+    return torch.cat(cols, 1).reshape(g * e, -1)  # (G * E, S)
 
 
 def _dense_layer(
@@ -368,26 +366,35 @@ def _dense_layer(
     m: torch.Tensor | None,
     loss: torch.Tensor,
 ) -> torch.Tensor:
-    """``(G, a * b + b, S)`` raw senses of one layer's weights, then its biases, from the tail
-    activations ``(G, B, a)``, head activations and messages ``(G, B, b)``."""
+    """``(G, a * b + b, S)`` senses of one layer's weights, then its biases, from the tail
+    activations ``(G, B, a)``, head activations and messages ``(G, B, b)`` and the scaled
+    ``(G,)`` loss: each column soft-clipped (but ``loss``) before it is broadcast to the
+    weights, where that costs one value per neuron, not per weight. The columns that carry a
+    gradient (those of the messages) are clipped per weight, so that their backward adds the
+    same terms in the same order as clipping the whole ``(E, S)`` block did."""
     g, b_n, a = tail.shape
     b = head.shape[2]
     tail1 = torch.cat([tail, tail.new_ones(g, b_n, 1)], 2)  # the bias neuron's activation is 1
+    shape = (g, a + 1, b)
     per: list[torch.Tensor] = []  # each (G, a + 1, b)
     for name in names:
         if name == "act":
-            per.append(tail1.mean(1)[:, :, None].expand(g, a + 1, b))
-            per.append(head.mean(1)[:, None, :].expand(g, a + 1, b))
+            per.append(soft_clip(tail1.mean(1))[:, :, None].expand(shape))
+            per.append(soft_clip(head.mean(1))[:, None, :].expand(shape))
         elif name == "hebb":
-            per.append(torch.bmm(tail1.transpose(1, 2), head) / b_n)
+            per.append(soft_clip(torch.bmm(tail1.transpose(1, 2), head) / b_n))
         elif name == "loss":
-            per.append(loss[:, None, None].expand(g, a + 1, b))
+            per.append(loss[:, None, None].expand(shape))
         elif m is None:
             raise ValueError(f"sense {name!r} needs the backward messages (feedback)")
         elif name == "error":
-            per.append(m.mean(1)[:, None, :].expand(g, a + 1, b))
+            mean = m.mean(1)  # (G, b)
+            if m.requires_grad:
+                per.append(soft_clip(mean[:, None, :].expand(shape)))
+            else:
+                per.append(soft_clip(mean)[:, None, :].expand(shape))
         else:
-            per.append(torch.bmm(tail1.transpose(1, 2), m) / b_n)
+            per.append(soft_clip(torch.bmm(tail1.transpose(1, 2), m) / b_n))
     layer = torch.stack(per, -1)  # (G, a + 1, b, S)
     return torch.cat([layer[:, :a].reshape(g, a * b, -1), layer[:, a]], 1)
 
