@@ -2,10 +2,13 @@
 
 Each commit is checked out into a temporary ``git worktree``; a fresh process per commit and
 round imports gnca from that tree and times one step (no grad, and forward+backward) of the
-default rule on 784-100-10 and 784-1000-1000-10 on one thread, in process CPU time. Processes
-alternate between the commits for ``--rounds`` rounds; the table shows the median over rounds.
+default rule on 784-100-10 and 784-1000-1000-10 on one thread, in process CPU time (with
+``--senses``: a small rule, ``C = 8``, MLP 16, reading all senses of 64 examples on 16 nets of
+196-32-10). Processes alternate between the commits for ``--rounds`` rounds; the table shows
+the median over rounds.
 
     python benchmarks/compare_commits.py 300f9be 612251e HEAD --rounds 3
+    python benchmarks/compare_commits.py HEAD~1 HEAD --senses --rounds 5
 """
 
 from __future__ import annotations
@@ -61,11 +64,56 @@ for sizes in ([784, 100, 10], [784, 1000, 1000, 10]):
 print("RESULT " + json.dumps(out))
 """
 
+#: with ``--senses``: one step of a small rule reading all senses on 16 x 196-32-10 (64 examples)
+SENSES_CHILD = r"""
+import json, statistics, time
+import torch
+import gnca
+print("GNCA " + gnca.__file__)
+torch.set_num_threads(1)
+from gnca import Architecture, LocalRule, WeightGraph
+from gnca.data import Dataset
+from gnca.senses import SENSES, SenseReader
+from gnca.task import Task
+torch.manual_seed(0)
+rule = LocalRule(8, widths=[16], senses=list(SENSES))
+g = WeightGraph.replicate(Architecture.mlp([196, 32, 10]), 16)
+e = g.num_nodes
+X, y = torch.randn(1024, 196), torch.randint(0, 10, (1024,))
+task = Task(Dataset("toy", X, y, X[:128], y[:128], 196, 10, None), fan_in_ref=32)
+w, h = torch.randn(e) * 0.1, torch.randn(e, 8) * 0.1
+mask = torch.ones(e)
+res = {}
+for mode in ("no-grad", "fwd+bwd"):
+    reader = SenseReader(list(SENSES), task, 64, torch.Generator().manual_seed(1))
+    def f():
+        if mode == "no-grad":
+            with torch.no_grad():
+                rule(g, w, h, mask=mask, senses=reader(g, w, h))
+        else:
+            wg, hg = w.clone().requires_grad_(True), h.clone().requires_grad_(True)
+            a, b = rule(g, wg, hg, mask=mask, senses=reader(g, wg, hg))
+            (a.sum() + b.sum()).backward()
+    f()
+    ts = []
+    for _ in range(20):
+        t0 = time.process_time()
+        f()
+        ts.append(time.process_time() - t0)
+    res[mode] = statistics.median(ts)
+print("RESULT " + json.dumps({"16x196-32-10 senses": res}))
+"""
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("commits", nargs="+", help="commits to compare (e.g. 300f9be HEAD)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--senses",
+        action="store_true",
+        help="time a small rule reading all senses on 16 x 196-32-10 instead",
+    )
     args = ap.parse_args()
     shas = {
         c: subprocess.check_output(["git", "rev-parse", "--short", c], cwd=ROOT, text=True).strip()
@@ -78,7 +126,7 @@ def main() -> None:
                 sha = shas[c]
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 out = subprocess.run(  # cwd: `python -c` puts it first on sys.path
-                    [sys.executable, "-c", CHILD],
+                    [sys.executable, "-c", SENSES_CHILD if args.senses else CHILD],
                     env=env,
                     capture_output=True,
                     text=True,
