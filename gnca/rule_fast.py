@@ -227,20 +227,24 @@ def fused_step(
         s_f, s_b = sums[fwd[0]], sums[bwd[0]]
     table = torch.cat([w.new_zeros(1, d), s_f * scale_f, s_b * scale_b])  # (1 + 2N, D)
     w_new, h_new = torch.empty_like(w), torch.empty_like(h)
-    d_buf = w.new_empty(min(block, e), d)
+    rows = min(block, e)
+    d_buf = w.new_empty(rows, d)
+    p_buf = w.new_empty(3 * rows, d)  # the gathered perceptions, reused by every block
+    s_buf = None if senses is None else w.new_empty(rows, 3 * d + senses.shape[1])
     bufs: dict[int, torch.Tensor] = {}
     for i in range(0, e, block):
         j = min(i + block, e)
         # perception [x, agg_f, agg_b] of the block, built in place: gather the scaled
         # sums (slot 0 reads the zero row), write x into slot 0, fix the own-weight term
-        p = table.index_select(0, index[3 * i : 3 * j]).view(j - i, 3 * d)  # (b, 3D)
+        p = torch.index_select(table, 0, index[3 * i : 3 * j], out=p_buf[: 3 * (j - i)])
+        p = p.view(j - i, 3 * d)  # (b, 3D)
         p[:, 0] = w[i:j]
         p[:, 1:d] = h[i:j]
         x = p[:, :d]
         p[:, d : 2 * d].addcmul_(x, coef[i:j, 1])
         p[:, 2 * d :].addcmul_(x, coef[i:j, 2])
-        if senses is not None:
-            p = torch.cat([p, senses[i:j].to(p.dtype)], dim=1)  # (b, 3D + S)
+        if senses is not None and s_buf is not None:
+            p = torch.cat([p, senses[i:j].to(p.dtype)], dim=1, out=s_buf[: j - i])  # (b, 3D + S)
         dx = mlp_no_grad(rule, p, d_buf[: j - i], bufs)  # (b, D)
         m = mask[i:j]
         torch.addcmul(w[i:j], dx[:, 0], m, out=w_new[i:j])
