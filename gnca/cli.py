@@ -279,7 +279,10 @@ def _load(args: argparse.Namespace):
     if bad:
         raise CLIError(f"--set takes data.KEY=VALUE only here (the data to grow on), got {bad[0]}")
     if data_set:
-        new = config_from_dict(apply_overrides(config_to_dict(cfg), data_set))
+        raw = apply_overrides(config_to_dict(cfg), data_set)
+        if raw["data"]["name"] != cfg.data.name:  # growing on one dataset: the extra ones of
+            raw["data"]["also"] = []  # meta-training (data.also) no longer apply
+        new = config_from_dict(raw)
         if new.data != cfg.data and not rule.senses:
             raise CLIError(
                 f"this rule reads no data (rule.senses is empty): it regrows the nets it was "

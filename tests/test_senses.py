@@ -415,3 +415,21 @@ def test_also_downsample_pools_only_the_extra_images():
     assert plain[0][0].n_features == 64
     with pytest.raises(ConfigError, match="data.also_downsample' must be >= 1"):
         load_config(root / "configs" / "tabular_senses.yaml", ["data.also_downsample=0"])
+
+
+def test_grow_on_one_of_the_rules_extra_datasets(tmp_path, capsys):
+    """gnca grow --set data.name=X works when X was one of the rule's data.also datasets."""
+    from conftest import TINY
+
+    from gnca.cli import main
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(root / "configs" / "tabular_senses.yaml"), "--set",
+                 *TINY, "task.architectures=[[64,8,10]]", "train.steps=1", "--out", str(run),
+                 "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["grow", "--checkpoint", str(run / "last.pt"), "--set", "data.name=iris",
+                 "--arch", "h:8", "--num", "2", "--steps", "2", "--json",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "mlp 4-8-3" in capsys.readouterr().out
