@@ -8,7 +8,14 @@ and largest magnitude, the feedback channel's mean magnitude and the mean of eve
 A rule whose nets drift shows hidden states that grow by the update bound at every step and
 weights that follow.
 
+Two probes of why accuracy can fall after the horizon: ``--sense-batch N`` reads ``N`` examples
+per rule step instead of the rule's own ``rule.sense_batch`` (does a less noisy read lift the
+curve?), and ``--damp-after T --damp-power P`` scales every weight update after step ``T`` by
+``(T / t) ** P``, as Adam's learning rate is tuned lower for larger budgets (is the fall noise
+that a smaller step would average out, or a drift?). Hidden states are updated as the rule says.
+
     python examples/growth_drift.py runs/tabular_augmented_s0/last.pt --dataset wine --arch h:32
+    python examples/growth_drift.py RULE.pt --dataset mnist --downsample 4 --damp-after 200
 """
 
 from __future__ import annotations
@@ -28,24 +35,35 @@ DEFAULT_AT = (1, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
 def drift(
-    checkpoint: str, dataset: str, arch: str, steps: int, num: int, seed: int
+    checkpoint: str,
+    dataset: str,
+    arch: str,
+    steps: int,
+    num: int,
+    seed: int,
+    *,
+    downsample: int = 1,
+    sense_batch: int | None = None,
+    damp_after: int | None = None,
+    damp_power: float = 1.0,
 ) -> list[dict[str, float]]:
     """One row per printed step: ``step``, ``acc``, ``w_rms_hidden``, ``w_rms_out``,
     ``h_mean``, ``h_max``, ``feedback`` and one ``sense:<name>`` per sense column (mean
-    magnitude over the weights)."""
+    magnitude over the weights). ``sense_batch``: examples read per step (default the rule's);
+    ``damp_after``: from the step after it, weight updates scaled by
+    ``(damp_after / t) ** damp_power``."""
     tr = load_trained(checkpoint)
     if not tr.rule.senses:
         raise SystemExit(f"{checkpoint}: the rule reads no data (rule.senses is empty)")
-    data = make_dataset(DataConfig(name=dataset))
+    data = make_dataset(DataConfig(name=dataset, downsample=downsample))
     task = make_task(tr.cfg.task, data)
     net = parse_arch(arch, data.n_features, data.n_classes, tr.cfg.task.bias, data.image_shape,
                      data.name)  # fmt: skip
     graph = WeightGraph.replicate(net, num)
     gen = torch.Generator().manual_seed(seed)
     w, h = tr.init.state(graph, tr.rule.hidden_channels, gen)
-    reader = SenseReader(
-        tr.rule.senses, task, tr.cfg.rule.sense_batch, torch.Generator().manual_seed(seed + 7)
-    )
+    batch = tr.cfg.rule.sense_batch if sense_batch is None else sense_batch
+    reader = SenseReader(tr.rule.senses, task, batch, torch.Generator().manual_seed(seed + 7))
     X, y = task.split("test", "cpu")
     out = graph.neuron_kind[graph.dst] == OUTPUT
     names = [f"sense:{n}" + (f"{i}" if SENSES[n] > 1 else "") for n in reader.names
@@ -55,7 +73,10 @@ def drift(
     with torch.no_grad():
         for t in range(1, steps + 1):
             s = reader(graph, w, h)  # (E, S)
-            w, h = tr.rule(graph, w, h, generator=gen, senses=s)
+            w_new, h = tr.rule(graph, w, h, generator=gen, senses=s)
+            if damp_after is not None and t > damp_after:
+                w_new = w + (damp_after / t) ** damp_power * (w_new - w)
+            w = w_new
             if t in at:
                 rows.append({
                     "step": t,
@@ -78,9 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2000, help="rule steps (default 2000)")
     p.add_argument("--num", type=int, default=10, help="nets grown at once (default 10)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--downsample", type=int, default=1, help="k x k pooling of image data")
+    p.add_argument("--sense-batch", type=int, help="examples read per step (default the rule's)")
+    p.add_argument("--damp-after", type=int, help="scale weight updates after this step")
+    p.add_argument("--damp-power", type=float, default=1.0, help="by (T / t) ** P (default 1)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    rows = drift(args.checkpoint, args.dataset, args.arch, args.steps, args.num, args.seed)
+    rows = drift(args.checkpoint, args.dataset, args.arch, args.steps, args.num, args.seed,
+                 downsample=args.downsample, sense_batch=args.sense_batch,
+                 damp_after=args.damp_after, damp_power=args.damp_power)  # fmt: skip
     cols = list(rows[0])
     print(" ".join(f"{c:>12s}" for c in cols))
     for r in rows:

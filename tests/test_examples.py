@@ -11,7 +11,10 @@ import pytest
 import torch
 from conftest import fake_mnist
 
+from gnca.architecture import OUTPUT
+from gnca.archspec import parse_arch
 from gnca.config import Config
+from gnca.graph import WeightGraph
 from gnca.trainer import MetaTrainer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -144,6 +147,26 @@ def test_growth_drift_prints_the_state_of_nets_grown_past_the_horizon(
         assert math.isclose(r["h_max"], h0 + 0.1 * r["step"], rel_tol=1e-4), r
         assert 0.0 <= r["acc"] <= 1.0 and r["w_rms_out"] > 0
     assert sum(k.startswith("sense:") for k in rows[0]) == 6  # act (2), hebb, error, delta, loss
+    # damped after step 1 by 1 / t, every weight moves 0.1 * (1 + 1/2 + ... + 1/t) by step t:
+    # the same hidden states, weights displaced by the harmonic sum instead of 0.1 * t
+    seen = []
+    real_reader = mod["drift"].__globals__["SenseReader"]
+    monkeypatch.setitem(mod["drift"].__globals__, "SenseReader",
+                        lambda *a: seen.append(a[2]) or real_reader(*a))  # fmt: skip
+    damped = mod["drift"](str(run / "last.pt"), "wine", "h:8", 20, 2, 0, damp_after=1,
+                          sense_batch=5)  # fmt: skip
+    assert seen == [5]
+    for r, d in zip(rows, damped, strict=True):
+        assert d["h_max"] == r["h_max"]
+        assert d["w_rms_out"] < r["w_rms_out"] or r["step"] == 1
+    tr = loud(str(run / "last.pt"))
+    net = parse_arch("h:8", 13, 3, True, None, "wine")
+    graph = WeightGraph.replicate(net, 2)
+    w0, _ = tr.init.state(graph, tr.rule.hidden_channels, torch.Generator().manual_seed(0))
+    out = graph.neuron_kind[graph.dst] == OUTPUT
+    shift = 0.1 * sum(1.0 / t for t in range(1, 21))
+    expect = float((w0[out] + shift).square().mean().sqrt())
+    assert math.isclose(damped[-1]["w_rms_out"], expect, rel_tol=1e-4)
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["growth_drift.py", str(run / "last.pt"), "--steps", "3",
                                       "--num", "2", "--arch", "h:8"])  # fmt: skip
