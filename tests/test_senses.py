@@ -433,3 +433,61 @@ def test_grow_on_one_of_the_rules_extra_datasets(tmp_path, capsys):
                  "--arch", "h:8", "--num", "2", "--steps", "2", "--json",
                  "--no-progress"]) == 0  # fmt: skip
     assert "mlp 4-8-3" in capsys.readouterr().out
+
+
+def _raw_dense_senses(sizes, w, feedback, X, y, names):
+    """Reference for the arithmetic of ``dense_senses``: every raw column broadcast to the
+    weights first, then the whole ``(E, S)`` block soft-clipped (``loss`` divided by
+    ``log(classes)`` instead), as one select."""
+    from gnca.senses import SENSES, _dense_messages, _dense_pass, soft_clip
+
+    A, Z, loss, err = _dense_pass(sizes, w, X, y, "tanh", 32.0)
+    g = A[0].shape[0]
+    e = w.shape[0] // g
+    M = _dense_messages(sizes, feedback.view(g, e), A, Z, err, "tanh")
+    cols = []
+    for i in range(len(sizes) - 1):
+        tail, head, m = A[i], A[i + 1], M[i + 1]
+        b_n, a, b = tail.shape[1], tail.shape[2], head.shape[2]
+        tail1 = torch.cat([tail, tail.new_ones(g, b_n, 1)], 2)
+        per = []
+        for n in names:
+            if n == "act":
+                per.append(tail1.mean(1)[:, :, None].expand(g, a + 1, b))
+                per.append(head.mean(1)[:, None, :].expand(g, a + 1, b))
+            elif n == "hebb":
+                per.append(torch.bmm(tail1.transpose(1, 2), head) / b_n)
+            elif n == "loss":
+                per.append(loss[:, None, None].expand(g, a + 1, b))
+            elif n == "error":
+                per.append(m.mean(1)[:, None, :].expand(g, a + 1, b))
+            else:
+                per.append(torch.bmm(tail1.transpose(1, 2), m) / b_n)
+        layer = torch.stack(per, -1)
+        cols.append(torch.cat([layer[:, :a].reshape(g, a * b, -1), layer[:, a]], 1))
+    out = torch.cat(cols, 1).reshape(g * e, -1)
+    keep = torch.tensor([n != "loss" for n in names for _ in range(SENSES[n])])
+    return torch.where(keep, soft_clip(out), out / torch.log(torch.tensor(float(sizes[-1]))))
+
+
+def test_dense_senses_clip_before_broadcast_keeps_the_bits_and_gradients():
+    """Clipping each column before it is broadcast gives the same bits, and the feedback's
+    gradient the same bits, as clipping the broadcast block."""
+    from gnca.senses import dense_senses
+
+    torch.manual_seed(0)
+    sizes, g = [13, 32, 5], 6
+    e = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    w, X, y = torch.randn(g * e), torch.randn(g, 16, 13), torch.randint(0, 5, (g, 16))
+    names = list(SENSES)
+    fb1 = torch.randn(g * e, requires_grad=True)
+    fb2 = fb1.detach().clone().requires_grad_(True)
+    new = dense_senses(sizes, w, fb1, X, y, names, "tanh", 32.0)
+    ref = _raw_dense_senses(sizes, w, fb2, X, y, names)
+    assert torch.equal(new, ref)
+    up = torch.randn_like(new)
+    new.backward(up)
+    ref.backward(up)
+    assert torch.equal(fb1.grad, fb2.grad)
+    with torch.no_grad():
+        assert torch.equal(dense_senses(sizes, w, fb1, X, y, names, "tanh", 32.0), ref)
