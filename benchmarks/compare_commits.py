@@ -25,13 +25,45 @@ from trees import worktrees
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CHILD = r"""
+#: what both children share: imports, one thread, and the timing of one rule step both ways
+PRELUDE = r"""
 import json, statistics, time
 import torch
 import gnca
 print("GNCA " + gnca.__file__)
 torch.set_num_threads(1)
 from gnca import Architecture, LocalRule, WeightGraph
+
+
+def time_modes(rule, g, w, h, mask, rounds, make_reader=None):
+    # median process time of one rule step without gradients and with them (forward and
+    # backward), reading the senses first when make_reader gives a reader (a fresh one per mode)
+    res = {}
+    for mode in ("no-grad", "fwd+bwd"):
+        reader = make_reader() if make_reader else None
+
+        def f():
+            if mode == "no-grad":
+                with torch.no_grad():
+                    rule(g, w, h, mask=mask, **({"senses": reader(g, w, h)} if reader else {}))
+            else:
+                wg, hg = w.clone().requires_grad_(True), h.clone().requires_grad_(True)
+                kw = {"senses": reader(g, wg, hg)} if reader else {}  # old commits lack senses
+                a, b = rule(g, wg, hg, mask=mask, **kw)
+                (a.sum() + b.sum()).backward()
+        f()
+        ts = []
+        for _ in range(rounds):
+            t0 = time.process_time()
+            f()
+            ts.append(time.process_time() - t0)
+        res[mode] = statistics.median(ts)
+    return res
+"""
+
+CHILD = (
+    PRELUDE
+    + r"""
 torch.manual_seed(0)
 rule = LocalRule(8, widths=[64])
 with torch.no_grad():
@@ -43,35 +75,15 @@ for sizes in ([784, 100, 10], [784, 1000, 1000, 10]):
     w = torch.randn(e) * 0.03
     h = torch.randn(e, 8) * 0.1
     mask = (torch.rand(e) < 0.8).float()
-    res = {}
-    for mode in ("no-grad", "fwd+bwd"):
-        def f():
-            if mode == "no-grad":
-                with torch.no_grad():
-                    rule(g, w, h, mask=mask)
-            else:
-                wg, hg = w.clone().requires_grad_(True), h.clone().requires_grad_(True)
-                a, b = rule(g, wg, hg, mask=mask)
-                (a.sum() + b.sum()).backward()
-        f()
-        ts = []
-        for _ in range(20 if e < 1e6 else 3):
-            t0 = time.process_time()
-            f()
-            ts.append(time.process_time() - t0)
-        res[mode] = statistics.median(ts)
-    out["-".join(map(str, sizes))] = res
+    out["-".join(map(str, sizes))] = time_modes(rule, g, w, h, mask, 20 if e < 1e6 else 3)
 print("RESULT " + json.dumps(out))
 """
+)
 
 #: with ``--senses``: one step of a small rule reading all senses on 16 x 196-32-10 (64 examples)
-SENSES_CHILD = r"""
-import json, statistics, time
-import torch
-import gnca
-print("GNCA " + gnca.__file__)
-torch.set_num_threads(1)
-from gnca import Architecture, LocalRule, WeightGraph
+SENSES_CHILD = (
+    PRELUDE
+    + r"""
 from gnca.data import Dataset
 from gnca.senses import SENSES, SenseReader
 from gnca.task import Task
@@ -82,27 +94,11 @@ e = g.num_nodes
 X, y = torch.randn(1024, 196), torch.randint(0, 10, (1024,))
 task = Task(Dataset("toy", X, y, X[:128], y[:128], 196, 10, None), fan_in_ref=32)
 w, h = torch.randn(e) * 0.1, torch.randn(e, 8) * 0.1
-mask = torch.ones(e)
-res = {}
-for mode in ("no-grad", "fwd+bwd"):
-    reader = SenseReader(list(SENSES), task, 64, torch.Generator().manual_seed(1))
-    def f():
-        if mode == "no-grad":
-            with torch.no_grad():
-                rule(g, w, h, mask=mask, senses=reader(g, w, h))
-        else:
-            wg, hg = w.clone().requires_grad_(True), h.clone().requires_grad_(True)
-            a, b = rule(g, wg, hg, mask=mask, senses=reader(g, wg, hg))
-            (a.sum() + b.sum()).backward()
-    f()
-    ts = []
-    for _ in range(20):
-        t0 = time.process_time()
-        f()
-        ts.append(time.process_time() - t0)
-    res[mode] = statistics.median(ts)
+reader = lambda: SenseReader(list(SENSES), task, 64, torch.Generator().manual_seed(1))
+res = time_modes(rule, g, w, h, torch.ones(e), 20, reader)
 print("RESULT " + json.dumps({"16x196-32-10 senses": res}))
 """
+)
 
 
 def main() -> None:
