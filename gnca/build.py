@@ -131,8 +131,8 @@ def make_also(cfg: Config) -> list[tuple[Task, list[Architecture]]]:
     k = d.downsample if d.also_downsample is None else d.also_downsample
     also = []
     for name in d.also:
-        pool = k if name in IMAGE_DATASETS else 1
-        extra_data = dataclasses.replace(d, name=name, also=[], downsample=pool)
+        pooling = k if name in IMAGE_DATASETS else 1
+        extra_data = dataclasses.replace(d, name=name, also=[], downsample=pooling)
         extra = make_task(cfg.task, make_dataset(extra_data), d.batch_size)
         sizes = [[extra.n_features, *a[1:-1], extra.n_classes] for a in cfg.task.architectures]
         also.append((extra, [extra.mlp(s) for s in sizes]))
