@@ -28,6 +28,7 @@ from gnca.architecture import OUTPUT
 from gnca.archspec import parse_arch
 from gnca.build import load_trained, make_dataset, make_task
 from gnca.config import DataConfig
+from gnca.data import DataError
 from gnca.graph import WeightGraph
 from gnca.senses import SENSES, SenseReader
 
@@ -104,10 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--damp-after", type=int, help="scale weight updates after this step")
     p.add_argument("--damp-power", type=float, default=1.0, help="by (T / t) ** P (default 1)")
     args = p.parse_args(argv)
+    for flag, value in (("--sense-batch", args.sense_batch), ("--damp-after", args.damp_after)):
+        if value is not None and value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
     torch.set_num_threads(1)
-    rows = drift(args.checkpoint, args.dataset, args.arch, args.steps, args.num, args.seed,
-                 downsample=args.downsample, sense_batch=args.sense_batch,
-                 damp_after=args.damp_after, damp_power=args.damp_power)  # fmt: skip
+    try:
+        rows = drift(args.checkpoint, args.dataset, args.arch, args.steps, args.num, args.seed,
+                     downsample=args.downsample, sense_batch=args.sense_batch,
+                     damp_after=args.damp_after, damp_power=args.damp_power)  # fmt: skip
+    except DataError as err:  # e.g. --downsample on a table
+        raise SystemExit(f"growth_drift.py: {err}") from None
     cols = list(rows[0])
     print(" ".join(f"{c:>12s}" for c in cols))
     for r in rows:

@@ -186,3 +186,24 @@ def test_growth_drift_refuses_a_data_free_rule_in_one_line(tmp_path) -> None:
     with pytest.raises(SystemExit, match="reads no data") as err:
         mod["drift"](str(tmp_path / "free" / "last.pt"), "wine", "h:8", 2, 2, 0)
     assert "\n" not in str(err.value)
+
+
+def test_growth_drift_bad_options_give_one_line_errors(tmp_path, capsys) -> None:
+    from conftest import TINY
+
+    from gnca.cli import main
+
+    run = tmp_path / "run"
+    cfg = str(EXAMPLES.parent / "configs" / "digits_senses.yaml")
+    assert main(["train", "--config", cfg, "--set", *TINY, "task.architectures=[[64,8,10]]",
+                 "train.steps=1", "--out", str(run), "--no-progress"]) == 0  # fmt: skip
+    mod = runpy.run_path(str(EXAMPLES / "growth_drift.py"))
+    for flag in ("--sense-batch", "--damp-after"):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as err:
+            mod["main"]([str(run / "last.pt"), flag, "0"])
+        assert err.value.code == 2
+        assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="downsample=2 only applies to image datasets") as err:
+        mod["main"]([str(run / "last.pt"), "--dataset", "wine", "--downsample", "2"])
+    assert "\n" not in str(err.value)
