@@ -69,6 +69,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         senses=r.senses,
         sense_norm=r.sense_norm,
         sense_floor=r.sense_floor,
+        descent=r.descent,
     )
 
 

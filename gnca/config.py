@@ -150,6 +150,7 @@ class RuleConfig:
     state_bound: float | None = None  # if set, hidden states are state_bound * tanh(.)
     sense_norm: bool = False  # error and delta senses at unit RMS per net (rules with senses)
     sense_floor: float = 0.0  # sense_norm divides by max(RMS, this): weaker signals stay weak
+    descent: float = 0.0  # > 0: w -= alpha * delta sense beside the MLP, alpha learned from this
 
 
 @dataclass
@@ -496,6 +497,11 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
     if c.sense_norm and not c.senses:
         raise ConfigError(f"config key '{_key(p, 'sense_norm')}' needs senses to rescale")
     _check_min(c, p, "sense_floor", 0)
+    _check_min(c, p, "descent", 0)
+    if c.descent and "delta" not in c.senses:
+        raise ConfigError(
+            f"config key '{_key(p, 'descent')}' needs the delta sense in '{_key(p, 'senses')}'"
+        )
     if c.sense_floor and not c.sense_norm:
         raise ConfigError(f"config key '{_key(p, 'sense_floor')}' needs '{_key(p, 'sense_norm')}'")
 

@@ -22,7 +22,7 @@ from torch_geometric.nn import MessagePassing
 from gnca.graph import cached, check_neighbourhood, line_graph_edge_index
 from gnca.perception import REDUCTIONS, perceive, perception_size
 from gnca.rule_fast import delta_no_grad, pick_route
-from gnca.senses import NEEDS_FEEDBACK, check_senses, normalised, sense_size
+from gnca.senses import NEEDS_FEEDBACK, SENSES, check_senses, normalised, sense_size
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -66,7 +66,8 @@ class LocalRule(MessagePassing):
     (without one, :math:`[\Delta w_i, \Delta\mathbf{h}_i] = \mathrm{MLP}(\mathbf{p}_i)`). With a
     ``state_bound`` :math:`\sigma`, :math:`\mathbf{h}_i' = \mathbf{h}_i + m_i\,(\sigma
     \tanh((\mathbf{h}_i + \Delta\mathbf{h}_i) / \sigma) - \mathbf{h}_i)`. The MLP's last layer
-    starts at zero, so a fresh rule changes nothing.
+    starts at zero, so a fresh rule changes nothing (with a ``descent`` path, below, it
+    descends along its ``delta`` sense).
 
     :meth:`step` computes exactly this: the reference route. :meth:`forward` runs it or a fast
     route of :mod:`gnca.rule_fast` (the same step up to float rounding; a table there says
@@ -96,6 +97,13 @@ class LocalRule(MessagePassing):
             learns.
         sense_floor: with ``sense_norm``, divide by ``max(rms, sense_floor)`` instead: error
             signals weaker than the floor keep their scale (0, the default: no floor).
+        descent: :math:`\alpha_0 > 0` adds a descent path to the weight update,
+            :math:`w_i' = w_i + m_i\,(\Delta w_i - \alpha\, s^{\delta}_i)`, with
+            :math:`s^{\delta}_i` the ``delta`` sense as the MLP reads it (the error signal
+            times the input, through the learned feedback) and :math:`\alpha = \alpha_0
+            e^{\lambda}` a learned step size (:math:`\lambda` starts at 0). The rule then
+            starts as feedback-alignment descent and the MLP learns what to add. 0 (default):
+            no descent path. Needs the ``delta`` sense.
 
     Shapes:
         - **input:** a :class:`~gnca.WeightGraph` (or batch) with :math:`E` weights,
@@ -131,7 +139,35 @@ class LocalRule(MessagePassing):
             senses = self.read(graph, senses)
             p = torch.cat([p, senses.to(p.dtype)], dim=1)  # (E, 3 + 3C + S)
         d = self.bounded(self.mlp(p))  # (E, 1 + C): [dw, dh]
-        return self.masked_update(w, h, d, mask, generator)
+        if not self.descent:
+            return self.masked_update(w, h, d, mask, generator)
+        assert senses is not None, "a rule with descent has the delta sense"
+        if mask is None:
+            mask = self.fire_mask(w.shape[0], w.device, generator)
+        w_new, h_new = self.masked_update(w, h, d, mask, generator)
+        return self.descend(w_new, senses, mask), h_new
+
+    def descend(self, w: torch.Tensor, senses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The descent path: new ``(E,)`` weights ``w - alpha * mask * s_delta``, with the
+        ``delta`` column of the read senses ``(E, S)`` and the firing ``mask`` ``(E,)``."""
+        col = self.senses_offset("delta")
+        step = self.descent_rate * senses[:, col].to(w.dtype)  # (E,)
+        return torch.addcmul(w, step, mask.to(w.dtype), value=-1.0)
+
+    @property
+    def descent_rate(self) -> torch.Tensor:
+        r"""The descent path's step size :math:`\alpha = \alpha_0 e^{\lambda}` (a 0-dim
+        tensor, differentiable in :math:`\lambda`)."""
+        return self.descent * self.descent_log.exp()
+
+    def senses_offset(self, name: str) -> int:
+        """The first column of sense ``name`` in this rule's ``(E, S)`` senses."""
+        off = 0
+        for n in self.senses:
+            if n == name:
+                return off
+            off += SENSES[n]
+        raise ValueError(f"the rule does not read the {name!r} sense")
 
     def masked_update(
         self,
@@ -176,7 +212,13 @@ class LocalRule(MessagePassing):
         fast = pick_route(self, graph, w, path)
         if fast is not None:
             s = self.read(graph, senses) if senses is not None else None
-            return fast(self, graph, w, h, mask, generator, s)
+            if not self.descent:
+                return fast(self, graph, w, h, mask, generator, s)
+            assert s is not None, "a rule with descent has the delta sense"
+            if mask is None:  # drawn once, for the MLP's update and the descent path
+                mask = self.fire_mask(w.shape[0], w.device, generator)
+            w_new, h_new = fast(self, graph, w, h, mask, generator, s)
+            return self.descend(w_new, s, mask), h_new
         return self.step(graph, w, h, mask=mask, generator=generator, path=path, senses=senses)
 
     # ------------------------------------------------------------------ construction
@@ -196,6 +238,7 @@ class LocalRule(MessagePassing):
         state_bound: float | None = None,
         sense_norm: bool = False,
         sense_floor: float = 0.0,
+        descent: float = 0.0,
     ) -> None:
         _check_arguments(reduce, aggr, fire_rate, hidden_channels, bound, state_bound)
         try:
@@ -229,6 +272,11 @@ class LocalRule(MessagePassing):
             raise ValueError("sense_floor bounds sense_norm's divisor: set sense_norm too")
         if not self.sense_floor >= 0:
             raise ValueError(f"sense_floor must be >= 0, got {sense_floor}")
+        self.descent = float(descent)
+        if not self.descent >= 0:
+            raise ValueError(f"descent must be >= 0, got {descent}")
+        if self.descent and "delta" not in self.senses:
+            raise ValueError("descent steps along the delta sense: add 'delta' to senses")
         if any(n in NEEDS_FEEDBACK for n in self.senses) and self.hidden_channels < 1:
             raise ValueError("senses error/delta read the feedback channel: hidden_channels >= 1")
         layers: list[nn.Module] = []
@@ -238,6 +286,8 @@ class LocalRule(MessagePassing):
             d = width
         self.out = nn.Linear(d, 1 + self.hidden_channels)
         self.mlp = nn.Sequential(*layers, self.out)
+        if self.descent:  # log of the descent path's step size over descent
+            self.descent_log = nn.Parameter(torch.zeros(()))
         self.reset_parameters()
 
     # ------------------------------------------------------------------ the step's parts
@@ -302,12 +352,15 @@ class LocalRule(MessagePassing):
         return (u < self.fire_rate).to(torch.get_default_dtype())
 
     def reset_parameters(self) -> None:
-        """Default init for hidden layers; the output layer at zero (a no-op rule)."""
+        """Default init for hidden layers; the output layer at zero (a no-op rule, or plain
+        descent with a descent path at its starting step size)."""
         for m in self.mlp:
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if self.descent:
+            nn.init.zeros_(self.descent_log)
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -326,6 +379,7 @@ class LocalRule(MessagePassing):
             "state_bound": self.state_bound,
             **({"sense_norm": True} if self.sense_norm else {}),
             **({"sense_floor": self.sense_floor} if self.sense_floor else {}),
+            **({"descent": self.descent} if self.descent else {}),
         }
 
     def __repr__(self) -> str:
@@ -340,6 +394,7 @@ class LocalRule(MessagePassing):
             + (f", state_bound={self.state_bound}" if self.state_bound is not None else "")
             + (", sense_norm" if self.sense_norm else "")
             + (f", sense_floor={self.sense_floor:g}" if self.sense_floor else "")
+            + (f", descent={self.descent:g}" if self.descent else "")
             + ")"
         )
 

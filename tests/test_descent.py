@@ -1,0 +1,150 @@
+"""The descent path of a data-reading rule (``rule.descent``): the weight update of the MLP plus
+``-alpha * mask * delta sense``, on every route, against a hand-written reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from gnca import Architecture, LocalRule, WeightGraph
+from gnca.build import load_trained
+from gnca.config import config_from_dict, config_to_dict
+from gnca.rule_fast import fused_step, pick_route
+from gnca.senses import SENSES, sense_size
+from gnca.state import initial_state
+
+ALL = list(SENSES)
+DELTA = [n for n in ALL for _ in range(SENSES[n])].index("delta")  # its column in the senses
+
+
+def _case(g: int = 3, c: int = 4, seed: int = 0, **rule_kw):
+    """A rule with a descent path, its twin without one (same MLP), a batch of nets, senses."""
+    torch.manual_seed(seed)
+    arch = Architecture.mlp([3, 5, 2])
+    graph = WeightGraph.replicate(arch, g)
+    gen = torch.Generator().manual_seed(seed)
+    w, _ = initial_state(graph, c, "random", generator=gen)
+    w = w.double()
+    h = torch.randn(w.shape[0], c, generator=gen, dtype=torch.float64)
+    s = torch.rand(w.shape[0], sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    kw = dict(senses=ALL, sense_norm=True, bound=0.1, **rule_kw)
+    rule = LocalRule(c, (16,), descent=0.05, **kw).double()
+    with torch.no_grad():  # a trained-looking rule: nonzero last layer and step size
+        rule.out.weight.normal_(0, 0.3)
+        rule.descent_log.fill_(0.4)
+    twin = LocalRule(c, (16,), **kw).double()
+    twin.load_state_dict({k: v for k, v in rule.state_dict().items() if k != "descent_log"})
+    return rule, twin, graph, w, h, s
+
+
+def _reference(rule, twin, graph, w, h, s, mask):
+    """The update written out: the twin's step, then each firing weight steps down its read
+    delta sense by alpha = descent * exp(descent_log), in a Python loop over weights."""
+    w_twin, h_twin = twin.step(graph, w, h, mask=mask, senses=s)
+    read = rule.read(graph, s)
+    alpha = rule.descent * float(torch.exp(rule.descent_log.detach()))
+    want = w_twin.detach().clone()
+    for i in range(w.shape[0]):
+        want[i] -= alpha * float(mask[i]) * float(read[i, DELTA])
+    return want, h_twin
+
+
+@pytest.mark.parametrize("fire_rate", [1.0, 0.5])
+def test_every_route_equals_the_loop_reference(fire_rate):
+    rule, twin, graph, w, h, s = _case(fire_rate=fire_rate)
+    mask = rule.fire_mask(w.shape[0], w.device, torch.Generator().manual_seed(3)).double()
+    want_w, want_h = _reference(rule, twin, graph, w, h, s, mask)
+    with torch.no_grad():
+        assert pick_route(rule, graph, w, "fast") is fused_step
+        for path in ("fast", "explicit"):  # fused_step, blocked
+            got_w, got_h = rule(graph, w, h, mask=mask, senses=s, path=path)
+            torch.testing.assert_close(got_w, want_w)
+            torch.testing.assert_close(got_h, want_h.detach())
+    got_w, got_h = rule.step(graph, w, h, mask=mask, senses=s)  # the reference route
+    torch.testing.assert_close(got_w.detach(), want_w)
+    rule.factored = True  # the factored differentiable route
+    got_w, _ = rule(graph, w, h, mask=mask, senses=s)
+    torch.testing.assert_close(got_w.detach(), want_w)
+
+
+def test_a_drawn_mask_is_drawn_once_for_both_updates():
+    """Without a mask, the MLP's update and the descent path use one mask, drawn from the
+    generator as the rule without descent draws it."""
+    rule, twin, graph, w, h, s = _case(fire_rate=0.5)
+    mask = twin.fire_mask(w.shape[0], w.device, torch.Generator().manual_seed(5)).double()
+    assert 0 < mask.sum() < mask.numel()
+    want_w, want_h = _reference(rule, twin, graph, w, h, s, mask)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            got_w, got_h = rule(graph, w, h, senses=s, generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(got_w.detach(), want_w)
+        torch.testing.assert_close(got_h.detach(), want_h.detach())
+
+
+def test_the_step_size_is_learned():
+    """The meta-gradient reaches descent_log, and equals a finite difference."""
+    rule, _, graph, w, h, s = _case()
+    mask = torch.ones(w.shape[0], dtype=torch.float64)
+    target = torch.randn(w.shape[0], generator=torch.Generator().manual_seed(1), dtype=w.dtype)
+
+    def loss() -> torch.Tensor:
+        w_new, _ = rule(graph, w, h, mask=mask, senses=s)
+        return (w_new * target).sum()
+
+    loss().backward()
+    g = rule.descent_log.grad
+    assert g is not None and g.abs() > 0
+    eps = 1e-6
+    with torch.no_grad():
+        rule.descent_log += eps
+        up = loss()
+        rule.descent_log -= 2 * eps
+        down = loss()
+    torch.testing.assert_close(g, (up - down) / (2 * eps))
+
+
+def test_a_fresh_rule_with_descent_descends():
+    """A fresh rule's MLP adds nothing, so its step is pure descent along the delta sense."""
+    torch.manual_seed(0)
+    arch = Architecture.mlp([3, 5, 2])
+    graph = WeightGraph.replicate(arch, 2)
+    w, h = initial_state(graph, 4, "random", generator=torch.Generator().manual_seed(0))
+    s = torch.rand(w.shape[0], sense_size(ALL)) - 0.5
+    rule = LocalRule(4, senses=ALL, fire_rate=1.0, descent=0.2)
+    with torch.no_grad():
+        got, h_new = rule(graph, w, h, senses=s)
+    torch.testing.assert_close(got, w - 0.2 * s[:, DELTA])
+    assert torch.equal(h_new, h)
+
+
+def test_checkpoints_keep_the_step_size(tmp_path):
+    from gnca.trainer import MetaTrainer
+
+    d = config_to_dict(tiny_config())
+    d["rule"].update(senses=ALL, sense_batch=8, descent=0.1)
+    t = MetaTrainer.from_config(config_from_dict(d))
+    for _ in range(2):
+        t.meta_step()
+    before = float(t.rule.descent_log)
+    assert before != 0.0  # two meta-steps moved it
+    t.save(tmp_path / "last.pt")
+    loaded = load_trained(str(tmp_path / "last.pt")).rule
+    assert loaded.config()["descent"] == 0.1 and "descent=0.1" in repr(loaded)
+    assert float(loaded.descent_log) == before
+
+
+def test_bad_descent_is_refused():
+    with pytest.raises(ValueError, match="descent must be >= 0"):
+        LocalRule(4, senses=ALL, descent=-0.1)
+    with pytest.raises(ValueError, match="add 'delta' to senses"):
+        LocalRule(4, senses=["act", "error"], descent=0.1)
+    assert "descent" not in LocalRule(4, senses=ALL).config()
+    assert "descent_log" not in LocalRule(4, senses=ALL).state_dict()
+    d = config_to_dict(tiny_config())
+    d["rule"].update(senses=["act", "hebb"], descent=0.1)
+    with pytest.raises(ValueError, match="'rule.descent' needs the delta sense in 'rule.senses'"):
+        config_from_dict(d)
+    d["rule"].update(senses=ALL, descent=-1.0)
+    with pytest.raises(ValueError, match="rule.descent"):
+        config_from_dict(d)
