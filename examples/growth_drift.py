@@ -14,8 +14,16 @@ curve?), and ``--damp-after T --damp-power P`` scales every weight update after 
 ``(T / t) ** P``, as Adam's learning rate is tuned lower for larger budgets (is the fall noise
 that a smaller step would average out, or a drift?). Hidden states are updated as the rule says.
 
+Two probes of whether the hidden layer learns: the ``grad_align`` column is the cosine, per net
+over its hidden-layer weights and then averaged, between the error signal the rule's learned
+feedback sends there (the ``delta`` product on up to 512 training examples) and the true
+gradient of the loss on them; and ``--descent-only A`` replaces the MLP's weight update by
+``-A`` times the ``delta`` sense as the rule reads it (the learned feedback, no MLP step): does
+plain descent through that feedback learn where the rule's own steps stall?
+
     python examples/growth_drift.py runs/tabular_augmented_s0/last.pt --dataset wine --arch h:32
     python examples/growth_drift.py RULE.pt --dataset mnist --downsample 4 --damp-after 200
+    python examples/growth_drift.py RULE.pt --dataset classification --descent-only 0.3
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ from gnca.archspec import parse_arch
 from gnca.build import load_trained, make_dataset, make_task
 from gnca.config import DataConfig
 from gnca.data import DataError
-from gnca.graph import WeightGraph
-from gnca.senses import SENSES, SenseReader
+from gnca.forward import effective_weights
+from gnca.graph import WeightGraph, weight_batch
+from gnca.senses import SENSES, SenseReader, neuron_stats
 
 DEFAULT_AT = (1, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
@@ -47,15 +56,21 @@ def drift(
     sense_batch: int | None = None,
     damp_after: int | None = None,
     damp_power: float = 1.0,
+    descent_only: float | None = None,
 ) -> list[dict[str, float]]:
     """One row per printed step: ``step``, ``acc``, ``w_rms_hidden``, ``w_rms_out``,
-    ``h_mean``, ``h_max``, ``feedback`` and one ``sense:<name>`` per sense column (mean
-    magnitude over the weights). ``sense_batch``: examples read per step (default the rule's);
+    ``h_mean``, ``h_max``, ``feedback``, ``grad_align`` (see the module docstring; ``nan``
+    without the ``delta`` sense) and one ``sense:<name>`` per sense column (mean magnitude over
+    the weights). ``sense_batch``: examples read per step (default the rule's);
     ``damp_after``: from the step after it, weight updates scaled by
-    ``(damp_after / t) ** damp_power``."""
+    ``(damp_after / t) ** damp_power``; ``descent_only``: weights step by minus this times the
+    read ``delta`` sense instead of the MLP's update."""
     tr = load_trained(checkpoint)
     if not tr.rule.senses:
         raise SystemExit(f"{checkpoint}: the rule reads no data (rule.senses is empty)")
+    if descent_only is not None and "delta" not in tr.rule.senses:
+        raise SystemExit(f"{checkpoint}: --descent-only steps along the delta sense, which the "
+                         f"rule does not read")  # fmt: skip
     data = make_dataset(DataConfig(name=dataset, downsample=downsample))
     task = make_task(tr.cfg.task, data)
     net = parse_arch(arch, data.n_features, data.n_classes, tr.cfg.task.bias, data.image_shape,
@@ -66,6 +81,7 @@ def drift(
     batch = tr.cfg.rule.sense_batch if sense_batch is None else sense_batch
     reader = SenseReader(tr.rule.senses, task, batch, torch.Generator().manual_seed(seed + 7))
     X, y = task.split("test", "cpu")
+    X_tr, y_tr = (t[:512] for t in task.split("train", "cpu"))
     out = graph.neuron_kind[graph.dst] == OUTPUT
     names = [f"sense:{n}" + (f"{i}" if SENSES[n] > 1 else "") for n in reader.names
              for i in range(SENSES[n])]  # fmt: skip
@@ -75,6 +91,8 @@ def drift(
         for t in range(1, steps + 1):
             s = reader(graph, w, h)  # (E, S)
             w_new, h = tr.rule(graph, w, h, generator=gen, senses=s)
+            if descent_only is not None:
+                w_new = w - descent_only * tr.rule.read(graph, s)[:, tr.rule.senses_offset("delta")]
             if damp_after is not None and t > damp_after:
                 w_new = w + (damp_after / t) ** damp_power * (w_new - w)
             w = w_new
@@ -87,9 +105,29 @@ def drift(
                     "h_mean": float(h.abs().mean()),
                     "h_max": float(h.abs().max()),
                     "feedback": float(h[:, -1].abs().mean()),
+                    "grad_align": grad_align(tr, task, graph, w, h, X_tr, y_tr, ~out),
                     **{n: float(v) for n, v in zip(names, s.abs().mean(0), strict=True)},
                 })  # fmt: skip
     return rows
+
+
+def grad_align(tr, task, graph, w, h, X, y, hidden) -> float:
+    """Mean over nets of the cosine between the learned-feedback error signal of the hidden
+    weights (``hidden``, ``(E,)`` bool) and the true gradient of the loss on ``X, y``, both
+    with respect to the weights as the forward pass uses them; ``nan`` without ``delta``."""
+    if "delta" not in tr.rule.senses:
+        return float("nan")
+    fan_in_ref = tr.cfg.task.fan_in_ref
+    st = neuron_stats(graph, w, h[:, -1], X, y, tr.cfg.task.activation, fan_in_ref)
+    fa = (st.a[graph.src] * st.m[graph.dst]).mean(1)  # (E,) the delta product
+    with torch.enable_grad():
+        wg = w.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(task.loss(graph, wg, X, y).sum(), wg)
+    g = g / effective_weights(graph, torch.ones_like(w), fan_in_ref)  # d loss / d effective w
+    nets = weight_batch(graph)
+    cos = [torch.nn.functional.cosine_similarity(fa[k], g[k], dim=0)
+           for k in ((nets == i) & hidden for i in range(int(nets.max()) + 1))]  # fmt: skip
+    return float(torch.stack(cos).mean())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sense-batch", type=int, help="examples read per step (default the rule's)")
     p.add_argument("--damp-after", type=int, help="scale weight updates after this step")
     p.add_argument("--damp-power", type=float, default=1.0, help="by (T / t) ** P (default 1)")
+    p.add_argument("--descent-only", type=float, metavar="A",
+                   help="weights step by -A x the delta sense, not the MLP's update")  # fmt: skip
     args = p.parse_args(argv)
     for flag, value in (("--sense-batch", args.sense_batch), ("--damp-after", args.damp_after)):
         if value is not None and value < 1:
@@ -112,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rows = drift(args.checkpoint, args.dataset, args.arch, args.steps, args.num, args.seed,
                      downsample=args.downsample, sense_batch=args.sense_batch,
-                     damp_after=args.damp_after, damp_power=args.damp_power)  # fmt: skip
+                     damp_after=args.damp_after, damp_power=args.damp_power,
+                     descent_only=args.descent_only)  # fmt: skip
     except DataError as err:  # e.g. --downsample on a table
         raise SystemExit(f"growth_drift.py: {err}") from None
     cols = list(rows[0])

@@ -175,6 +175,50 @@ def test_growth_drift_prints_the_state_of_nets_grown_past_the_horizon(
     assert out[0].split()[:3] == ["step", "acc", "w_rms_hidden"] and len(out) == 3
 
 
+def test_growth_drift_descent_only_and_grad_align(tmp_path) -> None:
+    """--descent-only moves the weights only along the read delta sense (0: they never move,
+    while the rule's own steps do), and grad_align is 1 when the feedback is the forward
+    weights themselves (the error signal is then the true gradient) and below 1 otherwise."""
+    from conftest import TINY
+
+    from gnca.build import load_trained, make_dataset, make_task
+    from gnca.cli import main
+    from gnca.config import DataConfig
+    from gnca.forward import effective_weights
+
+    run = tmp_path / "run"
+    cfg = str(EXAMPLES.parent / "configs" / "digits_senses.yaml")
+    assert main(["train", "--config", cfg, "--set", *TINY, "task.architectures=[[64,8,10]]",
+                 "train.steps=1", "--out", str(run), "--no-progress"]) == 0  # fmt: skip
+    mod = runpy.run_path(str(EXAMPLES / "growth_drift.py"))
+    still = mod["drift"](str(run / "last.pt"), "wine", "h:8", 10, 2, 0, descent_only=0.0)
+    moved = mod["drift"](str(run / "last.pt"), "wine", "h:8", 10, 2, 0, descent_only=0.5)
+    own = mod["drift"](str(run / "last.pt"), "wine", "h:8", 10, 2, 0)
+    assert still[0]["w_rms_out"] == still[-1]["w_rms_out"]
+    assert still[0]["w_rms_hidden"] == still[-1]["w_rms_hidden"]
+    assert moved[-1]["w_rms_out"] != still[-1]["w_rms_out"]
+    assert own[-1]["w_rms_out"] != still[-1]["w_rms_out"]
+    assert all(-1.0 <= r["grad_align"] <= 1.0 for r in own)
+    tr = load_trained(str(run / "last.pt"))
+    task = make_task(tr.cfg.task, make_dataset(DataConfig(name="wine")))
+    graph = WeightGraph.replicate(parse_arch("h:8", 13, 3, True, None, "wine"), 2)
+    w, h = tr.init.state(graph, tr.rule.hidden_channels, torch.Generator().manual_seed(0))
+    X, y = task.split("train", "cpu")
+    hidden = graph.neuron_kind[graph.dst] != OUTPUT
+    h = h.clone()
+    h[:, -1] = effective_weights(graph, w, tr.cfg.task.fan_in_ref)  # feedback = weights
+    assert math.isclose(mod["grad_align"](tr, task, graph, w, h, X, y, hidden), 1.0,
+                        rel_tol=1e-5)  # fmt: skip
+    h[:, -1] = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(1))
+    assert mod["grad_align"](tr, task, graph, w, h, X, y, hidden) < 0.9
+    assert main(["train", "--config", cfg, "--set", *TINY, "task.architectures=[[64,8,10]]",
+                 "rule.senses=[act]", "train.steps=1", "--out", str(tmp_path / "act"),
+                 "--no-progress"]) == 0  # fmt: skip
+    with pytest.raises(SystemExit, match="steps along the delta sense") as err:
+        mod["drift"](str(tmp_path / "act" / "last.pt"), "wine", "h:8", 2, 2, 0, descent_only=0.1)
+    assert "\n" not in str(err.value)
+
+
 def test_growth_drift_refuses_a_data_free_rule_in_one_line(tmp_path) -> None:
     from conftest import IRIS, TINY
 
