@@ -18,8 +18,9 @@ Two probes of whether the hidden layer learns: the ``grad_align`` column is the 
 over its hidden-layer weights and then averaged, between the error signal the rule's learned
 feedback sends there (the ``delta`` product on up to 512 training examples) and the true
 gradient of the loss on them; and ``--descent-only A`` replaces the MLP's weight update by
-``-A`` times the ``delta`` sense as the rule reads it (the learned feedback, no MLP step): does
-plain descent through that feedback learn where the rule's own steps stall?
+``-A`` times the ``delta`` sense as the reader gives it (through the learned feedback, not
+rescaled by ``rule.sense_norm``; no MLP step), as a ``rule.descent`` path steps: does plain
+descent through that feedback learn where the rule's own steps stall?
 
     python examples/growth_drift.py runs/tabular_augmented_s0/last.pt --dataset wine --arch h:32
     python examples/growth_drift.py RULE.pt --dataset mnist --downsample 4 --damp-after 200
@@ -64,7 +65,7 @@ def drift(
     the weights). ``sense_batch``: examples read per step (default the rule's);
     ``damp_after``: from the step after it, weight updates scaled by
     ``(damp_after / t) ** damp_power``; ``descent_only``: weights step by minus this times the
-    read ``delta`` sense instead of the MLP's update."""
+    reader's ``delta`` sense instead of the MLP's update."""
     tr = load_trained(checkpoint)
     if not tr.rule.senses:
         raise SystemExit(f"{checkpoint}: the rule reads no data (rule.senses is empty)")
@@ -92,7 +93,7 @@ def drift(
             s = reader(graph, w, h)  # (E, S)
             w_new, h = tr.rule(graph, w, h, generator=gen, senses=s)
             if descent_only is not None:
-                w_new = w - descent_only * tr.rule.read(graph, s)[:, tr.rule.senses_offset("delta")]
+                w_new = w - descent_only * s[:, tr.rule.senses_offset("delta")]
             if damp_after is not None and t > damp_after:
                 w_new = w + (damp_after / t) ** damp_power * (w_new - w)
             w = w_new

@@ -99,10 +99,12 @@ class LocalRule(MessagePassing):
             signals weaker than the floor keep their scale (0, the default: no floor).
         descent: :math:`\alpha_0 > 0` adds a descent path to the weight update,
             :math:`w_i' = w_i + m_i\,(\Delta w_i - \alpha\, s^{\delta}_i)`, with
-            :math:`s^{\delta}_i` the ``delta`` sense as the MLP reads it (the error signal
-            times the input, through the learned feedback) and :math:`\alpha = \alpha_0
-            e^{\lambda}` a learned step size (:math:`\lambda` starts at 0). The rule then
-            starts as feedback-alignment descent and the MLP learns what to add. 0 (default):
+            :math:`s^{\delta}_i` the ``delta`` sense as the reader gives it (the error signal
+            through the learned feedback times the input, soft-clipped; not rescaled by
+            ``sense_norm``, so that its steps shrink as the net fits its data, as a gradient
+            step does) and :math:`\alpha = \alpha_0 e^{\lambda}` a learned step size
+            (:math:`\lambda` starts at 0). The rule then starts as feedback-alignment descent
+            and the MLP learns what to add. 0 (default):
             no descent path. Needs the ``delta`` sense.
 
     Shapes:
@@ -136,8 +138,7 @@ class LocalRule(MessagePassing):
         against); arguments as for :meth:`forward`."""
         p = self.perceive(graph, w, h, path)  # (E, 3 + 3C): [x, agg_f x, agg_b x], x = [w, h]
         if senses is not None:
-            senses = self.read(graph, senses)
-            p = torch.cat([p, senses.to(p.dtype)], dim=1)  # (E, 3 + 3C + S)
+            p = torch.cat([p, self.read(graph, senses).to(p.dtype)], dim=1)  # (E, 3 + 3C + S)
         d = self.bounded(self.mlp(p))  # (E, 1 + C): [dw, dh]
         if not self.descent:
             return self.masked_update(w, h, d, mask, generator)
@@ -149,7 +150,8 @@ class LocalRule(MessagePassing):
 
     def descend(self, w: torch.Tensor, senses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The descent path: new ``(E,)`` weights ``w - alpha * mask * s_delta``, with the
-        ``delta`` column of the read senses ``(E, S)`` and the firing ``mask`` ``(E,)``."""
+        ``delta`` column of the reader's senses ``(E, S)`` (before :meth:`read`) and the firing
+        ``mask`` ``(E,)``."""
         col = self.senses_offset("delta")
         step = self.descent_rate * senses[:, col].to(w.dtype)  # (E,)
         return torch.addcmul(w, step, mask.to(w.dtype), value=-1.0)
@@ -214,11 +216,11 @@ class LocalRule(MessagePassing):
             s = self.read(graph, senses) if senses is not None else None
             if not self.descent:
                 return fast(self, graph, w, h, mask, generator, s)
-            assert s is not None, "a rule with descent has the delta sense"
+            assert senses is not None, "a rule with descent has the delta sense"
             if mask is None:  # drawn once, for the MLP's update and the descent path
                 mask = self.fire_mask(w.shape[0], w.device, generator)
             w_new, h_new = fast(self, graph, w, h, mask, generator, s)
-            return self.descend(w_new, s, mask), h_new
+            return self.descend(w_new, senses, mask), h_new
         return self.step(graph, w, h, mask=mask, generator=generator, path=path, senses=senses)
 
     # ------------------------------------------------------------------ construction

@@ -39,14 +39,15 @@ def _case(g: int = 3, c: int = 4, seed: int = 0, **rule_kw):
 
 
 def _reference(rule, twin, graph, w, h, s, mask):
-    """The update written out: the twin's step, then each firing weight steps down its read
-    delta sense by alpha = descent * exp(descent_log), in a Python loop over weights."""
+    """The update written out: the twin's step, then each firing weight steps down its delta
+    sense as the reader gave it (not rescaled by sense_norm) by alpha = descent *
+    exp(descent_log), in a Python loop over weights."""
     w_twin, h_twin = twin.step(graph, w, h, mask=mask, senses=s)
-    read = rule.read(graph, s)
+    assert not torch.equal(rule.read(graph, s)[:, DELTA], s[:, DELTA])  # sense_norm rescales
     alpha = rule.descent * float(torch.exp(rule.descent_log.detach()))
     want = w_twin.detach().clone()
     for i in range(w.shape[0]):
-        want[i] -= alpha * float(mask[i]) * float(read[i, DELTA])
+        want[i] -= alpha * float(mask[i]) * float(s[i, DELTA])
     return want, h_twin
 
 
