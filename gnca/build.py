@@ -70,6 +70,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         sense_norm=r.sense_norm,
         sense_floor=r.sense_floor,
         descent=r.descent,
+        descent_only=r.descent_only,
     )
 
 

@@ -151,6 +151,7 @@ class RuleConfig:
     sense_norm: bool = False  # error and delta senses at unit RMS per net (rules with senses)
     sense_floor: float = 0.0  # sense_norm divides by max(RMS, this): weaker signals stay weak
     descent: float = 0.0  # > 0: w -= alpha * delta sense beside the MLP, alpha learned from this
+    descent_only: bool = False  # weights move by the descent path only (the MLP writes h)
 
 
 @dataclass
@@ -501,6 +502,10 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
     if c.descent and "delta" not in c.senses:
         raise ConfigError(
             f"config key '{_key(p, 'descent')}' needs the delta sense in '{_key(p, 'senses')}'"
+        )
+    if c.descent_only and not c.descent:
+        raise ConfigError(
+            f"config key '{_key(p, 'descent_only')}' needs '{_key(p, 'descent')}' > 0"
         )
     if c.sense_floor and not c.sense_norm:
         raise ConfigError(f"config key '{_key(p, 'sense_floor')}' needs '{_key(p, 'sense_norm')}'")

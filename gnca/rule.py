@@ -106,6 +106,9 @@ class LocalRule(MessagePassing):
             (:math:`\lambda` starts at 0). The rule then starts as feedback-alignment descent
             and the MLP learns what to add. 0 (default):
             no descent path. Needs the ``delta`` sense.
+        descent_only: the weights move along the descent path only (the MLP's weight output
+            is not used; it writes the hidden states, the feedback channel among them). Needs
+            ``descent``.
 
     Shapes:
         - **input:** a :class:`~gnca.WeightGraph` (or batch) with :math:`E` weights,
@@ -146,7 +149,7 @@ class LocalRule(MessagePassing):
         if mask is None:
             mask = self.fire_mask(w.shape[0], w.device, generator)
         w_new, h_new = self.masked_update(w, h, d, mask, generator)
-        return self.descend(w_new, senses, mask), h_new
+        return self.descend(w if self.descent_only else w_new, senses, mask), h_new
 
     def descend(self, w: torch.Tensor, senses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The descent path: new ``(E,)`` weights ``w - alpha * mask * s_delta``, with the
@@ -220,7 +223,7 @@ class LocalRule(MessagePassing):
             if mask is None:  # drawn once, for the MLP's update and the descent path
                 mask = self.fire_mask(w.shape[0], w.device, generator)
             w_new, h_new = fast(self, graph, w, h, mask, generator, s)
-            return self.descend(w_new, senses, mask), h_new
+            return self.descend(w if self.descent_only else w_new, senses, mask), h_new
         return self.step(graph, w, h, mask=mask, generator=generator, path=path, senses=senses)
 
     # ------------------------------------------------------------------ construction
@@ -241,6 +244,7 @@ class LocalRule(MessagePassing):
         sense_norm: bool = False,
         sense_floor: float = 0.0,
         descent: float = 0.0,
+        descent_only: bool = False,
     ) -> None:
         _check_arguments(reduce, aggr, fire_rate, hidden_channels, bound, state_bound)
         try:
@@ -279,6 +283,9 @@ class LocalRule(MessagePassing):
             raise ValueError(f"descent must be >= 0, got {descent}")
         if self.descent and "delta" not in self.senses:
             raise ValueError("descent steps along the delta sense: add 'delta' to senses")
+        self.descent_only = bool(descent_only)
+        if self.descent_only and not self.descent:
+            raise ValueError("descent_only moves the weights by the descent path: set descent > 0")
         if any(n in NEEDS_FEEDBACK for n in self.senses) and self.hidden_channels < 1:
             raise ValueError("senses error/delta read the feedback channel: hidden_channels >= 1")
         layers: list[nn.Module] = []
@@ -382,6 +389,7 @@ class LocalRule(MessagePassing):
             **({"sense_norm": True} if self.sense_norm else {}),
             **({"sense_floor": self.sense_floor} if self.sense_floor else {}),
             **({"descent": self.descent} if self.descent else {}),
+            **({"descent_only": True} if self.descent_only else {}),
         }
 
     def __repr__(self) -> str:
@@ -397,6 +405,7 @@ class LocalRule(MessagePassing):
             + (", sense_norm" if self.sense_norm else "")
             + (f", sense_floor={self.sense_floor:g}" if self.sense_floor else "")
             + (f", descent={self.descent:g}" if self.descent else "")
+            + (", descent_only" if self.descent_only else "")
             + ")"
         )
 

@@ -69,6 +69,28 @@ def test_every_route_equals_the_loop_reference(fire_rate):
     torch.testing.assert_close(got_w.detach(), want_w)
 
 
+def test_descent_only_moves_the_weights_by_the_path_alone():
+    """With descent_only the MLP's weight output is dropped: w' = w - alpha * mask * s_delta,
+    on every route, and the hidden states are the MLP's as before."""
+    rule, twin, graph, w, h, s = _case(fire_rate=0.5, seed=2)
+    rule.descent_only = True
+    mask = rule.fire_mask(w.shape[0], w.device, torch.Generator().manual_seed(4)).double()
+    alpha = rule.descent * float(torch.exp(rule.descent_log.detach()))
+    want_w = w - alpha * mask * s[:, DELTA]
+    _, want_h = twin.step(graph, w, h, mask=mask, senses=s)
+    with torch.no_grad():
+        for path in ("fast", "explicit"):
+            got_w, got_h = rule(graph, w, h, mask=mask, senses=s, path=path)
+            torch.testing.assert_close(got_w, want_w)
+            torch.testing.assert_close(got_h, want_h.detach())
+    got_w, _ = rule.step(graph, w, h, mask=mask, senses=s)
+    torch.testing.assert_close(got_w.detach(), want_w)
+    got_w.sum().backward()  # the meta-gradient reaches the step size, not the MLP's dw
+    assert rule.descent_log.grad.abs() > 0
+    assert rule.out.weight.grad is None  # w' does not depend on the MLP
+    assert "descent_only" in repr(rule) and rule.config()["descent_only"] is True
+
+
 def test_a_drawn_mask_is_drawn_once_for_both_updates():
     """Without a mask, the MLP's update and the descent path use one mask, drawn from the
     generator as the rule without descent draws it."""
@@ -140,12 +162,17 @@ def test_bad_descent_is_refused():
         LocalRule(4, senses=ALL, descent=-0.1)
     with pytest.raises(ValueError, match="add 'delta' to senses"):
         LocalRule(4, senses=["act", "error"], descent=0.1)
+    with pytest.raises(ValueError, match="descent_only moves the weights"):
+        LocalRule(4, senses=ALL, descent_only=True)
     assert "descent" not in LocalRule(4, senses=ALL).config()
     assert "descent_log" not in LocalRule(4, senses=ALL).state_dict()
     d = config_to_dict(tiny_config())
     d["rule"].update(senses=["act", "hebb"], descent=0.1)
     with pytest.raises(ValueError, match="'rule.descent' needs the delta sense in 'rule.senses'"):
         config_from_dict(d)
-    d["rule"].update(senses=ALL, descent=-1.0)
+    d["rule"].update(senses=ALL, descent=0.0, descent_only=True)
+    with pytest.raises(ValueError, match="'rule.descent_only' needs 'rule.descent' > 0"):
+        config_from_dict(d)
+    d["rule"].update(senses=ALL, descent=-1.0, descent_only=False)
     with pytest.raises(ValueError, match="rule.descent"):
         config_from_dict(d)
