@@ -14,13 +14,15 @@ curve?), and ``--damp-after T --damp-power P`` scales every weight update after 
 ``(T / t) ** P``, as Adam's learning rate is tuned lower for larger budgets (is the fall noise
 that a smaller step would average out, or a drift?). Hidden states are updated as the rule says.
 
-Two probes of whether the hidden layer learns: the ``grad_align`` column is the cosine, per net
-over its hidden-layer weights and then averaged, between the error signal the rule's learned
-feedback sends there (the ``delta`` product on up to 512 training examples) and the true
-gradient of the loss on them; and ``--descent-only A`` replaces the MLP's weight update by
-``-A`` times the ``delta`` sense as the reader gives it (through the learned feedback, not
-rescaled by ``rule.sense_norm``; no MLP step), as a ``rule.descent`` path steps: does plain
-descent through that feedback learn where the rule's own steps stall?
+Three probes of whether the hidden layer learns: the ``grad_align`` column is the cosine, per
+net over its hidden-layer weights and then averaged, between the error signal the rule's
+learned feedback sends there (the ``delta`` product on up to 512 training examples) and the
+true gradient of the loss on them; ``step_align`` is the same cosine between the hidden
+weights' last step and minus that gradient (how much of the step descends); and
+``--descent-only A`` replaces the MLP's weight update by ``-A`` times the ``delta`` sense as
+the reader gives it (through the learned feedback, not rescaled by ``rule.sense_norm``; no MLP
+step), as a ``rule.descent`` path steps: does plain descent through that feedback learn where
+the rule's own steps stall?
 
     python examples/growth_drift.py runs/tabular_augmented_s0/last.pt --dataset wine --arch h:32
     python examples/growth_drift.py RULE.pt --dataset mnist --downsample 4 --damp-after 200
@@ -60,11 +62,11 @@ def drift(
     descent_only: float | None = None,
 ) -> list[dict[str, float]]:
     """One row per printed step: ``step``, ``acc``, ``w_rms_hidden``, ``w_rms_out``,
-    ``h_mean``, ``h_max``, ``feedback``, ``grad_align`` (see the module docstring; ``nan``
-    without the ``delta`` sense) and one ``sense:<name>`` per sense column (mean magnitude over
-    the weights). ``sense_batch``: examples read per step (default the rule's);
-    ``damp_after``: from the step after it, weight updates scaled by
-    ``(damp_after / t) ** damp_power``; ``descent_only``: weights step by minus this times the
+    ``h_mean``, ``h_max``, ``feedback``, ``grad_align`` and ``step_align`` (see the module
+    docstring; ``grad_align`` is ``nan`` without the ``delta`` sense) and one ``sense:<name>``
+    per sense column (mean magnitude over the weights). ``sense_batch``: examples read per
+    step (default the rule's); ``damp_after``: from the step after it, weight updates scaled
+    by ``(damp_after / t) ** damp_power``; ``descent_only``: weights step by minus this times the
     reader's ``delta`` sense instead of the MLP's update."""
     tr = load_trained(checkpoint)
     if not tr.rule.senses:
@@ -91,6 +93,7 @@ def drift(
     with torch.no_grad():
         for t in range(1, steps + 1):
             s = reader(graph, w, h)  # (E, S)
+            w_old = w
             w_new, h = tr.rule(graph, w, h, generator=gen, senses=s)
             if descent_only is not None:
                 w_new = w - descent_only * s[:, tr.rule.senses_offset("delta")]
@@ -107,9 +110,27 @@ def drift(
                     "h_max": float(h.abs().max()),
                     "feedback": float(h[:, -1].abs().mean()),
                     "grad_align": grad_align(tr, task, graph, w, h, X_tr, y_tr, ~out),
+                    "step_align": per_net_cos(graph, w - w_old,
+                                              -true_grad(task, graph, w_old, X_tr, y_tr), ~out),
                     **{n: float(v) for n, v in zip(names, s.abs().mean(0), strict=True)},
                 })  # fmt: skip
     return rows
+
+
+def true_grad(task, graph, w, X, y) -> torch.Tensor:
+    """``(E,)`` gradient of the summed per-net loss on ``X, y`` with respect to ``w``."""
+    with torch.enable_grad():
+        wg = w.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(task.loss(graph, wg, X, y).sum(), wg)
+    return g
+
+
+def per_net_cos(graph, a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> float:
+    """Mean over nets of the cosine between ``a`` and ``b`` ``(E,)`` on the weights ``keep``."""
+    nets = weight_batch(graph)
+    cos = [torch.nn.functional.cosine_similarity(a[k], b[k], dim=0)
+           for k in ((nets == i) & keep for i in range(int(nets.max()) + 1))]  # fmt: skip
+    return float(torch.stack(cos).mean())
 
 
 def grad_align(tr, task, graph, w, h, X, y, hidden) -> float:
@@ -121,14 +142,9 @@ def grad_align(tr, task, graph, w, h, X, y, hidden) -> float:
     fan_in_ref = tr.cfg.task.fan_in_ref
     st = neuron_stats(graph, w, h[:, -1], X, y, tr.cfg.task.activation, fan_in_ref)
     fa = (st.a[graph.src] * st.m[graph.dst]).mean(1)  # (E,) the delta product
-    with torch.enable_grad():
-        wg = w.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(task.loss(graph, wg, X, y).sum(), wg)
+    g = true_grad(task, graph, w, X, y)
     g = g / effective_weights(graph, torch.ones_like(w), fan_in_ref)  # d loss / d effective w
-    nets = weight_batch(graph)
-    cos = [torch.nn.functional.cosine_similarity(fa[k], g[k], dim=0)
-           for k in ((nets == i) & hidden for i in range(int(nets.max()) + 1))]  # fmt: skip
-    return float(torch.stack(cos).mean())
+    return per_net_cos(graph, fa, g, hidden)
 
 
 def main(argv: list[str] | None = None) -> None:

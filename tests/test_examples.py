@@ -198,7 +198,7 @@ def test_growth_drift_descent_only_and_grad_align(tmp_path) -> None:
     assert still[0]["w_rms_hidden"] == still[-1]["w_rms_hidden"]
     assert moved[-1]["w_rms_out"] != still[-1]["w_rms_out"]
     assert own[-1]["w_rms_out"] != still[-1]["w_rms_out"]
-    assert all(-1.0 <= r["grad_align"] <= 1.0 for r in own)
+    assert all(-1.0 <= r["grad_align"] <= 1.0 and -1.0 <= r["step_align"] <= 1.0 for r in own)
     tr = load_trained(str(run / "last.pt"))
     task = make_task(tr.cfg.task, make_dataset(DataConfig(name="wine")))
     graph = WeightGraph.replicate(parse_arch("h:8", 13, 3, True, None, "wine"), 2)
@@ -211,6 +211,18 @@ def test_growth_drift_descent_only_and_grad_align(tmp_path) -> None:
                         rel_tol=1e-5)  # fmt: skip
     h[:, -1] = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(1))
     assert mod["grad_align"](tr, task, graph, w, h, X, y, hidden) < 0.9
+    a, b = torch.randn(2, w.shape[0], generator=torch.Generator().manual_seed(2)).double()
+    e = w.shape[0] // 2  # two nets of e weights each
+    cos = []
+    for i in range(2):  # a loop over the nets
+        x, z = a[i * e : (i + 1) * e][hidden[:e]], b[i * e : (i + 1) * e][hidden[:e]]
+        cos.append(float(x @ z / x.norm() / z.norm()))
+    want = sum(cos) / 2
+    assert math.isclose(mod["per_net_cos"](graph, a, b, hidden), want, rel_tol=1e-9)
+    g = mod["true_grad"](task, graph, w, X, y)
+    wg = w.clone().requires_grad_(True)
+    task.loss(graph, wg, X, y).sum().backward()
+    assert torch.equal(g, wg.grad)
     assert main(["train", "--config", cfg, "--set", *TINY, "task.architectures=[[64,8,10]]",
                  "rule.senses=[act]", "train.steps=1", "--out", str(tmp_path / "act"),
                  "--no-progress"]) == 0  # fmt: skip
