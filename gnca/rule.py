@@ -143,21 +143,30 @@ class LocalRule(MessagePassing):
         if senses is not None:
             p = torch.cat([p, self.read(graph, senses).to(p.dtype)], dim=1)  # (E, 3 + 3C + S)
         d = self.bounded(self.mlp(p))  # (E, 1 + C): [dw, dh]
-        if not self.descent:
-            return self.masked_update(w, h, d, mask, generator)
-        assert senses is not None, "a rule with descent has the delta sense"
-        if mask is None:
+        if self.descent and mask is None:  # one mask for the MLP's update and the descent path
             mask = self.fire_mask(w.shape[0], w.device, generator)
         w_new, h_new = self.masked_update(w, h, d, mask, generator)
-        return self.descend(w if self.descent_only else w_new, senses, mask), h_new
+        return self.with_descent(w, w_new, h_new, senses, mask)
 
-    def descend(self, w: torch.Tensor, senses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The descent path: new ``(E,)`` weights ``w - alpha * mask * s_delta``, with the
-        ``delta`` column of the reader's senses ``(E, S)`` (before :meth:`read`) and the firing
-        ``mask`` ``(E,)``."""
-        col = self.senses_offset("delta")
-        step = self.descent_rate * senses[:, col].to(w.dtype)  # (E,)
-        return torch.addcmul(w, step, mask.to(w.dtype), value=-1.0)
+    def with_descent(
+        self,
+        w: torch.Tensor,
+        w_new: torch.Tensor,
+        h_new: torch.Tensor,
+        senses: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(w', h')`` of a step whose MLP update gave ``w_new``, ``h_new``: unchanged
+        without a descent path; else ``w'`` is ``w_new`` (or the old ``w`` with
+        ``descent_only``) minus ``alpha * mask * s_delta``, ``s_delta`` the ``delta`` column of
+        the reader's senses ``(E, S)`` (before :meth:`read`), ``mask`` ``(E,)`` the firing
+        weights."""
+        if not self.descent:
+            return w_new, h_new
+        assert senses is not None and mask is not None, "descent needs the senses and the mask"
+        base = w if self.descent_only else w_new
+        step = self.descent_rate * senses[:, self.senses_offset("delta")].to(w.dtype)  # (E,)
+        return torch.addcmul(base, step, mask.to(w.dtype), value=-1.0), h_new
 
     @property
     def descent_rate(self) -> torch.Tensor:
@@ -217,13 +226,10 @@ class LocalRule(MessagePassing):
         fast = pick_route(self, graph, w, path)
         if fast is not None:
             s = self.read(graph, senses) if senses is not None else None
-            if not self.descent:
-                return fast(self, graph, w, h, mask, generator, s)
-            assert senses is not None, "a rule with descent has the delta sense"
-            if mask is None:  # drawn once, for the MLP's update and the descent path
+            if self.descent and mask is None:  # one mask for the MLP's update and the path
                 mask = self.fire_mask(w.shape[0], w.device, generator)
             w_new, h_new = fast(self, graph, w, h, mask, generator, s)
-            return self.descend(w if self.descent_only else w_new, senses, mask), h_new
+            return self.with_descent(w, w_new, h_new, senses, mask)
         return self.step(graph, w, h, mask=mask, generator=generator, path=path, senses=senses)
 
     # ------------------------------------------------------------------ construction
