@@ -34,15 +34,17 @@ from __future__ import annotations
 import argparse
 
 import torch
+from torch_geometric.data import Data
 
 from gnca.architecture import OUTPUT
 from gnca.archspec import parse_arch
-from gnca.build import load_trained, make_dataset, make_task
+from gnca.build import TrainedRule, load_trained, make_dataset, make_task
 from gnca.config import DataConfig
 from gnca.data import DataError
 from gnca.forward import effective_weights
 from gnca.graph import WeightGraph, weight_batch
 from gnca.senses import SENSES, SenseReader, neuron_stats
+from gnca.task import Task
 
 DEFAULT_AT = (1, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
@@ -117,7 +119,9 @@ def drift(
     return rows
 
 
-def true_grad(task, graph, w, X, y) -> torch.Tensor:
+def true_grad(
+    task: Task, graph: Data, w: torch.Tensor, X: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """``(E,)`` gradient of the summed per-net loss on ``X, y`` with respect to ``w``."""
     with torch.enable_grad():
         wg = w.detach().requires_grad_(True)
@@ -125,7 +129,7 @@ def true_grad(task, graph, w, X, y) -> torch.Tensor:
     return g
 
 
-def per_net_cos(graph, a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> float:
+def per_net_cos(graph: Data, a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> float:
     """Mean over nets of the cosine between ``a`` and ``b`` ``(E,)`` on the weights ``keep``."""
     nets = weight_batch(graph)
     cos = [torch.nn.functional.cosine_similarity(a[k], b[k], dim=0)
@@ -133,7 +137,16 @@ def per_net_cos(graph, a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> 
     return float(torch.stack(cos).mean())
 
 
-def grad_align(tr, task, graph, w, h, X, y, hidden) -> float:
+def grad_align(
+    tr: TrainedRule,
+    task: Task,
+    graph: Data,
+    w: torch.Tensor,
+    h: torch.Tensor,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    hidden: torch.Tensor,
+) -> float:
     """Mean over nets of the cosine between the learned-feedback error signal of the hidden
     weights (``hidden``, ``(E,)`` bool) and the true gradient of the loss on ``X, y``, both
     with respect to the weights as the forward pass uses them; ``nan`` without ``delta``."""
@@ -165,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     for flag, value in (("--sense-batch", args.sense_batch), ("--damp-after", args.damp_after)):
         if value is not None and value < 1:
             p.error(f"{flag} must be >= 1, got {value}")
+    if args.descent_only is not None and not args.descent_only >= 0:
+        p.error(f"--descent-only must be >= 0, got {args.descent_only}")
     torch.set_num_threads(1)
     try:
         rows = drift(args.checkpoint, args.dataset, args.arch, args.steps, args.num, args.seed,

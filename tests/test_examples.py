@@ -260,6 +260,10 @@ def test_growth_drift_bad_options_give_one_line_errors(tmp_path, capsys) -> None
             mod["main"]([str(run / "last.pt"), flag, "0"])
         assert err.value.code == 2
         assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        mod["main"]([str(run / "last.pt"), "--descent-only", "-1"])
+    assert err.value.code == 2 and "--descent-only must be >= 0, got -1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="downsample=2 only applies to image datasets") as err:
         mod["main"]([str(run / "last.pt"), "--dataset", "wine", "--downsample", "2"])
     assert "\n" not in str(err.value)
