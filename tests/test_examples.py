@@ -270,21 +270,26 @@ def test_growth_drift_bad_options_give_one_line_errors(tmp_path, capsys) -> None
 
 
 def test_adam_readout_trains_what_each_mode_says(capsys) -> None:
-    """readout trains only the output layer (the hidden layer keeps its initial weights), full
+    """readout trains only the output layer (the hidden weights keep their initial values), full
     trains both, linear has no hidden layer; the table has one row per mode."""
+    from gnca.architecture import OUTPUT
+    from gnca.data import load_dataset
+    from gnca.task import Task
+
     mod = runpy.run_path(str(EXAMPLES / "adam_readout.py"))
-    X = torch.randn(100, 4, generator=torch.Generator().manual_seed(0))
-    y = (X[:, 0] > 0).long()
-    torch.manual_seed(0)
-    init = torch.nn.Linear(4, 32).weight.detach().clone()  # train_one seeds the same way
-    read = mod["train_one"](X, y, 2, "readout", 20, 0.05, 0)
-    full = mod["train_one"](X, y, 2, "full", 20, 0.05, 0)
-    assert torch.equal(read[0].weight, init) and not torch.equal(full[0].weight, init)
-    assert not torch.equal(read[2].weight, full[2].weight)
-    assert isinstance(mod["train_one"](X, y, 2, "linear", 2, 0.05, 0), torch.nn.Linear)
-    assert mod["accuracy"](full, X, y) > 0.8
+    task = Task(load_dataset("iris"), "tanh", fan_in_ref=32)
+    nets = {}
+    for mode in ("full", "readout", "linear"):
+        nets[mode] = mod["train"](task, mode, 10, (0.05,), 2)
+    graph, w0, read = nets["readout"]
+    out = graph.neuron_kind[graph.dst] == OUTPUT
+    assert torch.equal(read.w[~out], w0[~out]) and not torch.equal(read.w[out], w0[out])
+    graph, w0, full = nets["full"]
+    assert not torch.equal(full.w[~out], w0[~out])
+    graph, _, _ = nets["linear"]
+    assert bool((graph.neuron_kind[graph.dst] == OUTPUT).all())  # every weight ends at an output
     mod["main"](["--dataset", "iris", "--steps", "3", "--runs", "1", "--lrs", "0.1"])
-    out = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in out[1:]] == ["full", "readout", "linear"]
+    rows = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in rows[1:]] == ["full", "readout", "linear"]
     with pytest.raises(SystemExit, match="unknown dataset"):
         mod["main"](["--dataset", "nope", "--steps", "3"])
