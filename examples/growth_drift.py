@@ -22,11 +22,14 @@ weights' last step and minus that gradient (how much of the step descends); and
 ``--descent-only A`` replaces the MLP's weight update by ``-A`` times the ``delta`` sense as
 the reader gives it (through the learned feedback, not rescaled by ``rule.sense_norm``; no MLP
 step), as a ``rule.descent`` path steps: does plain descent through that feedback learn where
-the rule's own steps stall?
+the rule's own steps stall? With ``--descent-norm B`` that sense is first divided by its
+running largest size per weight, ``u = max(B u, |s|)``, as a ``rule.descent_norm`` path
+divides it (every weight then steps by up to ``A``).
 
     python examples/growth_drift.py runs/tabular_augmented_s0/last.pt --dataset wine --arch h:32
     python examples/growth_drift.py RULE.pt --dataset mnist --downsample 4 --damp-after 200
     python examples/growth_drift.py RULE.pt --dataset classification --descent-only 0.3
+    python examples/growth_drift.py RULE.pt --dataset circles --descent-only 0.03 --descent-norm 0.99
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from gnca.config import DataConfig
 from gnca.data import DataError
 from gnca.forward import effective_weights
 from gnca.graph import WeightGraph, weight_batch
+from gnca.rule import normalised_sense
 from gnca.senses import SENSES, SenseReader, neuron_stats
 from gnca.task import Task
 
@@ -62,14 +66,17 @@ def drift(
     damp_after: int | None = None,
     damp_power: float = 1.0,
     descent_only: float | None = None,
+    descent_norm: float | None = None,
 ) -> list[dict[str, float]]:
     """One row per printed step: ``step``, ``acc``, ``w_rms_hidden``, ``w_rms_out``,
-    ``h_mean``, ``h_max``, ``feedback``, ``grad_align`` and ``step_align`` (see the module
+    ``h_mean``, ``h_max``, ``feedback``, ``grad_align``, ``step_max`` (the largest weight
+    change of that step) and ``step_align`` (see the module
     docstring; ``grad_align`` is ``nan`` without the ``delta`` sense) and one ``sense:<name>``
     per sense column (mean magnitude over the weights). ``sense_batch``: examples read per
     step (default the rule's); ``damp_after``: from the step after it, weight updates scaled
     by ``(damp_after / t) ** damp_power``; ``descent_only``: weights step by minus this times the
-    reader's ``delta`` sense instead of the MLP's update."""
+    reader's ``delta`` sense instead of the MLP's update; ``descent_norm``: that sense divided
+    by its running largest size first (:func:`gnca.rule.normalised_sense`)."""
     tr = load_trained(checkpoint)
     if not tr.rule.senses:
         raise SystemExit(f"{checkpoint}: the rule reads no data (rule.senses is empty)")
@@ -92,13 +99,17 @@ def drift(
              for i in range(SENSES[n])]  # fmt: skip
     at = {s for s in DEFAULT_AT if s <= steps} | {steps}
     rows = []
+    u = torch.zeros_like(w)  # running largest |delta sense| per weight (descent_norm)
     with torch.no_grad():
         for t in range(1, steps + 1):
             s = reader(graph, w, h)  # (E, S)
             w_old = w
             w_new, h = tr.rule(graph, w, h, generator=gen, senses=s)
             if descent_only is not None:
-                w_new = w - descent_only * s[:, tr.rule.senses_offset("delta")]
+                sd = s[:, tr.rule.senses_offset("delta")]
+                if descent_norm is not None:
+                    sd, u = normalised_sense(sd, u, descent_norm, torch.ones_like(u))
+                w_new = w - descent_only * sd
             if damp_after is not None and t > damp_after:
                 w_new = w + (damp_after / t) ** damp_power * (w_new - w)
             w = w_new
@@ -112,6 +123,7 @@ def drift(
                     "h_max": float(h.abs().max()),
                     "feedback": float(h[:, -1].abs().mean()),
                     "grad_align": grad_align(tr, task, graph, w, h, X_tr, y_tr, ~out),
+                    "step_max": float((w - w_old).abs().max()),
                     "step_align": per_net_cos(graph, w - w_old,
                                               -true_grad(task, graph, w_old, X_tr, y_tr), ~out),
                     **{n: float(v) for n, v in zip(names, s.abs().mean(0), strict=True)},
@@ -174,18 +186,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--damp-power", type=float, default=1.0, help="by (T / t) ** P (default 1)")
     p.add_argument("--descent-only", type=float, metavar="A",
                    help="weights step by -A x the delta sense, not the MLP's update")  # fmt: skip
+    p.add_argument("--descent-norm", type=float, metavar="B",
+                   help="with --descent-only: divide the sense by its running largest size")
     args = p.parse_args(argv)
     for flag, value in (("--sense-batch", args.sense_batch), ("--damp-after", args.damp_after)):
         if value is not None and value < 1:
             p.error(f"{flag} must be >= 1, got {value}")
     if args.descent_only is not None and not args.descent_only >= 0:
         p.error(f"--descent-only must be >= 0, got {args.descent_only}")
+    if args.descent_norm is not None:
+        if args.descent_only is None:
+            p.error("--descent-norm rescales the --descent-only step: give --descent-only too")
+        if not 0 <= args.descent_norm < 1:
+            p.error(f"--descent-norm must be in [0, 1), got {args.descent_norm}")
     torch.set_num_threads(1)
     try:
         rows = drift(args.checkpoint, args.dataset, args.arch, args.steps, args.num, args.seed,
                      downsample=args.downsample, sense_batch=args.sense_batch,
                      damp_after=args.damp_after, damp_power=args.damp_power,
-                     descent_only=args.descent_only)  # fmt: skip
+                     descent_only=args.descent_only, descent_norm=args.descent_norm)  # fmt: skip
     except DataError as err:  # e.g. --downsample on a table
         raise SystemExit(f"growth_drift.py: {err}") from None
     cols = list(rows[0])

@@ -71,6 +71,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         sense_floor=r.sense_floor,
         descent=r.descent,
         descent_only=r.descent_only,
+        descent_norm=r.descent_norm,
     )
 
 

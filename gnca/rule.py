@@ -24,6 +24,10 @@ from gnca.perception import REDUCTIONS, perceive, perception_size
 from gnca.rule_fast import delta_no_grad, pick_route
 from gnca.senses import NEEDS_FEEDBACK, SENSES, check_senses, normalised, sense_size
 
+#: Smallest divisor of a normalised descent step (``descent_norm``): weights whose ``delta``
+#: sense has been exactly zero (a constant input) do not move.
+NORM_EPS = 1e-12
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -109,6 +113,15 @@ class LocalRule(MessagePassing):
         descent_only: the weights move along the descent path only (the MLP's weight output
             is not used; it writes the hidden states, the feedback channel among them). Needs
             ``descent``.
+        descent_norm: :math:`\beta \in [0, 1)` divides the descent path's sense by its running
+            largest size, as Adamax divides a gradient:
+            :math:`u_i' = \max(\beta u_i, |s^{\delta}_i|)`,
+            :math:`w_i' = w_i + m_i\,(\Delta w_i - \alpha\, s^{\delta}_i / u_i')`, so that
+            every weight steps by up to :math:`\alpha` whatever the size of its error signal
+            (a net near a saddle leaves it as fast as one far from it). :math:`u_i` lives in
+            hidden channel 0, which the path writes instead of the MLP (the MLP reads it);
+            it is a constant for the meta-gradient. ``None`` (default): the sense as given.
+            Needs ``descent`` and ``hidden_channels >= 2``.
 
     Shapes:
         - **input:** a :class:`~gnca.WeightGraph` (or batch) with :math:`E` weights,
@@ -146,27 +159,33 @@ class LocalRule(MessagePassing):
         if self.descent and mask is None:  # one mask for the MLP's update and the descent path
             mask = self.fire_mask(w.shape[0], w.device, generator)
         w_new, h_new = self.masked_update(w, h, d, mask, generator)
-        return self.with_descent(w, w_new, h_new, senses, mask)
+        return self.with_descent(w, h, w_new, h_new, senses, mask)
 
     def with_descent(
         self,
         w: torch.Tensor,
+        h: torch.Tensor,
         w_new: torch.Tensor,
         h_new: torch.Tensor,
         senses: torch.Tensor | None,
         mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(w', h')`` of a step whose MLP update gave ``w_new``, ``h_new``: unchanged
-        without a descent path; else ``w'`` is ``w_new`` (or the old ``w`` with
+        """``(w', h')`` of a step from ``(w, h)`` whose MLP update gave ``w_new``, ``h_new``:
+        unchanged without a descent path; else ``w'`` is ``w_new`` (or the old ``w`` with
         ``descent_only``) minus ``alpha * mask * s_delta``, ``s_delta`` the ``delta`` column of
         the reader's senses ``(E, S)`` (before :meth:`read`), ``mask`` ``(E,)`` the firing
-        weights."""
+        weights. With ``descent_norm``, ``s_delta`` is divided by its running largest size
+        ``u``, which replaces channel 0 of ``h_new`` (see the class docstring)."""
         if not self.descent:
             return w_new, h_new
         assert senses is not None and mask is not None, "descent needs the senses and the mask"
         base = w if self.descent_only else w_new
-        step = self.descent_rate * senses[:, self.senses_offset("delta")].to(w.dtype)  # (E,)
-        return torch.addcmul(base, step, mask.to(w.dtype), value=-1.0), h_new
+        s = senses[:, self.senses_offset("delta")].to(w.dtype)  # (E,)
+        m = mask.to(w.dtype)
+        if self.descent_norm is not None:
+            s, u = normalised_sense(s, h[:, 0], self.descent_norm, m)
+            h_new = torch.cat([u.unsqueeze(1), h_new[:, 1:]], dim=1)
+        return torch.addcmul(base, self.descent_rate * s, m, value=-1.0), h_new
 
     @property
     def descent_rate(self) -> torch.Tensor:
@@ -229,7 +248,7 @@ class LocalRule(MessagePassing):
             if self.descent and mask is None:  # one mask for the MLP's update and the path
                 mask = self.fire_mask(w.shape[0], w.device, generator)
             w_new, h_new = fast(self, graph, w, h, mask, generator, s)
-            return self.with_descent(w, w_new, h_new, senses, mask)
+            return self.with_descent(w, h, w_new, h_new, senses, mask)
         return self.step(graph, w, h, mask=mask, generator=generator, path=path, senses=senses)
 
     # ------------------------------------------------------------------ construction
@@ -251,6 +270,7 @@ class LocalRule(MessagePassing):
         sense_floor: float = 0.0,
         descent: float = 0.0,
         descent_only: bool = False,
+        descent_norm: float | None = None,
     ) -> None:
         _check_arguments(reduce, aggr, fire_rate, hidden_channels, bound, state_bound)
         try:
@@ -292,6 +312,15 @@ class LocalRule(MessagePassing):
         self.descent_only = bool(descent_only)
         if self.descent_only and not self.descent:
             raise ValueError("descent_only moves the weights by the descent path: set descent > 0")
+        self.descent_norm = None if descent_norm is None else float(descent_norm)
+        if self.descent_norm is not None:
+            if not 0.0 <= self.descent_norm < 1.0:
+                raise ValueError(f"descent_norm must be in [0, 1), got {descent_norm}")
+            if not self.descent:
+                raise ValueError("descent_norm rescales the descent path: set descent > 0")
+            if self.hidden_channels < 2:
+                raise ValueError("descent_norm keeps its running size in hidden channel 0 and "
+                                 "the feedback in the last: hidden_channels >= 2")  # fmt: skip
         if any(n in NEEDS_FEEDBACK for n in self.senses) and self.hidden_channels < 1:
             raise ValueError("senses error/delta read the feedback channel: hidden_channels >= 1")
         layers: list[nn.Module] = []
@@ -396,6 +425,7 @@ class LocalRule(MessagePassing):
             **({"sense_floor": self.sense_floor} if self.sense_floor else {}),
             **({"descent": self.descent} if self.descent else {}),
             **({"descent_only": True} if self.descent_only else {}),
+            **({"descent_norm": self.descent_norm} if self.descent_norm is not None else {}),
         }
 
     def __repr__(self) -> str:
@@ -412,8 +442,21 @@ class LocalRule(MessagePassing):
             + (f", sense_floor={self.sense_floor:g}" if self.sense_floor else "")
             + (f", descent={self.descent:g}" if self.descent else "")
             + (", descent_only" if self.descent_only else "")
+            + (f", descent_norm={self.descent_norm:g}" if self.descent_norm is not None else "")
             + ")"
         )
+
+
+def normalised_sense(
+    s: torch.Tensor, u: torch.Tensor, beta: float, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s / u', u')`` for a sense ``s`` ``(E,)`` and its running largest size ``u`` ``(E,)``:
+    ``u' = max(beta * u, |s|)`` where ``mask`` ``(E,)`` is 1, ``u`` elsewhere (Adamax's
+    normaliser). ``u'`` is detached: a constant for the meta-gradient, as Adam's normaliser is
+    a constant for the step it scales. Weights whose sense has always been 0 get 0."""
+    u = u.detach()
+    u = torch.addcmul(u, torch.maximum(beta * u, s.detach().abs()) - u, mask)
+    return s / u.clamp_min(NORM_EPS), u
 
 
 def _check_arguments(

@@ -28,8 +28,9 @@ def _case(g: int = 3, c: int = 4, seed: int = 0, **rule_kw):
     w = w.double()
     h = torch.randn(w.shape[0], c, generator=gen, dtype=torch.float64)
     s = torch.rand(w.shape[0], sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    norm = rule_kw.pop("descent_norm", None)
     kw = dict(senses=ALL, sense_norm=True, bound=0.1, **rule_kw)
-    rule = LocalRule(c, (16,), descent=0.05, **kw).double()
+    rule = LocalRule(c, (16,), descent=0.05, descent_norm=norm, **kw).double()
     with torch.no_grad():  # a trained-looking rule: nonzero last layer and step size
         rule.out.weight.normal_(0, 0.3)
         rule.descent_log.fill_(0.4)
@@ -175,4 +176,108 @@ def test_bad_descent_is_refused():
         config_from_dict(d)
     d["rule"].update(senses=ALL, descent=-1.0, descent_only=False)
     with pytest.raises(ValueError, match="rule.descent"):
+        config_from_dict(d)
+
+
+# ---------------------------------------------------------------------- a normalised path
+def _norm_reference(rule, twin, graph, w, h, s, mask, beta):
+    """The normalised update written out, weight by weight: u' = max(beta u, |s|) on the firing
+    weights (u = h[:, 0]), the path steps alpha * s / u', and u' replaces channel 0 of h."""
+    w_twin, h_twin = twin.step(graph, w, h, mask=mask, senses=s)
+    alpha = rule.descent * float(torch.exp(rule.descent_log.detach()))
+    want_w = w_twin.detach().clone()
+    want_h = h_twin.detach().clone()
+    for i in range(w.shape[0]):
+        u = float(h[i, 0])
+        if mask[i]:
+            u = max(beta * u, abs(float(s[i, DELTA])))
+            want_w[i] -= alpha * float(s[i, DELTA]) / u
+        want_h[i, 0] = u
+    return want_w, want_h
+
+
+@pytest.mark.parametrize("fire_rate", [1.0, 0.5])
+def test_a_normalised_path_equals_the_loop_reference_on_every_route(fire_rate):
+    rule, twin, graph, w, h, s = _case(fire_rate=fire_rate, descent_norm=0.9)
+    assert (h[:, 0] < 0).any() and (h[:, 0].abs() > s[:, DELTA].abs()).any()  # both branches
+    mask = rule.fire_mask(w.shape[0], w.device, torch.Generator().manual_seed(3)).double()
+    want_w, want_h = _norm_reference(rule, twin, graph, w, h, s, mask, 0.9)
+    with torch.no_grad():
+        for path in ("fast", "explicit"):
+            got_w, got_h = rule(graph, w, h, mask=mask, senses=s, path=path)
+            torch.testing.assert_close(got_w, want_w)
+            torch.testing.assert_close(got_h, want_h)
+    got_w, got_h = rule.step(graph, w, h, mask=mask, senses=s)
+    torch.testing.assert_close(got_w.detach(), want_w)
+    torch.testing.assert_close(got_h.detach(), want_h)
+    rule.factored = True
+    got_w, got_h = rule(graph, w, h, mask=mask, senses=s)
+    torch.testing.assert_close(got_w.detach(), want_w)
+    torch.testing.assert_close(got_h.detach(), want_h)
+
+
+def test_a_normalised_step_is_at_most_alpha_and_its_size_a_constant_for_the_gradient():
+    """From u = 0 (a fresh net) every firing weight steps by alpha * sign(s); the running size
+    is detached, so d w' / d s = -alpha / u' (not the zero derivative of a sign)."""
+    rule, _, graph, w, h, s = _case(descent_norm=0.99)
+    rule.descent_only = True
+    h = torch.cat([torch.zeros_like(h[:, :1]), h[:, 1:]], dim=1)
+    mask = torch.ones(w.shape[0], dtype=torch.float64)
+    alpha = rule.descent * float(torch.exp(rule.descent_log.detach()))
+    s = s.clone().requires_grad_(True)
+    got_w, got_h = rule(graph, w, h, mask=mask, senses=s)
+    torch.testing.assert_close(got_w.detach(), w - alpha * s.detach()[:, DELTA].sign())
+    torch.testing.assert_close(got_h.detach()[:, 0], s.detach()[:, DELTA].abs())
+    (g,) = torch.autograd.grad(got_w.sum(), s)
+    torch.testing.assert_close(g[:, DELTA], -alpha / s.detach()[:, DELTA].abs())
+    (gh,) = torch.autograd.grad(got_h[:, 0].sum(), s, allow_unused=True)
+    assert gh is None or not gh.any()  # the running size carries no meta-gradient
+
+
+def test_a_zero_sense_does_not_move_a_weight():
+    rule, _, graph, w, h, s = _case(descent_norm=0.5)
+    rule.descent_only = True
+    h = torch.cat([torch.zeros_like(h[:, :1]), h[:, 1:]], dim=1)
+    s = s.clone()
+    s[:4, DELTA] = 0.0
+    with torch.no_grad():
+        got_w, got_h = rule(graph, w, h, mask=torch.ones_like(w), senses=s)
+    assert torch.equal(got_w[:4], w[:4]) and torch.equal(got_h[:4, 0], torch.zeros(4).double())
+    assert torch.isfinite(got_w).all()
+
+
+def test_checkpoints_and_configs_keep_a_normalised_path(tmp_path):
+    from gnca.trainer import MetaTrainer
+
+    d = config_to_dict(tiny_config())
+    d["rule"].update(senses=ALL, sense_batch=8, descent=0.01, descent_only=True, descent_norm=0.9)
+    t = MetaTrainer.from_config(config_from_dict(d))
+    for _ in range(2):
+        t.meta_step()
+    t.save(tmp_path / "last.pt")
+    loaded = load_trained(str(tmp_path / "last.pt")).rule
+    assert loaded.config()["descent_norm"] == 0.9 and "descent_norm=0.9" in repr(loaded)
+    assert "descent_norm" not in LocalRule(4, senses=ALL, descent=0.1).config()
+
+
+def test_bad_descent_norm_is_refused():
+    with pytest.raises(ValueError, match=r"descent_norm must be in \[0, 1\)"):
+        LocalRule(4, senses=ALL, descent=0.1, descent_norm=1.0)
+    with pytest.raises(ValueError, match="descent_norm rescales the descent path"):
+        LocalRule(4, senses=ALL, descent_norm=0.9)
+    with pytest.raises(ValueError, match="hidden_channels >= 2"):
+        LocalRule(1, senses=ALL, descent=0.1, descent_norm=0.9)
+    d = config_to_dict(tiny_config())
+    d["rule"].update(senses=ALL, descent=0.0, descent_norm=0.9)
+    with pytest.raises(ValueError, match="'rule.descent_norm' needs 'rule.descent' > 0"):
+        config_from_dict(d)
+    d["rule"].update(descent=0.1, descent_norm=-0.5)
+    with pytest.raises(ValueError, match=r"'rule.descent_norm' must be in \[0, 1\)"):
+        config_from_dict(d)
+    d["rule"].update(descent_norm=0.9, hidden_channels=1)
+    with pytest.raises(ValueError, match="'rule.hidden_channels' >= 2"):
+        config_from_dict(d)
+    d["rule"].update(hidden_channels=4)
+    d["task"].update(init="codes")
+    with pytest.raises(ValueError, match="'task.init' codes"):
         config_from_dict(d)

@@ -194,6 +194,14 @@ def test_growth_drift_descent_only_and_grad_align(tmp_path) -> None:
     still = mod["drift"](str(run / "last.pt"), "wine", "h:8", 10, 2, 0, descent_only=0.0)
     moved = mod["drift"](str(run / "last.pt"), "wine", "h:8", 10, 2, 0, descent_only=0.5)
     own = mod["drift"](str(run / "last.pt"), "wine", "h:8", 10, 2, 0)
+    # --descent-norm 0 divides each sense by its own size: one step moves every weight whose
+    # sense is not 0 by exactly A
+    w0 = mod["drift"](str(run / "last.pt"), "wine", "h:8", 1, 2, 0, descent_only=0.0)
+    signed = mod["drift"](str(run / "last.pt"), "wine", "h:8", 1, 2, 0, descent_only=0.5,
+                          descent_norm=0.0)  # fmt: skip
+    plain = mod["drift"](str(run / "last.pt"), "wine", "h:8", 1, 2, 0, descent_only=0.5)
+    assert signed[0]["step_max"] == pytest.approx(0.5) and w0[0]["step_max"] == 0.0
+    assert plain[0]["step_max"] != pytest.approx(0.5)
     assert still[0]["w_rms_out"] == still[-1]["w_rms_out"]
     assert still[0]["w_rms_hidden"] == still[-1]["w_rms_hidden"]
     assert moved[-1]["w_rms_out"] != still[-1]["w_rms_out"]
@@ -264,6 +272,12 @@ def test_growth_drift_bad_options_give_one_line_errors(tmp_path, capsys) -> None
     with pytest.raises(SystemExit) as err:
         mod["main"]([str(run / "last.pt"), "--descent-only", "-1"])
     assert err.value.code == 2 and "--descent-only must be >= 0, got -1" in capsys.readouterr().err
+    for argv, msg in ((["--descent-norm", "0.9"], "give --descent-only too"),
+                      (["--descent-only", "0.1", "--descent-norm", "1"],
+                       "--descent-norm must be in [0, 1), got 1.0")):  # fmt: skip
+        with pytest.raises(SystemExit) as err:
+            mod["main"]([str(run / "last.pt"), *argv])
+        assert err.value.code == 2 and msg in capsys.readouterr().err
     with pytest.raises(SystemExit, match="downsample=2 only applies to image datasets") as err:
         mod["main"]([str(run / "last.pt"), "--dataset", "wine", "--downsample", "2"])
     assert "\n" not in str(err.value)
