@@ -29,7 +29,8 @@ divides it (every weight then steps by up to ``A``).
     python examples/growth_drift.py runs/tabular_augmented_s0/last.pt --dataset wine --arch h:32
     python examples/growth_drift.py RULE.pt --dataset mnist --downsample 4 --damp-after 200
     python examples/growth_drift.py RULE.pt --dataset classification --descent-only 0.3
-    python examples/growth_drift.py RULE.pt --dataset circles --descent-only 0.03 --descent-norm 0.99
+    python examples/growth_drift.py RULE.pt --dataset circles --descent-only 0.03 \
+        --descent-norm 0.99
 """
 
 from __future__ import annotations
@@ -186,8 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--damp-power", type=float, default=1.0, help="by (T / t) ** P (default 1)")
     p.add_argument("--descent-only", type=float, metavar="A",
                    help="weights step by -A x the delta sense, not the MLP's update")  # fmt: skip
-    p.add_argument("--descent-norm", type=float, metavar="B",
-                   help="with --descent-only: divide the sense by its running largest size")
+    p.add_argument(
+        "--descent-norm",
+        type=float,
+        metavar="B",
+        help="with --descent-only: divide the sense by its running largest size",
+    )
     args = p.parse_args(argv)
     for flag, value in (("--sense-batch", args.sense_batch), ("--damp-after", args.damp_after)):
         if value is not None and value < 1:
