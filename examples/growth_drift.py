@@ -22,15 +22,16 @@ weights' last step and minus that gradient (how much of the step descends); and
 ``--descent-only A`` replaces the MLP's weight update by ``-A`` times the ``delta`` sense as
 the reader gives it (through the learned feedback, not rescaled by ``rule.sense_norm``; no MLP
 step), as a ``rule.descent`` path steps: does plain descent through that feedback learn where
-the rule's own steps stall? With ``--descent-norm B`` that sense is first divided by its
-running largest size per weight, ``u = max(B u, |s|)``, as a ``rule.descent_norm`` path
-divides it (every weight then steps by up to ``A``).
+the rule's own steps stall? ``--descent-norm B2`` (and ``--descent-momentum B1``) takes
+Adam's normalised step along that sense instead, as a ``rule.descent_norm`` path does (every
+weight then steps by about ``A``), and ``--true-gradient`` steps along the true gradient of
+the loss on a batch of the same size (backprop): how far is the learned feedback from it?
 
     python examples/growth_drift.py runs/tabular_augmented_s0/last.pt --dataset wine --arch h:32
     python examples/growth_drift.py RULE.pt --dataset mnist --downsample 4 --damp-after 200
     python examples/growth_drift.py RULE.pt --dataset classification --descent-only 0.3
     python examples/growth_drift.py RULE.pt --dataset circles --descent-only 0.03 \
-        --descent-norm 0.99
+        --descent-norm 0.999 --descent-momentum 0.9 [--true-gradient]
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from gnca.config import DataConfig
 from gnca.data import DataError
 from gnca.forward import effective_weights
 from gnca.graph import WeightGraph, weight_batch
-from gnca.rule import normalised_sense
+from gnca.rule import adam_path
 from gnca.senses import SENSES, SenseReader, neuron_stats
 from gnca.task import Task
 
@@ -68,6 +69,8 @@ def drift(
     damp_power: float = 1.0,
     descent_only: float | None = None,
     descent_norm: float | None = None,
+    descent_momentum: float = 0.0,
+    true_gradient: bool = False,
 ) -> list[dict[str, float]]:
     """One row per printed step: ``step``, ``acc``, ``w_rms_hidden``, ``w_rms_out``,
     ``h_mean``, ``h_max``, ``feedback``, ``grad_align``, ``step_max`` (the largest weight
@@ -76,8 +79,11 @@ def drift(
     per sense column (mean magnitude over the weights). ``sense_batch``: examples read per
     step (default the rule's); ``damp_after``: from the step after it, weight updates scaled
     by ``(damp_after / t) ** damp_power``; ``descent_only``: weights step by minus this times the
-    reader's ``delta`` sense instead of the MLP's update; ``descent_norm``: that sense divided
-    by its running largest size first (:func:`gnca.rule.normalised_sense`)."""
+    reader's ``delta`` sense instead of the MLP's update; ``descent_norm``,
+    ``descent_momentum``: Adam's ``beta2``, ``beta1`` for that step (:func:`gnca.rule.adam_path`);
+    ``true_gradient``: the step follows the true gradient of the loss on as many training
+    examples as the reader reads (backprop, the reference the learned feedback is
+    measured against) instead of the ``delta`` sense."""
     tr = load_trained(checkpoint)
     if not tr.rule.senses:
         raise SystemExit(f"{checkpoint}: the rule reads no data (rule.senses is empty)")
@@ -100,7 +106,9 @@ def drift(
              for i in range(SENSES[n])]  # fmt: skip
     at = {s for s in DEFAULT_AT if s <= steps} | {steps}
     rows = []
-    u = torch.zeros_like(w)  # running largest |delta sense| per weight (descent_norm)
+    moments = torch.zeros(w.shape[0], 4 if descent_momentum else 2)  # adam_path's state
+    pick = torch.Generator().manual_seed(seed + 11)  # batches of the true gradient
+    X_all, y_all = task.split("train", "cpu")
     with torch.no_grad():
         for t in range(1, steps + 1):
             s = reader(graph, w, h)  # (E, S)
@@ -108,8 +116,12 @@ def drift(
             w_new, h = tr.rule(graph, w, h, generator=gen, senses=s)
             if descent_only is not None:
                 sd = s[:, tr.rule.senses_offset("delta")]
+                if true_gradient:
+                    idx = torch.randint(0, X_all.shape[0], (batch,), generator=pick)
+                    sd = true_grad(task, graph, w, X_all[idx], y_all[idx])
                 if descent_norm is not None:
-                    sd, u = normalised_sense(sd, u, descent_norm, torch.ones_like(u))
+                    ones = torch.ones_like(sd)
+                    sd, moments = adam_path(sd, moments, descent_momentum, descent_norm, ones)
                 w_new = w - descent_only * sd
             if damp_after is not None and t > damp_after:
                 w_new = w + (damp_after / t) ** damp_power * (w_new - w)
@@ -187,12 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--damp-power", type=float, default=1.0, help="by (T / t) ** P (default 1)")
     p.add_argument("--descent-only", type=float, metavar="A",
                    help="weights step by -A x the delta sense, not the MLP's update")  # fmt: skip
-    p.add_argument(
-        "--descent-norm",
-        type=float,
-        metavar="B",
-        help="with --descent-only: divide the sense by its running largest size",
-    )
+    p.add_argument("--descent-norm", type=float, metavar="B2",
+                   help="with --descent-only: Adam's normalised step, beta2 = B2")  # fmt: skip
+    p.add_argument("--descent-momentum", type=float, default=0.0, metavar="B1",
+                   help="with --descent-norm: Adam's beta1 (default 0)")  # fmt: skip
+    p.add_argument("--true-gradient", action="store_true",
+                   help="with --descent-only: step along the true gradient (backprop)")  # fmt: skip
     args = p.parse_args(argv)
     for flag, value in (("--sense-batch", args.sense_batch), ("--damp-after", args.damp_after)):
         if value is not None and value < 1:
@@ -204,12 +216,20 @@ def main(argv: list[str] | None = None) -> None:
             p.error("--descent-norm rescales the --descent-only step: give --descent-only too")
         if not 0 <= args.descent_norm < 1:
             p.error(f"--descent-norm must be in [0, 1), got {args.descent_norm}")
+    if args.descent_momentum and args.descent_norm is None:
+        p.error("--descent-momentum is Adam's first moment: give --descent-norm too")
+    if not 0 <= args.descent_momentum < 1:
+        p.error(f"--descent-momentum must be in [0, 1), got {args.descent_momentum}")
+    if args.true_gradient and args.descent_only is None:
+        p.error("--true-gradient replaces the --descent-only step: give --descent-only too")
     torch.set_num_threads(1)
     try:
         rows = drift(args.checkpoint, args.dataset, args.arch, args.steps, args.num, args.seed,
                      downsample=args.downsample, sense_batch=args.sense_batch,
                      damp_after=args.damp_after, damp_power=args.damp_power,
-                     descent_only=args.descent_only, descent_norm=args.descent_norm)  # fmt: skip
+                     descent_only=args.descent_only, descent_norm=args.descent_norm,
+                     descent_momentum=args.descent_momentum,
+                     true_gradient=args.true_gradient)  # fmt: skip
     except DataError as err:  # e.g. --downsample on a table
         raise SystemExit(f"growth_drift.py: {err}") from None
     cols = list(rows[0])

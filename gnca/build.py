@@ -72,6 +72,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         descent=r.descent,
         descent_only=r.descent_only,
         descent_norm=r.descent_norm,
+        descent_momentum=r.descent_momentum,
     )
 
 

@@ -152,7 +152,8 @@ class RuleConfig:
     sense_floor: float = 0.0  # sense_norm divides by max(RMS, this): weaker signals stay weak
     descent: float = 0.0  # > 0: w -= alpha * delta sense beside the MLP, alpha learned from this
     descent_only: bool = False  # weights move by the descent path only (the MLP writes h)
-    descent_norm: float | None = None  # beta: path steps s / u, u = max(beta u, |s|) in h[:, 0]
+    descent_norm: float | None = None  # beta2: the path steps as Adam, moments in h[:, :2 or 4]
+    descent_momentum: float = 0.0  # beta1: Adam's first moment for a descent_norm path
 
 
 @dataclass
@@ -508,6 +509,12 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
         raise ConfigError(
             f"config key '{_key(p, 'descent_only')}' needs '{_key(p, 'descent')}' > 0"
         )
+    if not 0.0 <= c.descent_momentum < 1.0:
+        raise _bad(p, "descent_momentum", "in [0, 1)", c.descent_momentum)
+    if c.descent_momentum and c.descent_norm is None:
+        raise ConfigError(
+            f"config key '{_key(p, 'descent_momentum')}' needs '{_key(p, 'descent_norm')}'"
+        )
     if c.descent_norm is not None:
         if not 0.0 <= c.descent_norm < 1.0:
             raise _bad(p, "descent_norm", "in [0, 1)", c.descent_norm)
@@ -515,10 +522,11 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
             raise ConfigError(
                 f"config key '{_key(p, 'descent_norm')}' needs '{_key(p, 'descent')}' > 0"
             )
-        if c.hidden_channels < 2:
+        k = 4 if c.descent_momentum else 2
+        if c.hidden_channels < k + 1:
             raise ConfigError(
                 f"config key '{_key(p, 'descent_norm')}' needs '{_key(p, 'hidden_channels')}' "
-                f">= 2 (channel 0 holds the running size, the last the feedback)"
+                f">= {k + 1} (Adam's moments in the first {k} channels, the feedback in the last)"
             )
     if c.sense_floor and not c.sense_norm:
         raise ConfigError(f"config key '{_key(p, 'sense_floor')}' needs '{_key(p, 'sense_norm')}'")
@@ -579,8 +587,8 @@ def _validate_root(c: Config, p: str) -> None:
         raise ConfigError(f"config key '{_key(p, 'name')}' must be a non-empty string")
     if c.rule.descent_norm is not None and c.task.init == "codes":
         raise ConfigError(
-            f"config key '{_key(p, 'rule.descent_norm')}' keeps its running size in hidden "
-            f"channel 0, where '{_key(p, 'task.init')}' codes write identity codes: use "
+            f"config key '{_key(p, 'rule.descent_norm')}' keeps Adam's moments in the first "
+            f"hidden channels, where '{_key(p, 'task.init')}' codes write identity codes: use "
             f"task.init random or fixed"
         )
 

@@ -24,9 +24,9 @@ from gnca.perception import REDUCTIONS, perceive, perception_size
 from gnca.rule_fast import delta_no_grad, pick_route
 from gnca.senses import NEEDS_FEEDBACK, SENSES, check_senses, normalised, sense_size
 
-#: Smallest divisor of a normalised descent step (``descent_norm``): weights whose ``delta``
-#: sense has been exactly zero (a constant input) do not move.
-NORM_EPS = 1e-12
+#: Adam's epsilon in a normalised descent step (``descent_norm``): weights whose ``delta``
+#: sense has always been exactly 0 (a constant-zero input) do not move.
+NORM_EPS = 1e-8
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -113,15 +113,20 @@ class LocalRule(MessagePassing):
         descent_only: the weights move along the descent path only (the MLP's weight output
             is not used; it writes the hidden states, the feedback channel among them). Needs
             ``descent``.
-        descent_norm: :math:`\beta \in [0, 1)` divides the descent path's sense by its running
-            largest size, as Adamax divides a gradient:
-            :math:`u_i' = \max(\beta u_i, |s^{\delta}_i|)`,
-            :math:`w_i' = w_i + m_i\,(\Delta w_i - \alpha\, s^{\delta}_i / u_i')`, so that
-            every weight steps by up to :math:`\alpha` whatever the size of its error signal
-            (a net near a saddle leaves it as fast as one far from it). :math:`u_i` lives in
-            hidden channel 0, which the path writes instead of the MLP (the MLP reads it);
-            it is a constant for the meta-gradient. ``None`` (default): the sense as given.
-            Needs ``descent`` and ``hidden_channels >= 2``.
+        descent_norm: :math:`\beta_2 \in [0, 1)` divides the descent path's sense by the
+            root of its running mean square per weight, as Adam divides a gradient:
+            :math:`v_i' = \beta_2 v_i + (1 - \beta_2) (s^{\delta}_i)^2`,
+            :math:`w_i' = w_i + m_i\,(\Delta w_i - \alpha\, \hat s_i / (\sqrt{\hat v_i} +
+            \epsilon))` with Adam's bias corrections :math:`\hat v_i = v_i' / (1 - \beta_2^t)`
+            and :math:`\hat s_i = s^{\delta}_i` (or, with ``descent_momentum``, the corrected
+            running mean :math:`\hat m_i`), so that every weight steps by about :math:`\alpha`
+            whatever the size of its error signal (a net near a saddle leaves it as fast as
+            one far from it). The moments live in the first hidden channels (:func:`adam_path`),
+            which the path writes instead of the MLP (the MLP reads them); :math:`v` is a
+            constant for the meta-gradient. ``None`` (default): the sense as given. Needs
+            ``descent``.
+        descent_momentum: :math:`\beta_1 \in [0, 1)`, Adam's first moment for a
+            ``descent_norm`` path (0, the default: none).
 
     Shapes:
         - **input:** a :class:`~gnca.WeightGraph` (or batch) with :math:`E` weights,
@@ -174,8 +179,8 @@ class LocalRule(MessagePassing):
         unchanged without a descent path; else ``w'`` is ``w_new`` (or the old ``w`` with
         ``descent_only``) minus ``alpha * mask * s_delta``, ``s_delta`` the ``delta`` column of
         the reader's senses ``(E, S)`` (before :meth:`read`), ``mask`` ``(E,)`` the firing
-        weights. With ``descent_norm``, ``s_delta`` is divided by its running largest size
-        ``u``, which replaces channel 0 of ``h_new`` (see the class docstring)."""
+        weights. With ``descent_norm``, ``s_delta`` is Adam's normalised step
+        (:func:`adam_path`), whose moments replace the first channels of ``h_new``."""
         if not self.descent:
             return w_new, h_new
         assert senses is not None and mask is not None, "descent needs the senses and the mask"
@@ -183,8 +188,9 @@ class LocalRule(MessagePassing):
         s = senses[:, self.senses_offset("delta")].to(w.dtype)  # (E,)
         m = mask.to(w.dtype)
         if self.descent_norm is not None:
-            s, u = normalised_sense(s, h[:, 0], self.descent_norm, m)
-            h_new = torch.cat([u.unsqueeze(1), h_new[:, 1:]], dim=1)
+            k = self.moment_channels
+            s, moments = adam_path(s, h[:, :k], self.descent_momentum, self.descent_norm, m)
+            h_new = torch.cat([moments, h_new[:, k:]], dim=1)
         return torch.addcmul(base, self.descent_rate * s, m, value=-1.0), h_new
 
     @property
@@ -192,6 +198,15 @@ class LocalRule(MessagePassing):
         r"""The descent path's step size :math:`\alpha = \alpha_0 e^{\lambda}` (a 0-dim
         tensor, differentiable in :math:`\lambda`)."""
         return self.descent * self.descent_log.exp()
+
+    @property
+    def moment_channels(self) -> int:
+        """Hidden channels that hold a ``descent_norm`` path's moments (:func:`adam_path`):
+        0 without one, 2 (``v``, ``1 - beta2^t``), 4 with ``descent_momentum`` (and ``m``,
+        ``1 - beta1^t``)."""
+        if self.descent_norm is None:
+            return 0
+        return 4 if self.descent_momentum else 2
 
     def senses_offset(self, name: str) -> int:
         """The first column of sense ``name`` in this rule's ``(E, S)`` senses."""
@@ -271,6 +286,7 @@ class LocalRule(MessagePassing):
         descent: float = 0.0,
         descent_only: bool = False,
         descent_norm: float | None = None,
+        descent_momentum: float = 0.0,
     ) -> None:
         _check_arguments(reduce, aggr, fire_rate, hidden_channels, bound, state_bound)
         try:
@@ -313,14 +329,22 @@ class LocalRule(MessagePassing):
         if self.descent_only and not self.descent:
             raise ValueError("descent_only moves the weights by the descent path: set descent > 0")
         self.descent_norm = None if descent_norm is None else float(descent_norm)
+        self.descent_momentum = float(descent_momentum)
+        if not 0.0 <= self.descent_momentum < 1.0:
+            raise ValueError(f"descent_momentum must be in [0, 1), got {descent_momentum}")
+        if self.descent_momentum and self.descent_norm is None:
+            raise ValueError("descent_momentum is Adam's first moment: set descent_norm too")
         if self.descent_norm is not None:
             if not 0.0 <= self.descent_norm < 1.0:
                 raise ValueError(f"descent_norm must be in [0, 1), got {descent_norm}")
             if not self.descent:
                 raise ValueError("descent_norm rescales the descent path: set descent > 0")
-            if self.hidden_channels < 2:
-                raise ValueError("descent_norm keeps its running size in hidden channel 0 and "
-                                 "the feedback in the last: hidden_channels >= 2")  # fmt: skip
+            if self.hidden_channels < self.moment_channels + 1:
+                raise ValueError(
+                    f"descent_norm keeps Adam's moments in the first {self.moment_channels} "
+                    f"hidden channels and the feedback in the last: hidden_channels >= "
+                    f"{self.moment_channels + 1}"
+                )
         if any(n in NEEDS_FEEDBACK for n in self.senses) and self.hidden_channels < 1:
             raise ValueError("senses error/delta read the feedback channel: hidden_channels >= 1")
         layers: list[nn.Module] = []
@@ -426,6 +450,7 @@ class LocalRule(MessagePassing):
             **({"descent": self.descent} if self.descent else {}),
             **({"descent_only": True} if self.descent_only else {}),
             **({"descent_norm": self.descent_norm} if self.descent_norm is not None else {}),
+            **({"descent_momentum": self.descent_momentum} if self.descent_momentum else {}),
         }
 
     def __repr__(self) -> str:
@@ -443,20 +468,36 @@ class LocalRule(MessagePassing):
             + (f", descent={self.descent:g}" if self.descent else "")
             + (", descent_only" if self.descent_only else "")
             + (f", descent_norm={self.descent_norm:g}" if self.descent_norm is not None else "")
+            + (f", descent_momentum={self.descent_momentum:g}" if self.descent_momentum else "")
             + ")"
         )
 
 
-def normalised_sense(
-    s: torch.Tensor, u: torch.Tensor, beta: float, mask: torch.Tensor
+def adam_path(
+    s: torch.Tensor, moments: torch.Tensor, beta1: float, beta2: float, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(s / u', u')`` for a sense ``s`` ``(E,)`` and its running largest size ``u`` ``(E,)``:
-    ``u' = max(beta * u, |s|)`` where ``mask`` ``(E,)`` is 1, ``u`` elsewhere (Adamax's
-    normaliser). ``u'`` is detached: a constant for the meta-gradient, as Adam's normaliser is
-    a constant for the step it scales. Weights whose sense has always been 0 get 0."""
-    u = u.detach()
-    u = torch.addcmul(u, torch.maximum(beta * u, s.detach().abs()) - u, mask)
-    return s / u.clamp_min(NORM_EPS), u
+    """Adam's normalised step of a sense ``s`` ``(E,)``, and the new moments ``(E, k)``.
+
+    ``moments`` holds, per weight, ``[v, c2]`` (``k = 2``; ``beta1 = 0``) or
+    ``[v, c2, m, c1]`` (``k = 4``): the running mean square ``v`` and mean ``m`` of ``s``, and
+    ``c2 = 1 - beta2^t``, ``c1 = 1 - beta1^t`` after ``t`` updates (Adam's bias corrections;
+    all 0 at the start, all in ``[0, 1)`` for any ``t``). Where ``mask`` ``(E,)`` is 1:
+    ``v' = beta2 v + (1 - beta2) s^2``, ``m' = beta1 m + (1 - beta1) s``,
+    ``c' = beta c + (1 - beta)``; elsewhere the moments are kept. The step is
+    ``(m' / c1') / (sqrt(v' / c2') + eps)`` (``s`` for ``m' / c1'`` without momentum). ``v``
+    is detached (a constant for the meta-gradient, as Adam's normaliser is for the step it
+    scales); ``m`` carries the gradient of the senses it averages.
+    """
+    v, c2 = moments[:, 0].detach(), moments[:, 1].detach()
+    v = torch.addcmul(v, beta2 * v + (1 - beta2) * s.detach().square() - v, mask)
+    c2 = torch.addcmul(c2, beta2 * c2 + (1 - beta2) - c2, mask)
+    denom = (v / c2.clamp_min(1 - beta2)).sqrt() + NORM_EPS  # c2 = 0 only where v = 0
+    if moments.shape[1] == 2:
+        return s / denom, torch.stack([v, c2], dim=1)
+    m, c1 = moments[:, 2], moments[:, 3].detach()
+    m = torch.addcmul(m, beta1 * m + (1 - beta1) * s - m, mask)
+    c1 = torch.addcmul(c1, beta1 * c1 + (1 - beta1) - c1, mask)
+    return m / c1.clamp_min(1 - beta1) / denom, torch.stack([v, c2, m, c1], dim=1)
 
 
 def _check_arguments(

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import tiny_config
@@ -20,6 +22,8 @@ DELTA = [n for n in ALL for _ in range(SENSES[n])].index("delta")  # its column 
 
 def _case(g: int = 3, c: int = 4, seed: int = 0, **rule_kw):
     """A rule with a descent path, its twin without one (same MLP), a batch of nets, senses."""
+    adam = {k: rule_kw.pop(k) for k in ("descent_norm", "descent_momentum") if k in rule_kw}
+    c = max(c, 6) if adam else c  # room for Adam's moments and the feedback
     torch.manual_seed(seed)
     arch = Architecture.mlp([3, 5, 2])
     graph = WeightGraph.replicate(arch, g)
@@ -28,9 +32,8 @@ def _case(g: int = 3, c: int = 4, seed: int = 0, **rule_kw):
     w = w.double()
     h = torch.randn(w.shape[0], c, generator=gen, dtype=torch.float64)
     s = torch.rand(w.shape[0], sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
-    norm = rule_kw.pop("descent_norm", None)
     kw = dict(senses=ALL, sense_norm=True, bound=0.1, **rule_kw)
-    rule = LocalRule(c, (16,), descent=0.05, descent_norm=norm, **kw).double()
+    rule = LocalRule(c, (16,), descent=0.05, **adam, **kw).double()
     with torch.no_grad():  # a trained-looking rule: nonzero last layer and step size
         rule.out.weight.normal_(0, 0.3)
         rule.descent_log.fill_(0.4)
@@ -179,29 +182,52 @@ def test_bad_descent_is_refused():
         config_from_dict(d)
 
 
-# ---------------------------------------------------------------------- a normalised path
-def _norm_reference(rule, twin, graph, w, h, s, mask, beta):
-    """The normalised update written out, weight by weight: u' = max(beta u, |s|) on the firing
-    weights (u = h[:, 0]), the path steps alpha * s / u', and u' replaces channel 0 of h."""
+# ---------------------------------------------------------------------- Adam's path
+def _adam_state(h: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """``h`` with valid Adam moments in its first ``k`` channels (``v >= 0``, ``c`` in [0, 1),
+    ``m`` any sign), the first four weights fresh (all 0)."""
+    g = torch.Generator().manual_seed(seed)
+    e = h.shape[0]
+    cols = [
+        torch.rand(e, generator=g, dtype=h.dtype) * 0.01,
+        torch.rand(e, generator=g, dtype=h.dtype),
+    ]
+    if k == 4:
+        cols += [torch.randn(e, generator=g, dtype=h.dtype) * 0.05,
+                 torch.rand(e, generator=g, dtype=h.dtype)]  # fmt: skip
+    moments = torch.stack(cols, dim=1)
+    moments[:4] = 0.0
+    return torch.cat([moments, h[:, k:]], dim=1)
+
+
+def _adam_reference(rule, twin, graph, w, h, s, mask, b1, b2):
+    """Adam's path written out, weight by weight, in Python floats."""
     w_twin, h_twin = twin.step(graph, w, h, mask=mask, senses=s)
     alpha = rule.descent * float(torch.exp(rule.descent_log.detach()))
-    want_w = w_twin.detach().clone()
-    want_h = h_twin.detach().clone()
+    k = 4 if b1 else 2
+    base = w if rule.descent_only else w_twin.detach()
+    want_w, want_h = base.clone(), h_twin.detach().clone()
     for i in range(w.shape[0]):
-        u = float(h[i, 0])
+        v, c2 = float(h[i, 0]), float(h[i, 1])
+        m, c1 = (float(h[i, 2]), float(h[i, 3])) if k == 4 else (0.0, 0.0)
         if mask[i]:
-            u = max(beta * u, abs(float(s[i, DELTA])))
-            want_w[i] -= alpha * float(s[i, DELTA]) / u
-        want_h[i, 0] = u
+            x = float(s[i, DELTA])
+            v, c2 = b2 * v + (1 - b2) * x * x, b2 * c2 + (1 - b2)
+            m, c1 = b1 * m + (1 - b1) * x, b1 * c1 + (1 - b1)
+            top = m / c1 if k == 4 else x
+            want_w[i] -= alpha * top / (math.sqrt(v / c2) + 1e-8)
+        want_h[i, :k] = torch.tensor([v, c2, m, c1][:k], dtype=h.dtype)
     return want_w, want_h
 
 
 @pytest.mark.parametrize("fire_rate", [1.0, 0.5])
-def test_a_normalised_path_equals_the_loop_reference_on_every_route(fire_rate):
-    rule, twin, graph, w, h, s = _case(fire_rate=fire_rate, descent_norm=0.9)
-    assert (h[:, 0] < 0).any() and (h[:, 0].abs() > s[:, DELTA].abs()).any()  # both branches
+@pytest.mark.parametrize("b1", [0.0, 0.9])
+def test_adams_path_equals_the_loop_reference_on_every_route(fire_rate, b1):
+    rule, twin, graph, w, h, s = _case(fire_rate=fire_rate, descent_norm=0.99,
+                                       descent_momentum=b1)  # fmt: skip
+    h = _adam_state(h, rule.moment_channels)
     mask = rule.fire_mask(w.shape[0], w.device, torch.Generator().manual_seed(3)).double()
-    want_w, want_h = _norm_reference(rule, twin, graph, w, h, s, mask, 0.9)
+    want_w, want_h = _adam_reference(rule, twin, graph, w, h, s, mask, b1, 0.99)
     with torch.no_grad():
         for path in ("fast", "explicit"):
             got_w, got_h = rule(graph, w, h, mask=mask, senses=s, path=path)
@@ -216,57 +242,90 @@ def test_a_normalised_path_equals_the_loop_reference_on_every_route(fire_rate):
     torch.testing.assert_close(got_h.detach(), want_h)
 
 
-def test_a_normalised_step_is_at_most_alpha_and_its_size_a_constant_for_the_gradient():
-    """From u = 0 (a fresh net) every firing weight steps by alpha * sign(s); the running size
-    is detached, so d w' / d s = -alpha / u' (not the zero derivative of a sign)."""
-    rule, _, graph, w, h, s = _case(descent_norm=0.99)
+@pytest.mark.parametrize("b1", [0.0, 0.9])
+def test_adams_path_is_torch_adam_on_the_senses(b1):
+    """Fed the same sequence of senses as gradients, the descent-only path moves the weights
+    as torch.optim.Adam moves a parameter (lr = alpha, betas = (b1, b2), eps = 1e-8)."""
+    rule, _, graph, w, h, _ = _case(descent_norm=0.95, descent_momentum=b1)
     rule.descent_only = True
-    h = torch.cat([torch.zeros_like(h[:, :1]), h[:, 1:]], dim=1)
+    h = torch.cat([torch.zeros_like(h[:, :4]), h[:, 4:]], dim=1)  # fresh moments
+    alpha = rule.descent * float(torch.exp(rule.descent_log.detach()))
+    p = torch.nn.Parameter(w.clone())
+    opt = torch.optim.Adam([p], lr=alpha, betas=(b1, 0.95), eps=1e-8)
+    gen = torch.Generator().manual_seed(9)
+    mask = torch.ones_like(w)
+    with torch.no_grad():
+        for _ in range(30):
+            s = torch.rand(w.shape[0], sense_size(ALL), generator=gen, dtype=w.dtype) - 0.5
+            s[:, DELTA] *= torch.rand(w.shape[0], generator=gen, dtype=w.dtype) * 3
+            w, h = rule(graph, w, h, mask=mask, senses=s)
+            p.grad = s[:, DELTA].clone()
+            opt.step()
+    torch.testing.assert_close(w, p.detach())
+
+
+def test_a_fresh_adam_step_is_alpha_and_its_normaliser_a_constant_for_the_gradient():
+    """From fresh moments every firing weight steps by alpha * s / (|s| + eps) (about alpha);
+    v is detached, so d w' / d s = -alpha / (|s| + eps) (not the zero derivative of a sign),
+    and v carries no meta-gradient."""
+    rule, _, graph, w, h, s = _case(descent_norm=0.999, descent_momentum=0.9)
+    rule.descent_only = True
+    h = torch.cat([torch.zeros_like(h[:, :4]), h[:, 4:]], dim=1)
     mask = torch.ones(w.shape[0], dtype=torch.float64)
     alpha = rule.descent * float(torch.exp(rule.descent_log.detach()))
     s = s.clone().requires_grad_(True)
     got_w, got_h = rule(graph, w, h, mask=mask, senses=s)
-    torch.testing.assert_close(got_w.detach(), w - alpha * s.detach()[:, DELTA].sign())
-    torch.testing.assert_close(got_h.detach()[:, 0], s.detach()[:, DELTA].abs())
-    (g,) = torch.autograd.grad(got_w.sum(), s)
-    torch.testing.assert_close(g[:, DELTA], -alpha / s.detach()[:, DELTA].abs())
-    (gh,) = torch.autograd.grad(got_h[:, 0].sum(), s, allow_unused=True)
-    assert gh is None or not gh.any()  # the running size carries no meta-gradient
+    sd = s.detach()[:, DELTA]
+    torch.testing.assert_close(got_w.detach(), w - alpha * sd / (sd.abs() + 1e-8))
+    (g,) = torch.autograd.grad(got_w.sum(), s, retain_graph=True)
+    torch.testing.assert_close(g[:, DELTA], -alpha / (sd.abs() + 1e-8))
+    (gv,) = torch.autograd.grad(got_h[:, 0].sum(), s, allow_unused=True, retain_graph=True)
+    assert gv is None or not gv.any()  # the normaliser carries no meta-gradient
+    (gm,) = torch.autograd.grad(got_h[:, 2].sum(), s)
+    assert gm[:, DELTA].abs().min() > 0  # the first moment does
 
 
 def test_a_zero_sense_does_not_move_a_weight():
-    rule, _, graph, w, h, s = _case(descent_norm=0.5)
+    rule, _, graph, w, h, s = _case(descent_norm=0.9)
     rule.descent_only = True
-    h = torch.cat([torch.zeros_like(h[:, :1]), h[:, 1:]], dim=1)
+    h = torch.cat([torch.zeros_like(h[:, :2]), h[:, 2:]], dim=1)
     s = s.clone()
     s[:4, DELTA] = 0.0
     with torch.no_grad():
         got_w, got_h = rule(graph, w, h, mask=torch.ones_like(w), senses=s)
-    assert torch.equal(got_w[:4], w[:4]) and torch.equal(got_h[:4, 0], torch.zeros(4).double())
+    assert torch.equal(got_w[:4], w[:4]) and not got_h[:4, 0].any()
     assert torch.isfinite(got_w).all()
 
 
-def test_checkpoints_and_configs_keep_a_normalised_path(tmp_path):
+def test_checkpoints_and_configs_keep_adams_path(tmp_path):
     from gnca.trainer import MetaTrainer
 
     d = config_to_dict(tiny_config())
-    d["rule"].update(senses=ALL, sense_batch=8, descent=0.01, descent_only=True, descent_norm=0.9)
+    d["rule"].update(senses=ALL, sense_batch=8, hidden_channels=6, descent=0.01,
+                     descent_only=True, descent_norm=0.99, descent_momentum=0.9)  # fmt: skip
     t = MetaTrainer.from_config(config_from_dict(d))
     for _ in range(2):
         t.meta_step()
     t.save(tmp_path / "last.pt")
     loaded = load_trained(str(tmp_path / "last.pt")).rule
-    assert loaded.config()["descent_norm"] == 0.9 and "descent_norm=0.9" in repr(loaded)
+    assert loaded.config()["descent_norm"] == 0.99 and "descent_norm=0.99" in repr(loaded)
+    assert loaded.config()["descent_momentum"] == 0.9 and loaded.moment_channels == 4
     assert "descent_norm" not in LocalRule(4, senses=ALL, descent=0.1).config()
 
 
-def test_bad_descent_norm_is_refused():
+def test_bad_adam_path_options_are_refused():
     with pytest.raises(ValueError, match=r"descent_norm must be in \[0, 1\)"):
         LocalRule(4, senses=ALL, descent=0.1, descent_norm=1.0)
     with pytest.raises(ValueError, match="descent_norm rescales the descent path"):
         LocalRule(4, senses=ALL, descent_norm=0.9)
-    with pytest.raises(ValueError, match="hidden_channels >= 2"):
-        LocalRule(1, senses=ALL, descent=0.1, descent_norm=0.9)
+    with pytest.raises(ValueError, match="hidden_channels >= 3"):
+        LocalRule(2, senses=ALL, descent=0.1, descent_norm=0.9)
+    with pytest.raises(ValueError, match="hidden_channels >= 5"):
+        LocalRule(4, senses=ALL, descent=0.1, descent_norm=0.9, descent_momentum=0.9)
+    with pytest.raises(ValueError, match="set descent_norm too"):
+        LocalRule(8, senses=ALL, descent=0.1, descent_momentum=0.9)
+    with pytest.raises(ValueError, match=r"descent_momentum must be in \[0, 1\)"):
+        LocalRule(8, senses=ALL, descent=0.1, descent_norm=0.9, descent_momentum=-0.1)
     d = config_to_dict(tiny_config())
     d["rule"].update(senses=ALL, descent=0.0, descent_norm=0.9)
     with pytest.raises(ValueError, match="'rule.descent_norm' needs 'rule.descent' > 0"):
@@ -274,10 +333,16 @@ def test_bad_descent_norm_is_refused():
     d["rule"].update(descent=0.1, descent_norm=-0.5)
     with pytest.raises(ValueError, match=r"'rule.descent_norm' must be in \[0, 1\)"):
         config_from_dict(d)
-    d["rule"].update(descent_norm=0.9, hidden_channels=1)
-    with pytest.raises(ValueError, match="'rule.hidden_channels' >= 2"):
+    d["rule"].update(descent_norm=0.9, hidden_channels=4, descent_momentum=0.9)
+    with pytest.raises(ValueError, match="'rule.hidden_channels' >= 5"):
         config_from_dict(d)
-    d["rule"].update(hidden_channels=4)
+    d["rule"].update(descent_norm=None)
+    with pytest.raises(ValueError, match="'rule.descent_momentum' needs 'rule.descent_norm'"):
+        config_from_dict(d)
+    d["rule"].update(descent_norm=0.9, descent_momentum=1.5, hidden_channels=8)
+    with pytest.raises(ValueError, match=r"'rule.descent_momentum' must be in \[0, 1\)"):
+        config_from_dict(d)
+    d["rule"].update(descent_momentum=0.9)
     d["task"].update(init="codes")
     with pytest.raises(ValueError, match="'task.init' codes"):
         config_from_dict(d)
