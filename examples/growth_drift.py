@@ -98,7 +98,8 @@ def drift(
     gen = torch.Generator().manual_seed(seed)
     w, h = tr.init.state(graph, tr.rule.hidden_channels, gen)
     batch = tr.cfg.rule.sense_batch if sense_batch is None else sense_batch
-    reader = SenseReader(tr.rule.senses, task, batch, torch.Generator().manual_seed(seed + 7))
+    reader = SenseReader(tr.rule.senses, task, batch, torch.Generator().manual_seed(seed + 7),
+                         feedback=tr.rule.feedback)  # fmt: skip
     X, y = task.split("test", "cpu")
     X_tr, y_tr = (t[:512] for t in task.split("train", "cpu"))
     out = graph.neuron_kind[graph.dst] == OUTPUT
@@ -178,7 +179,8 @@ def grad_align(
     if "delta" not in tr.rule.senses:
         return float("nan")
     fan_in_ref = tr.cfg.task.fan_in_ref
-    st = neuron_stats(graph, w, h[:, -1], X, y, tr.cfg.task.activation, fan_in_ref)
+    fb = h[:, -1] if tr.rule.feedback == "learned" else effective_weights(graph, w, fan_in_ref)
+    st = neuron_stats(graph, w, fb, X, y, tr.cfg.task.activation, fan_in_ref)
     fa = (st.a[graph.src] * st.m[graph.dst]).mean(1)  # (E,) the delta product
     g = true_grad(task, graph, w, X, y)
     g = g / effective_weights(graph, torch.ones_like(w), fan_in_ref)  # d loss / d effective w

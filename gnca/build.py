@@ -73,6 +73,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         descent_only=r.descent_only,
         descent_norm=r.descent_norm,
         descent_momentum=r.descent_momentum,
+        feedback=r.feedback,
     )
 
 
@@ -244,7 +245,8 @@ class TrainedRule:
         if not self.rule.senses:
             return None
         gen = torch.Generator().manual_seed(seed)
-        return SenseReader(self.rule.senses, task or self.task, self.cfg.rule.sense_batch, gen)
+        return SenseReader(self.rule.senses, task or self.task, self.cfg.rule.sense_batch, gen,
+                           feedback=self.rule.feedback)  # fmt: skip
 
     def architectures(self) -> list[Architecture]:
         """The architectures it was meta-trained on (MLPs of ``cfg.task.architectures``)."""

@@ -34,6 +34,7 @@ from gnca.graph import NEIGHBOURHOODS as _NEIGHBOURHOODS
 from gnca.perception import REDUCTIONS as _REDUCTIONS
 from gnca.pool import RENEW
 from gnca.rule import ACTIVATIONS as _RULE_ACTIVATIONS
+from gnca.senses import FEEDBACKS
 from gnca.senses import SENSES as SENSE_NAMES
 from gnca.state import INIT_KINDS, NEURON_CODES, InitSpec
 
@@ -154,6 +155,7 @@ class RuleConfig:
     descent_only: bool = False  # weights move by the descent path only (the MLP writes h)
     descent_norm: float | None = None  # beta2: the path steps as Adam, moments in h[:, :2 or 4]
     descent_momentum: float = 0.0  # beta1: Adam's first moment for a descent_norm path
+    feedback: str = "learned"  # learned (last hidden channel) | weights: backward messages
 
 
 @dataclass
@@ -508,6 +510,12 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
     if c.descent_only and not c.descent:
         raise ConfigError(
             f"config key '{_key(p, 'descent_only')}' needs '{_key(p, 'descent')}' > 0"
+        )
+    _check_choice(c, p, "feedback", FEEDBACKS)
+    if c.feedback != "learned" and not set(c.senses) & {"error", "delta"}:
+        raise ConfigError(
+            f"config key '{_key(p, 'feedback')}' is read by the error and delta senses only: "
+            f"add one to '{_key(p, 'senses')}'"
         )
     if not 0.0 <= c.descent_momentum < 1.0:
         raise _bad(p, "descent_momentum", "in [0, 1)", c.descent_momentum)

@@ -171,6 +171,7 @@ def accuracy_table(
                 row.task,
                 trained.cfg.rule.sense_batch,
                 torch.Generator().manual_seed(sense_seed),
+                feedback=trained.rule.feedback,
             )
         res = grow(
             trained.rule,

@@ -301,7 +301,9 @@ def _readers(
     readers: dict[int, SenseReader] = {}
     for tk in tasks:
         if id(tk) not in readers:
-            readers[id(tk)] = SenseReader(rule.senses, tk, sense_batch, generator)
+            readers[id(tk)] = SenseReader(
+                rule.senses, tk, sense_batch, generator, feedback=rule.feedback
+            )
     return [readers[id(tk)] for tk in tasks]
 
 

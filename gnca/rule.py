@@ -22,7 +22,7 @@ from torch_geometric.nn import MessagePassing
 from gnca.graph import cached, check_neighbourhood, line_graph_edge_index
 from gnca.perception import REDUCTIONS, perceive, perception_size
 from gnca.rule_fast import delta_no_grad, pick_route
-from gnca.senses import NEEDS_FEEDBACK, SENSES, check_senses, normalised, sense_size
+from gnca.senses import FEEDBACKS, NEEDS_FEEDBACK, SENSES, check_senses, normalised, sense_size
 
 #: Adam's epsilon in a normalised descent step (``descent_norm``): weights whose ``delta``
 #: sense has always been exactly 0 (a constant-zero input) do not move.
@@ -127,6 +127,10 @@ class LocalRule(MessagePassing):
             ``descent``.
         descent_momentum: :math:`\beta_1 \in [0, 1)`, Adam's first moment for a
             ``descent_norm`` path (0, the default: none).
+        feedback: what the backward messages of the ``error`` and ``delta`` senses are
+            multiplied by (:class:`gnca.senses.SenseReader`, which is built with it):
+            ``"learned"`` (default), the last hidden channel, or ``"weights"``, the weights
+            themselves (the messages are then backpropagated errors).
 
     Shapes:
         - **input:** a :class:`~gnca.WeightGraph` (or batch) with :math:`E` weights,
@@ -287,6 +291,7 @@ class LocalRule(MessagePassing):
         descent_only: bool = False,
         descent_norm: float | None = None,
         descent_momentum: float = 0.0,
+        feedback: str = "learned",
     ) -> None:
         _check_arguments(reduce, aggr, fire_rate, hidden_channels, bound, state_bound)
         try:
@@ -328,6 +333,11 @@ class LocalRule(MessagePassing):
         self.descent_only = bool(descent_only)
         if self.descent_only and not self.descent:
             raise ValueError("descent_only moves the weights by the descent path: set descent > 0")
+        if feedback not in FEEDBACKS:
+            raise ValueError(f"unknown feedback {feedback!r}; choose one of {', '.join(FEEDBACKS)}")
+        if feedback != "learned" and not any(n in NEEDS_FEEDBACK for n in self.senses):
+            raise ValueError(f"feedback {feedback!r} is read by the error and delta senses only")
+        self.feedback = feedback
         self.descent_norm = None if descent_norm is None else float(descent_norm)
         self.descent_momentum = float(descent_momentum)
         if not 0.0 <= self.descent_momentum < 1.0:
@@ -451,6 +461,7 @@ class LocalRule(MessagePassing):
             **({"descent_only": True} if self.descent_only else {}),
             **({"descent_norm": self.descent_norm} if self.descent_norm is not None else {}),
             **({"descent_momentum": self.descent_momentum} if self.descent_momentum else {}),
+            **({"feedback": self.feedback} if self.feedback != "learned" else {}),
         }
 
     def __repr__(self) -> str:
@@ -469,6 +480,7 @@ class LocalRule(MessagePassing):
             + (", descent_only" if self.descent_only else "")
             + (f", descent_norm={self.descent_norm:g}" if self.descent_norm is not None else "")
             + (f", descent_momentum={self.descent_momentum:g}" if self.descent_momentum else "")
+            + (f", feedback={self.feedback}" if self.feedback != "learned" else "")
             + ")"
         )
 

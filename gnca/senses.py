@@ -399,6 +399,10 @@ def _dense_layer(
     return torch.cat([layer[:, :a].reshape(g, a * b, -1), layer[:, a]], 1)
 
 
+#: what the backward messages of the error senses are multiplied by (:class:`SenseReader`)
+FEEDBACKS = ("learned", "weights")
+
+
 class SenseReader:
     """Draws a data batch at every rule step and turns it into the senses of every weight.
 
@@ -409,6 +413,11 @@ class SenseReader:
         generator: a CPU generator for the batch indices.
         permutation: optional ``(G, classes)`` label permutation per net (an augmentation:
             net ``i`` sees label ``c`` as ``permutation[i, c]``).
+        feedback: what the backward messages of the ``error`` and ``delta`` senses are
+            multiplied by: ``"learned"`` (default), the last hidden channel of each weight (a
+            learned feedback pathway, as in feedback alignment), or ``"weights"``, the weights
+            themselves as the forward pass scales them (detached): the messages are then the
+            exact error backpropagated through the net, computed by message passing.
 
     Attributes:
         augment: the nets' feature transforms and class subsets (:class:`gnca.augment.NetAugment`,
@@ -423,7 +432,11 @@ class SenseReader:
         batch_size: int = 64,
         generator: torch.Generator | None = None,
         permutation: torch.Tensor | None = None,
+        feedback: str = "learned",
     ) -> None:
+        if feedback not in FEEDBACKS:
+            raise ValueError(f"unknown feedback {feedback!r}; choose one of {', '.join(FEEDBACKS)}")
+        self.feedback_source = feedback
         self.names = check_senses(names)
         self.task = task
         self.batch_size = int(batch_size)
@@ -465,6 +478,10 @@ class SenseReader:
             X, mask = aug.inputs(X), aug.output_mask
         fb = h[:, -1] if self.feedback else None
         nets = getattr(graph, "layer_net", None)
+        if self.feedback and self.feedback_source == "weights":
+            if nets is not None:
+                raise ValueError("feedback 'weights' reads MLP-like weight graphs, not layer nets")
+            fb = effective_weights(graph, w.detach(), self.task.fan_in_ref).to(h.dtype)
         if nets is not None:  # a layer net (gnca/layers.py): senses on shared weights
             if LAYER_SENSES is None:
                 raise RuntimeError("import gnca (or gnca.layer_senses) to read layer nets")

@@ -346,3 +346,50 @@ def test_bad_adam_path_options_are_refused():
     d["task"].update(init="codes")
     with pytest.raises(ValueError, match="'task.init' codes"):
         config_from_dict(d)
+
+
+# ---------------------------------------------------------------------- weights as feedback
+def test_weights_as_feedback_read_what_a_learned_channel_holding_the_weights_reads():
+    """feedback='weights' multiplies the backward messages by the (scaled) weights: the senses
+    equal those of the learned reader whose feedback channel holds exactly those weights
+    (the construction whose error signal is the true gradient, tests/test_examples.py), and
+    they no longer depend on the last hidden channel."""
+    from conftest import tiny_config
+
+    from gnca.build import make_dataset, make_task
+    from gnca.config import DataConfig
+    from gnca.forward import effective_weights
+    from gnca.senses import SenseReader
+
+    task = make_task(tiny_config().task, make_dataset(DataConfig(name="wine")))
+    graph = WeightGraph.replicate(Architecture.mlp([13, 6, 3]), 2)
+    w, _ = initial_state(graph, 4, "random", generator=torch.Generator().manual_seed(0))
+    h = torch.randn(w.shape[0], 4, generator=torch.Generator().manual_seed(1))
+    eff = effective_weights(graph, w, task.fan_in_ref)
+    h_w = torch.cat([h[:, :-1], eff.unsqueeze(1)], dim=1)
+    for names in (ALL, ["error", "delta"]):
+        learned = SenseReader(names, task, 16, torch.Generator().manual_seed(2))
+        weights = SenseReader(names, task, 16, torch.Generator().manual_seed(2), feedback="weights")
+        want = learned(graph, w, h_w)
+        torch.testing.assert_close(weights(graph, w, h), want)
+        assert not torch.equal(learned(graph, w, h), want)  # a random channel reads otherwise
+    h_req = h.clone().requires_grad_(True)
+    got = SenseReader(ALL, task, 16, feedback="weights")(graph, w, h_req)
+    assert not got.requires_grad  # no meta-gradient through a feedback channel
+    assert SenseReader(ALL, task, 16)(graph, w, h_req).requires_grad  # as a learned one has
+    with pytest.raises(ValueError, match="unknown feedback 'x'; choose one of learned, weights"):
+        SenseReader(ALL, task, 16, feedback="x")
+
+
+def test_weights_as_feedback_is_kept_and_checked():
+    assert LocalRule(4, senses=ALL, feedback="weights").config()["feedback"] == "weights"
+    assert "feedback" not in LocalRule(4, senses=ALL).config()
+    with pytest.raises(ValueError, match="read by the error and delta senses only"):
+        LocalRule(4, senses=["act", "hebb"], feedback="weights")
+    d = config_to_dict(tiny_config())
+    d["rule"].update(senses=["act"], feedback="weights")
+    with pytest.raises(ValueError, match="'rule.feedback' is read by the error and delta"):
+        config_from_dict(d)
+    d["rule"].update(senses=ALL, feedback="mirror")
+    with pytest.raises(ValueError, match="'rule.feedback' must be one of 'learned', 'weights'"):
+        config_from_dict(d)

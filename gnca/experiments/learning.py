@@ -78,6 +78,7 @@ def grow_on(
             tr.cfg.rule.sense_batch,
             torch.Generator().manual_seed(seed + 7),
             permutation=perm,
+            feedback=tr.rule.feedback,
         )
     arch = arch if arch is not None else tr.architectures()[0]
     res = grow(
