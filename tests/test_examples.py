@@ -152,7 +152,7 @@ def test_growth_drift_prints_the_state_of_nets_grown_past_the_horizon(
     seen = []
     real_reader = mod["drift"].__globals__["SenseReader"]
     monkeypatch.setitem(mod["drift"].__globals__, "SenseReader",
-                        lambda *a: seen.append(a[2]) or real_reader(*a))  # fmt: skip
+                        lambda *a, **kw: seen.append(a[2]) or real_reader(*a, **kw))  # fmt: skip
     damped = mod["drift"](str(run / "last.pt"), "wine", "h:8", 20, 2, 0, damp_after=1,
                           sense_batch=5)  # fmt: skip
     assert seen == [5]
