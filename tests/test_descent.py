@@ -379,6 +379,9 @@ def test_weights_as_feedback_read_what_a_learned_channel_holding_the_weights_rea
     assert SenseReader(ALL, task, 16)(graph, w, h_req).requires_grad  # as a learned one has
     with pytest.raises(ValueError, match="unknown feedback 'x'; choose one of learned, weights"):
         SenseReader(ALL, task, 16, feedback="x")
+    graph.layer_net = object()  # a layer net's graph (gnca/layers.py) carries one
+    with pytest.raises(ValueError, match="feedback 'weights' reads MLP-like weight graphs"):
+        SenseReader(ALL, task, 16, feedback="weights")(graph, w, h)
 
 
 def test_weights_as_feedback_is_kept_and_checked():
