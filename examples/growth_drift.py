@@ -49,7 +49,7 @@ from gnca.data import DataError
 from gnca.forward import effective_weights
 from gnca.graph import WeightGraph, weight_batch
 from gnca.rule import adam_path
-from gnca.senses import SENSES, SenseReader, neuron_stats
+from gnca.senses import SENSES, SenseReader, feedback_of, neuron_stats
 from gnca.task import Task
 
 DEFAULT_AT = (1, 10, 20, 50, 100, 200, 500, 1000, 2000)
@@ -101,7 +101,8 @@ def drift(
     reader = SenseReader(tr.rule.senses, task, batch, torch.Generator().manual_seed(seed + 7),
                          feedback=tr.rule.feedback)  # fmt: skip
     X, y = task.split("test", "cpu")
-    X_tr, y_tr = (t[:512] for t in task.split("train", "cpu"))
+    X_all, y_all = task.split("train", "cpu")
+    X_tr, y_tr = X_all[:512], y_all[:512]
     out = graph.neuron_kind[graph.dst] == OUTPUT
     names = [f"sense:{n}" + (f"{i}" if SENSES[n] > 1 else "") for n in reader.names
              for i in range(SENSES[n])]  # fmt: skip
@@ -109,7 +110,6 @@ def drift(
     rows = []
     moments = torch.zeros(w.shape[0], 4 if descent_momentum else 2)  # adam_path's state
     pick = torch.Generator().manual_seed(seed + 11)  # batches of the true gradient
-    X_all, y_all = task.split("train", "cpu")
     with torch.no_grad():
         for t in range(1, steps + 1):
             s = reader(graph, w, h)  # (E, S)
@@ -179,7 +179,7 @@ def grad_align(
     if "delta" not in tr.rule.senses:
         return float("nan")
     fan_in_ref = tr.cfg.task.fan_in_ref
-    fb = h[:, -1] if tr.rule.feedback == "learned" else effective_weights(graph, w, fan_in_ref)
+    fb = feedback_of(graph, w, h, tr.rule.feedback, fan_in_ref)
     st = neuron_stats(graph, w, fb, X, y, tr.cfg.task.activation, fan_in_ref)
     fa = (st.a[graph.src] * st.m[graph.dst]).mean(1)  # (E,) the delta product
     g = true_grad(task, graph, w, X, y)

@@ -403,6 +403,17 @@ def _dense_layer(
 FEEDBACKS = ("learned", "weights")
 
 
+def feedback_of(
+    graph: Data, w: torch.Tensor, h: torch.Tensor, source: str, fan_in_ref: float | None
+) -> torch.Tensor:
+    """``(E,)`` feedback weights of the backward messages: the last hidden channel of ``h``
+    ``(E, C)`` (``source`` ``"learned"``), or the weights ``w`` ``(E,)`` as the forward pass
+    scales them, detached (``"weights"``: the messages are then backpropagated errors)."""
+    if source == "learned":
+        return h[:, -1]
+    return effective_weights(graph, w.detach(), fan_in_ref).to(h.dtype)
+
+
 class SenseReader:
     """Draws a data batch at every rule step and turns it into the senses of every weight.
 
@@ -476,12 +487,12 @@ class SenseReader:
         aug, mask = self.augment, None
         if aug is not None:
             X, mask = aug.inputs(X), aug.output_mask
-        fb = h[:, -1] if self.feedback else None
         nets = getattr(graph, "layer_net", None)
-        if self.feedback and self.feedback_source == "weights":
-            if nets is not None:
-                raise ValueError("feedback 'weights' reads MLP-like weight graphs, not layer nets")
-            fb = effective_weights(graph, w.detach(), self.task.fan_in_ref).to(h.dtype)
+        if self.feedback and self.feedback_source == "weights" and nets is not None:
+            raise ValueError("feedback 'weights' reads MLP-like weight graphs, not layer nets")
+        fb = None
+        if self.feedback:
+            fb = feedback_of(graph, w, h, self.feedback_source, self.task.fan_in_ref)
         if nets is not None:  # a layer net (gnca/layers.py): senses on shared weights
             if LAYER_SENSES is None:
                 raise RuntimeError("import gnca (or gnca.layer_senses) to read layer nets")
