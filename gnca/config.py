@@ -204,6 +204,9 @@ class TrainConfig:
     eval_layers: list[str] = field(default_factory=list)  # unseen layer nets in that table
     loss_horizons: int = 1  # meta-loss averaged after this many evenly spaced rule steps
     weight_penalty: float = 0.0  # meta-loss += this x mean squared task weight (scale damping)
+    # meta-loss += this x (1 - cosine of the learned feedback and the weights) per net: pays
+    # the rule to keep its feedback channel aligned with the weights it sends errors back over
+    feedback_align: float = 0.0
     # fraction of every task's training split that only the meta-loss scores: the senses
     # never read it (rules with senses; 0: the meta-loss scores the examples they read)
     held_out: float = 0.0
@@ -574,6 +577,7 @@ def _validate_train(c: TrainConfig, p: str) -> None:
     _check_min(c, p, "grad_clip", 0, strict=True)
     _check_min(c, p, "loss_horizons", 1)
     _check_min(c, p, "weight_penalty", 0)
+    _check_min(c, p, "feedback_align", 0)
     if not 0 <= c.held_out < 1:
         raise _bad(p, "held_out", "a fraction in [0, 1)", c.held_out)
     _check_min(c, p, "rollback_factor", 0, strict=True)
@@ -593,6 +597,14 @@ def _validate_train(c: TrainConfig, p: str) -> None:
 def _validate_root(c: Config, p: str) -> None:
     if not c.name:
         raise ConfigError(f"config key '{_key(p, 'name')}' must be a non-empty string")
+    if c.train.feedback_align and (
+        c.rule.feedback != "learned" or not set(c.rule.senses) & {"error", "delta"}
+    ):
+        raise ConfigError(
+            f"config key '{_key(p, 'train.feedback_align')}' scores the learned feedback of "
+            f"the error and delta senses: it needs one of them in '{_key(p, 'rule.senses')}' "
+            f"and '{_key(p, 'rule.feedback')}' learned"
+        )
     if c.rule.descent_norm is not None and c.task.init == "codes":
         raise ConfigError(
             f"config key '{_key(p, 'rule.descent_norm')}' keeps Adam's moments in the first "

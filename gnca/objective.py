@@ -11,8 +11,10 @@ For every training architecture (paper, Sec. 3; docs/method.md):
    senses;
 3. **loss**: the cross-entropy of the grown nets on a training batch (at ``train.loss_horizons``
    points of the rollout, averaged), plus ``train.weight_penalty`` times their mean square
-   weight. With ``train.held_out``, that batch comes from a part of the training split that
-   the senses never read, so that the rule is scored on examples its nets did not see.
+   weight and ``train.feedback_align`` times one minus the cosine of their learned feedback
+   and their weights (:func:`~gnca.senses.feedback_alignment`). With ``train.held_out``, that
+   batch comes from a part of the training split that the senses never read, so that the
+   rule is scored on examples its nets did not see.
 
 :meth:`MetaObjective.commit` writes the grown states back to the pools once the optimiser has
 taken the step. Every draw comes from three generators kept in checkpoints: ``gen`` (``K``,
@@ -36,7 +38,7 @@ from gnca.damage import zero_out
 from gnca.graph import WeightGraph
 from gnca.pool import PoolBatch, SamplePool
 from gnca.rule import LocalRule
-from gnca.senses import SenseReader
+from gnca.senses import SenseReader, feedback_alignment, feedback_of
 from gnca.state import InitSpec
 from gnca.task import Task, logits_accuracy, logits_cross_entropy
 
@@ -161,6 +163,10 @@ class MetaObjective:
             term = meta[0] if len(meta) == 1 else torch.stack(meta).mean(0)
             if t.weight_penalty:
                 term = term + t.weight_penalty * w.view(b, -1).square().mean(1)
+            if t.feedback_align:
+                fb = feedback_of(graph, w, h, "learned", task.fan_in_ref)
+                cos = feedback_alignment(graph, w, fb, task.fan_in_ref)  # (b,)
+                term = term + t.feedback_align * (1.0 - cos)
             losses.append(term)
             accs.append(logits_accuracy(logits.detach(), y))
             age = got.age + k if got is not None else None

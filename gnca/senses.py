@@ -414,6 +414,31 @@ def feedback_of(
     return effective_weights(graph, w.detach(), fan_in_ref).to(h.dtype)
 
 
+def feedback_alignment(
+    graph: Data, w: torch.Tensor, feedback: torch.Tensor, fan_in_ref: float | None
+) -> torch.Tensor:
+    """``(G,)`` cosine, per net, between the feedback ``(E,)`` and the weights ``w (E,)`` as
+    the forward pass scales them (detached), over the weights whose backward messages reach a
+    hidden neuron (the only ones the error senses read the feedback of): 1 where the messages
+    are backpropagated errors up to a positive scale, 0 for a feedback unrelated to the
+    weights. Differentiable in ``feedback``; 0 for a net with no such weights."""
+    if getattr(graph, "layer_net", None) is not None:
+        raise ValueError("feedback alignment is measured on MLP-like weight graphs, not layer nets")
+    g = num_graphs(graph)
+    used = torch.cat([edges for edges, _ in _plan(graph)["backward"]])  # (U,)
+    if used.numel() == 0:
+        return feedback.new_zeros(g)
+    we = effective_weights(graph, w.detach(), fan_in_ref)[used].to(feedback.dtype)
+    fb, net = feedback[used], weight_batch(graph)[used]
+
+    def per_net(v: torch.Tensor) -> torch.Tensor:
+        return feedback.new_zeros(g).index_add(0, net, v)
+
+    dot = per_net(fb * we)
+    norms = (per_net(fb * fb) * per_net(we * we)).clamp_min(1e-24).sqrt()
+    return dot / norms
+
+
 class SenseReader:
     """Draws a data batch at every rule step and turns it into the senses of every weight.
 

@@ -396,3 +396,90 @@ def test_weights_as_feedback_is_kept_and_checked():
     d["rule"].update(senses=ALL, feedback="mirror")
     with pytest.raises(ValueError, match="'rule.feedback' must be one of 'learned', 'weights'"):
         config_from_dict(d)
+
+
+# ---------------------------------------------------------------------- feedback alignment
+def _alignment_loop(graph, w, fb, fan_in_ref):
+    """The cosine per net written out: a Python loop over the weights whose source neuron is
+    a hidden neuron (not an input, not a bias, not an output), the weights scaled by
+    fan_in_ref / fan_in of their head neuron."""
+    from gnca.architecture import BIAS, INPUT, OUTPUT
+    from gnca.graph import num_graphs, weight_batch
+
+    kind, net = graph.neuron_kind, weight_batch(graph)
+    sums = [[0.0, 0.0, 0.0] for _ in range(num_graphs(graph))]
+    for i in range(w.shape[0]):
+        if int(kind[graph.src[i]]) in (INPUT, BIAS, OUTPUT):
+            continue
+        we = float(w[i]) * fan_in_ref / float(graph.fan_in[i])
+        s = sums[int(net[i])]
+        s[0] += float(fb[i]) * we
+        s[1] += float(fb[i]) ** 2
+        s[2] += we**2
+    return torch.tensor([d / math.sqrt(a * b) for d, a, b in sums], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("sizes", [[3, 5, 2], [4, 6, 5, 3]])
+def test_feedback_alignment_equals_the_loop_reference(sizes):
+    from gnca.forward import effective_weights
+    from gnca.senses import feedback_alignment
+
+    graph = WeightGraph.replicate(Architecture.mlp(sizes), 3)
+    gen = torch.Generator().manual_seed(len(sizes))
+    w = torch.randn(graph.src.numel(), generator=gen, dtype=torch.float64)
+    fb = torch.randn(w.shape[0], generator=gen, dtype=torch.float64, requires_grad=True)
+    got = feedback_alignment(graph, w, fb, 8.0)
+    torch.testing.assert_close(got.detach(), _alignment_loop(graph, w, fb.detach(), 8.0))
+    eff = effective_weights(graph, w, 8.0)
+    torch.testing.assert_close(feedback_alignment(graph, w, 3 * eff, 8.0), torch.ones(3).double())
+    torch.testing.assert_close(feedback_alignment(graph, w, -eff, 8.0), -torch.ones(3).double())
+    w_req = w.clone().requires_grad_(True)
+    feedback_alignment(graph, w_req, fb, 8.0).sum().backward()
+    assert fb.grad is not None and fb.grad.abs().sum() > 0  # the rule is paid through h
+    assert w_req.grad is None  # never through the weights
+    graph.layer_net = object()
+    with pytest.raises(ValueError, match="MLP-like weight graphs, not layer nets"):
+        feedback_alignment(graph, w, fb, 8.0)
+
+
+def test_feedback_align_adds_one_minus_the_cosine_to_the_meta_loss():
+    """With pools off and the same draws, the meta-loss of train.feedback_align = 0.5 is that of
+    0 plus 0.5 x the mean over nets of 1 - cosine(last hidden channel, scaled weights)."""
+    from gnca.senses import feedback_alignment
+    from gnca.trainer import MetaTrainer
+
+    def trainer(align: float) -> MetaTrainer:
+        d = config_to_dict(tiny_config(k_min=3, k_max=3))
+        d["rule"].update(senses=["error", "delta"], hidden_channels=4)
+        d["train"].update(feedback_align=align)
+        d["pool"].update(size=0)
+        return MetaTrainer.from_config(config_from_dict(d))
+
+    base, tr = trainer(0.0), trainer(0.5)
+    tr.rule.load_state_dict(base.rule.state_dict())
+    with torch.no_grad():  # a rule that writes the feedback channel
+        for r in (base, tr):
+            r.rule.out.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    out_base, out = base.objective(), tr.objective()
+    g = out.grown[0]
+    graph = tr.objective.graphs[0]
+    cos = feedback_alignment(graph, g.w, g.h[:, -1], tr.objective.tasks[0].fan_in_ref)
+    assert torch.equal(g.w, out_base.grown[0].w)  # the term changes the loss, not the growth
+    assert float(cos.detach().abs().max()) > 0.01
+    want = float(out_base.loss) + 0.5 * float((1 - cos).mean())
+    assert float(out.loss) == pytest.approx(want, rel=1e-6)
+
+
+def test_feedback_align_is_checked():
+    d = config_to_dict(tiny_config())
+    d["train"].update(feedback_align=1.0)
+    with pytest.raises(ValueError, match="'train.feedback_align' scores the learned feedback"):
+        config_from_dict(d)  # a data-free rule has no feedback
+    d["rule"].update(senses=ALL, hidden_channels=4, feedback="weights")
+    with pytest.raises(ValueError, match="'rule.feedback' learned"):
+        config_from_dict(d)
+    d["rule"].update(feedback="learned")
+    assert config_from_dict(d).train.feedback_align == 1.0
+    d["train"].update(feedback_align=-1.0)
+    with pytest.raises(ValueError, match="'train.feedback_align' must be >= 0"):
+        config_from_dict(d)
