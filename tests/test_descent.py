@@ -483,3 +483,24 @@ def test_feedback_align_is_checked():
     d["train"].update(feedback_align=-1.0)
     with pytest.raises(ValueError, match="'train.feedback_align' must be >= 0"):
         config_from_dict(d)
+
+
+def test_tabular_aligned_is_keeps_pace_with_the_documented_keys():
+    """docs/results.md measures configs/tabular_aligned.yaml as tabular_keeps_pace.yaml with
+    --set keys: the two must stay the same config but for its name."""
+    from conftest import REPO
+
+    from gnca.config import load_config
+
+    keys = [
+        "train.steps=800",
+        "rule.descent=0.03",
+        "rule.descent_only=true",
+        "rule.descent_norm=0.999",
+        "rule.descent_momentum=0.9",
+        "train.feedback_align=1",
+    ]
+    aligned = config_to_dict(load_config(REPO / "configs" / "tabular_aligned.yaml"))
+    pace = config_to_dict(load_config(REPO / "configs" / "tabular_keeps_pace.yaml", keys))
+    assert aligned.pop("name") == "tabular_aligned" and pace.pop("name") == "tabular_keeps_pace"
+    assert aligned == pace
