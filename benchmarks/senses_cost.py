@@ -8,7 +8,9 @@ one Adam step on the same nets and as many examples (``task.loss`` on the batch,
 and ``torch.optim.Adam.step``): what a step of the backprop baseline costs, and the reading of
 the senses alone. Two rule sizes: the configs' ``C = 16``, MLP 64, and a small rule, ``C = 8``,
 MLP 16 (``rule.hidden_channels: 8``, ``rule.widths: [16]``), whose MLP costs about a seventh of
-the flops per weight.
+the flops per weight; and the smallest rule the Adam descent path leaves room for, ``C = 6``,
+MLP 16, with that path (``rule.descent_norm``, ``rule.descent_momentum``, ``rule.descent_only``:
+configs/tabular_aligned.yaml's update at that size), against the data-free rule of its size.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from gnca.data import Dataset
 from gnca.senses import SENSES, SenseReader
 from gnca.state import initial_state
 from gnca.task import Task
+
+#: the descent path of configs/tabular_aligned.yaml: Adam's step along the delta sense, alone
+ADAM_PATH = {"descent": 0.03, "descent_only": True, "descent_norm": 0.999, "descent_momentum": 0.9}
 
 
 def _toy_task(n_in: int, n_out: int, device: torch.device) -> Task:
@@ -48,15 +53,23 @@ def run_senses(sec: Section, ctx: Context) -> None:
     )
     sec.tables.append(t)
     specs = [([64, 32, 10], 8), ([196, 32, 10], 16)] if not ctx.quick else [([64, 32, 10], 4)]
-    rules = [(16, [64]), (8, [16])] if not ctx.quick else [(16, [64])]
+    rules = [(16, [64], {}), (8, [16], {}), (6, [16], ADAM_PATH)]
+    rules = rules if not ctx.quick else rules[:1]
     for sizes, nets in specs:
-        for c, widths in rules:
-            _time_one(sec, t, ctx, sizes, nets, c, widths)
+        for c, widths, path in rules:
+            _time_one(sec, t, ctx, sizes, nets, c, widths, path)
     t.notes.append("64 examples read per rule step; times are medians of interleaved rounds.")
 
 
 def _time_one(
-    sec: Section, t: Table, ctx: Context, sizes: list[int], nets: int, c: int, widths: list[int]
+    sec: Section,
+    t: Table,
+    ctx: Context,
+    sizes: list[int],
+    nets: int,
+    c: int,
+    widths: list[int],
+    path: dict,
 ) -> None:
     dev = ctx.device
     arch = Architecture.mlp(sizes)
@@ -67,7 +80,7 @@ def _time_one(
     torch.manual_seed(0)
     plain = LocalRule(c, widths=widths).to(dev)
     torch.manual_seed(0)
-    reading = LocalRule(c, widths=widths, senses=list(SENSES)).to(dev)
+    reading = LocalRule(c, widths=widths, senses=list(SENSES), **path).to(dev)
     task = _toy_task(sizes[0], sizes[-1], dev)
     reader = SenseReader(list(SENSES), task, 64)
     mask = torch.ones(w.shape[0], device=dev)
@@ -115,7 +128,7 @@ def _time_one(
         a, b = res["plain"].median, res["senses"].median
         adam = res["adam"].median if "adam" in res else None
         read = res["read"].median if "read" in res else None
-        rule = f"C={c}, MLP {'-'.join(map(str, widths))}"
+        rule = f"C={c}, MLP {'-'.join(map(str, widths))}" + (", Adam path" if path else "")
         t.rows.append(
             [f"{nets} x {'-'.join(map(str, sizes))}", w.shape[0], rule,
              "fwd+bwd" if grad else "no grad", ms(a), ms(b), f"{b / a:.2f}x",
@@ -123,6 +136,7 @@ def _time_one(
              ms(read) if read else ""]
         )  # fmt: skip
         key = f"{'-'.join(map(str, sizes))}_C{c}_mlp{'-'.join(map(str, widths))}"
+        key += "_adam_path" if path else ""
         sec.data[f"{key}_{'grad' if grad else 'nograd'}"] = {
             "plain_s": a,
             "senses_s": b,
