@@ -485,22 +485,28 @@ def test_feedback_align_is_checked():
         config_from_dict(d)
 
 
-def test_tabular_aligned_is_keeps_pace_with_the_documented_keys():
-    """docs/results.md measures configs/tabular_aligned.yaml as tabular_keeps_pace.yaml with
-    --set keys: the two must stay the same config but for its name."""
+ALIGNED_KEYS = [
+    "rule.descent=0.03",
+    "rule.descent_only=true",
+    "rule.descent_norm=0.999",
+    "rule.descent_momentum=0.9",
+    "train.feedback_align=1",
+]
+
+
+@pytest.mark.parametrize("aligned,base,keys", [
+    ("tabular_aligned", "tabular_keeps_pace", ["train.steps=800"]),
+    ("mnist_aligned", "mnist_senses_full", ["train.steps=400", "rule.sense_norm=true",
+                                            "train.weight_penalty=0.01", "train.held_out=0.2"]),
+])  # fmt: skip
+def test_aligned_configs_are_their_base_with_the_documented_keys(aligned, base, keys):
+    """docs/results.md measures configs/tabular_aligned.yaml and mnist_aligned.yaml as their base
+    configs with --set keys: each pair must stay the same config but for its name."""
     from conftest import REPO
 
     from gnca.config import load_config
 
-    keys = [
-        "train.steps=800",
-        "rule.descent=0.03",
-        "rule.descent_only=true",
-        "rule.descent_norm=0.999",
-        "rule.descent_momentum=0.9",
-        "train.feedback_align=1",
-    ]
-    aligned = config_to_dict(load_config(REPO / "configs" / "tabular_aligned.yaml"))
-    pace = config_to_dict(load_config(REPO / "configs" / "tabular_keeps_pace.yaml", keys))
-    assert aligned.pop("name") == "tabular_aligned" and pace.pop("name") == "tabular_keeps_pace"
-    assert aligned == pace
+    want = config_to_dict(load_config(REPO / "configs" / f"{base}.yaml", keys + ALIGNED_KEYS))
+    got = config_to_dict(load_config(REPO / "configs" / f"{aligned}.yaml"))
+    assert got.pop("name") == aligned and want.pop("name") == base
+    assert got == want
