@@ -605,6 +605,11 @@ def _validate_root(c: Config, p: str) -> None:
             f"the error and delta senses: it needs one of them in '{_key(p, 'rule.senses')}' "
             f"and '{_key(p, 'rule.feedback')}' learned"
         )
+    if c.train.feedback_align and c.task.layers:
+        raise ConfigError(
+            f"config key '{_key(p, 'train.feedback_align')}' is measured on MLP-like nets, not "
+            f"on the layer nets of '{_key(p, 'task.layers')}'"
+        )
     if c.rule.descent_norm is not None and c.task.init == "codes":
         raise ConfigError(
             f"config key '{_key(p, 'rule.descent_norm')}' keeps Adam's moments in the first "

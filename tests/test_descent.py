@@ -468,6 +468,10 @@ def test_feedback_align_adds_one_minus_the_cosine_to_the_meta_loss():
     assert float(cos.detach().abs().max()) > 0.01
     want = float(out_base.loss) + 0.5 * float((1 - cos).mean())
     assert float(out.loss) == pytest.approx(want, rel=1e-6)
+    # the term reaches the rule's parameters through the feedback channel it writes
+    g_base = torch.autograd.grad(out_base.loss, base.rule.out.weight)[0]
+    g = torch.autograd.grad(out.loss, tr.rule.out.weight)[0]
+    assert not torch.allclose(g, g_base)
 
 
 def test_feedback_align_is_checked():
@@ -480,6 +484,10 @@ def test_feedback_align_is_checked():
         config_from_dict(d)
     d["rule"].update(feedback="learned")
     assert config_from_dict(d).train.feedback_align == 1.0
+    d["task"].update(layers=["conv:4k3"])
+    with pytest.raises(ValueError, match="'train.feedback_align' is measured on MLP-like nets"):
+        config_from_dict(d)
+    d["task"].update(layers=[])
     d["train"].update(feedback_align=-1.0)
     with pytest.raises(ValueError, match="'train.feedback_align' must be >= 0"):
         config_from_dict(d)
