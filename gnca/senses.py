@@ -425,18 +425,16 @@ def feedback_alignment(
     if getattr(graph, "layer_net", None) is not None:
         raise ValueError("feedback alignment is measured on MLP-like weight graphs, not layer nets")
     g = num_graphs(graph)
-    used = torch.cat([edges for edges, _ in _plan(graph)["backward"]])  # (U,)
-    if used.numel() == 0:
-        return feedback.new_zeros(g)
+
+    def build() -> tuple[torch.Tensor, torch.Tensor]:  # (U,) those weights, (U,) their nets
+        used = torch.cat([edges for edges, _ in _plan(graph)["backward"]] or [graph.src[:0]])
+        return used, weight_batch(graph)[used]
+
+    used, net = cached(graph, ("feedback_used",), build)  # structure only: once per graph
     we = effective_weights(graph, w.detach(), fan_in_ref)[used].to(feedback.dtype)
-    fb, net = feedback[used], weight_batch(graph)[used]
-
-    def per_net(v: torch.Tensor) -> torch.Tensor:
-        return feedback.new_zeros(g).index_add(0, net, v)
-
-    dot = per_net(fb * we)
-    norms = (per_net(fb * fb) * per_net(we * we)).clamp_min(1e-24).sqrt()
-    return dot / norms
+    fb = feedback[used]
+    sums = fb.new_zeros(g, 3).index_add(0, net, torch.stack([fb * we, fb * fb, we * we], 1))
+    return sums[:, 0] / (sums[:, 1] * sums[:, 2]).clamp_min(1e-24).sqrt()  # 0 where U is empty
 
 
 class SenseReader:

@@ -437,6 +437,9 @@ def test_feedback_alignment_equals_the_loop_reference(sizes):
     feedback_alignment(graph, w_req, fb, 8.0).sum().backward()
     assert fb.grad is not None and fb.grad.abs().sum() > 0  # the rule is paid through h
     assert w_req.grad is None  # never through the weights
+    flat = WeightGraph.replicate(Architecture.mlp([3, 2]), 2)  # no hidden neuron: no feedback
+    w0 = torch.randn(flat.src.numel(), generator=gen, dtype=torch.float64)
+    assert torch.equal(feedback_alignment(flat, w0, w0.clone(), 8.0), torch.zeros(2).double())
     graph.layer_net = object()
     with pytest.raises(ValueError, match="MLP-like weight graphs, not layer nets"):
         feedback_alignment(graph, w, fb, 8.0)
