@@ -8,9 +8,11 @@ one Adam step on the same nets and as many examples (``task.loss`` on the batch,
 and ``torch.optim.Adam.step``): what a step of the backprop baseline costs, and the reading of
 the senses alone. Two rule sizes: the configs' ``C = 16``, MLP 64, and a small rule, ``C = 8``,
 MLP 16 (``rule.hidden_channels: 8``, ``rule.widths: [16]``), whose MLP costs about a seventh of
-the flops per weight; and the smallest rule the Adam descent path leaves room for, ``C = 6``,
-MLP 16, with that path (``rule.descent_norm``, ``rule.descent_momentum``, ``rule.descent_only``:
-configs/tabular_aligned.yaml's update at that size), against the data-free rule of its size.
+the flops per weight; and with Adam's descent path (``rule.descent_norm``,
+``rule.descent_momentum``, ``rule.descent_only``: the update of configs/tabular_aligned.yaml and
+configs/mnist_aligned.yaml), at their size, ``C = 16``, MLP 64, and at the smallest size the path
+leaves room for, ``C = 6``, MLP 16, each against the data-free rule of its size. Growing steps
+of a rule with that path take :func:`gnca.rule_adam.adam_only_step`.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def run_senses(sec: Section, ctx: Context) -> None:
     )
     sec.tables.append(t)
     specs = [([64, 32, 10], 8), ([196, 32, 10], 16)] if not ctx.quick else [([64, 32, 10], 4)]
-    rules = [(16, [64], {}), (8, [16], {}), (6, [16], ADAM_PATH)]
+    rules = [(16, [64], {}), (16, [64], ADAM_PATH), (8, [16], {}), (6, [16], ADAM_PATH)]
     rules = rules if not ctx.quick else rules[:1]
     for sizes, nets in specs:
         for c, widths, path in rules:

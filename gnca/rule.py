@@ -19,14 +19,12 @@ from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 
+from gnca.adam import adam_path
 from gnca.graph import cached, check_neighbourhood, line_graph_edge_index
 from gnca.perception import REDUCTIONS, perceive, perception_size
+from gnca.rule_adam import adam_only_step
 from gnca.rule_fast import delta_no_grad, pick_route
 from gnca.senses import FEEDBACKS, NEEDS_FEEDBACK, SENSES, check_senses, normalised, sense_size
-
-#: Adam's epsilon in a normalised descent step (``descent_norm``): weights whose ``delta``
-#: sense has always been exactly 0 (a constant-zero input) do not move.
-NORM_EPS = 1e-8
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -212,6 +210,20 @@ class LocalRule(MessagePassing):
             return 0
         return 4 if self.descent_momentum else 2
 
+    def _adam_only_route(self, w: torch.Tensor, path: str) -> bool:
+        """Whether :meth:`forward` takes :func:`gnca.rule_adam.adam_only_step`: growing
+        (no gradients) on the fast path, a rule whose weights move by Adam's path alone, an
+        MLP with a hidden layer, no autocast, parameters in the state's dtype."""
+        return (
+            not torch.is_grad_enabled()
+            and path == "fast"
+            and self.descent_only
+            and self.descent_norm is not None
+            and bool(self.widths)
+            and not torch.is_autocast_enabled(w.device.type)
+            and self.out.weight.dtype == w.dtype
+        )
+
     def senses_offset(self, name: str) -> int:
         """The first column of sense ``name`` in this rule's ``(E, S)`` senses."""
         off = 0
@@ -261,6 +273,12 @@ class LocalRule(MessagePassing):
         ``senses``: what each weight senses of the data (rules with ``senses``)."""
         path = _check_path(self, path)
         _check_sense_tensor(self.senses, senses, w.shape[0])
+        if self._adam_only_route(w, path):
+            assert senses is not None  # a descent path needs senses (checked above)
+            if mask is None:
+                mask = self.fire_mask(w.shape[0], w.device, generator)
+            s = senses[:, self.senses_offset("delta")]
+            return adam_only_step(self, graph, w, h, mask, self.read(graph, senses), s)
         fast = pick_route(self, graph, w, path)
         if fast is not None:
             s = self.read(graph, senses) if senses is not None else None
@@ -483,33 +501,6 @@ class LocalRule(MessagePassing):
             + (f", feedback={self.feedback}" if self.feedback != "learned" else "")
             + ")"
         )
-
-
-def adam_path(
-    s: torch.Tensor, moments: torch.Tensor, beta1: float, beta2: float, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adam's normalised step of a sense ``s`` ``(E,)``, and the new moments ``(E, k)``.
-
-    ``moments`` holds, per weight, ``[v, c2]`` (``k = 2``; ``beta1 = 0``) or
-    ``[v, c2, m, c1]`` (``k = 4``): the running mean square ``v`` and mean ``m`` of ``s``, and
-    ``c2 = 1 - beta2^t``, ``c1 = 1 - beta1^t`` after ``t`` updates (Adam's bias corrections;
-    all 0 at the start, all in ``[0, 1)`` for any ``t``). Where ``mask`` ``(E,)`` is 1:
-    ``v' = beta2 v + (1 - beta2) s^2``, ``m' = beta1 m + (1 - beta1) s``,
-    ``c' = beta c + (1 - beta)``; elsewhere the moments are kept. The step is
-    ``(m' / c1') / (sqrt(v' / c2') + eps)`` (``s`` for ``m' / c1'`` without momentum). ``v``
-    is detached (a constant for the meta-gradient, as Adam's normaliser is for the step it
-    scales); ``m`` carries the gradient of the senses it averages.
-    """
-    v, c2 = moments[:, 0].detach(), moments[:, 1].detach()
-    v = torch.addcmul(v, beta2 * v + (1 - beta2) * s.detach().square() - v, mask)
-    c2 = torch.addcmul(c2, beta2 * c2 + (1 - beta2) - c2, mask)
-    denom = (v / c2.clamp_min(1 - beta2)).sqrt() + NORM_EPS  # c2 = 0 only where v = 0
-    if moments.shape[1] == 2:
-        return s / denom, torch.stack([v, c2], dim=1)
-    m, c1 = moments[:, 2], moments[:, 3].detach()
-    m = torch.addcmul(m, beta1 * m + (1 - beta1) * s - m, mask)
-    c1 = torch.addcmul(c1, beta1 * c1 + (1 - beta1) - c1, mask)
-    return m / c1.clamp_min(1 - beta1) / denom, torch.stack([v, c2, m, c1], dim=1)
 
 
 def _check_arguments(

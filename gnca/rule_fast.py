@@ -24,6 +24,10 @@ route               runs when                               what it saves
                                                             activations in place, buffers reused
 :func:`blocked`     gradients off, path ``explicit``        the MLP activations of all weights
                     (``aggr`` max, min, ...)                but one block (:func:`delta_no_grad`)
+``adam_only_step``  gradients off, path ``fast``, a rule    the MLP outputs the path overwrites,
+(:mod:`gnca.rule_   that moves its weights by Adam's path   the senses' concatenation and, on a
+adam`)              alone (``descent_only``,                batch of one MLP, the perception
+                    ``descent_norm``)                       (first layer factored by layer)
 ==================  ======================================  ======================================
 
 Every route takes senses (appended to the perception; :func:`factored` multiplies them by their
@@ -198,6 +202,50 @@ def mlp_no_grad(
     return z
 
 
+def perception_table(
+    rule: LocalRule, graph: Data, w: torch.Tensor, h: torch.Tensor, block: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the no-grad routes gather the perceptions from: the fast path's ``(3E,)`` row
+    ``index`` and ``(E, 3, 1)`` own-term ``coef`` (:func:`gnca.perception.neuron_plan`) and the
+    ``(1 + 2N, D)`` table of scaled neuron sums of ``x = [w, h]`` (row 0 is zero)."""
+    d = 1 + rule.hidden_channels
+    index, coef, scale_f, scale_b = neuron_plan(
+        graph, rule.neighbourhood, rule.include_self, rule.reduce, w.dtype
+    )
+    fwd, bwd = NEIGHBOURHOODS[rule.neighbourhood]
+    sums = neuron_sums(graph, w, h, block)  # x = [w, h] summed over in- and out-weights
+    if rule.neighbourhood == "incident":
+        s_f = s_b = sums["in"].add_(sums["out"])
+    else:
+        s_f, s_b = sums[fwd[0]], sums[bwd[0]]
+    table = torch.cat([w.new_zeros(1, d), s_f * scale_f, s_b * scale_b])  # (1 + 2N, D)
+    return index, coef, table
+
+
+def gather_block(
+    table: torch.Tensor,
+    index: torch.Tensor,
+    coef: torch.Tensor,
+    w: torch.Tensor,
+    h: torch.Tensor,
+    i: int,
+    j: int,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``(j - i, 3D)`` perceptions ``[x, agg_f, agg_b]`` of weights ``i:j``, built in ``out``
+    (``(3 (j - i), D)`` or larger): gather the scaled sums (slot 0 reads the zero row), write
+    ``x`` into slot 0, add the own-weight term."""
+    d = table.shape[1]
+    p = torch.index_select(table, 0, index[3 * i : 3 * j], out=out[: 3 * (j - i)])
+    p = p.view(j - i, 3 * d)  # (b, 3D)
+    p[:, 0] = w[i:j]
+    p[:, 1:d] = h[i:j]
+    x = p[:, :d]
+    p[:, d : 2 * d].addcmul_(x, coef[i:j, 1])
+    p[:, 2 * d :].addcmul_(x, coef[i:j, 2])
+    return p
+
+
 def fused_step(
     rule: LocalRule,
     graph: Data,
@@ -215,17 +263,8 @@ def fused_step(
     if mask is None:
         mask = rule.fire_mask(e, w.device, generator)
     mask = mask.to(w.dtype)
-    index, coef, scale_f, scale_b = neuron_plan(
-        graph, rule.neighbourhood, rule.include_self, rule.reduce, w.dtype
-    )
     block = block_size(rule, w.device, e)
-    fwd, bwd = NEIGHBOURHOODS[rule.neighbourhood]
-    sums = neuron_sums(graph, w, h, block)  # x = [w, h] summed over in- and out-weights
-    if rule.neighbourhood == "incident":
-        s_f = s_b = sums["in"].add_(sums["out"])
-    else:
-        s_f, s_b = sums[fwd[0]], sums[bwd[0]]
-    table = torch.cat([w.new_zeros(1, d), s_f * scale_f, s_b * scale_b])  # (1 + 2N, D)
+    index, coef, table = perception_table(rule, graph, w, h, block)
     w_new, h_new = torch.empty_like(w), torch.empty_like(h)
     rows = min(block, e)
     d_buf = w.new_empty(rows, d)
@@ -234,15 +273,7 @@ def fused_step(
     bufs: dict[int, torch.Tensor] = {}
     for i in range(0, e, block):
         j = min(i + block, e)
-        # perception [x, agg_f, agg_b] of the block, built in place: gather the scaled
-        # sums (slot 0 reads the zero row), write x into slot 0, fix the own-weight term
-        p = torch.index_select(table, 0, index[3 * i : 3 * j], out=p_buf[: 3 * (j - i)])
-        p = p.view(j - i, 3 * d)  # (b, 3D)
-        p[:, 0] = w[i:j]
-        p[:, 1:d] = h[i:j]
-        x = p[:, :d]
-        p[:, d : 2 * d].addcmul_(x, coef[i:j, 1])
-        p[:, 2 * d :].addcmul_(x, coef[i:j, 2])
+        p = gather_block(table, index, coef, w, h, i, j, p_buf)  # (b, 3D)
         if senses is not None and s_buf is not None:
             p = torch.cat([p, senses[i:j].to(p.dtype)], dim=1, out=s_buf[: j - i])  # (b, 3D + S)
         dx = mlp_no_grad(rule, p, d_buf[: j - i], bufs)  # (b, D)
@@ -255,3 +286,20 @@ def fused_step(
             bounded = dx[:, 1:].add_(h[i:j]).div_(sb).tanh_().mul_(sb).sub_(h[i:j])
             torch.addcmul(h[i:j], bounded, m.unsqueeze(1), out=h_new[i:j])
     return w_new, h_new
+
+
+def hidden_no_grad(
+    layers: list[nn.Module], z: torch.Tensor, bufs: dict[int, torch.Tensor]
+) -> torch.Tensor:
+    """The MLP's modules between its first and last linear layers on ``z`` ``(b, width)``,
+    without autograd: activations in place, hidden linear layers into reusable buffers."""
+    for i, mod in enumerate(layers):
+        if isinstance(mod, nn.Linear):
+            buf = bufs.get(i)
+            if buf is None or buf.shape[0] < z.shape[0]:
+                buf = bufs[i] = z.new_empty(z.shape[0], mod.out_features)
+            z = torch.addmm(mod.bias, z, mod.weight.t(), out=buf[: z.shape[0]])
+        else:
+            inplace = _INPLACE.get(type(mod))
+            z = inplace(z) if inplace is not None else mod(z)  # type: ignore[operator]
+    return z

@@ -203,7 +203,7 @@ def neuron_stats(
     return NeuronStats(A, M, loss)
 
 
-def _dense_sizes(graph: Data) -> list[int] | None:
+def dense_sizes(graph: Data) -> list[int] | None:
     """The layer sizes when ``graph`` is a batch of one MLP with biases, else ``None``."""
     if not same_architecture(graph):
         return None
@@ -355,23 +355,37 @@ def dense_senses(
         else [None] * len(sizes)
     )
     loss = loss / torch.log(torch.tensor(float(sizes[-1])))  # (G,)
-    cols = [_dense_layer(names, A[i], A[i + 1], M[i + 1], loss) for i in range(len(sizes) - 1)]
-    return torch.cat(cols, 1).reshape(g * e, -1)  # (G * E, S)
+    layers = [_layer_columns(names, A[i], A[i + 1], M[i + 1], loss) for i in range(len(sizes) - 1)]
+    if torch.is_grad_enabled():
+        cols = [_dense_layer(per) for per in layers]
+        return torch.cat(cols, 1).reshape(g * e, -1)  # (G * E, S)
+    # growing: each column written once into its place (the same values, without the narrow
+    # concatenations, slow on CPU); a layer's (G, a + 1, b) block is its weights, then biases
+    out = loss.new_empty(g, e, len(layers[0]))
+    off = 0
+    for per in layers:
+        a1, b = per[0].shape[1:]
+        block = out[:, off : off + a1 * b].view(g, a1, b, -1)
+        for j, col in enumerate(per):
+            block[..., j] = col
+        off += a1 * b
+    return out.view(g * e, -1)
 
 
-def _dense_layer(
+def _layer_columns(
     names: tuple[str, ...],
     tail: torch.Tensor,
     head: torch.Tensor,
     m: torch.Tensor | None,
     loss: torch.Tensor,
-) -> torch.Tensor:
-    """``(G, a * b + b, S)`` senses of one layer's weights, then its biases, from the tail
-    activations ``(G, B, a)``, head activations and messages ``(G, B, b)`` and the scaled
-    ``(G,)`` loss: each column soft-clipped (but ``loss``) before it is broadcast to the
-    weights, where that costs one value per neuron, not per weight. The columns that carry a
-    gradient (those of the messages) are clipped per weight, so that their backward adds the
-    same terms in the same order as clipping the whole ``(E, S)`` block did."""
+) -> list[torch.Tensor]:
+    """The ``S`` sense columns of one layer's weights and biases, each ``(G, a + 1, b)`` (row
+    ``a``: the biases, whose tail activation is 1), from the tail activations ``(G, B, a)``,
+    head activations and messages ``(G, B, b)`` and the scaled ``(G,)`` loss: each column
+    soft-clipped (but ``loss``) before it is broadcast to the weights, where that costs one
+    value per neuron, not per weight. The columns that carry a gradient (those of the messages)
+    are clipped per weight, so that their backward adds the same terms in the same order as
+    clipping the whole ``(E, S)`` block did."""
     g, b_n, a = tail.shape
     b = head.shape[2]
     tail1 = torch.cat([tail, tail.new_ones(g, b_n, 1)], 2)  # the bias neuron's activation is 1
@@ -395,8 +409,16 @@ def _dense_layer(
                 per.append(soft_clip(mean)[:, None, :].expand(shape))
         else:
             per.append(soft_clip(torch.bmm(tail1.transpose(1, 2), m) / b_n))
+    return per
+
+
+def _dense_layer(per: list[torch.Tensor]) -> torch.Tensor:
+    """``(G, a * b + b, S)`` senses of one layer's weights, then its biases, from its columns
+    (:func:`_layer_columns`)."""
     layer = torch.stack(per, -1)  # (G, a + 1, b, S)
-    return torch.cat([layer[:, :a].reshape(g, a * b, -1), layer[:, a]], 1)
+    g, a1 = layer.shape[:2]
+    return torch.cat([layer[:, : a1 - 1].reshape(g, (a1 - 1) * layer.shape[2], -1),
+                      layer[:, a1 - 1]], 1)  # fmt: skip
 
 
 #: what the backward messages of the error senses are multiplied by (:class:`SenseReader`)
@@ -524,7 +546,7 @@ class SenseReader:
             net = nets[0] if isinstance(nets, list) else nets
             return LAYER_SENSES(net, w, fb, X, self.labels(y), self.names, self.task.n_classes,
                                 self.task.fan_in_ref, mask).to(h.dtype)  # fmt: skip
-        sizes = cached(graph, ("dense_sizes",), lambda: _dense_sizes(graph))  # once per graph
+        sizes = cached(graph, ("dense_sizes",), lambda: dense_sizes(graph))  # once per graph
         if sizes is not None:
             return dense_senses(sizes, w, fb, X, self.labels(y), self.names, self.task.activation,
                                 self.task.fan_in_ref, mask).to(h.dtype)  # fmt: skip

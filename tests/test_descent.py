@@ -7,11 +7,13 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import NEIGHBOURHOOD_NAMES, tiny_config
 
+import gnca.rule
 from gnca import Architecture, LocalRule, WeightGraph
 from gnca.build import load_trained
 from gnca.config import config_from_dict, config_to_dict
+from gnca.rule_adam import dense_plan
 from gnca.rule_fast import fused_step, pick_route
 from gnca.senses import SENSES, sense_size
 from gnca.state import initial_state
@@ -222,9 +224,11 @@ def _adam_reference(rule, twin, graph, w, h, s, mask, b1, b2):
 
 @pytest.mark.parametrize("fire_rate", [1.0, 0.5])
 @pytest.mark.parametrize("b1", [0.0, 0.9])
-def test_adams_path_equals_the_loop_reference_on_every_route(fire_rate, b1):
+@pytest.mark.parametrize("only", [False, True])
+def test_adams_path_equals_the_loop_reference_on_every_route(fire_rate, b1, only):
     rule, twin, graph, w, h, s = _case(fire_rate=fire_rate, descent_norm=0.99,
                                        descent_momentum=b1)  # fmt: skip
+    rule.descent_only = only
     h = _adam_state(h, rule.moment_channels)
     mask = rule.fire_mask(w.shape[0], w.device, torch.Generator().manual_seed(3)).double()
     want_w, want_h = _adam_reference(rule, twin, graph, w, h, s, mask, b1, 0.99)
@@ -240,6 +244,89 @@ def test_adams_path_equals_the_loop_reference_on_every_route(fire_rate, b1):
     got_w, got_h = rule(graph, w, h, mask=mask, senses=s)
     torch.testing.assert_close(got_w.detach(), want_w)
     torch.testing.assert_close(got_h.detach(), want_h)
+
+
+def _adam_only_graph(dense: bool):
+    """Three copies of one MLP (the dense route), or two different MLPs (the gathering one)."""
+    if dense:
+        return WeightGraph.replicate(Architecture.mlp([4, 6, 3, 2]), 3)
+    archs = [Architecture.mlp([3, 5, 2]), Architecture.mlp([4, 6, 3, 2])]
+    return WeightGraph.collate([WeightGraph.from_architecture(a) for a in archs])
+
+
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("widths", [(16,), (12, 8)])
+@pytest.mark.parametrize("bound", [None, 0.1])
+@pytest.mark.parametrize("state_bound", [None, 1.0])
+@pytest.mark.parametrize("block_rows", [None, 7])
+@pytest.mark.parametrize("fire_rate", [1.0, 0.5])
+def test_the_adam_only_route_equals_the_reference_step(
+    monkeypatch, dense, widths, bound, state_bound, block_rows, fire_rate
+):
+    """Growing a descent-only rule with Adam's path takes adam_only_step, which computes only
+    the MLP outputs that survive: w' and the moments equal the reference step's bit for bit,
+    the other hidden channels up to rounding (float64); the dropped outputs change nothing."""
+    calls = []
+    real = gnca.rule.adam_only_step
+    monkeypatch.setattr(gnca.rule, "adam_only_step", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    graph = _adam_only_graph(dense)
+    plan = dense_plan(graph, "incident", False, "mean", torch.float64)
+    assert (plan is not None) == dense
+    gen = torch.Generator().manual_seed(1)
+    e, c = graph.num_nodes, 7
+    w = torch.randn(e, generator=gen, dtype=torch.float64)
+    h = _adam_state(torch.randn(e, c, generator=gen, dtype=torch.float64) * 0.5, 4)
+    s = torch.rand(e, sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    rule = LocalRule(c, widths, senses=ALL, sense_norm=True, bound=bound, state_bound=state_bound,
+                     fire_rate=fire_rate, descent=0.05, descent_only=True, descent_norm=0.99,
+                     descent_momentum=0.9).double()  # fmt: skip
+    rule.block_rows = block_rows
+    with torch.no_grad():
+        for m in rule.mlp:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, 0.5)
+                m.bias.normal_(0, 0.5)
+        rule.descent_log.fill_(0.3)
+    want_w, want_h = rule.step(graph, w, h, senses=s, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got_w, got_h = rule(graph, w, h, senses=s, generator=torch.Generator().manual_seed(4))
+    assert calls == [1]
+    assert torch.equal(got_w, want_w.detach()) and torch.equal(got_h[:, :4], want_h[:, :4])
+    torch.testing.assert_close(got_h, want_h.detach(), rtol=0, atol=1e-12)
+    assert not torch.equal(got_h[:, 4:], h[:, 4:])  # the MLP did write the other channels
+    with torch.no_grad():  # not taken with gradients, nor for a rule whose MLP moves w
+        rule.descent_only = False
+        rule(graph, w, h, senses=s)
+    rule.descent_only = True
+    rule(graph, w, h, senses=s)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("neighbourhood", NEIGHBOURHOOD_NAMES)
+@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_the_dense_adam_only_route_on_every_neighbourhood(neighbourhood, include_self, reduce):
+    """The layer-by-layer first layer of the dense route equals the gathered perceptions' for
+    every neighbourhood and option (both against the reference step, float64)."""
+    graph = _adam_only_graph(True)
+    assert dense_plan(graph, neighbourhood, include_self, reduce, torch.float64) is not None
+    gen = torch.Generator().manual_seed(5)
+    e, c = graph.num_nodes, 6
+    w = torch.randn(e, generator=gen, dtype=torch.float64)
+    h = _adam_state(torch.randn(e, c, generator=gen, dtype=torch.float64) * 0.5, 4)
+    s = torch.rand(e, sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    torch.manual_seed(1)
+    path = dict(descent=0.05, descent_only=True, descent_norm=0.999, descent_momentum=0.9)
+    opts = dict(neighbourhood=neighbourhood, include_self=include_self, reduce=reduce)
+    rule = LocalRule(c, (16,), senses=ALL, bound=0.1, state_bound=1.0, **opts, **path).double()
+    with torch.no_grad():
+        rule.out.weight.normal_(0, 0.5)
+    want_w, want_h = rule.step(graph, w, h, senses=s, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got_w, got_h = rule(graph, w, h, senses=s, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(got_w, want_w.detach())
+    torch.testing.assert_close(got_h, want_h.detach(), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("b1", [0.0, 0.9])

@@ -1,0 +1,273 @@
+r"""The growing step of a rule whose weights move by Adam's path alone: only what survives.
+
+A rule with ``descent_only`` and ``descent_norm`` (configs/tabular_aligned.yaml,
+configs/mnist_aligned.yaml) moves each weight by Adam's normalised step along its ``delta``
+sense (:func:`gnca.adam.adam_path`); the MLP's ``dw`` and its writes to the moment channels are
+overwritten. Without gradients (growing), :meth:`gnca.LocalRule.forward` runs
+:func:`adam_only_step`, which
+
+- computes only the MLP's outputs that survive: the hidden channels above the moments
+  (``L = C - k`` of ``1 + C``), as one ``(L, width) x (width, rows)`` product, far faster on
+  CPU than ``rows`` rows of ``L`` outputs;
+- adds the senses to the first layer as a second product (no ``(E, 3D + S)`` concatenation);
+- on a batch of one MLP with biases (:class:`DensePlan`), never gathers a perception: in a layer
+  every weight ``u -> v`` shares its own-term coefficients, its forward neighbour row depends on
+  ``v`` alone and its backward one on ``u`` alone, so the first layer is
+
+  .. math::
+      z_{uv} = (W_0 + c_f W_f + c_b W_b)\, x_{uv} + (T W_f^\top)[r_f(v)] + (T W_b^\top)[r_b(u)]
+               + W_s s_{uv} + b,
+
+  one product with ``D`` inputs per weight and two broadcast additions of per-neuron rows (the
+  factored first layer of :mod:`gnca.factored`, laid out by layer); other graphs gather the
+  perception block by block as :func:`gnca.rule_fast.fused_step` does.
+
+``w'`` and the moments equal the reference step's bit for bit; the other hidden channels agree up
+to float rounding (``tests/test_descent.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch_geometric.data import Data
+
+from gnca.adam import adam_path
+from gnca.graph import cached, num_graphs
+from gnca.perception import check_state, neuron_plan
+from gnca.rule_fast import LocalRule as _RouteRule
+from gnca.rule_fast import block_size, gather_block, hidden_no_grad, perception_table
+from gnca.senses import dense_sizes
+
+
+class LocalRule(_RouteRule, Protocol):
+    """What :func:`adam_only_step` reads of a :class:`gnca.LocalRule` beyond the routes'."""
+
+    moment_channels: int
+    descent_rate: torch.Tensor
+    descent_momentum: float
+    descent_norm: float | None
+
+
+#: The dense route's chunks, in units of :func:`gnca.rule_fast.block_size`: with few, cheap
+#: operations per weight it runs faster on larger chunks than the fused step's blocks (on the
+#: 2-core CPU of ``benchmarks/``: about 10% from 16,384 to 65,536 weights).
+CHUNK = 4
+
+
+@dataclass(frozen=True)
+class DenseBlock:
+    """One layer's weights (or its biases) in every net of a batch of one MLP.
+
+    Attributes:
+        start, rows: the block's first weight and its size within one net (``a * b``).
+        a, b: tails and heads (``a = 1`` for the biases, whose tail is the bias neuron).
+        rows_f: ``(G, 1, b)`` the table row each head's weights gather (forward relation).
+        rows_b: ``(G, a, 1)``, the row each tail's weights gather (backward relation), or
+            ``(G, 1, b)`` for biases, whose tails are one bias neuron per head.
+        c_f, c_b: the own-term coefficients every weight of the block shares.
+    """
+
+    start: int
+    rows: int
+    a: int
+    b: int
+    rows_f: torch.Tensor
+    rows_b: torch.Tensor
+    c_f: float
+    c_b: float
+
+
+@dataclass(frozen=True)
+class DensePlan:
+    """The blocks of a batch of ``nets`` identical MLPs with biases, ``per_net`` weights each."""
+
+    nets: int
+    per_net: int
+    blocks: tuple[DenseBlock, ...]
+
+
+def dense_plan(
+    graph: Data, neighbourhood: str, include_self: bool, reduce: str, dtype: torch.dtype
+) -> DensePlan | None:
+    """The cached :class:`DensePlan` of ``graph``, or ``None`` when it is not a batch of one
+    MLP with biases whose blocks have the structure above (then the gathering path runs)."""
+    return cached(
+        graph,
+        ("adam_dense_plan", neighbourhood, include_self, reduce, dtype),
+        lambda: _build(graph, neighbourhood, include_self, reduce, dtype),
+    )
+
+
+def _build(
+    graph: Data, neighbourhood: str, include_self: bool, reduce: str, dtype: torch.dtype
+) -> DensePlan | None:
+    sizes = dense_sizes(graph)
+    if sizes is None:
+        return None
+    index, coef, _, _ = neuron_plan(graph, neighbourhood, include_self, reduce, dtype)
+    g = num_graphs(graph)
+    per_net = graph.src.numel() // g
+    rows3 = index.view(g, per_net, 3)
+    coef2 = coef[:, 1:, 0].reshape(g, per_net, 2)
+    blocks, off = [], 0
+    for a_n, b_n in zip(sizes[:-1], sizes[1:], strict=True):
+        for a, rows in ((a_n, a_n * b_n), (1, b_n)):  # the weights, then the biases
+            r_f = rows3[:, off : off + rows, 1].reshape(g, a, b_n)
+            r_b = rows3[:, off : off + rows, 2].reshape(g, a, b_n)
+            c = coef2[:, off : off + rows]
+            if not torch.equal(c, c[:1, :1].expand_as(c)):
+                return None
+            if not torch.equal(r_f, r_f[:, :1].expand_as(r_f)):
+                return None
+            if torch.equal(r_b, r_b[:, :, :1].expand_as(r_b)):
+                r_b = r_b[:, :, :1]  # a layer's weights: one row per tail
+            elif a != 1:
+                return None  # (biases: one bias neuron per head, a row per weight)
+            blocks.append(DenseBlock(off, rows, a, b_n, r_f[:, :1].clone(), r_b.clone(),
+                                     float(c[0, 0, 0]), float(c[0, 0, 1])))  # fmt: skip
+            off += rows
+    return DensePlan(g, per_net, tuple(blocks))
+
+
+def adam_only_step(
+    rule: LocalRule,
+    graph: Data,
+    w: torch.Tensor,
+    h: torch.Tensor,
+    mask: torch.Tensor,
+    senses: torch.Tensor | None,
+    delta: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One growing step of a descent-only rule with Adam's path (see the module docstring).
+
+    Args:
+        rule: the rule (``descent_only``, ``descent_norm``, an MLP with a hidden layer).
+        graph: the batch of task nets.
+        w: ``(E,)`` weights; h: ``(E, C)`` hidden states.
+        mask: ``(E,)`` the firing weights (drawn by the caller: one mask for both updates).
+        senses: ``(E, S)`` the senses as the MLP reads them (after :meth:`read`), or ``None``.
+        delta: ``(E,)`` the ``delta`` sense as the reader gave it (the path's gradient).
+
+    Returns:
+        ``(w', h')``: ``w'`` and the moments as the reference step gives them, bit for bit;
+        the other hidden channels up to float rounding.
+    """
+    check_state(w, h, graph)
+    k = rule.moment_channels
+    m = mask.to(w.dtype)
+    h_new = torch.empty_like(h)
+    plan = dense_plan(graph, rule.neighbourhood, rule.include_self, rule.reduce, w.dtype)
+    if plan is None:
+        _gathered(rule, graph, w, h, m, senses, h_new)
+    else:
+        _dense(rule, plan, graph, w, h, m, senses, h_new)
+    beta2 = rule.descent_norm
+    assert beta2 is not None, "adam_only_step needs a descent_norm path"
+    step, _ = adam_path(delta.to(w.dtype), h[:, :k], rule.descent_momentum, beta2, m, h_new[:, :k])
+    return torch.addcmul(w, rule.descent_rate * step, m, value=-1.0), h_new
+
+
+def _gathered(
+    rule: LocalRule,
+    graph: Data,
+    w: torch.Tensor,
+    h: torch.Tensor,
+    m: torch.Tensor,
+    senses: torch.Tensor | None,
+    h_new: torch.Tensor,
+) -> None:
+    """The surviving channels of ``h_new`` on any graph: perceptions gathered block by block."""
+    e, d, k = w.shape[0], 1 + rule.hidden_channels, rule.moment_channels
+    block = block_size(rule, w.device, e)
+    index, coef, table = perception_table(rule, graph, w, h, block)
+    first = rule.mlp[0]
+    assert isinstance(first, nn.Linear)
+    w_p, w_s = first.weight[:, : 3 * d].t(), first.weight[:, 3 * d :].t()
+    rows = min(block, e)
+    p_buf = w.new_empty(3 * rows, d)
+    z_buf = w.new_empty(rows, first.out_features)
+    bufs: dict[int, torch.Tensor] = {}
+    for i in range(0, e, block):
+        j = min(i + block, e)
+        p = gather_block(table, index, coef, w, h, i, j, p_buf)  # (b, 3D)
+        z = torch.addmm(first.bias, p, w_p, out=z_buf[: j - i])  # (b, width)
+        if senses is not None:
+            z.addmm_(senses[i:j].to(z.dtype), w_s)
+        h_new[i:j, k:] = _live(rule, z, h[i:j, k:], m[i:j].unsqueeze(1), bufs)
+
+
+def _dense(
+    rule: LocalRule,
+    plan: DensePlan,
+    graph: Data,
+    w: torch.Tensor,
+    h: torch.Tensor,
+    m: torch.Tensor,
+    senses: torch.Tensor | None,
+    h_new: torch.Tensor,
+) -> None:
+    """The surviving channels of ``h_new`` on a batch of one MLP: the first layer factored by
+    layer (module docstring), in chunks of whole nets' layers of about :data:`CHUNK` times
+    :func:`block_size` weights (or one net's layer, if larger)."""
+    c, k = rule.hidden_channels, rule.moment_channels
+    d = 1 + c
+    g, per = plan.nets, plan.per_net
+    block = block_size(rule, w.device, w.shape[0])
+    _, _, table = perception_table(rule, graph, w, h, block)  # (1 + 2N, D)
+    chunk = CHUNK * block
+    first = rule.mlp[0]
+    assert isinstance(first, nn.Linear)
+    wt = first.weight  # (width, 3D + S)
+    w0, wf, wb, ws = wt[:, :d], wt[:, d : 2 * d], wt[:, 2 * d : 3 * d], wt[:, 3 * d :]
+    # every neuron row's terms, the bias folded into the forward relation's: (1 + 2N, width)
+    t_f, t_b = torch.addmm(first.bias, table, wf.t()), table @ wb.t()
+    wv = w.view(g, per, 1)
+    hv, h_newv, mv = h.view(g, per, c), h_new.view(g, per, c), m.view(g, per, 1)
+    sv = None if senses is None else senses.to(w.dtype).view(g, per, -1)
+    ws_t = ws.t().contiguous()  # (S, width)
+    bufs: dict[int, torch.Tensor] = {}
+    for blk in plan.blocks:
+        own = (w0 + blk.c_f * wf + blk.c_b * wb).t().contiguous()  # (D, width): w's row, h's
+        sl = slice(blk.start, blk.start + blk.rows)
+        step = max(1, chunk // blk.rows)  # nets per chunk
+        for g0 in range(0, g, step):
+            g1 = min(g, g0 + step)
+            n = g1 - g0
+            z = torch.bmm(hv[g0:g1, sl], own[1:].expand(n, -1, -1))  # (n, rows, width)
+            if sv is not None:
+                z.baddbmm_(sv[g0:g1, sl], ws_t.expand(n, -1, -1))
+            z.addcmul_(wv[g0:g1, sl], own[0])
+            z4 = z.view(n, blk.a, blk.b, -1)
+            z4.add_(t_f[blk.rows_f[g0:g1]]).add_(t_b[blk.rows_b[g0:g1]])  # (n, 1|a, b|1, width)
+            live = _live(rule, z.view(n * blk.rows, -1), hv[g0:g1, sl, k:], mv[g0:g1, sl], bufs)
+            h_newv[g0:g1, sl, k:] = live
+
+
+def _live(
+    rule: LocalRule,
+    z: torch.Tensor,
+    h_live: torch.Tensor,
+    m: torch.Tensor,
+    bufs: dict[int, torch.Tensor],
+) -> torch.Tensor:
+    """The new surviving hidden channels from the first layer's output ``z`` ``(rows, width)``:
+    the rest of the MLP (its last layer on those channels only, as ``(L, rows)``), the bound,
+    the masked (and state-bounded) update of ``h_live`` (``(..., L)``, ``rows`` entries, ``m``
+    broadcast to it)."""
+    layers = list(rule.mlp)
+    last = layers[-1]
+    assert isinstance(last, nn.Linear)
+    k = rule.moment_channels
+    z = hidden_no_grad(layers[1:-1], z, bufs)
+    dh = torch.addmm(last.bias[1 + k :].unsqueeze(1), last.weight[1 + k :], z.t())  # (L, rows)
+    if rule.bound is not None:
+        dh = dh.div_(rule.bound).tanh_().mul_(rule.bound)
+    dh = dh.t().view(h_live.shape)
+    if rule.state_bound is None:
+        return torch.addcmul(h_live, dh, m)
+    sb = rule.state_bound  # h + m * (sb * tanh((h + dh) / sb) - h)
+    return torch.addcmul(h_live, dh.add(h_live).div_(sb).tanh_().mul_(sb).sub_(h_live), m)
