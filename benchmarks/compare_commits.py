@@ -4,11 +4,13 @@ Each commit is checked out into a temporary ``git worktree``; a fresh process pe
 round imports gnca from that tree and times one step (no grad, and forward+backward) of the
 default rule on 784-100-10 and 784-1000-1000-10 on one thread, in process CPU time (with
 ``--senses``: a small rule, ``C = 8``, MLP 16, reading all senses of 64 examples on 16 nets of
-196-32-10). Processes alternate between the commits for ``--rounds`` rounds; the table shows
-the median over rounds.
+196-32-10; with ``--adam-path`` as well: ``C = 6``, MLP 16, moving its weights by Adam's path
+alone, the update of configs/tabular_aligned.yaml). Processes alternate between the commits for
+``--rounds`` rounds; the table shows the median over rounds.
 
     python benchmarks/compare_commits.py 300f9be 612251e HEAD --rounds 3
     python benchmarks/compare_commits.py HEAD~1 HEAD --senses --rounds 5
+    python benchmarks/compare_commits.py HEAD~1 HEAD --senses --adam-path --rounds 5
 """
 
 from __future__ import annotations
@@ -88,12 +90,14 @@ from gnca.data import Dataset
 from gnca.senses import SENSES, SenseReader
 from gnca.task import Task
 torch.manual_seed(0)
-rule = LocalRule(8, widths=[16], senses=list(SENSES))
+rule = LocalRule(C, widths=[16], senses=list(SENSES), **PATH)
 g = WeightGraph.replicate(Architecture.mlp([196, 32, 10]), 16)
 e = g.num_nodes
 X, y = torch.randn(1024, 196), torch.randint(0, 10, (1024,))
 task = Task(Dataset("toy", X, y, X[:128], y[:128], 196, 10, None), fan_in_ref=32)
-w, h = torch.randn(e) * 0.1, torch.randn(e, 8) * 0.1
+w, h = torch.randn(e) * 0.1, torch.randn(e, C) * 0.1
+if PATH:  # Adam's moments as growth has them: v >= 0, bias corrections in (0, 1)
+    h[:, 0], h[:, 1], h[:, 3] = h[:, 0].abs(), 0.5, 0.5
 reader = lambda: SenseReader(list(SENSES), task, 64, torch.Generator().manual_seed(1))
 res = time_modes(rule, g, w, h, torch.ones(e), 20, reader)
 print("RESULT " + json.dumps({"16x196-32-10 senses": res}))
@@ -110,7 +114,16 @@ def main() -> None:
         action="store_true",
         help="time a small rule reading all senses on 16 x 196-32-10 instead",
     )
+    ap.add_argument(
+        "--adam-path",
+        action="store_true",
+        help="with --senses: the rule C = 6, MLP 16, with Adam's descent path alone",
+    )
     args = ap.parse_args()
+    path = {"descent": 0.03, "descent_only": True, "descent_norm": 0.999, "descent_momentum": 0.9}
+    senses_child = (
+        f"C, PATH = 6, {path!r}\n" if args.adam_path else "C, PATH = 8, {}\n"
+    ) + SENSES_CHILD
     shas = {
         c: subprocess.check_output(["git", "rev-parse", "--short", c], cwd=ROOT, text=True).strip()
         for c in args.commits
@@ -122,7 +135,7 @@ def main() -> None:
                 sha = shas[c]
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 out = subprocess.run(  # cwd: `python -c` puts it first on sys.path
-                    [sys.executable, "-c", SENSES_CHILD if args.senses else CHILD],
+                    [sys.executable, "-c", senses_child if args.senses else CHILD],
                     env=env,
                     capture_output=True,
                     text=True,
