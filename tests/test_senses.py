@@ -239,6 +239,20 @@ def test_sense_norm_puts_each_nets_error_signals_at_unit_rms():
             rms = x.pow(2).mean().sqrt()
             want = soft_clip(x / (rms + 1e-6)) if name in ("error", "delta") else x
             torch.testing.assert_close(got[rows, j], want)
+    with torch.no_grad():  # growing reduces each net's contiguous run: the same up to rounding
+        torch.testing.assert_close(normalised(graph, s, ALL), got, rtol=0, atol=1e-12)
+        fast = normalised(graph, s, ALL, 0.5)
+        with torch.enable_grad():
+            ref = normalised(graph, s, ALL, 0.5)
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+        plain = [j for j, n in enumerate(cols) if n not in ("error", "delta")]
+        assert torch.equal(fast[:, plain], s[:, plain])
+        two = [arch, Architecture.mlp([3, 2])]
+        mixed = WeightGraph.collate([WeightGraph.from_architecture(a) for a in two])
+        sm = torch.randn(mixed.num_nodes, sense_size(ALL), dtype=torch.float64)
+        with torch.enable_grad():
+            want_mixed = normalised(mixed, sm, ALL)
+        assert torch.equal(normalised(mixed, sm, ALL), want_mixed)  # the general path
     spread = [float(got[net * e : (net + 1) * e, cols.index("delta")].std()) for net in range(3)]
     assert max(spread) / min(spread) < 1.5  # the 100x scale between nets is gone
     normed = LocalRule(4, senses=ALL, sense_norm=True).double()
@@ -283,6 +297,10 @@ def test_sense_norm_has_finite_gradients_when_a_nets_error_is_all_zero():
     s = (base * dead).requires_grad_(True)
     out = normalised(graph, s, ALL)
     assert torch.equal(out[:e, err], torch.zeros_like(out[:e, err]))
+    with torch.no_grad():
+        fast = normalised(graph, s, ALL)
+    assert torch.equal(fast[:e, err], torch.zeros_like(fast[:e, err]))
+    torch.testing.assert_close(fast, out.detach(), rtol=0, atol=1e-12)
     # the other net reads what a plain root mean square gives
     x = base[e:, err]
     r = x / (x.pow(2).mean(0).sqrt() + 1e-6)
