@@ -1,12 +1,12 @@
 """Time one rule step of gnca at several commits, side by side (before/after of an engine change).
 
-Each commit is checked out into a temporary ``git worktree``; a fresh process per commit and
-round imports gnca from that tree and times one step (no grad, and forward+backward) of the
-default rule on 784-100-10 and 784-1000-1000-10 on one thread, in process CPU time (with
-``--senses``: a small rule, ``C = 8``, MLP 16, reading all senses of 64 examples on 16 nets of
-196-32-10; with ``--adam-path`` as well: ``C = 6``, MLP 16, moving its weights by Adam's path
-alone, the update of configs/tabular_aligned.yaml). Processes alternate between the commits for
-``--rounds`` rounds; the table shows the median over rounds.
+Each commit is checked out into a temporary ``git worktree``; a fresh process per commit and round
+imports gnca from that tree and times one step (no grad, and forward+backward) of the default rule
+on 784-100-10 and 784-1000-1000-10 on one thread, in process CPU time (with ``--senses``: a small
+rule, ``C = 8``, MLP 16, reading all senses of 64 examples on 16 nets of 196-32-10; with
+``--adam-path`` as well: ``C = 6``, MLP 16, moving its weights by Adam's path alone and reading its
+error senses at unit RMS, the update of configs/tabular_aligned.yaml). Processes alternate between
+the commits for ``--rounds`` rounds; the table shows the median over rounds.
 
     python benchmarks/compare_commits.py 300f9be 612251e HEAD --rounds 3
     python benchmarks/compare_commits.py HEAD~1 HEAD --senses --rounds 5
@@ -120,7 +120,8 @@ def main() -> None:
         help="with --senses: the rule C = 6, MLP 16, with Adam's descent path alone",
     )
     args = ap.parse_args()
-    path = {"descent": 0.03, "descent_only": True, "descent_norm": 0.999, "descent_momentum": 0.9}
+    path = {"descent": 0.03, "descent_only": True, "descent_norm": 0.999, "descent_momentum": 0.9,
+            "sense_norm": True}  # fmt: skip
     senses_child = (
         f"C, PATH = 6, {path!r}\n" if args.adam_path else "C, PATH = 8, {}\n"
     ) + SENSES_CHILD

@@ -1,18 +1,18 @@
 """What reading data costs: one rule step with senses vs without, side by side.
 
-For a batch of task nets (digits 64-32-10 and MNIST-sized 196-32-10 MLPs), times one rule step
-of the data-free rule and of the same rule with all senses (``act hebb error delta loss``,
+For a batch of task nets (digits 64-32-10 and MNIST-sized 196-32-10 MLPs), times one rule step of
+the data-free rule and of the same rule with all senses (``act hebb error delta loss``,
 ``sense_batch`` examples through the nets first), without gradients (growing) and with them
-(meta-training), interleaved in one run; the table gives the ratios. Beside growing's step,
-one Adam step on the same nets and as many examples (``task.loss`` on the batch, its backward
-and ``torch.optim.Adam.step``): what a step of the backprop baseline costs, and the reading of
-the senses alone. Two rule sizes: the configs' ``C = 16``, MLP 64, and a small rule, ``C = 8``,
-MLP 16 (``rule.hidden_channels: 8``, ``rule.widths: [16]``), whose MLP costs about a seventh of
-the flops per weight; and with Adam's descent path (``rule.descent_norm``,
-``rule.descent_momentum``, ``rule.descent_only``: the update of configs/tabular_aligned.yaml and
+(meta-training), interleaved in one run; the table gives the ratios. Beside growing's step, one Adam
+step on the same nets and as many examples (``task.loss`` on the batch, its backward and
+``torch.optim.Adam.step``): what a step of the backprop baseline costs, and the reading of the
+senses alone. Two rule sizes: the configs' ``C = 16``, MLP 64, and a small rule, ``C = 8``, MLP 16
+(``rule.hidden_channels: 8``, ``rule.widths: [16]``), whose MLP costs about a seventh of the flops
+per weight; and with Adam's descent path (``rule.descent_norm``, ``rule.descent_momentum``,
+``rule.descent_only``, with ``rule.sense_norm``: the update of configs/tabular_aligned.yaml and
 configs/mnist_aligned.yaml), at their size, ``C = 16``, MLP 64, and at the smallest size the path
-leaves room for, ``C = 6``, MLP 16, each against the data-free rule of its size. Growing steps
-of a rule with that path take :func:`gnca.rule_adam.adam_only_step`.
+leaves room for, ``C = 6``, MLP 16, each against the data-free rule of its size. Growing steps of a
+rule with that path take :func:`gnca.rule_adam.adam_only_step`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from gnca.senses import SENSES, SenseReader
 from gnca.state import initial_state
 from gnca.task import Task
 
-#: the descent path of configs/tabular_aligned.yaml: Adam's step along the delta sense, alone
-ADAM_PATH = {"descent": 0.03, "descent_only": True, "descent_norm": 0.999, "descent_momentum": 0.9}
+#: the update of configs/tabular_aligned.yaml: Adam's step along the delta sense, alone, and the
+#: error senses read at unit RMS per net
+ADAM_PATH = {"descent": 0.03, "descent_only": True, "descent_norm": 0.999, "descent_momentum": 0.9,
+             "sense_norm": True}  # fmt: skip
 
 
 def _toy_task(n_in: int, n_out: int, device: torch.device) -> Task:
