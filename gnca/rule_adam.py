@@ -36,7 +36,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 from gnca.adam import adam_path
-from gnca.graph import cached, num_graphs
+from gnca.graph import cached, num_graphs, total_neurons
 from gnca.perception import check_state, neuron_plan
 from gnca.rule_fast import LocalRule as _RouteRule
 from gnca.rule_fast import block_size, gather_block, hidden_no_grad, perception_table
@@ -217,7 +217,8 @@ def _dense(
     d = 1 + c
     g, per = plan.nets, plan.per_net
     block = block_size(rule, w.device, w.shape[0])
-    _, _, table = perception_table(rule, graph, w, h, block)  # (1 + 2N, D)
+    sums = _dense_sums(plan, total_neurons(graph), w, h)
+    _, _, table = perception_table(rule, graph, w, h, block, sums)  # (1 + 2N, D)
     chunk = CHUNK * block
     first = rule.mlp[0]
     assert isinstance(first, nn.Linear)
@@ -245,6 +246,25 @@ def _dense(
             z4.add_(t_f[blk.rows_f[g0:g1]]).add_(t_b[blk.rows_b[g0:g1]])  # (n, 1|a, b|1, width)
             live = _live(rule, z.view(n * blk.rows, -1), hv[g0:g1, sl, k:], mv[g0:g1, sl], bufs)
             h_newv[g0:g1, sl, k:] = live
+
+
+def _dense_sums(
+    plan: DensePlan, n: int, w: torch.Tensor, h: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The ``"in"`` and ``"out"`` sums ``(N, D)`` of ``x = [w, h]`` over each neuron's in- and
+    out-weights (as :func:`gnca.perception.neuron_sums` gives them, up to the order of the
+    additions), from reductions over each block's tails and heads."""
+    g, per, c = plan.nets, plan.per_net, h.shape[1]
+    parts = (w.view(g, per, 1), h.view(g, per, c))
+    sums = {k: [x.new_zeros(n, x.shape[2]) for x in parts] for k in ("in", "out")}
+    for blk in plan.blocks:
+        heads, tails = blk.rows_f.flatten() - 1, blk.rows_b.flatten() - 1 - n
+        for x, s_in, s_out in zip(parts, sums["in"], sums["out"], strict=True):
+            xb = x[:, blk.start : blk.start + blk.rows].view(g, blk.a, blk.b, -1)
+            s_in.index_add_(0, heads, xb.sum(1).reshape(-1, x.shape[2]))  # over each head's tails
+            out = xb.sum(2) if blk.rows_b.shape[2] == 1 else xb  # biases: one tail per head
+            s_out.index_add_(0, tails, out.reshape(-1, x.shape[2]))
+    return {k: torch.cat(v, dim=1) for k, v in sums.items()}
 
 
 def _live(

@@ -203,17 +203,25 @@ def mlp_no_grad(
 
 
 def perception_table(
-    rule: LocalRule, graph: Data, w: torch.Tensor, h: torch.Tensor, block: int
+    rule: LocalRule,
+    graph: Data,
+    w: torch.Tensor,
+    h: torch.Tensor,
+    block: int,
+    sums: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What the no-grad routes gather the perceptions from: the fast path's ``(3E,)`` row
     ``index`` and ``(E, 3, 1)`` own-term ``coef`` (:func:`gnca.perception.neuron_plan`) and the
-    ``(1 + 2N, D)`` table of scaled neuron sums of ``x = [w, h]`` (row 0 is zero)."""
+    ``(1 + 2N, D)`` table of scaled neuron sums of ``x = [w, h]`` (row 0 is zero); ``sums``:
+    the ``"in"`` and ``"out"`` sums if the caller has them (else
+    :func:`gnca.perception.neuron_sums`; they are overwritten)."""
     d = 1 + rule.hidden_channels
     index, coef, scale_f, scale_b = neuron_plan(
         graph, rule.neighbourhood, rule.include_self, rule.reduce, w.dtype
     )
     fwd, bwd = NEIGHBOURHOODS[rule.neighbourhood]
-    sums = neuron_sums(graph, w, h, block)  # x = [w, h] summed over in- and out-weights
+    if sums is None:
+        sums = neuron_sums(graph, w, h, block)  # x = [w, h] summed over in- and out-weights
     if rule.neighbourhood == "incident":
         s_f = s_b = sums["in"].add_(sums["out"])
     else:
