@@ -231,9 +231,10 @@ def describe_environment(info: dict[str, Any]) -> str:
     )
     load = info.get("load_average_start")
     load_s = f", load average {load:.1f} at start" if load is not None else ""
+    heap_s = ", freed memory kept (gnca.heap.keep_heap)" if info.get("keep_heap") else ""
     return (
         f"{where}; torch {info['torch']}, torch-geometric {info.get('torch_geometric')}, "
-        f"Python {info['python']}{load_s}"
+        f"Python {info['python']}{load_s}{heap_s}"
     )
 
 

@@ -42,6 +42,8 @@ for p in (str(HERE), str(ROOT)):  # run from a plain checkout: gnca need not be 
 import torch  # noqa: E402
 from common import Budget, Context, Results, environment, log  # noqa: E402
 
+from gnca.heap import keep_heap  # noqa: E402
+
 SECTIONS = ("scaling", "floor", "grow", "memory", "options", "senses")
 #: Relative share of a time budget per section (``--budget``).
 SHARES = {
@@ -98,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile in options")
     ap.add_argument("--explicit-gb", type=float, default=8.0, help="CPU memory for line graphs")
+    ap.add_argument(
+        "--keep-heap",
+        action="store_true",
+        help="reuse freed memory as every gnca command does (gnca.heap.keep_heap; glibc only)",
+    )
     args = ap.parse_args(argv)
     unknown = [s for s in args.sections.split(",") if s and s not in SECTIONS]
     if unknown:
@@ -153,7 +160,10 @@ def main(argv: list[str] | None = None) -> Results:
     command = "python benchmarks/run.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    results = Results(out, environment(dev), command)
+    env = environment(dev)
+    if args.keep_heap:
+        env["keep_heap"] = keep_heap()  # False where it does not apply (not glibc)
+    results = Results(out, env, command)
     results.write()
     log(f"gnca benchmarks on {dev} -> {out} (budget {args.budget or 'none'} s)")
     wanted = [s for s in SECTIONS if s in args.sections.split(",")]
