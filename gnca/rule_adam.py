@@ -7,8 +7,8 @@ overwritten. Without gradients (growing), :meth:`gnca.LocalRule.forward` runs
 :func:`adam_only_step`, which
 
 - computes only the MLP's outputs that survive: the hidden channels above the moments
-  (``L = C - k`` of ``1 + C``), as one ``(L, width) x (width, rows)`` product, far faster on
-  CPU than ``rows`` rows of ``L`` outputs;
+  (``L = C - k`` of ``1 + C``), as one ``(L, width) x (width, rows)`` product rather than
+  ``rows`` narrow rows of ``L`` outputs;
 - adds the senses to the first layer as a second product (no ``(E, 3D + S)`` concatenation);
 - on a batch of one MLP with biases (:class:`DensePlan`), never gathers a perception: in a layer
   every weight ``u -> v`` shares its own-term coefficients, its forward neighbour row depends on
@@ -53,8 +53,7 @@ class LocalRule(_RouteRule, Protocol):
 
 
 #: The dense route's chunks, in units of :func:`gnca.rule_fast.block_size`: with few, cheap
-#: operations per weight it runs faster on larger chunks than the fused step's blocks (on the
-#: 2-core CPU of ``benchmarks/``: about 10% from 16,384 to 65,536 weights).
+#: operations per weight it ran faster on chunks larger than the fused step's blocks (CPU).
 CHUNK = 4
 
 
