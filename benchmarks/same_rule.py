@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # what a repo config says (configs/iris.yaml became the identity-code main job), not the engine.
 
 #: (name, config, overrides): the default Iris job, one that exercises identity codes,
-#: mean-field sums, damage, code jitter and a rule bound on two architectures, and a rule that
-#: reads data.
+#: mean-field sums, damage, code jitter and a rule bound on two architectures, a rule that
+#: reads data, and one that moves its weights by Adam's path along its learned feedback.
 CASES: list[tuple[str, str, list[str]]] = [
     ("iris", "configs/iris.yaml", []),
     (
@@ -53,6 +53,8 @@ CASES: list[tuple[str, str, list[str]]] = [
     # a rule that reads data on three tables at once, with every sense, sense_norm, task
     # augmentations, a held-out part and a weight penalty (the senses' gradients included)
     ("tabular-senses", "configs/tabular_keeps_pace.yaml", ["train.k_min=4", "train.k_max=6"]),
+    # Adam's path along the learned feedback, with sense_norm and the feedback-alignment term
+    ("tabular-aligned", "configs/tabular_aligned.yaml", ["train.k_min=4", "train.k_max=6"]),
 ]
 
 
