@@ -236,7 +236,7 @@ def normalised(
     if not any(cols):
         return senses
     g = num_graphs(graph)  # no device sync: g from the structure
-    if not torch.is_grad_enabled() and senses.shape[0] % g == 0 and same_architecture(graph):
+    if not torch.is_grad_enabled() and _equal_runs(graph, g):
         return _normalised_by_net(senses, cols, g, floor)
     batch = weight_batch(graph)
     sq = senses.new_zeros(g, senses.shape[1]).index_add(0, batch, senses * senses)
@@ -254,11 +254,24 @@ def normalised(
     return torch.where(keep, scaled, senses)
 
 
+def _equal_runs(graph: Data, g: int) -> bool:
+    """Whether the ``g`` nets' weights are ``g`` contiguous runs of one length, in order (a
+    batch of one architecture); checked once per graph."""
+
+    def check() -> bool:
+        b = weight_batch(graph)
+        if b.numel() % g:
+            return False
+        return bool((b.view(g, -1) == torch.arange(g, device=b.device).unsqueeze(1)).all())
+
+    return cached(graph, ("equal_net_runs", g), check)
+
+
 def _normalised_by_net(
     senses: torch.Tensor, cols: list[bool], g: int, floor: float
 ) -> torch.Tensor:
-    """:func:`normalised` when growing a batch of ``g`` nets of one architecture (each net's
-    weights a contiguous run of ``E / g``): per-net means of squares by a reduction over each
+    """:func:`normalised` when growing ``g`` nets whose weights are contiguous runs of ``E / g``
+    (a batch of one architecture): per-net means of squares by a reduction over each
     run, only on the rescaled columns, written into a copy of ``senses``. The same values up to
     the order of the sums' additions (``tests/test_senses.py``)."""
     out = senses.clone()
