@@ -241,17 +241,19 @@ def normalised(
     batch = weight_batch(graph)
     sq = senses.new_zeros(g, senses.shape[1]).index_add(0, batch, senses * senses)
     count = torch.bincount(batch, minlength=g).to(senses.dtype).clamp_min(1)
-    ms = sq / count[:, None]  # (G, S)
-    # sqrt has an infinite slope at 0: a net whose column is all 0 (a saturated net's error)
-    # takes the root of 1 times 0 instead, the same value with a finite (zero) gradient
-    live = ms > 0
-    rms = torch.where(live, ms, torch.ones_like(ms)).sqrt() * live  # (G, S)
-    if floor:
-        rms = rms.clamp_min(floor)
-    rms = rms[batch]  # (E, S)
+    rms = _rms(sq / count[:, None], floor)[batch]  # (E, S)
     scaled = soft_clip(senses / (rms + 1e-6))
     keep = torch.tensor(cols, device=senses.device)
     return torch.where(keep, scaled, senses)
+
+
+def _rms(ms: torch.Tensor, floor: float) -> torch.Tensor:
+    """The root of mean squares ``ms``, at least ``floor`` when one is set. sqrt has an infinite
+    slope at 0: a net whose column is all 0 (a saturated net's error) takes the root of 1 times
+    0 instead, the same value with a finite (zero) gradient."""
+    live = ms > 0
+    rms = torch.where(live, ms, torch.ones_like(ms)).sqrt() * live
+    return rms.clamp_min(floor) if floor else rms
 
 
 def _equal_runs(graph: Data, g: int) -> bool:
@@ -278,11 +280,7 @@ def _normalised_by_net(
     per_net = out.view(g, senses.shape[0] // g, -1)  # (G, E / G, S)
     for j in (j for j, c in enumerate(cols) if c):
         col = per_net[:, :, j]  # (G, E / G)
-        ms = col.square().mean(1, keepdim=True)  # (G, 1)
-        live = ms > 0
-        rms = torch.where(live, ms, torch.ones_like(ms)).sqrt() * live
-        if floor:
-            rms = rms.clamp_min(floor)
+        rms = _rms(col.square().mean(1, keepdim=True), floor)  # (G, 1)
         per_net[:, :, j] = soft_clip(col / (rms + 1e-6))
     return out
 
@@ -451,10 +449,7 @@ def _layer_columns(
 def _dense_layer(per: list[torch.Tensor]) -> torch.Tensor:
     """``(G, a * b + b, S)`` senses of one layer's weights, then its biases, from its columns
     (:func:`_layer_columns`)."""
-    layer = torch.stack(per, -1)  # (G, a + 1, b, S)
-    g, a1 = layer.shape[:2]
-    return torch.cat([layer[:, : a1 - 1].reshape(g, (a1 - 1) * layer.shape[2], -1),
-                      layer[:, a1 - 1]], 1)  # fmt: skip
+    return torch.stack(per, -1).flatten(1, 2)  # (G, a + 1, b, S): weights row-major, biases
 
 
 #: what the backward messages of the error senses are multiplied by (:class:`SenseReader`)
