@@ -73,6 +73,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         descent_only=r.descent_only,
         descent_norm=r.descent_norm,
         descent_momentum=r.descent_momentum,
+        descent_age=r.descent_age,
         feedback=r.feedback,
     )
 

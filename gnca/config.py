@@ -155,6 +155,7 @@ class RuleConfig:
     descent_only: bool = False  # weights move by the descent path only (the MLP writes h)
     descent_norm: float | None = None  # beta2: the path steps as Adam, moments in h[:, :2 or 4]
     descent_momentum: float = 0.0  # beta1: Adam's first moment for a descent_norm path
+    descent_age: bool = False  # a descent_norm step that depends on each weight's age (learned)
     feedback: str = "learned"  # learned (last hidden channel) | weights: backward messages
 
 
@@ -525,6 +526,10 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
     if c.descent_momentum and c.descent_norm is None:
         raise ConfigError(
             f"config key '{_key(p, 'descent_momentum')}' needs '{_key(p, 'descent_norm')}'"
+        )
+    if c.descent_age and c.descent_norm is None:
+        raise ConfigError(
+            f"config key '{_key(p, 'descent_age')}' needs '{_key(p, 'descent_norm')}'"
         )
     if c.descent_norm is not None:
         if not 0.0 <= c.descent_norm < 1.0:

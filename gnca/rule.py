@@ -125,6 +125,14 @@ class LocalRule(MessagePassing):
             ``descent``.
         descent_momentum: :math:`\beta_1 \in [0, 1)`, Adam's first moment for a
             ``descent_norm`` path (0, the default: none).
+        descent_age: the step size depends on each weight's age :math:`t_i` (its number of
+            updates): :math:`\alpha_i = \alpha\, e^{\mu \beta_2^{t_i}}`, with
+            :math:`\beta_2^{t_i} = 1 - c_{2,i}` read from the bias correction the moment
+            channels hold (1 for a new weight, towards 0 after many times
+            :math:`1 / (1 - \beta_2)` updates) and :math:`\mu` learned (it starts at 0: the
+            step of a rule without it). It lets one rule take larger steps while a net is
+            young and smaller ones late, as a learning rate schedule does. Needs
+            ``descent_norm``.
         feedback: what the backward messages of the ``error`` and ``delta`` senses are
             multiplied by (:class:`gnca.senses.SenseReader`, which is built with it):
             ``"learned"`` (default), the last hidden channel, or ``"weights"``, the weights
@@ -189,11 +197,21 @@ class LocalRule(MessagePassing):
         base = w if self.descent_only else w_new
         s = senses[:, self.senses_offset("delta")].to(w.dtype)  # (E,)
         m = mask.to(w.dtype)
+        rate = self.descent_rate
         if self.descent_norm is not None:
             k = self.moment_channels
             s, moments = adam_path(s, h[:, :k], self.descent_momentum, self.descent_norm, m)
             h_new = torch.cat([moments, h_new[:, k:]], dim=1)
-        return torch.addcmul(base, self.descent_rate * s, m, value=-1.0), h_new
+            rate = self.aged_rate(moments[:, 1])
+        return torch.addcmul(base, rate * s, m, value=-1.0), h_new
+
+    def aged_rate(self, c2: torch.Tensor) -> torch.Tensor:
+        r"""The step size of weights whose bias corrections are ``c2`` ``(E,)`` (after this
+        step's update): :math:`\alpha e^{\mu (1 - c_2)}` ``(E,)`` with ``descent_age``, else
+        :attr:`descent_rate` (0-dim)."""
+        if not self.descent_age:
+            return self.descent_rate
+        return self.descent_rate * torch.exp(self.descent_age_coef * (1 - c2.detach()))
 
     @property
     def descent_rate(self) -> torch.Tensor:
@@ -309,6 +327,7 @@ class LocalRule(MessagePassing):
         descent_only: bool = False,
         descent_norm: float | None = None,
         descent_momentum: float = 0.0,
+        descent_age: bool = False,
         feedback: str = "learned",
     ) -> None:
         _check_arguments(reduce, aggr, fire_rate, hidden_channels, bound, state_bound)
@@ -373,6 +392,11 @@ class LocalRule(MessagePassing):
                     f"hidden channels and the feedback in the last: hidden_channels >= "
                     f"{self.moment_channels + 1}"
                 )
+        self.descent_age = bool(descent_age)
+        if self.descent_age and self.descent_norm is None:
+            raise ValueError(
+                "descent_age reads each weight's age from Adam's moments: set descent_norm"
+            )
         if any(n in NEEDS_FEEDBACK for n in self.senses) and self.hidden_channels < 1:
             raise ValueError("senses error/delta read the feedback channel: hidden_channels >= 1")
         layers: list[nn.Module] = []
@@ -384,6 +408,8 @@ class LocalRule(MessagePassing):
         self.mlp = nn.Sequential(*layers, self.out)
         if self.descent:  # log of the descent path's step size over descent
             self.descent_log = nn.Parameter(torch.zeros(()))
+        if self.descent_age:  # mu: how much larger a new weight's step is
+            self.descent_age_coef = nn.Parameter(torch.zeros(()))
         self.reset_parameters()
 
     # ------------------------------------------------------------------ the step's parts
@@ -457,6 +483,8 @@ class LocalRule(MessagePassing):
         nn.init.zeros_(self.out.bias)
         if self.descent:
             nn.init.zeros_(self.descent_log)
+        if self.descent_age:
+            nn.init.zeros_(self.descent_age_coef)
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -479,6 +507,7 @@ class LocalRule(MessagePassing):
             **({"descent_only": True} if self.descent_only else {}),
             **({"descent_norm": self.descent_norm} if self.descent_norm is not None else {}),
             **({"descent_momentum": self.descent_momentum} if self.descent_momentum else {}),
+            **({"descent_age": True} if self.descent_age else {}),
             **({"feedback": self.feedback} if self.feedback != "learned" else {}),
         }
 
@@ -498,6 +527,7 @@ class LocalRule(MessagePassing):
             + (", descent_only" if self.descent_only else "")
             + (f", descent_norm={self.descent_norm:g}" if self.descent_norm is not None else "")
             + (f", descent_momentum={self.descent_momentum:g}" if self.descent_momentum else "")
+            + (", descent_age" if self.descent_age else "")
             + (f", feedback={self.feedback}" if self.feedback != "learned" else "")
             + ")"
         )

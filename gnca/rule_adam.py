@@ -47,9 +47,10 @@ class LocalRule(_RouteRule, Protocol):
     """What :func:`adam_only_step` reads of a :class:`gnca.LocalRule` beyond the routes'."""
 
     moment_channels: int
-    descent_rate: torch.Tensor
     descent_momentum: float
     descent_norm: float | None
+
+    def aged_rate(self, c2: torch.Tensor) -> torch.Tensor: ...
 
 
 #: The dense route's chunks, in units of :func:`gnca.rule_fast.block_size`: with few, cheap
@@ -167,7 +168,7 @@ def adam_only_step(
     beta2 = rule.descent_norm
     assert beta2 is not None, "adam_only_step needs a descent_norm path"
     step, _ = adam_path(delta.to(w.dtype), h[:, :k], rule.descent_momentum, beta2, m, h_new[:, :k])
-    return torch.addcmul(w, rule.descent_rate * step, m, value=-1.0), h_new
+    return torch.addcmul(w, rule.aged_rate(h_new[:, 1]) * step, m, value=-1.0), h_new
 
 
 def _gathered(

@@ -24,7 +24,8 @@ DELTA = [n for n in ALL for _ in range(SENSES[n])].index("delta")  # its column 
 
 def _case(g: int = 3, c: int = 4, seed: int = 0, **rule_kw):
     """A rule with a descent path, its twin without one (same MLP), a batch of nets, senses."""
-    adam = {k: rule_kw.pop(k) for k in ("descent_norm", "descent_momentum") if k in rule_kw}
+    adam = {k: rule_kw.pop(k) for k in ("descent_norm", "descent_momentum", "descent_age")
+            if k in rule_kw}  # fmt: skip
     c = max(c, 6) if adam else c  # room for Adam's moments and the feedback
     torch.manual_seed(seed)
     arch = Architecture.mlp([3, 5, 2])
@@ -39,8 +40,12 @@ def _case(g: int = 3, c: int = 4, seed: int = 0, **rule_kw):
     with torch.no_grad():  # a trained-looking rule: nonzero last layer and step size
         rule.out.weight.normal_(0, 0.3)
         rule.descent_log.fill_(0.4)
+        if rule.descent_age:
+            rule.descent_age_coef.fill_(0.7)
     twin = LocalRule(c, (16,), **kw).double()
-    twin.load_state_dict({k: v for k, v in rule.state_dict().items() if k != "descent_log"})
+    twin.load_state_dict(
+        {k: v for k, v in rule.state_dict().items() if not k.startswith("descent")}
+    )
     return rule, twin, graph, w, h, s
 
 
@@ -203,9 +208,11 @@ def _adam_state(h: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
 
 
 def _adam_reference(rule, twin, graph, w, h, s, mask, b1, b2):
-    """Adam's path written out, weight by weight, in Python floats."""
+    """Adam's path written out, weight by weight, in Python floats (with ``descent_age`` the
+    step size of a weight of age t is alpha * exp(mu * b2^t))."""
     w_twin, h_twin = twin.step(graph, w, h, mask=mask, senses=s)
     alpha = rule.descent * float(torch.exp(rule.descent_log.detach()))
+    mu = float(rule.descent_age_coef) if rule.descent_age else 0.0
     k = 4 if b1 else 2
     base = w if rule.descent_only else w_twin.detach()
     want_w, want_h = base.clone(), h_twin.detach().clone()
@@ -217,7 +224,7 @@ def _adam_reference(rule, twin, graph, w, h, s, mask, b1, b2):
             v, c2 = b2 * v + (1 - b2) * x * x, b2 * c2 + (1 - b2)
             m, c1 = b1 * m + (1 - b1) * x, b1 * c1 + (1 - b1)
             top = m / c1 if k == 4 else x
-            want_w[i] -= alpha * top / (math.sqrt(v / c2) + 1e-8)
+            want_w[i] -= alpha * math.exp(mu * (1 - c2)) * top / (math.sqrt(v / c2) + 1e-8)
         want_h[i, :k] = torch.tensor([v, c2, m, c1][:k], dtype=h.dtype)
     return want_w, want_h
 
@@ -225,9 +232,10 @@ def _adam_reference(rule, twin, graph, w, h, s, mask, b1, b2):
 @pytest.mark.parametrize("fire_rate", [1.0, 0.5])
 @pytest.mark.parametrize("b1", [0.0, 0.9])
 @pytest.mark.parametrize("only", [False, True])
-def test_adams_path_equals_the_loop_reference_on_every_route(fire_rate, b1, only):
+@pytest.mark.parametrize("age", [False, True])
+def test_adams_path_equals_the_loop_reference_on_every_route(fire_rate, b1, only, age):
     rule, twin, graph, w, h, s = _case(fire_rate=fire_rate, descent_norm=0.99,
-                                       descent_momentum=b1)  # fmt: skip
+                                       descent_momentum=b1, descent_age=age)  # fmt: skip
     rule.descent_only = only
     h = _adam_state(h, rule.moment_channels)
     mask = rule.fire_mask(w.shape[0], w.device, torch.Generator().manual_seed(3)).double()
@@ -327,6 +335,83 @@ def test_the_dense_adam_only_route_on_every_neighbourhood(neighbourhood, include
         got_w, got_h = rule(graph, w, h, senses=s, generator=torch.Generator().manual_seed(2))
     assert torch.equal(got_w, want_w.detach())
     torch.testing.assert_close(got_h, want_h.detach(), rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- age-dependent step
+@pytest.mark.parametrize("dense", [True, False])
+def test_the_adam_only_route_takes_the_age_dependent_step(dense):
+    """With descent_age the growing route's w' still equals the reference step's bit for bit,
+    and the step of a weight of age t is alpha * exp(mu * b2^t) times Adam's."""
+    graph = _adam_only_graph(dense)
+    gen = torch.Generator().manual_seed(6)
+    e, c = graph.num_nodes, 6
+    w = torch.randn(e, generator=gen, dtype=torch.float64)
+    h = _adam_state(torch.randn(e, c, generator=gen, dtype=torch.float64) * 0.5, 4)
+    s = torch.rand(e, sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    torch.manual_seed(2)
+    path = dict(descent=0.05, descent_only=True, descent_norm=0.99, descent_momentum=0.9,
+                fire_rate=1.0)  # fmt: skip
+    rule = LocalRule(c, (16,), senses=ALL, bound=0.1, descent_age=True, **path).double()
+    plain = LocalRule(c, (16,), senses=ALL, bound=0.1, **path).double()
+    plain.load_state_dict({k: v for k, v in rule.state_dict().items() if k != "descent_age_coef"})
+    with torch.no_grad():
+        rule.out.weight.normal_(0, 0.5)
+        plain.out.weight.copy_(rule.out.weight)
+        got0, _ = rule(graph, w, h, senses=s)  # mu = 0: the step without descent_age
+        assert torch.equal(got0, plain(graph, w, h, senses=s)[0])
+        rule.descent_age_coef.fill_(-0.8)
+    want_w, want_h = rule.step(graph, w, h, senses=s)
+    with torch.no_grad():
+        got_w, got_h = rule(graph, w, h, senses=s)
+        base_w, _ = plain(graph, w, h, senses=s)
+    assert torch.equal(got_w, want_w.detach()) and torch.equal(got_h[:, :4], want_h[:, :4])
+    age = 1 - got_h[:, 1]  # b2^t after this step
+    torch.testing.assert_close(w - got_w, (w - base_w) * torch.exp(-0.8 * age))
+
+
+def test_the_age_coefficient_is_learned():
+    """The meta-gradient reaches descent_age_coef and equals a finite difference."""
+    rule, _, graph, w, h, s = _case(descent_norm=0.99, descent_momentum=0.9, descent_age=True)
+    h = _adam_state(h, 4)
+    mask = torch.ones(w.shape[0], dtype=torch.float64)
+    target = torch.randn(w.shape[0], generator=torch.Generator().manual_seed(1), dtype=w.dtype)
+
+    def loss() -> torch.Tensor:
+        w_new, _ = rule(graph, w, h, mask=mask, senses=s)
+        return (w_new * target).sum()
+
+    loss().backward()
+    g = rule.descent_age_coef.grad
+    assert g is not None and g.abs() > 0
+    eps = 1e-6
+    with torch.no_grad():
+        rule.descent_age_coef += eps
+        up = loss()
+        rule.descent_age_coef -= 2 * eps
+        down = loss()
+    torch.testing.assert_close(g, (up - down) / (2 * eps))
+
+
+def test_descent_age_is_kept_and_checked(tmp_path):
+    from gnca.trainer import MetaTrainer
+
+    d = config_to_dict(tiny_config())
+    d["rule"].update(senses=ALL, sense_batch=8, hidden_channels=6, descent=0.01, descent_only=True,
+                     descent_norm=0.99, descent_momentum=0.9, descent_age=True)  # fmt: skip
+    t = MetaTrainer.from_config(config_from_dict(d))
+    for _ in range(2):
+        t.meta_step()
+    assert float(t.rule.descent_age_coef) != 0.0  # meta-training moved it
+    t.save(tmp_path / "last.pt")
+    loaded = load_trained(str(tmp_path / "last.pt")).rule
+    assert loaded.config()["descent_age"] is True and "descent_age" in repr(loaded)
+    assert torch.equal(loaded.descent_age_coef, t.rule.descent_age_coef.detach())
+    assert "descent_age" not in LocalRule(6, senses=ALL, descent=0.1, descent_norm=0.9).config()
+    with pytest.raises(ValueError, match="descent_age reads each weight's age"):
+        LocalRule(6, senses=ALL, descent=0.1, descent_age=True)
+    d["rule"].update(descent_norm=None, descent_momentum=0.0)
+    with pytest.raises(ValueError, match="'rule.descent_age' needs 'rule.descent_norm'"):
+        config_from_dict(d)
 
 
 @pytest.mark.parametrize("b1", [0.0, 0.9])

@@ -126,14 +126,16 @@ def test_transfer_learning_curves_on_two_datasets(senses_checkpoint, tmp_path, c
     for col in ("architecture", "steps", "examples_seen", "grown", "adam", "adam_lr",
                 "adam_examples_seen", "grown_minus_adam", "hidden_reset", "majority",
                 "grown_cpu_s_per_net", "adam_cpu_s_per_net", "seen_in_meta_training",
-                "grown_w_rms", "adam_w_rms"):  # fmt: skip
+                "grown_w_rms", "adam_w_rms", "adam_same", "grown_minus_adam_same"):  # fmt: skip
         assert col in rows[0], col
     for r in rows:  # K = 3 rule steps of 16 examples; Adam: as many steps of 16
         m = int(r["horizon_mult"])
         assert int(r["steps"]) == int(r["adam_steps"]) == 3 * m
         assert int(r["examples_seen"]) == int(r["adam_examples_seen"]) == 3 * m * 16
-        for key in ("grown", "adam", "hidden_reset", "majority"):
+        for key in ("grown", "adam", "adam_same", "hidden_reset", "majority"):
             assert 0 <= float(r[key]) <= 1, key
+        same = float(r["grown"]) - float(r["adam_same"])
+        assert float(r["grown_minus_adam_same"]) == pytest.approx(same, abs=1e-5)
         assert float(r["grown_cpu_s_per_net"]) >= 0 and float(r["adam_cpu_s_per_net"]) > 0
         assert float(r["grown_w_rms"]) > 0 and float(r["adam_w_rms"]) > 0
         assert r["seen_in_meta_training"] == "False"
@@ -143,6 +145,7 @@ def test_transfer_learning_curves_on_two_datasets(senses_checkpoint, tmp_path, c
     tables = [ln for ln in md.splitlines() if ln.startswith("| ") and "horizon" not in ln]
     assert len(tables) == 6 and "hidden reset" in md and "grown - Adam" in md
     assert "mean over datasets of grown - Adam: 1K" in md and "from 2K to 4K" in md
+    assert "Adam, same batches" in md and "grown - Adam on the same batches: 1K" in md
     assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG"
     s = json.loads((out / "summary.json").read_text())
     assert s["datasets"] == ["iris", "circles"] and s["horizons"] == [1, 2, 4]
@@ -153,7 +156,58 @@ def test_transfer_learning_curves_on_two_datasets(senses_checkpoint, tmp_path, c
     h = headline(s)
     assert "grown_4K_minus_2K" in h.metrics and "grown_minus_adam_1K" in h.metrics
     assert f"iris.{rows[0]['architecture']}.grown_minus_adam_at_4K" in h.metrics
+    assert f"iris.{rows[0]['architecture']}.grown_minus_adam_same_at_4K" in h.metrics
+    assert "grown_minus_adam_same_1K" in h.metrics
     assert any("still rising" in c for c in h.claims)
+
+
+def test_transfer_runs_adam_on_the_very_batches_the_grown_nets_read(
+    senses_checkpoint, tmp_path, monkeypatch
+):
+    """The same-batches Adam reads, step by step, the examples the grown nets' reader drew (and
+    its picked rate); the tuning runs read other batches of the first four fifths."""
+    import gnca.experiments.transfer as transfer
+    from gnca.build import load_trained
+    from gnca.cli import parse_arch
+    from gnca.senses import SenseReader
+
+    read: list[torch.Tensor] = []
+    real_batch = SenseReader.batch
+
+    def batch(self, device):
+        X, y = real_batch(self, device)
+        read.append(X)
+        return X, y
+
+    runs: list[tuple[float, list[torch.Tensor]]] = []
+    real_train = transfer.train_adam
+
+    def train_adam(task, graph, w0, trainable, batches, lr, seed, X, y):
+        seen: list[torch.Tensor] = []
+        real_loss = task.loss
+        task.loss = lambda g, w, Xb, yb: seen.append(Xb) or real_loss(g, w, Xb, yb)
+        try:
+            return real_train(task, graph, w0, trainable, batches, lr, seed, X, y)
+        finally:
+            del task.loss
+            runs.append((lr, seen))
+
+    monkeypatch.setattr(SenseReader, "batch", batch)
+    monkeypatch.setattr(transfer, "train_adam", train_adam)
+    tr = load_trained(senses_checkpoint)
+    task = Task(load_dataset("wine"), fan_in_ref=32)
+    arch = parse_arch("h:8", 13, 3, True, None)
+    s = run_transfer(RuleSource("senses", checkpoint=senses_checkpoint), [(task, [arch])],
+                     tmp_path / "t", num=2, horizons=[1, 2], seed=3, progress=False)  # fmt: skip
+    k = tr.cfg.train.k_max
+    assert len(read) == 2 * k  # one growing run to the largest horizon
+    for m, row in zip((1, 2), s["rows"], strict=True):
+        lr, seen = runs[m - 1]
+        assert lr == row["adam_lr"] and len(seen) == m * k
+        assert all(torch.equal(a, b) for a, b in zip(seen, read, strict=False))
+    from gnca.experiments.adam_baseline import train_adam as plain
+
+    assert transfer.train_adam is not plain  # the runs above were the transfer's own
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,12 @@ class RuleSource:
 TrainedRule = BuiltRule
 
 
+def reader_seed(seed: int) -> int:
+    """The seed of the generator from which nets grown with ``seed`` draw their training
+    batches (their initial states and fire masks use ``seed`` itself)."""
+    return seed + 7
+
+
 def obtain_rule(
     source: RuleSource,
     run_dir: Path,

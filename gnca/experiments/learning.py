@@ -30,7 +30,14 @@ from gnca.architecture import OUTPUT
 from gnca.build import TrainedRule
 from gnca.experiments.adam_baseline import ADAM_LRS, adam, tuned_adam  # noqa: F401 (re-exported)
 from gnca.experiments.command import add_horizon_mult, rule_sources, run_and_report
-from gnca.experiments.common import ExperimentError, RuleSource, md_table, mean_std, write_csv
+from gnca.experiments.common import (
+    ExperimentError,
+    RuleSource,
+    md_table,
+    mean_std,
+    reader_seed,
+    write_csv,
+)
 from gnca.experiments.runner import ExperimentRun
 from gnca.experiments.seeds import HIGHER, Headline, optional_float
 from gnca.graph import WeightGraph
@@ -76,7 +83,7 @@ def grow_on(
             tr.rule.senses,
             task,
             tr.cfg.rule.sense_batch,
-            torch.Generator().manual_seed(seed + 7),
+            torch.Generator().manual_seed(reader_seed(seed)),
             permutation=perm,
             feedback=tr.rule.feedback,
         )

@@ -42,6 +42,7 @@ from gnca.experiments.common import (
     TrainedRule,
     finish_summary,
     obtain_rule,
+    reader_seed,
     rule_info,
     write_csv,
 )
@@ -157,7 +158,7 @@ class ExperimentRun:
                 record_at=record_at,
                 perturb=perturb,
                 progress=(lambda t: pbar.update(1)) if pbar is not None else None,
-                senses=tr.reader(seed + 7),  # a rule that reads data reads its task's
+                senses=tr.reader(reader_seed(seed)),  # a rule that reads data reads its task's
             )
         finally:
             if pbar is not None:
