@@ -30,6 +30,8 @@ from gnca.task import Task
 #: error senses read at unit RMS per net
 ADAM_PATH = {"descent": 0.03, "descent_only": True, "descent_norm": 0.999, "descent_momentum": 0.9,
              "sense_norm": True}  # fmt: skip
+#: the same with a step that depends on each weight's age (configs/mnist_aligned_small.yaml)
+AGED_PATH = {**ADAM_PATH, "descent_age": True}
 
 
 def _toy_task(n_in: int, n_out: int, device: torch.device) -> Task:
@@ -57,7 +59,8 @@ def run_senses(sec: Section, ctx: Context) -> None:
     )
     sec.tables.append(t)
     specs = [([64, 32, 10], 8), ([196, 32, 10], 16)] if not ctx.quick else [([64, 32, 10], 4)]
-    rules = [(16, [64], {}), (16, [64], ADAM_PATH), (8, [16], {}), (6, [16], ADAM_PATH)]
+    rules = [(16, [64], {}), (16, [64], ADAM_PATH), (8, [16], {}), (6, [16], ADAM_PATH),
+             (6, [16], AGED_PATH)]  # fmt: skip
     rules = rules if not ctx.quick else rules[:1]
     for sizes, nets in specs:
         for c, widths, path in rules:
@@ -136,6 +139,7 @@ def _time_one(
         adam = res["adam"].median if "adam" in res else None
         read = res["read"].median if "read" in res else None
         rule = f"C={c}, MLP {'-'.join(map(str, widths))}" + (", Adam path" if path else "")
+        rule += ", age" if path.get("descent_age") else ""
         t.rows.append(
             [f"{nets} x {'-'.join(map(str, sizes))}", w.shape[0], rule,
              "fwd+bwd" if grad else "no grad", ms(a), ms(b), f"{b / a:.2f}x",
@@ -144,6 +148,7 @@ def _time_one(
         )  # fmt: skip
         key = f"{'-'.join(map(str, sizes))}_C{c}_mlp{'-'.join(map(str, widths))}"
         key += "_adam_path" if path else ""
+        key += "_age" if path.get("descent_age") else ""
         sec.data[f"{key}_{'grad' if grad else 'nograd'}"] = {
             "plain_s": a,
             "senses_s": b,

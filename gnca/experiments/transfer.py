@@ -390,7 +390,8 @@ def headline(s: dict[str, Any]) -> Headline:
 def plot(curves: dict[str, dict[str, dict[str, Any]]], path: Path, k: int) -> None:
     """One column per dataset: mean test accuracy against examples seen per net (top) and
     against CPU seconds per net (bottom), both on log axes; grown nets solid, their hidden
-    layers reset dashed, Adam dash-dotted, the majority class dotted grey."""
+    layers reset dashed, Adam dash-dotted, Adam on the same batches dotted with crosses, the
+    majority class dotted grey."""
     from gnca.experiments.plots import COLORS, pyplot
 
     plt = pyplot()
@@ -407,6 +408,9 @@ def plot(curves: dict[str, dict[str, dict[str, Any]]], path: Path, k: int) -> No
             top.plot(x, c["hidden_reset"], "o--", color=grown_c, alpha=0.6,
                      label=f"grown, hidden reset {arch}")  # fmt: skip
             top.plot(x, c["adam"], "s-.", color=adam_c, label=f"Adam {arch}")
+            if "adam_same" in c:
+                top.plot(x, c["adam_same"], "x:", color=adam_c,
+                         label=f"Adam, same batches {arch}")  # fmt: skip
             bottom.plot(c["grown_cpu_s_per_net"], c["grown"], "o-", color=grown_c,
                         label=f"grown {arch}")  # fmt: skip
             bottom.plot(c["adam_cpu_s_per_net"], c["adam"], "s-.", color=adam_c,
