@@ -11,27 +11,42 @@ senses alone. Two rule sizes: the configs' ``C = 16``, MLP 64, and a small rule,
 per weight; and with Adam's descent path (``rule.descent_norm``, ``rule.descent_momentum``,
 ``rule.descent_only``, with ``rule.sense_norm``: the update of configs/tabular_aligned.yaml and
 configs/mnist_aligned.yaml), at their size, ``C = 16``, MLP 64, and at the smallest size the path
-leaves room for, ``C = 6``, MLP 16, each against the data-free rule of its size. Growing steps of a
-rule with that path take :func:`gnca.rule_adam.adam_only_step`.
+leaves room for, ``C = 6``, MLP 16 (configs/mnist_aligned_small.yaml), each against the data-free
+rule of its size; these rules take every option of their config files (bound, state bound, fire
+rate, the path's), read from the files. Growing steps of a rule with that path take
+:func:`gnca.rule_adam.adam_only_step`.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from common import Context, Section, Table, interleaved, ms
 
 from gnca import Architecture, LocalRule, WeightGraph
+from gnca.config import load_config
 from gnca.data import Dataset
 from gnca.senses import SENSES, SenseReader
 from gnca.state import initial_state
 from gnca.task import Task
 
-#: the update of configs/tabular_aligned.yaml: Adam's step along the delta sense, alone, and the
-#: error senses read at unit RMS per net
-ADAM_PATH = {"descent": 0.03, "descent_only": True, "descent_norm": 0.999, "descent_momentum": 0.9,
-             "sense_norm": True}  # fmt: skip
-#: the same with a step that depends on each weight's age (configs/mnist_aligned_small.yaml)
-AGED_PATH = {**ADAM_PATH, "descent_age": True}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: the options of a rule config that the timed rules take from it (besides its size)
+RULE_OPTIONS = ("fire_rate", "bound", "state_bound", "sense_norm", "descent", "descent_only",
+                "descent_norm", "descent_momentum", "descent_age")  # fmt: skip
+
+
+def config_rule(name: str, **changes) -> tuple[int, list[int], dict]:
+    """``(C, widths, options)`` of the rule of ``configs/<name>.yaml`` (``changes`` applied)."""
+    r = replace(load_config(CONFIGS / f"{name}.yaml").rule, **changes)
+    return r.hidden_channels, list(r.widths), {k: getattr(r, k) for k in RULE_OPTIONS}
+
+
+#: the update of configs/mnist_aligned.yaml and mnist_aligned_small.yaml: Adam's step along the
+#: delta sense, alone, and the error senses read at unit RMS per net (as the config files have it)
+ADAM_PATH = config_rule("mnist_aligned_small")[2]
 
 
 def _toy_task(n_in: int, n_out: int, device: torch.device) -> Task:
@@ -59,8 +74,9 @@ def run_senses(sec: Section, ctx: Context) -> None:
     )
     sec.tables.append(t)
     specs = [([64, 32, 10], 8), ([196, 32, 10], 16)] if not ctx.quick else [([64, 32, 10], 4)]
-    rules = [(16, [64], {}), (16, [64], ADAM_PATH), (8, [16], {}), (6, [16], ADAM_PATH),
-             (6, [16], AGED_PATH)]  # fmt: skip
+    rules = [(16, [64], {}), config_rule("mnist_aligned"), (8, [16], {}),
+             config_rule("mnist_aligned_small"),
+             config_rule("mnist_aligned_small", descent_age=True)]  # fmt: skip
     rules = rules if not ctx.quick else rules[:1]
     for sizes, nets in specs:
         for c, widths, path in rules:
@@ -84,7 +100,7 @@ def _time_one(
     w, _ = initial_state(graph, c, "random", generator=torch.Generator().manual_seed(0))
     w = w.to(dev)
     h = torch.randn(w.shape[0], c, device=dev) * 0.1
-    if path:  # Adam's moments as growth has them: v >= 0 and bias corrections in (0, 1)
+    if path.get("descent_norm"):  # Adam's moments as growth has them: v >= 0 and bias corrections in (0, 1)
         half = torch.full_like(h[:, 0], 0.5)
         h = torch.cat([torch.stack([h[:, 0].abs(), half, h[:, 2], half], 1), h[:, 4:]], 1)
     torch.manual_seed(0)
@@ -138,7 +154,9 @@ def _time_one(
         a, b = res["plain"].median, res["senses"].median
         adam = res["adam"].median if "adam" in res else None
         read = res["read"].median if "read" in res else None
-        rule = f"C={c}, MLP {'-'.join(map(str, widths))}" + (", Adam path" if path else "")
+        rule = f"C={c}, MLP {'-'.join(map(str, widths))}" + (
+            ", Adam path" if path.get("descent_norm") else ""
+        )
         rule += ", age" if path.get("descent_age") else ""
         t.rows.append(
             [f"{nets} x {'-'.join(map(str, sizes))}", w.shape[0], rule,
@@ -147,7 +165,7 @@ def _time_one(
              ms(read) if read else ""]
         )  # fmt: skip
         key = f"{'-'.join(map(str, sizes))}_C{c}_mlp{'-'.join(map(str, widths))}"
-        key += "_adam_path" if path else ""
+        key += "_adam_path" if path.get("descent_norm") else ""
         key += "_age" if path.get("descent_age") else ""
         sec.data[f"{key}_{'grad' if grad else 'nograd'}"] = {
             "plain_s": a,
