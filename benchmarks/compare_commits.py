@@ -4,8 +4,9 @@ Each commit is checked out into a temporary ``git worktree``; a fresh process pe
 imports gnca from that tree and times one step (no grad, and forward+backward) of the default rule
 on 784-100-10 and 784-1000-1000-10 on one thread, in process CPU time (with ``--senses``: a small
 rule, ``C = 8``, MLP 16, reading all senses of 64 examples on 16 nets of 196-32-10; with
-``--adam-path`` as well: ``C = 6``, MLP 16, moving its weights by Adam's path alone and reading its
-error senses at unit RMS, the update of configs/tabular_aligned.yaml). Processes alternate between
+``--adam-path`` as well: the rule of configs/mnist_aligned_small.yaml, ``C = 6``, MLP 16, moving its
+weights by Adam's path alone and reading its error senses at unit RMS, with every option of that
+file). Processes alternate between
 the commits for ``--rounds`` rounds; the table shows the median over rounds.
 
     python benchmarks/compare_commits.py 300f9be 612251e HEAD --rounds 3
@@ -105,6 +106,20 @@ print("RESULT " + json.dumps({"16x196-32-10 senses": res}))
 )
 
 
+def adam_path_options() -> dict:
+    """The options of the rule of configs/mnist_aligned_small.yaml besides its size, as
+    keyword arguments of ``LocalRule`` (read here, with this tree's gnca; handed to the
+    children as a literal, so that older commits time the same rule)."""
+    sys.path.insert(0, str(ROOT))
+    from gnca.config import load_config
+
+    r = load_config(ROOT / "configs" / "mnist_aligned_small.yaml").rule
+    keys = ("fire_rate", "bound", "state_bound", "sense_norm", "descent", "descent_only",
+            "descent_norm", "descent_momentum")  # fmt: skip
+    assert (r.hidden_channels, list(r.widths)) == (6, [16]), "the child builds C = 6, MLP 16"
+    return {key: getattr(r, key) for key in keys}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("commits", nargs="+", help="commits to compare (e.g. 300f9be HEAD)")
@@ -117,11 +132,11 @@ def main() -> None:
     ap.add_argument(
         "--adam-path",
         action="store_true",
-        help="with --senses: the rule C = 6, MLP 16, with Adam's descent path alone",
+        help="with --senses: the rule of configs/mnist_aligned_small.yaml (C = 6, MLP 16, Adam's "
+        "descent path alone)",
     )
     args = ap.parse_args()
-    path = {"descent": 0.03, "descent_only": True, "descent_norm": 0.999, "descent_momentum": 0.9,
-            "sense_norm": True}  # fmt: skip
+    path = adam_path_options() if args.adam_path else {}
     senses_child = (
         f"C, PATH = 6, {path!r}\n" if args.adam_path else "C, PATH = 8, {}\n"
     ) + SENSES_CHILD

@@ -100,7 +100,9 @@ def _time_one(
     w, _ = initial_state(graph, c, "random", generator=torch.Generator().manual_seed(0))
     w = w.to(dev)
     h = torch.randn(w.shape[0], c, device=dev) * 0.1
-    if path.get("descent_norm"):  # Adam's moments as growth has them: v >= 0 and bias corrections in (0, 1)
+    if path.get(
+        "descent_norm"
+    ):  # Adam's moments as growth has them: v >= 0 and bias corrections in (0, 1)
         half = torch.full_like(h[:, 0], 0.5)
         h = torch.cat([torch.stack([h[:, 0].abs(), half, h[:, 2], half], 1), h[:, 4:]], 1)
     torch.manual_seed(0)

@@ -197,7 +197,7 @@ def _gathered(
         z = torch.addmm(first.bias, p, w_p, out=z_buf[: j - i])  # (b, width)
         if senses is not None:
             z.addmm_(senses[i:j].to(z.dtype), w_s)
-        h_new[i:j, k:] = _live(rule, z, h[i:j, k:], m[i:j].unsqueeze(1), bufs)
+        _live(rule, z, h[i:j, k:], m[i:j].unsqueeze(1), h_new[i:j, k:], bufs)
 
 
 def _dense(
@@ -244,8 +244,8 @@ def _dense(
             z.addcmul_(wv[g0:g1, sl], own[0])
             z4 = z.view(n, blk.a, blk.b, -1)
             z4.add_(t_f[blk.rows_f[g0:g1]]).add_(t_b[blk.rows_b[g0:g1]])  # (n, 1|a, b|1, width)
-            live = _live(rule, z.view(n * blk.rows, -1), hv[g0:g1, sl, k:], mv[g0:g1, sl], bufs)
-            h_newv[g0:g1, sl, k:] = live
+            _live(rule, z.view(n * blk.rows, -1), hv[g0:g1, sl, k:], mv[g0:g1, sl],
+                  h_newv[g0:g1, sl, k:], bufs)  # fmt: skip
 
 
 def _dense_sums(
@@ -272,12 +272,15 @@ def _live(
     z: torch.Tensor,
     h_live: torch.Tensor,
     m: torch.Tensor,
+    out: torch.Tensor,
     bufs: dict[int, torch.Tensor],
-) -> torch.Tensor:
-    """The new surviving hidden channels from the first layer's output ``z`` ``(rows, width)``:
-    the rest of the MLP (its last layer on those channels only, as ``(L, rows)``), the bound,
-    the masked (and state-bounded) update of ``h_live`` (``(..., L)``, ``rows`` entries, ``m``
-    broadcast to it)."""
+) -> None:
+    """Write the new surviving hidden channels into ``out`` (a view of ``h_new``, the shape of
+    ``h_live``, ``(..., L)`` with ``rows`` entries before ``L``) from the first layer's output
+    ``z`` ``(rows, width)``: the rest of the MLP (its last layer on those channels only, as
+    ``(L, rows)``), the bound, the masked (and state-bounded) update of ``h_live`` (``m``
+    broadcast to it). The update runs channel-major, ``(L, rows)``, on a contiguous copy of
+    ``h_live`` (the channels are strided in the states), and is written back once."""
     layers = list(rule.mlp)
     last = layers[-1]
     assert isinstance(last, nn.Linear)
@@ -286,8 +289,14 @@ def _live(
     dh = torch.addmm(last.bias[1 + k :].unsqueeze(1), last.weight[1 + k :], z.t())  # (L, rows)
     if rule.bound is not None:
         dh = dh.div_(rule.bound).tanh_().mul_(rule.bound)
-    dh = dh.t().view(h_live.shape)
-    if rule.state_bound is None:
-        return torch.addcmul(h_live, dh, m)
-    sb = rule.state_bound  # h + m * (sb * tanh((h + dh) / sb) - h)
-    return torch.addcmul(h_live, dh.add(h_live).div_(sb).tanh_().mul_(sb).sub_(h_live), m)
+    dh = dh.view(h_live.shape[-1], *h_live.shape[:-1])  # (L, ...)
+    h0 = h_live.movedim(-1, 0).contiguous()  # (L, ...)
+    mm = m.movedim(-1, 0)  # (1, ...)
+    sb = rule.state_bound
+    if sb is None:
+        new = torch.addcmul(h0, dh, mm)
+    else:  # h + m * (sb * tanh((h + dh) / sb) - h); dividing and multiplying by 1 changes nothing
+        u = dh.add_(h0)
+        u = u.tanh_() if sb == 1.0 else u.div_(sb).tanh_().mul_(sb)
+        new = torch.addcmul(h0, u.sub_(h0), mm)
+    out.copy_(new.movedim(0, -1))
