@@ -280,7 +280,8 @@ def _live(
     ``z`` ``(rows, width)``: the rest of the MLP (its last layer on those channels only, as
     ``(L, rows)``), the bound, the masked (and state-bounded) update of ``h_live`` (``m``
     broadcast to it). The update runs channel-major, ``(L, rows)``, on a contiguous copy of
-    ``h_live`` (the channels are strided in the states), and is written back once."""
+    ``h_live`` (the channels are strided in the states), and is written back once; its tanh is
+    :func:`_tanh_`."""
     layers = list(rule.mlp)
     last = layers[-1]
     assert isinstance(last, nn.Linear)
@@ -288,7 +289,7 @@ def _live(
     z = hidden_no_grad(layers[1:-1], z, bufs)
     dh = torch.addmm(last.bias[1 + k :].unsqueeze(1), last.weight[1 + k :], z.t())  # (L, rows)
     if rule.bound is not None:
-        dh = dh.div_(rule.bound).tanh_().mul_(rule.bound)
+        dh = _tanh_(dh.div_(rule.bound)).mul_(rule.bound)
     dh = dh.view(h_live.shape[-1], *h_live.shape[:-1])  # (L, ...)
     h0 = h_live.movedim(-1, 0).contiguous()  # (L, ...)
     mm = m.movedim(-1, 0)  # (1, ...)
@@ -297,6 +298,13 @@ def _live(
         new = torch.addcmul(h0, dh, mm)
     else:  # h + m * (sb * tanh((h + dh) / sb) - h); dividing and multiplying by 1 changes nothing
         u = dh.add_(h0)
-        u = u.tanh_() if sb == 1.0 else u.div_(sb).tanh_().mul_(sb)
+        u = _tanh_(u) if sb == 1.0 else _tanh_(u.div_(sb)).mul_(sb)
         new = torch.addcmul(h0, u.sub_(h0), mm)
     out.copy_(new.movedim(0, -1))
+
+
+def _tanh_(x: torch.Tensor) -> torch.Tensor:
+    """``tanh`` of ``x`` in place, as ``2 sigmoid(2x) - 1``: the same function, several times
+    faster than ``torch.tanh`` on CPU (measured about 6x on this project's machine), with an
+    absolute rounding error of a few units in the last place of 1 instead of a relative one."""
+    return x.mul_(2).sigmoid_().mul_(2).sub_(1)
