@@ -378,7 +378,8 @@ def dense_senses(
     """:func:`weight_senses` of :func:`neuron_stats` for ``G`` identical MLPs with biases
     (the layout of :meth:`gnca.Architecture.mlp`), with batched matmuls: the per-weight batch
     means of products are ``A_l^T A_{l+1} / B`` per layer. ``w``, ``feedback``: ``(G * E,)``;
-    returns ``(G * E, S)``, equal to the general path up to float rounding."""
+    returns ``(G * E, S)``, equal to the general path up to float rounding (without gradients,
+    a transposed view of a contiguous ``(S, G * E)``)."""
     names, sizes = check_senses(names), list(sizes)
     A, Z, loss, err = _dense_pass(sizes, w, X, y, activation, fan_in_ref, class_mask)
     g = A[0].shape[0]
@@ -394,16 +395,19 @@ def dense_senses(
         cols = [_dense_layer(per) for per in layers]
         return torch.cat(cols, 1).reshape(g * e, -1)  # (G * E, S)
     # growing: each column written once into its place (the same values, without the narrow
-    # concatenations, slow on CPU); a layer's (G, a + 1, b) block is its weights, then biases
-    out = loss.new_empty(g, e, len(layers[0]))
+    # concatenations, slow on CPU), channel-major: the (G * E, S) result is the transpose of a
+    # contiguous (S, G * E), so that every write and every later read of a column (the
+    # normalisation, the descent path) is contiguous; a layer's (G, a + 1, b) block is its
+    # weights, then biases
+    out = loss.new_empty(len(layers[0]), g, e)
     off = 0
     for per in layers:
         a1, b = per[0].shape[1:]
-        block = out[:, off : off + a1 * b].view(g, a1, b, -1)
+        block = out[:, :, off : off + a1 * b].view(-1, g, a1, b)
         for j, col in enumerate(per):
-            block[..., j] = col
+            block[j] = col
         off += a1 * b
-    return out.view(g * e, -1)
+    return out.view(-1, g * e).t()
 
 
 def _layer_columns(
