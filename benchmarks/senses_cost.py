@@ -73,7 +73,8 @@ def run_senses(sec: Section, ctx: Context) -> None:
         ],
     )
     sec.tables.append(t)
-    specs = [([64, 32, 10], 8), ([196, 32, 10], 16)] if not ctx.quick else [([64, 32, 10], 4)]
+    specs = [([64, 32, 10], 8), ([196, 32, 10], 16), ([784, 32, 10], 10)]
+    specs = specs if not ctx.quick else [([64, 32, 10], 4)]
     rules = [(16, [64], {}), config_rule("mnist_aligned"), (8, [16], {}),
              config_rule("mnist_aligned_small"),
              config_rule("mnist_aligned_small", descent_age=True)]  # fmt: skip
