@@ -420,6 +420,7 @@ def cmd_grow(args: argparse.Namespace) -> int:
     record = sorted(set(record) | {steps})
     out = {
         "checkpoint": str(args.checkpoint),
+        "rule": repr(trained.rule),
         "split": args.split,
         "num": args.num,
         "steps": steps,
@@ -452,6 +453,7 @@ def cmd_grow(args: argparse.Namespace) -> int:
         [a, str(steps), f"{e['mean']:.4f}", f"{e['min']:.4f}", f"{e['max']:.4f}"]
         for a, e in out["architectures"].items()
     ]
+    print(f"rule: {out['rule']}")
     print(f"{args.num} nets grown per architecture, {args.split} accuracy on {cfg.data.name}:")
     print(_fmt_table(rows, ["architecture", "rule steps", "mean acc", "min", "max"]))
     for a, e in out["architectures"].items():

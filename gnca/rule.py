@@ -523,11 +523,19 @@ class LocalRule(MessagePassing):
             + (f", state_bound={self.state_bound}" if self.state_bound is not None else "")
             + (", sense_norm" if self.sense_norm else "")
             + (f", sense_floor={self.sense_floor:g}" if self.sense_floor else "")
-            + (f", descent={self.descent:g}" if self.descent else "")
+            + (
+                f", descent={self.descent:g} (step {float(self.descent_rate.detach()):.4g})"
+                if self.descent
+                else ""
+            )
             + (", descent_only" if self.descent_only else "")
             + (f", descent_norm={self.descent_norm:g}" if self.descent_norm is not None else "")
             + (f", descent_momentum={self.descent_momentum:g}" if self.descent_momentum else "")
-            + (", descent_age" if self.descent_age else "")
+            + (
+                f", descent_age (mu {float(self.descent_age_coef.detach()):.3g})"
+                if self.descent_age
+                else ""
+            )
             + (f", feedback={self.feedback}" if self.feedback != "learned" else "")
             + ")"
         )

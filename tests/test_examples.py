@@ -317,3 +317,32 @@ def test_adam_readout_trains_what_each_mode_says(capsys) -> None:
     assert [line.split()[1] for line in rows[1:]] == ["full", "readout", "linear"]
     with pytest.raises(SystemExit, match="unknown dataset"):
         mod["main"](["--dataset", "nope", "--steps", "3"])
+
+
+def test_batch_sequences_trains_adam_once_per_sequence(tmp_path, monkeypatch, capsys) -> None:
+    """One line per batch sequence, then their range; sequences differ only in their batches,
+    so the same seed gives the same accuracy and another seed (here) another."""
+    from conftest import TINY
+
+    from gnca.cli import main
+
+    run = tmp_path / "run"
+    cfg = str(EXAMPLES.parent / "configs" / "digits_senses.yaml")
+    assert main(["train", "--config", cfg, "--set", *TINY, "task.architectures=[[64,8,10]]",
+                 "train.steps=1", "--out", str(run), "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    argv = ["batch_sequences.py", str(run / "last.pt"), "--steps", "3", "--sequences", "3",
+            "--num", "2", "--arch", "h:4", "--lr", "0.1"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(EXAMPLES / "batch_sequences.py"), run_name="__main__")
+    lines = capsys.readouterr().out.strip().splitlines()
+    accs = [float(ln.rsplit(" ", 1)[1]) for ln in lines[:3]]
+    assert [ln.split(":")[0] for ln in lines[:3]] == ["sequence 0", "sequence 1", "sequence 2"]
+    assert all(0.0 <= a <= 1.0 for a in accs) and len(set(accs)) > 1
+    assert lines[3].startswith("3 sequences, 3 steps of") and f"{min(accs):.4f}" in lines[3]
+    runpy.run_path(str(EXAMPLES / "batch_sequences.py"), run_name="__main__")
+    again = capsys.readouterr().out.strip().splitlines()
+    assert again == lines  # the same sequences, the same accuracies
+    monkeypatch.setattr(sys, "argv", [*argv[:2], "--sequences", "0"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(EXAMPLES / "batch_sequences.py"), run_name="__main__")

@@ -14,8 +14,8 @@ at every horizon ``m * K`` of ``horizons`` (``K = train.k_max``) the run records
 * Adam on the same examples: the rate it picked, run again on the whole training split with
   the very batches the grown nets read (the same generator, drawn in the same order), so that
   the two differ only in how the nets learn, not in which examples they saw (one batch
-  sequence, shared by all nets, would otherwise move both means by up to about 0.01 at 10 K
-  on MNIST);
+  sequence, shared by all nets, would otherwise move both means: ``examples/batch_sequences.py``
+  measures by how much);
 * the CPU seconds (``time.process_time``) per net of growing up to ``m * K`` and of Adam's run
   at that budget with the rate it picked (the tuning's other rates not counted);
 * the majority class of the training split;
