@@ -51,11 +51,13 @@ def test_learning_experiment_outputs(tmp_path):
     s = run_learning(RuleSource("senses", senses_cfg()), RuleSource("data-free", ctl), out,
                      num=3, horizon_mult=2, progress=False)  # fmt: skip
     h = s["headline"]
-    for key in ("accuracy_permuted", "accuracy_unpermuted", "adam_all_layers", "peak"):
+    for key in ("accuracy_permuted", "accuracy_unpermuted", "adam_all_layers",
+                "adam_same_batches", "peak"):  # fmt: skip
         assert 0.0 <= h[key] <= 1.0
     assert h["examples_seen"] == 3 * 16
     rows = (out / "learning.csv").read_text()
     assert "held-out permutations @K" in rows and "data-free" in rows
+    assert "Adam, all layers, on the grown nets' batches" in rows
     assert (out / "learning.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "summary.json").read_text())["experiment"] == "learning"
     with pytest.raises(ValueError, match="reads no data"):

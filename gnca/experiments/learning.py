@@ -10,7 +10,8 @@ Protocol (one rule with senses; optionally a data-free control rule):
    hidden layers put back to the initial weights, and Adam from the same initial nets on the
    output layer alone and on all layers, with as many examples seen per net as the rule read
    (``K`` rule steps x ``rule.sense_batch``), the learning rate picked on a validation part of
-   the training split.
+   the training split; and Adam on all layers at that rate on the whole split with the very
+   batches the grown nets read (the two then differ only in how the nets learn).
 3. **Past the horizon.** Accuracy at every step up to ``horizon_mult * K``; the peak and the
    value at the end.
 
@@ -28,7 +29,12 @@ import torch
 
 from gnca.architecture import OUTPUT
 from gnca.build import TrainedRule
-from gnca.experiments.adam_baseline import ADAM_LRS, adam, tuned_adam  # noqa: F401 (re-exported)
+from gnca.experiments.adam_baseline import (  # noqa: F401 (ADAM_LRS, adam: re-exported)
+    ADAM_LRS,
+    adam,
+    train_adam,
+    tuned_adam,
+)
 from gnca.experiments.command import add_horizon_mult, rule_sources, run_and_report
 from gnca.experiments.common import (
     ExperimentError,
@@ -212,10 +218,18 @@ def _hidden_part(tr, rows: _Rows, k: int, num: int, seed: int, grown: float) -> 
     lr_f, w_f = tuned_adam(tr.task, graph, w0, torch.ones_like(is_out_layer), k, batch, seed)
     acc_f = rows.add("Adam, all layers", "adam", permuted_accuracy(tr.task, graph, w_f, None),
                      lr=lr_f, examples_seen=examples)  # fmt: skip
+    # that rate again on the whole training split, with the very batches the grown nets read
+    X, y = tr.task.split("train", w0.device)
+    w_s = train_adam(tr.task, graph, w0, torch.ones_like(is_out_layer), [batch] * k, lr_f,
+                     reader_seed(seed), X, y)  # fmt: skip
+    acc_s = rows.add("Adam, all layers, on the grown nets' batches", "adam",
+                     permuted_accuracy(tr.task, graph, w_s, None), lr=lr_f,
+                     examples_seen=examples)  # fmt: skip
     return {
         "accuracy_hidden_reset": acc_reset,
         "adam_output_only": acc_o,
         "adam_all_layers": acc_f,
+        "adam_same_batches": acc_s,
         "adam_lrs": [lr_o, lr_f],
         "gap_closed": (grown - acc_o) / (acc_f - acc_o) if acc_f != acc_o else float("nan"),
         "examples_seen": examples,
@@ -285,6 +299,7 @@ BETTER = {
     "accuracy_hidden_reset": None,
     "adam_output_only": None,
     "adam_all_layers": None,
+    "adam_same_batches": None,
     "gap_closed": HIGHER,
     "peak": HIGHER,
     "at_end": HIGHER,
