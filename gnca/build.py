@@ -74,6 +74,7 @@ def make_rule(r: RuleConfig) -> LocalRule:
         descent_norm=r.descent_norm,
         descent_momentum=r.descent_momentum,
         descent_age=r.descent_age,
+        descent_age_fixed=r.descent_age_fixed,
         feedback=r.feedback,
     )
 

@@ -156,6 +156,7 @@ class RuleConfig:
     descent_norm: float | None = None  # beta2: the path steps as Adam, moments in h[:, :2 or 4]
     descent_momentum: float = 0.0  # beta1: Adam's first moment for a descent_norm path
     descent_age: bool = False  # a descent_norm step that depends on each weight's age (learned)
+    descent_age_fixed: float | None = None  # with descent_age: mu fixed at this (not learned)
     feedback: str = "learned"  # learned (last hidden channel) | weights: backward messages
 
 
@@ -526,6 +527,10 @@ def _validate_rule(c: RuleConfig, p: str) -> None:
     if c.descent_momentum and c.descent_norm is None:
         raise ConfigError(
             f"config key '{_key(p, 'descent_momentum')}' needs '{_key(p, 'descent_norm')}'"
+        )
+    if c.descent_age_fixed is not None and not c.descent_age:
+        raise ConfigError(
+            f"config key '{_key(p, 'descent_age_fixed')}' needs '{_key(p, 'descent_age')}'"
         )
     if c.descent_age and c.descent_norm is None:
         raise ConfigError(

@@ -133,6 +133,8 @@ class LocalRule(MessagePassing):
             step of a rule without it). It lets one rule take larger steps while a net is
             young and smaller ones late, as a learning rate schedule does. Needs
             ``descent_norm``.
+        descent_age_fixed: with ``descent_age``, :math:`\mu` is this value, kept fixed (a
+            buffer, not a parameter: a hand-set schedule); ``None`` (default): learned.
         feedback: what the backward messages of the ``error`` and ``delta`` senses are
             multiplied by (:class:`gnca.senses.SenseReader`, which is built with it):
             ``"learned"`` (default), the last hidden channel, or ``"weights"``, the weights
@@ -328,6 +330,7 @@ class LocalRule(MessagePassing):
         descent_norm: float | None = None,
         descent_momentum: float = 0.0,
         descent_age: bool = False,
+        descent_age_fixed: float | None = None,
         feedback: str = "learned",
     ) -> None:
         _check_arguments(reduce, aggr, fire_rate, hidden_channels, bound, state_bound)
@@ -393,6 +396,9 @@ class LocalRule(MessagePassing):
                     f"{self.moment_channels + 1}"
                 )
         self.descent_age = bool(descent_age)
+        self.descent_age_fixed = None if descent_age_fixed is None else float(descent_age_fixed)
+        if self.descent_age_fixed is not None and not self.descent_age:
+            raise ValueError("descent_age_fixed fixes descent_age's mu: set descent_age")
         if self.descent_age and self.descent_norm is None:
             raise ValueError(
                 "descent_age reads each weight's age from Adam's moments: set descent_norm"
@@ -408,8 +414,10 @@ class LocalRule(MessagePassing):
         self.mlp = nn.Sequential(*layers, self.out)
         if self.descent:  # log of the descent path's step size over descent
             self.descent_log = nn.Parameter(torch.zeros(()))
-        if self.descent_age:  # mu: how much larger a new weight's step is
-            self.descent_age_coef = nn.Parameter(torch.zeros(()))
+        if self.descent_age and self.descent_age_fixed is None:  # mu: a new weight's log-step
+            self.descent_age_coef = nn.Parameter(torch.zeros(()))  # over an old one's
+        elif self.descent_age:
+            self.register_buffer("descent_age_coef", torch.tensor(self.descent_age_fixed))
         self.reset_parameters()
 
     # ------------------------------------------------------------------ the step's parts
@@ -483,7 +491,7 @@ class LocalRule(MessagePassing):
         nn.init.zeros_(self.out.bias)
         if self.descent:
             nn.init.zeros_(self.descent_log)
-        if self.descent_age:
+        if self.descent_age and self.descent_age_fixed is None:
             nn.init.zeros_(self.descent_age_coef)
 
     # ------------------------------------------------------------------ config
@@ -508,6 +516,11 @@ class LocalRule(MessagePassing):
             **({"descent_norm": self.descent_norm} if self.descent_norm is not None else {}),
             **({"descent_momentum": self.descent_momentum} if self.descent_momentum else {}),
             **({"descent_age": True} if self.descent_age else {}),
+            **(
+                {"descent_age_fixed": self.descent_age_fixed}
+                if self.descent_age_fixed is not None
+                else {}
+            ),
             **({"feedback": self.feedback} if self.feedback != "learned" else {}),
         }
 
@@ -532,7 +545,8 @@ class LocalRule(MessagePassing):
             + (f", descent_norm={self.descent_norm:g}" if self.descent_norm is not None else "")
             + (f", descent_momentum={self.descent_momentum:g}" if self.descent_momentum else "")
             + (
-                f", descent_age (mu {float(self.descent_age_coef.detach()):.3g})"
+                f", descent_age (mu {float(self.descent_age_coef.detach()):.3g}"
+                + (", fixed)" if self.descent_age_fixed is not None else ")")
                 if self.descent_age
                 else ""
             )

@@ -414,6 +414,41 @@ def test_descent_age_is_kept_and_checked(tmp_path):
         config_from_dict(d)
 
 
+def test_a_fixed_age_coefficient_is_a_buffer_meta_training_leaves_alone(tmp_path):
+    """descent_age_fixed: mu is a buffer at the given value (not a parameter), the step uses it
+    (the loop reference), meta-training does not move it, checkpoints keep it."""
+    from gnca.trainer import MetaTrainer
+
+    rule, twin, graph, w, h, s = _case(descent_norm=0.99, descent_momentum=0.9, descent_age=True)
+    fixed = LocalRule(6, (16,), senses=ALL, sense_norm=True, bound=0.1, descent=0.05,
+                      descent_norm=0.99, descent_momentum=0.9, descent_age=True,
+                      descent_age_fixed=0.7).double()  # fmt: skip
+    assert "descent_age_coef" not in dict(fixed.named_parameters())
+    assert float(fixed.descent_age_coef) == pytest.approx(0.7) and "mu 0.7, fixed" in repr(fixed)
+    fixed.load_state_dict(rule.state_dict())  # rule's mu is 0.7 too (_case)
+    h = _adam_state(h, 4)
+    mask = torch.ones(w.shape[0], dtype=torch.float64)
+    want_w, want_h = _adam_reference(fixed, twin, graph, w, h, s, mask, 0.9, 0.99)
+    got_w, got_h = fixed.step(graph, w, h, mask=mask, senses=s)
+    torch.testing.assert_close(got_w.detach(), want_w)
+    d = config_to_dict(tiny_config())
+    d["rule"].update(senses=ALL, sense_batch=8, hidden_channels=6, descent=0.01, descent_only=True,
+                     descent_norm=0.99, descent_momentum=0.9, descent_age=True,
+                     descent_age_fixed=0.5)  # fmt: skip
+    t = MetaTrainer.from_config(config_from_dict(d))
+    for _ in range(2):
+        t.meta_step()
+    assert float(t.rule.descent_age_coef) == 0.5
+    t.save(tmp_path / "last.pt")
+    loaded = load_trained(str(tmp_path / "last.pt")).rule
+    assert loaded.config()["descent_age_fixed"] == 0.5 and float(loaded.descent_age_coef) == 0.5
+    with pytest.raises(ValueError, match="descent_age_fixed fixes descent_age's mu"):
+        LocalRule(6, senses=ALL, descent=0.1, descent_norm=0.9, descent_age_fixed=0.5)
+    d["rule"].update(descent_age=False)
+    with pytest.raises(ValueError, match="'rule.descent_age_fixed' needs 'rule.descent_age'"):
+        config_from_dict(d)
+
+
 @pytest.mark.parametrize("b1", [0.0, 0.9])
 def test_adams_path_is_torch_adam_on_the_senses(b1):
     """Fed the same sequence of senses as gradients, the descent-only path moves the weights
