@@ -111,13 +111,12 @@ def adam_path_options() -> dict:
     keyword arguments of ``LocalRule`` (read here, with this tree's gnca; handed to the
     children as a literal, so that older commits time the same rule)."""
     sys.path.insert(0, str(ROOT))
-    from gnca.config import load_config
+    from senses_cost import config_rule
 
-    r = load_config(ROOT / "configs" / "mnist_aligned_small.yaml").rule
-    keys = ("fire_rate", "bound", "state_bound", "sense_norm", "descent", "descent_only",
-            "descent_norm", "descent_momentum")  # fmt: skip
-    assert (r.hidden_channels, list(r.widths)) == (6, [16]), "the child builds C = 6, MLP 16"
-    return {key: getattr(r, key) for key in keys}
+    c, widths, options = config_rule("mnist_aligned_small")
+    assert (c, widths) == (6, [16]), "the child builds C = 6, MLP 16"
+    assert not options.pop("descent_age"), "older commits have no descent_age"
+    return options
 
 
 def main() -> None:

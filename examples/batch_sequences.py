@@ -21,7 +21,7 @@ import torch
 
 from gnca.archspec import parse_arch
 from gnca.build import load_trained
-from gnca.experiments.adam_baseline import adam_batches, train_adam
+from gnca.experiments.adam_baseline import adam_batches, tune_adam
 from gnca.experiments.learning import initial_weights
 
 
@@ -50,13 +50,12 @@ def main() -> None:
     graph, w0 = initial_weights(tr, args.num, args.seed, arch)
     X, y = task.split("train", w0.device)
     X_te, y_te = task.split("test", w0.device)
-    cut = int(0.8 * X.shape[0])
     batch = tr.cfg.rule.sense_batch
     batches = adam_batches(args.steps * batch, batch)
     trainable = torch.ones_like(w0, dtype=torch.bool)
     accs = []
     for s in range(args.sequences):
-        w = train_adam(task, graph, w0, trainable, batches, args.lr, s, X[:cut], y[:cut])
+        w = tune_adam(task, graph, w0, trainable, batches, s, [args.lr], X, y).w  # 4/5 of X
         acc = float(task.batched_accuracy(graph, w, X_te, y_te).mean())
         accs.append(acc)
         print(f"sequence {s}: mean test accuracy {acc:.4f}", flush=True)

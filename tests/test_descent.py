@@ -116,9 +116,9 @@ def test_a_drawn_mask_is_drawn_once_for_both_updates():
         torch.testing.assert_close(got_h.detach(), want_h.detach())
 
 
-def test_the_step_size_is_learned():
-    """The meta-gradient reaches descent_log, and equals a finite difference."""
-    rule, _, graph, w, h, s = _case()
+def _assert_gradient_is_a_finite_difference(rule, param, graph, w, h, s) -> None:
+    """The meta-gradient of a linear loss of ``w'`` reaches the 0-dim ``param`` of ``rule``,
+    nonzero, and equals a central finite difference."""
     mask = torch.ones(w.shape[0], dtype=torch.float64)
     target = torch.randn(w.shape[0], generator=torch.Generator().manual_seed(1), dtype=w.dtype)
 
@@ -127,15 +127,21 @@ def test_the_step_size_is_learned():
         return (w_new * target).sum()
 
     loss().backward()
-    g = rule.descent_log.grad
+    g = param.grad
     assert g is not None and g.abs() > 0
     eps = 1e-6
     with torch.no_grad():
-        rule.descent_log += eps
+        param += eps
         up = loss()
-        rule.descent_log -= 2 * eps
+        param -= 2 * eps
         down = loss()
     torch.testing.assert_close(g, (up - down) / (2 * eps))
+
+
+def test_the_step_size_is_learned():
+    """The meta-gradient reaches descent_log, and equals a finite difference."""
+    rule, _, graph, w, h, s = _case()
+    _assert_gradient_is_a_finite_difference(rule, rule.descent_log, graph, w, h, s)
 
 
 def test_a_fresh_rule_with_descent_descends():
@@ -373,23 +379,7 @@ def test_the_age_coefficient_is_learned():
     """The meta-gradient reaches descent_age_coef and equals a finite difference."""
     rule, _, graph, w, h, s = _case(descent_norm=0.99, descent_momentum=0.9, descent_age=True)
     h = _adam_state(h, 4)
-    mask = torch.ones(w.shape[0], dtype=torch.float64)
-    target = torch.randn(w.shape[0], generator=torch.Generator().manual_seed(1), dtype=w.dtype)
-
-    def loss() -> torch.Tensor:
-        w_new, _ = rule(graph, w, h, mask=mask, senses=s)
-        return (w_new * target).sum()
-
-    loss().backward()
-    g = rule.descent_age_coef.grad
-    assert g is not None and g.abs() > 0
-    eps = 1e-6
-    with torch.no_grad():
-        rule.descent_age_coef += eps
-        up = loss()
-        rule.descent_age_coef -= 2 * eps
-        down = loss()
-    torch.testing.assert_close(g, (up - down) / (2 * eps))
+    _assert_gradient_is_a_finite_difference(rule, rule.descent_age_coef, graph, w, h, s)
 
 
 def test_descent_age_is_kept_and_checked(tmp_path):
