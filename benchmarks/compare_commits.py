@@ -1,7 +1,8 @@
 """Time one rule step of gnca at several commits, side by side (before/after of an engine change).
 
 Each commit is checked out into a temporary ``git worktree``; a fresh process per commit and round
-imports gnca from that tree and times one step (no grad, and forward+backward) of the default rule
+imports gnca from that tree and times one step (no grad, on the states in the layout that commit's
+growing step returns, and forward+backward) of the default rule
 on 784-100-10 and 784-1000-1000-10 on one thread, in process CPU time (with ``--senses``: a small
 rule, ``C = 8``, MLP 16, reading all senses of 64 examples on 16 nets of 196-32-10; with
 ``--adam-path`` as well: the rule of configs/mnist_aligned_small.yaml, ``C = 6``, MLP 16, moving its
@@ -42,13 +43,17 @@ def time_modes(rule, g, w, h, mask, rounds, make_reader=None):
     # median process time of one rule step without gradients and with them (forward and
     # backward), reading the senses first when make_reader gives a reader (a fresh one per mode)
     res = {}
+    with torch.no_grad():  # growing: the states in the layout this commit's step hands the next
+        reader = make_reader() if make_reader else None
+        hg = rule(g, w, h, mask=mask, **({"senses": reader(g, w, h)} if reader else {}))[1]
+        hg = torch.empty_like(hg).copy_(h)
     for mode in ("no-grad", "fwd+bwd"):
         reader = make_reader() if make_reader else None
 
         def f():
             if mode == "no-grad":
                 with torch.no_grad():
-                    rule(g, w, h, mask=mask, **({"senses": reader(g, w, h)} if reader else {}))
+                    rule(g, w, hg, mask=mask, **({"senses": reader(g, w, hg)} if reader else {}))
             else:
                 wg, hg = w.clone().requires_grad_(True), h.clone().requires_grad_(True)
                 kw = {"senses": reader(g, wg, hg)} if reader else {}  # old commits lack senses

@@ -113,6 +113,9 @@ def _time_one(
     task = _toy_task(sizes[0], sizes[-1], dev)
     reader = SenseReader(list(SENSES), task, 64)
     mask = torch.ones(w.shape[0], device=dev)
+    with torch.no_grad():  # growing: the states in the layout a growing step hands the next
+        layout = reading(graph, w, h, mask=mask, senses=reader(graph, w, h))[1]
+    h_grow = torch.empty_like(layout).copy_(h)
     X, y = task.split("train", dev)
     param = torch.nn.Parameter(w.clone())
     opt = torch.optim.Adam([param], lr=1e-3)
@@ -127,14 +130,14 @@ def _time_one(
 
     def step_plain(grad: bool) -> None:
         with torch.set_grad_enabled(grad):
-            hh = h.clone().requires_grad_(grad)
+            hh = h.clone().requires_grad_(grad) if grad else h
             out = plain(graph, w, hh, mask=mask)
             if grad:
                 (out[0].sum() + out[1].sum()).backward()
 
     def step_senses(grad: bool) -> None:
         with torch.set_grad_enabled(grad):
-            hh = h.clone().requires_grad_(grad)
+            hh = h.clone().requires_grad_(grad) if grad else h_grow
             out = reading(graph, w, hh, mask=mask, senses=reader(graph, w, hh))
             if grad:
                 (out[0].sum() + out[1].sum()).backward()

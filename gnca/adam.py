@@ -36,25 +36,30 @@ def adam_path(
     scales); ``m`` carries the gradient of the senses it averages.
 
     ``out``: an ``(E, k)`` tensor (a view of the new hidden states, without gradients) that
-    receives the new moments column by column, instead of stacking them into a new tensor
-    (the same values; it saves the narrow concatenation, slow on CPU).
+    receives the new moments column by column as they are computed, instead of stacking them
+    into a new tensor (the same values; it saves the narrow concatenation, slow on CPU).
     """
     v, c2 = moments[:, 0].detach(), moments[:, 1].detach()
-    v = torch.addcmul(v, beta2 * v + (1 - beta2) * s.detach().square() - v, mask)
-    c2 = torch.addcmul(c2, beta2 * c2 + (1 - beta2) - c2, mask)
+    v = _masked(v, beta2 * v + (1 - beta2) * s.detach().square() - v, mask, out, 0)
+    c2 = _masked(c2, beta2 * c2 + (1 - beta2) - c2, mask, out, 1)
     denom = (v / c2.clamp_min(1 - beta2)).sqrt() + NORM_EPS  # c2 = 0 only where v = 0
     if moments.shape[1] == 2:
         return s / denom, _moments([v, c2], out)
     m, c1 = moments[:, 2], moments[:, 3].detach()
-    m = torch.addcmul(m, beta1 * m + (1 - beta1) * s - m, mask)
-    c1 = torch.addcmul(c1, beta1 * c1 + (1 - beta1) - c1, mask)
+    m = _masked(m, beta1 * m + (1 - beta1) * s - m, mask, out, 2)
+    c1 = _masked(c1, beta1 * c1 + (1 - beta1) - c1, mask, out, 3)
     return m / c1.clamp_min(1 - beta1) / denom, _moments([v, c2, m, c1], out)
 
 
-def _moments(cols: list[torch.Tensor], out: torch.Tensor | None) -> torch.Tensor:
-    """The ``(E, k)`` moments: ``cols`` stacked, or written into ``out``."""
+def _masked(
+    x: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor, out: torch.Tensor | None, i: int
+) -> torch.Tensor:
+    """``x + mask * dx`` ``(E,)``, computed straight into column ``i`` of ``out`` when given."""
     if out is None:
-        return torch.stack(cols, dim=1)
-    for i, col in enumerate(cols):
-        out[:, i] = col
-    return out
+        return torch.addcmul(x, dx, mask)
+    return torch.addcmul(x, dx, mask, out=out[:, i])
+
+
+def _moments(cols: list[torch.Tensor], out: torch.Tensor | None) -> torch.Tensor:
+    """The ``(E, k)`` moments: ``cols`` stacked, or ``out``, which already holds them."""
+    return torch.stack(cols, dim=1) if out is None else out

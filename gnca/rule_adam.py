@@ -39,7 +39,7 @@ from gnca.adam import adam_path
 from gnca.graph import cached, num_graphs, total_neurons
 from gnca.perception import check_state, neuron_plan
 from gnca.rule_fast import LocalRule as _RouteRule
-from gnca.rule_fast import block_size, gather_block, hidden_no_grad, perception_table
+from gnca.rule_fast import activate_, block_size, gather_block, hidden_no_grad, perception_table
 from gnca.senses import dense_sizes
 
 
@@ -159,11 +159,12 @@ def adam_only_step(
     check_state(w, h, graph)
     k = rule.moment_channels
     m = mask.to(w.dtype)
-    h_new = torch.empty_like(h)
     plan = dense_plan(graph, rule.neighbourhood, rule.include_self, rule.reduce, w.dtype)
     if plan is None:
+        h_new = torch.empty_like(h)
         _gathered(rule, graph, w, h, m, senses, h_new)
-    else:
+    else:  # channel-major states: (E, C) with strides (1, E)
+        h_new = h.new_empty(h.shape[1], h.shape[0]).t()
         _dense(rule, plan, graph, w, h, m, senses, h_new)
     beta2 = rule.descent_norm
     assert beta2 is not None, "adam_only_step needs a descent_norm path"
@@ -213,59 +214,112 @@ def _dense(
 ) -> None:
     """The surviving channels of ``h_new`` on a batch of one MLP: the first layer factored by
     layer (module docstring), in chunks of whole nets' layers of about :data:`CHUNK` times
-    :func:`block_size` weights (or one net's layer, if larger)."""
+    :func:`block_size` weights (or one net's layer, if larger). Runs channel-major: the states,
+    the senses and the MLP's activations as ``(channels, weights)``; ``h_new`` must be
+    channel-major (``h_new.t()`` contiguous)."""
     c, k = rule.hidden_channels, rule.moment_channels
     d = 1 + c
     g, per = plan.nets, plan.per_net
     block = block_size(rule, w.device, w.shape[0])
-    sums = _dense_sums(plan, total_neurons(graph), w, h)
+    hc = _channel_major(h).view(c, g, per)  # (C, G, E / G)
+    sums = _dense_sums(plan, total_neurons(graph), w, hc)
     _, _, table = perception_table(rule, graph, w, h, block, sums)  # (1 + 2N, D)
     chunk = CHUNK * block
-    first = rule.mlp[0]
-    assert isinstance(first, nn.Linear)
+    layers = list(rule.mlp)
+    first, last = layers[0], layers[-1]
+    assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
     wt = first.weight  # (width, 3D + S)
     w0, wf, wb, ws = wt[:, :d], wt[:, d : 2 * d], wt[:, 2 * d : 3 * d], wt[:, 3 * d :]
     # every neuron row's terms, the bias folded into the forward relation's: (1 + 2N, width)
     t_f, t_b = torch.addmm(first.bias, table, wf.t()), table @ wb.t()
-    wv = w.view(g, per, 1)
-    hv, h_newv, mv = h.view(g, per, c), h_new.view(g, per, c), m.view(g, per, 1)
-    sv = None if senses is None else senses.to(w.dtype).view(g, per, -1)
-    ws_t = ws.t().contiguous()  # (S, width)
-    bufs: dict[int, torch.Tensor] = {}
+    w_last, b_last = last.weight[1 + k :], last.bias[1 + k :].unsqueeze(1)  # (L, width), (L, 1)
+    wv, mv = w.view(g, 1, per), m.view(1, g, per)
+    h_newc = h_new.t().view(c, g, per)
+    sc = None if senses is None else _channel_major(senses.to(w.dtype)).view(-1, g, per)
     for blk in plan.blocks:
-        own = (w0 + blk.c_f * wf + blk.c_b * wb).t().contiguous()  # (D, width): w's row, h's
+        own = w0 + blk.c_f * wf + blk.c_b * wb  # (width, D): w's column, h's
         sl = slice(blk.start, blk.start + blk.rows)
         step = max(1, chunk // blk.rows)  # nets per chunk
         for g0 in range(0, g, step):
             g1 = min(g, g0 + step)
             n = g1 - g0
-            z = torch.bmm(hv[g0:g1, sl], own[1:].expand(n, -1, -1))  # (n, rows, width)
-            if sv is not None:
-                z.baddbmm_(sv[g0:g1, sl], ws_t.expand(n, -1, -1))
-            z.addcmul_(wv[g0:g1, sl], own[0])
-            z4 = z.view(n, blk.a, blk.b, -1)
-            z4.add_(t_f[blk.rows_f[g0:g1]]).add_(t_b[blk.rows_b[g0:g1]])  # (n, 1|a, b|1, width)
-            _live(rule, z.view(n * blk.rows, -1), hv[g0:g1, sl, k:], mv[g0:g1, sl],
-                  h_newv[g0:g1, sl, k:], bufs)  # fmt: skip
+            hb = hc[:, g0:g1, sl]  # (C, n, rows)
+            z = torch.bmm(own[:, 1:].expand(n, -1, -1), hb.transpose(0, 1))  # (n, width, rows)
+            if sc is not None:
+                z.baddbmm_(ws.expand(n, -1, -1), sc[:, g0:g1, sl].transpose(0, 1))
+            z.addcmul_(wv[g0:g1, :, sl], own[:, :1])
+            z4 = z.view(n, -1, blk.a, blk.b)
+            z4.add_(t_f[blk.rows_f[g0:g1]].permute(0, 3, 1, 2).contiguous())  # (n, width, 1, b)
+            z4.add_(t_b[blk.rows_b[g0:g1]].permute(0, 3, 1, 2).contiguous())  # (n, width, a|1, 1|b)
+            z = _hidden_channel_major(layers[1:-1], z)
+            dh = torch.baddbmm(b_last, w_last.expand(n, -1, -1), z)  # (n, L, rows)
+            _update(rule, dh.transpose(0, 1), hb[k:], mv[:, g0:g1, sl], h_newc[k:, g0:g1, sl])
+
+
+def _channel_major(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(E, C)`` as a contiguous ``(C, E)``: a view when ``x`` is channel-major (as
+    this route's states and the dense senses are), else a copy."""
+    return x.t().contiguous()
+
+
+def _hidden_channel_major(layers: list[nn.Module], z: torch.Tensor) -> torch.Tensor:
+    """The MLP's modules between its first and last linear layers on channel-major ``z``
+    ``(n, width, rows)``, without autograd: activations in place (else as modules), hidden
+    linear layers as batched products."""
+    for mod in layers:
+        if isinstance(mod, nn.Linear):
+            z = torch.baddbmm(mod.bias.unsqueeze(1), mod.weight.expand(z.shape[0], -1, -1), z)
+        else:
+            z = activate_(mod, z)
+    return z
+
+
+def _update(
+    rule: LocalRule,
+    dh: torch.Tensor,
+    h0: torch.Tensor,
+    m: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The new live channels from the MLP's raw outputs ``dh`` (overwritten): the bound, then
+    the masked (and state-bounded) update ``h0 + m (...)``, ``m`` broadcast to ``h0``; into
+    ``out`` (any layout of ``h0``'s shape) when given. Its tanh is :func:`_tanh_`."""
+    if rule.bound is not None:
+        dh = _tanh_(dh.div_(rule.bound)).mul_(rule.bound)
+    sb = rule.state_bound
+    if sb is None:
+        return torch.addcmul(h0, dh, m, out=out) if out is not None else torch.addcmul(h0, dh, m)
+    # h + m * (sb * tanh((h + dh) / sb) - h); dividing and multiplying by 1 changes nothing
+    u = dh.add_(h0)
+    u = _tanh_(u) if sb == 1.0 else _tanh_(u.div_(sb)).mul_(sb)
+    if out is None:
+        return torch.addcmul(h0, u.sub_(h0), m)
+    return torch.addcmul(h0, u.sub_(h0), m, out=out)
 
 
 def _dense_sums(
-    plan: DensePlan, n: int, w: torch.Tensor, h: torch.Tensor
+    plan: DensePlan, n: int, w: torch.Tensor, hc: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The ``"in"`` and ``"out"`` sums ``(N, D)`` of ``x = [w, h]`` over each neuron's in- and
     out-weights (as :func:`gnca.perception.neuron_sums` gives them, up to the order of the
-    additions), from reductions over each block's tails and heads."""
-    g, per, c = plan.nets, plan.per_net, h.shape[1]
-    parts = (w.view(g, per, 1), h.view(g, per, c))
-    sums = {k: [x.new_zeros(n, x.shape[2]) for x in parts] for k in ("in", "out")}
+    additions), from reductions over each block's tails and heads; ``hc``: the states
+    channel-major, ``(C, G, E / G)``."""
+    g, per = plan.nets, plan.per_net
+    parts = (w.view(1, g, per), hc)  # (channels, G, E / G) each
+    sums = {k: [x.new_zeros(n, x.shape[0]) for x in parts] for k in ("in", "out")}
     for blk in plan.blocks:
         heads, tails = blk.rows_f.flatten() - 1, blk.rows_b.flatten() - 1 - n
         for x, s_in, s_out in zip(parts, sums["in"], sums["out"], strict=True):
-            xb = x[:, blk.start : blk.start + blk.rows].view(g, blk.a, blk.b, -1)
-            s_in.index_add_(0, heads, xb.sum(1).reshape(-1, x.shape[2]))  # over each head's tails
-            out = xb.sum(2) if blk.rows_b.shape[2] == 1 else xb  # biases: one tail per head
-            s_out.index_add_(0, tails, out.reshape(-1, x.shape[2]))
+            xb = x[:, :, blk.start : blk.start + blk.rows].view(-1, g, blk.a, blk.b)
+            s_in.index_add_(0, heads, _rows(xb.sum(2)))  # over each head's tails
+            out = xb.sum(3) if blk.rows_b.shape[2] == 1 else xb  # biases: one tail per head
+            s_out.index_add_(0, tails, _rows(out))
     return {k: torch.cat(v, dim=1) for k, v in sums.items()}
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """Channel-major ``x`` ``(channels, ...)`` as rows ``(prod(...), channels)``."""
+    return x.movedim(0, -1).reshape(-1, x.shape[0])
 
 
 def _live(
@@ -277,31 +331,18 @@ def _live(
     bufs: dict[int, torch.Tensor],
 ) -> None:
     """Write the new surviving hidden channels into ``out`` (a view of ``h_new``, the shape of
-    ``h_live``, ``(..., L)`` with ``rows`` entries before ``L``) from the first layer's output
-    ``z`` ``(rows, width)``: the rest of the MLP (its last layer on those channels only, as
-    ``(L, rows)``), the bound, the masked (and state-bounded) update of ``h_live`` (``m``
-    broadcast to it). The update runs channel-major, ``(L, rows)``, on a contiguous copy of
-    ``h_live`` (the channels are strided in the states), and is written back once; its tanh is
-    :func:`_tanh_`."""
+    ``h_live``, ``(rows, L)``) from the first layer's output ``z`` ``(rows, width)``: the rest
+    of the MLP (its last layer on those channels only, as ``(L, rows)``), then
+    :func:`_update` (``m`` ``(rows, 1)``). The update runs channel-major on a contiguous copy
+    of ``h_live`` (the channels are strided in the states) and is written back once."""
     layers = list(rule.mlp)
     last = layers[-1]
     assert isinstance(last, nn.Linear)
     k = rule.moment_channels
     z = hidden_no_grad(layers[1:-1], z, bufs)
     dh = torch.addmm(last.bias[1 + k :].unsqueeze(1), last.weight[1 + k :], z.t())  # (L, rows)
-    if rule.bound is not None:
-        dh = _tanh_(dh.div_(rule.bound)).mul_(rule.bound)
-    dh = dh.view(h_live.shape[-1], *h_live.shape[:-1])  # (L, ...)
-    h0 = h_live.movedim(-1, 0).contiguous()  # (L, ...)
-    mm = m.movedim(-1, 0)  # (1, ...)
-    sb = rule.state_bound
-    if sb is None:
-        new = torch.addcmul(h0, dh, mm)
-    else:  # h + m * (sb * tanh((h + dh) / sb) - h); dividing and multiplying by 1 changes nothing
-        u = dh.add_(h0)
-        u = _tanh_(u) if sb == 1.0 else _tanh_(u.div_(sb)).mul_(sb)
-        new = torch.addcmul(h0, u.sub_(h0), mm)
-    out.copy_(new.movedim(0, -1))
+    new = _update(rule, dh, h_live.t().contiguous(), m.t())
+    out.copy_(new.t())
 
 
 def _tanh_(x: torch.Tensor) -> torch.Tensor:

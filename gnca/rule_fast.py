@@ -97,6 +97,13 @@ _INPLACE: dict[type[nn.Module], object] = {
 }
 
 
+def activate_(mod: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The activation module ``mod`` on ``z`` without autograd: in place where it has an
+    in-place version, else as the module (any shape and layout)."""
+    inplace = _INPLACE.get(type(mod))
+    return inplace(z) if inplace is not None else mod(z)  # type: ignore[operator]
+
+
 def pick_route(rule: LocalRule, graph: Data, w: torch.Tensor, path: str) -> Route | None:
     """The fast route for one step of ``rule`` (see the table above), or ``None`` for the
     reference route :meth:`gnca.LocalRule.step`. ``path`` is ``"fast"`` or ``"explicit"``."""
@@ -195,8 +202,7 @@ def mlp_no_grad(
             else:
                 z = F.linear(z, m.weight, m.bias)
         else:
-            inplace = _INPLACE.get(type(m))
-            z = inplace(z) if inplace is not None else m(z)  # type: ignore[operator]
+            z = activate_(m, z)
     if rule.bound is not None:
         z = z.div_(rule.bound).tanh_().mul_(rule.bound)
     return z
@@ -308,6 +314,5 @@ def hidden_no_grad(
                 buf = bufs[i] = z.new_empty(z.shape[0], mod.out_features)
             z = torch.addmm(mod.bias, z, mod.weight.t(), out=buf[: z.shape[0]])
         else:
-            inplace = _INPLACE.get(type(mod))
-            z = inplace(z) if inplace is not None else mod(z)  # type: ignore[operator]
+            z = activate_(mod, z)
     return z

@@ -343,6 +343,36 @@ def test_the_dense_adam_only_route_on_every_neighbourhood(neighbourhood, include
     torch.testing.assert_close(got_h, want_h.detach(), rtol=0, atol=1e-12)
 
 
+def test_the_dense_adam_only_route_hands_on_channel_major_states_and_reads_any_layout():
+    """The dense route returns the states channel-major (strides (1, E)), the layout it reads
+    fastest; fed back over several steps they keep w' and the moments equal to the reference
+    step's bit for bit, and a state or senses in either layout give the same step bit for bit."""
+    graph = _adam_only_graph(True)
+    gen = torch.Generator().manual_seed(8)
+    e, c = graph.num_nodes, 6
+    w = torch.randn(e, generator=gen, dtype=torch.float64)
+    h = _adam_state(torch.randn(e, c, generator=gen, dtype=torch.float64) * 0.5, 4)
+    s = torch.rand(e, sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    torch.manual_seed(3)
+    rule = LocalRule(c, (16,), senses=ALL, sense_norm=True, bound=0.1, state_bound=1.0,
+                     fire_rate=1.0, descent=0.05, descent_only=True, descent_norm=0.99,
+                     descent_momentum=0.9).double()  # fmt: skip
+    with torch.no_grad():
+        rule.out.weight.normal_(0, 0.5)
+    w_ref, h_ref, w_got, h_got = w, h, w, h
+    for _ in range(3):
+        w_ref, h_ref = (x.detach() for x in rule.step(graph, w_ref, h_ref, senses=s))
+        with torch.no_grad():
+            w_got, h_got = rule(graph, w_got, h_got, senses=s)
+        assert h_got.stride() == (1, e)
+        assert torch.equal(w_got, w_ref) and torch.equal(h_got[:, :4], h_ref[:, :4])
+        torch.testing.assert_close(h_got, h_ref, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        row_major = rule(graph, w_got, h_got.contiguous(), senses=s.contiguous())
+        channel_major = rule(graph, w_got, h_got, senses=s.t().contiguous().t())
+    assert all(torch.equal(a, b) for a, b in zip(row_major, channel_major, strict=True))
+
+
 # ---------------------------------------------------------------------- age-dependent step
 @pytest.mark.parametrize("dense", [True, False])
 def test_the_adam_only_route_takes_the_age_dependent_step(dense):
