@@ -298,7 +298,7 @@ class LocalRule(MessagePassing):
             if mask is None:
                 mask = self.fire_mask(w.shape[0], w.device, generator)
             s = senses[:, self.senses_offset("delta")]
-            return adam_only_step(self, graph, w, h, mask, self.read(graph, senses), s)
+            return adam_only_step(self, graph, w, h, mask, senses, s)
         fast = pick_route(self, graph, w, path)
         if fast is not None:
             s = self.read(graph, senses) if senses is not None else None

@@ -9,7 +9,6 @@ overwritten. Without gradients (growing), :meth:`gnca.LocalRule.forward` runs
 - computes only the MLP's outputs that survive: the hidden channels above the moments
   (``L = C - k`` of ``1 + C``), as one ``(L, width) x (width, rows)`` product rather than
   ``rows`` narrow rows of ``L`` outputs;
-- adds the senses to the first layer as a second product (no ``(E, 3D + S)`` concatenation);
 - on a batch of one MLP with biases (:class:`DensePlan`), never gathers a perception: in a layer
   every weight ``u -> v`` shares its own-term coefficients, its forward neighbour row depends on
   ``v`` alone and its backward one on ``u`` alone, so the first layer is
@@ -18,9 +17,15 @@ overwritten. Without gradients (growing), :meth:`gnca.LocalRule.forward` runs
       z_{uv} = (W_0 + c_f W_f + c_b W_b)\, x_{uv} + (T W_f^\top)[r_f(v)] + (T W_b^\top)[r_b(u)]
                + W_s s_{uv} + b,
 
-  one product with ``D`` inputs per weight and two broadcast additions of per-neuron rows (the
-  factored first layer of :mod:`gnca.factored`, laid out by layer); other graphs gather the
-  perception block by block as :func:`gnca.rule_fast.fused_step` does.
+  one product with ``D + S`` inputs per weight (``[w, h, s]`` stacked chunk by chunk) and two
+  broadcast additions of per-neuron rows (the factored first layer of :mod:`gnca.factored`,
+  laid out by layer); other graphs gather the perception block by block as
+  :func:`gnca.rule_fast.fused_step` does, and add the senses as a second product;
+- on that dense route, runs channel-major: it reads the states and the senses as
+  ``(channels, weights)`` (copying them once if they come row-major), keeps the MLP's
+  activations as ``(width, weights)`` and hands the new states on channel-major (an ``(E, C)``
+  tensor with strides ``(1, E)``), so the next step reads them without a copy and every write
+  of a channel is contiguous.
 
 ``w'`` and the moments equal the reference step's bit for bit; the other hidden channels agree up
 to float rounding (``tests/test_descent.py``).
@@ -40,7 +45,7 @@ from gnca.graph import cached, num_graphs, total_neurons
 from gnca.perception import check_state, neuron_plan
 from gnca.rule_fast import LocalRule as _RouteRule
 from gnca.rule_fast import activate_, block_size, gather_block, hidden_no_grad, perception_table
-from gnca.senses import dense_sizes
+from gnca.senses import dense_sizes, net_divisor, normalised_columns
 
 
 class LocalRule(_RouteRule, Protocol):
@@ -49,8 +54,13 @@ class LocalRule(_RouteRule, Protocol):
     moment_channels: int
     descent_momentum: float
     descent_norm: float | None
+    senses: tuple[str, ...]
+    sense_norm: bool
+    sense_floor: float
 
     def aged_rate(self, c2: torch.Tensor) -> torch.Tensor: ...
+
+    def read(self, graph: Data, senses: torch.Tensor) -> torch.Tensor: ...
 
 
 #: The dense route's chunks, in units of :func:`gnca.rule_fast.block_size`: with few, cheap
@@ -149,7 +159,8 @@ def adam_only_step(
         graph: the batch of task nets.
         w: ``(E,)`` weights; h: ``(E, C)`` hidden states.
         mask: ``(E,)`` the firing weights (drawn by the caller: one mask for both updates).
-        senses: ``(E, S)`` the senses as the MLP reads them (after :meth:`read`), or ``None``.
+        senses: ``(E, S)`` the senses as the reader gave them (the MLP reads them through
+            :meth:`read`, here computed chunk by chunk on the dense route), or ``None``.
         delta: ``(E,)`` the ``delta`` sense as the reader gave it (the path's gradient).
 
     Returns:
@@ -162,7 +173,7 @@ def adam_only_step(
     plan = dense_plan(graph, rule.neighbourhood, rule.include_self, rule.reduce, w.dtype)
     if plan is None:
         h_new = torch.empty_like(h)
-        _gathered(rule, graph, w, h, m, senses, h_new)
+        _gathered(rule, graph, w, h, m, None if senses is None else rule.read(graph, senses), h_new)
     else:  # channel-major states: (E, C) with strides (1, E)
         h_new = h.new_empty(h.shape[1], h.shape[0]).t()
         _dense(rule, plan, graph, w, h, m, senses, h_new)
@@ -213,10 +224,9 @@ def _dense(
     h_new: torch.Tensor,
 ) -> None:
     """The surviving channels of ``h_new`` on a batch of one MLP: the first layer factored by
-    layer (module docstring), in chunks of whole nets' layers of about :data:`CHUNK` times
-    :func:`block_size` weights (or one net's layer, if larger). Runs channel-major: the states,
-    the senses and the MLP's activations as ``(channels, weights)``; ``h_new`` must be
-    channel-major (``h_new.t()`` contiguous)."""
+    layer (module docstring), in chunks of about :data:`CHUNK` times :func:`block_size` weights
+    (:func:`_chunks`). Runs channel-major: the states, the senses and the MLP's activations as
+    ``(channels, weights)``; ``h_new`` must be channel-major (``h_new.t()`` contiguous)."""
     c, k = rule.hidden_channels, rule.moment_channels
     d = 1 + c
     g, per = plan.nets, plan.per_net
@@ -236,24 +246,65 @@ def _dense(
     wv, mv = w.view(g, 1, per), m.view(1, g, per)
     h_newc = h_new.t().view(c, g, per)
     sc = None if senses is None else _channel_major(senses.to(w.dtype)).view(-1, g, per)
-    for blk in plan.blocks:
+    read = _ChunkReader(rule, sc)
+    inputs = d + (0 if sc is None else sc.shape[0])  # the rows of a chunk's [w, h, senses]
+    chunks = [_chunks(g, blk, chunk) for blk in plan.blocks]
+    most = max((g1 - g0) * (a1 - a0) * blk.b for blk, cs in zip(plan.blocks, chunks, strict=True)
+               for g0, g1, a0, a1 in cs)  # fmt: skip
+    x_buf = w.new_empty(inputs * most)
+    for blk, cs in zip(plan.blocks, chunks, strict=True):
         own = w0 + blk.c_f * wf + blk.c_b * wb  # (width, D): w's column, h's
-        sl = slice(blk.start, blk.start + blk.rows)
-        step = max(1, chunk // blk.rows)  # nets per chunk
-        for g0 in range(0, g, step):
-            g1 = min(g, g0 + step)
-            n = g1 - g0
+        w_in = own if sc is None else torch.cat([own, ws], 1)  # (width, D + S)
+        for g0, g1, a0, a1 in cs:
+            n, rows = g1 - g0, (a1 - a0) * blk.b
+            sl = slice(blk.start + a0 * blk.b, blk.start + a1 * blk.b)
             hb = hc[:, g0:g1, sl]  # (C, n, rows)
-            z = torch.bmm(own[:, 1:].expand(n, -1, -1), hb.transpose(0, 1))  # (n, width, rows)
+            x = x_buf[: inputs * n * rows].view(inputs, n, rows)
+            x[0].copy_(wv[g0:g1, 0, sl])
+            x[1:d].copy_(hb)
             if sc is not None:
-                z.baddbmm_(ws.expand(n, -1, -1), sc[:, g0:g1, sl].transpose(0, 1))
-            z.addcmul_(wv[g0:g1, :, sl], own[:, :1])
-            z4 = z.view(n, -1, blk.a, blk.b)
+                read.into(x[d:], g0, g1, sl)
+            z = torch.bmm(w_in.expand(n, -1, -1), x.transpose(0, 1))  # (n, width, rows)
+            z4 = z.view(n, -1, a1 - a0, blk.b)
+            r_b = blk.rows_b[g0:g1] if blk.a == 1 else blk.rows_b[g0:g1, a0:a1]
             z4.add_(t_f[blk.rows_f[g0:g1]].permute(0, 3, 1, 2).contiguous())  # (n, width, 1, b)
-            z4.add_(t_b[blk.rows_b[g0:g1]].permute(0, 3, 1, 2).contiguous())  # (n, width, a|1, 1|b)
+            z4.add_(t_b[r_b].permute(0, 3, 1, 2).contiguous())  # (n, width, a | 1, 1 | b)
             z = _hidden_channel_major(layers[1:-1], z)
             dh = torch.baddbmm(b_last, w_last.expand(n, -1, -1), z)  # (n, L, rows)
             _update(rule, dh.transpose(0, 1), hb[k:], mv[:, g0:g1, sl], h_newc[k:, g0:g1, sl])
+
+
+def _chunks(g: int, blk: DenseBlock, chunk: int) -> list[tuple[int, int, int, int]]:
+    """``(g0, g1, a0, a1)``: the nets ``g0:g1`` and tails ``a0:a1`` of each chunk of a block,
+    about ``chunk`` weights each: whole layers of several nets, or runs of one net's tails."""
+    if blk.rows <= chunk:
+        step = chunk // blk.rows  # nets per chunk
+        return [(g0, min(g, g0 + step), 0, blk.a) for g0 in range(0, g, step)]
+    step = max(1, chunk // blk.b)  # tails per chunk
+    return [(i, i + 1, a0, min(blk.a, a0 + step)) for i in range(g) for a0 in range(0, blk.a, step)]
+
+
+class _ChunkReader:
+    """The senses as the MLP reads them (:meth:`gnca.LocalRule.read`), one chunk at a time:
+    with ``sense_norm`` the rescaled columns are divided by their nets' divisors (computed
+    once from the whole columns) and soft-clipped in the chunk's buffer, the same operations
+    as :func:`gnca.senses.normalised` on the whole ``(E, S)`` (when growing), so the same
+    values bit for bit, without its copy of all the senses."""
+
+    def __init__(self, rule: LocalRule, sc: torch.Tensor | None) -> None:
+        self.sc = sc  # (S, G, E / G) channel-major senses, or None
+        self.cols = normalised_columns(rule.senses) if rule.sense_norm and sc is not None else []
+        self.div = {j: net_divisor(sc[j], rule.sense_floor) for j in self.cols}  # (G, 1) each
+
+    def into(self, out: torch.Tensor, g0: int, g1: int, sl: slice) -> torch.Tensor:
+        """Write the chunk's senses as the MLP reads them into ``out`` ``(S, g1 - g0, rows)``."""
+        assert self.sc is not None
+        raw = self.sc[:, g0:g1, sl]
+        out.copy_(raw)
+        for j in self.cols:
+            col = torch.div(raw[j], self.div[j][g0:g1], out=out[j])  # (n, rows)
+            col.div_(col.abs().add_(1))  # soft_clip, x / (1 + |x|)
+        return out
 
 
 def _channel_major(x: torch.Tensor) -> torch.Tensor:

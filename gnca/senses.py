@@ -280,9 +280,20 @@ def _normalised_by_net(
     per_net = out.view(g, senses.shape[0] // g, -1)  # (G, E / G, S)
     for j in (j for j, c in enumerate(cols) if c):
         col = per_net[:, :, j]  # (G, E / G)
-        rms = _rms(col.square().mean(1, keepdim=True), floor)  # (G, 1)
-        per_net[:, :, j] = soft_clip(col / (rms + 1e-6))
+        per_net[:, :, j] = soft_clip(col / net_divisor(col, floor))
     return out
+
+
+def normalised_columns(names: Sequence[str]) -> list[int]:
+    """The columns of the senses ``names`` that :func:`normalised` rescales."""
+    cols = [n in NORMALISED for n in check_senses(names) for _ in range(SENSES[n])]
+    return [j for j, c in enumerate(cols) if c]
+
+
+def net_divisor(col: torch.Tensor, floor: float) -> torch.Tensor:
+    """``(G, 1)`` what :func:`normalised` divides a column ``col`` ``(G, E / G)`` of a batch of
+    one architecture by, per net: its root mean square (at least ``floor``) plus ``1e-6``."""
+    return _rms(col.square().mean(1, keepdim=True), floor) + 1e-6
 
 
 def soft_clip(x: torch.Tensor) -> torch.Tensor:

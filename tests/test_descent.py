@@ -272,7 +272,7 @@ def _adam_only_graph(dense: bool):
 @pytest.mark.parametrize("widths", [(16,), (12, 8)])
 @pytest.mark.parametrize("bound", [None, 0.1])
 @pytest.mark.parametrize("state_bound", [None, 1.0])
-@pytest.mark.parametrize("block_rows", [None, 7])
+@pytest.mark.parametrize("block_rows", [None, 7, 2, 1])  # 2, 1: chunks split a layer's tails
 @pytest.mark.parametrize("fire_rate", [1.0, 0.5])
 def test_the_adam_only_route_equals_the_reference_step(
     monkeypatch, dense, widths, bound, state_bound, block_rows, fire_rate
@@ -371,6 +371,32 @@ def test_the_dense_adam_only_route_hands_on_channel_major_states_and_reads_any_l
         row_major = rule(graph, w_got, h_got.contiguous(), senses=s.contiguous())
         channel_major = rule(graph, w_got, h_got, senses=s.t().contiguous().t())
     assert all(torch.equal(a, b) for a, b in zip(row_major, channel_major, strict=True))
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.3])
+def test_the_dense_route_reads_the_normalised_senses_chunk_by_chunk_bit_for_bit(floor):
+    """The dense route normalises the error senses one chunk at a time: every chunk equals the
+    same weights' rows of LocalRule.read on the whole senses, bit for bit for senses laid out
+    as the reader hands them when growing (channel-major), up to the order of the sums' additions
+    otherwise."""
+    from gnca.rule_adam import _ChunkReader
+
+    graph = _adam_only_graph(True)
+    g, e = 3, graph.num_nodes
+    per = e // g
+    s = torch.randn(e, sense_size(ALL), generator=torch.Generator().manual_seed(9)) * 0.4
+    s[:per] *= 0.01  # one net's signals below the floor
+    rule = LocalRule(6, (16,), senses=ALL, sense_norm=True, sense_floor=floor)
+    sc = s.t().contiguous()  # (S, E)
+    with torch.no_grad():  # growing
+        want = rule.read(graph, sc.t()).t().reshape(-1, g, per)  # (S, G, E / G)
+        near = rule.read(graph, s).t().reshape(-1, g, per)
+    read = _ChunkReader(rule, sc.view(-1, g, per))
+    for g0, g1, sl in [(0, 3, slice(0, per)), (1, 2, slice(5, 17)), (0, 2, slice(20, per))]:
+        got = read.into(torch.full_like(want[:, g0:g1, sl], torch.nan), g0, g1, sl)
+        assert torch.equal(got, want[:, g0:g1, sl])
+        torch.testing.assert_close(got, near[:, g0:g1, sl], rtol=1e-6, atol=0)
+    assert not torch.equal(want, s.t().reshape(-1, g, per))  # it did rescale
 
 
 # ---------------------------------------------------------------------- age-dependent step
