@@ -1,14 +1,14 @@
 """Time one rule step of gnca at several commits, side by side (before/after of an engine change).
 
 Each commit is checked out into a temporary ``git worktree``; a fresh process per commit and round
-imports gnca from that tree and times one step (no grad, on the states in the layout that commit's
-growing step returns, and forward+backward) of the default rule
-on 784-100-10 and 784-1000-1000-10 on one thread, in process CPU time (with ``--senses``: a small
-rule, ``C = 8``, MLP 16, reading all senses of 64 examples on 16 nets of 196-32-10; with
-``--adam-path`` as well: the rule of configs/mnist_aligned_small.yaml, ``C = 6``, MLP 16, moving its
-weights by Adam's path alone and reading its error senses at unit RMS, with every option of that
-file). Processes alternate between
-the commits for ``--rounds`` rounds; the table shows the median over rounds.
+imports gnca from that tree and times one step of the default rule on 784-100-10 and
+784-1000-1000-10 on one thread, in process CPU time: without gradients (on the states in the
+layout that commit's growing step returns, the senses read as its ``gnca.grow`` reads them) and
+forward+backward. With ``--senses``: a small rule, ``C = 8``, MLP 16, reading all senses of 64
+examples on 16 nets of 196-32-10; with ``--adam-path`` as well: the rule of
+configs/mnist_aligned_small.yaml, ``C = 6``, MLP 16, moving its weights by Adam's path alone and
+reading its error senses at unit RMS, with every option of that file. Processes alternate
+between the commits for ``--rounds`` rounds; the table shows the median over rounds.
 
     python benchmarks/compare_commits.py 300f9be 612251e HEAD --rounds 3
     python benchmarks/compare_commits.py HEAD~1 HEAD --senses --rounds 5
@@ -43,9 +43,11 @@ def time_modes(rule, g, w, h, mask, rounds, make_reader=None):
     # median process time of one rule step without gradients and with them (forward and
     # backward), reading the senses first when make_reader gives a reader (a fresh one per mode)
     res = {}
-    with torch.no_grad():  # growing: the states in the layout this commit's step hands the next
+    with torch.no_grad():  # growing: the states in the layout this commit's step hands the next,
+        # the senses as its gnca.grow reads them (factored where the commit has that)
+        fac = {"factored": True} if getattr(rule, "reads_factored", lambda *a: False)(g, w) else {}
         reader = make_reader() if make_reader else None
-        hg = rule(g, w, h, mask=mask, **({"senses": reader(g, w, h)} if reader else {}))[1]
+        hg = rule(g, w, h, mask=mask, **({"senses": reader(g, w, h, **fac)} if reader else {}))[1]
         hg = torch.empty_like(hg).copy_(h)
     for mode in ("no-grad", "fwd+bwd"):
         reader = make_reader() if make_reader else None
@@ -53,7 +55,8 @@ def time_modes(rule, g, w, h, mask, rounds, make_reader=None):
         def f():
             if mode == "no-grad":
                 with torch.no_grad():
-                    rule(g, w, hg, mask=mask, **({"senses": reader(g, w, hg)} if reader else {}))
+                    kw = {"senses": reader(g, w, hg, **fac)} if reader else {}
+                    rule(g, w, hg, mask=mask, **kw)
             else:
                 wg, hg = w.clone().requires_grad_(True), h.clone().requires_grad_(True)
                 kw = {"senses": reader(g, wg, hg)} if reader else {}  # old commits lack senses

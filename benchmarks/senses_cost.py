@@ -14,7 +14,10 @@ configs/mnist_aligned.yaml), at their size, ``C = 16``, MLP 64, and at the small
 leaves room for, ``C = 6``, MLP 16 (configs/mnist_aligned_small.yaml), each against the data-free
 rule of its size; these rules take every option of their config files (bound, state bound, fire
 rate, the path's), read from the files. Growing steps of a rule with that path take
-:func:`gnca.rule_adam.adam_only_step`.
+:func:`gnca.rule_adam.adam_only_step`; every growing step is timed as :func:`gnca.grow.grow`
+runs it: on the states in the layout the previous step hands on (channel-major on that route)
+and with the senses read factored where the rule reads them so
+(:meth:`gnca.LocalRule.reads_factored`).
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ def _time_one(
     reader = SenseReader(list(SENSES), task, 64)
     mask = torch.ones(w.shape[0], device=dev)
     with torch.no_grad():  # growing: the states in the layout a growing step hands the next
-        layout = reading(graph, w, h, mask=mask, senses=reader(graph, w, h))[1]
+        factored = reading.reads_factored(graph, w)  # and the senses as gnca.grow reads them
+        layout = reading(graph, w, h, mask=mask, senses=reader(graph, w, h, factored=factored))[1]
     h_grow = torch.empty_like(layout).copy_(h)
     X, y = task.split("train", dev)
     param = torch.nn.Parameter(w.clone())
@@ -138,7 +142,8 @@ def _time_one(
     def step_senses(grad: bool) -> None:
         with torch.set_grad_enabled(grad):
             hh = h.clone().requires_grad_(grad) if grad else h_grow
-            out = reading(graph, w, hh, mask=mask, senses=reader(graph, w, hh))
+            s = reader(graph, w, hh, factored=factored and not grad)
+            out = reading(graph, w, hh, mask=mask, senses=s)
             if grad:
                 (out[0].sum() + out[1].sum()).backward()
 

@@ -11,6 +11,7 @@ from torch_geometric.data import Data
 from gnca.architecture import Architecture
 from gnca.graph import WeightGraph, num_graphs
 from gnca.rule import LocalRule
+from gnca.senses import SenseReader
 from gnca.state import InitSpec
 
 
@@ -78,7 +79,11 @@ def grow(
     for t in range(1, steps + 1):
         if perturb is not None:
             w = perturb(t, graph, w)
-        s = senses(graph, w, h) if senses is not None else None
+        s = None
+        if isinstance(senses, SenseReader) and rule.reads_factored(graph, w):
+            s = senses(graph, w, h, factored=True)  # the same senses, not written per weight
+        elif senses is not None:
+            s = senses(graph, w, h)
         w, h = rule(graph, w, h, generator=generator, senses=s)
         if metric is not None and t in want:
             rows.append(metric(graph, w))

@@ -20,9 +20,10 @@ from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 
 from gnca.adam import adam_path
+from gnca.factored_senses import FactoredSenses
 from gnca.graph import cached, check_neighbourhood, line_graph_edge_index
 from gnca.perception import REDUCTIONS, perceive, perception_size
-from gnca.rule_adam import adam_only_step
+from gnca.rule_adam import adam_only_step, dense_plan
 from gnca.rule_fast import delta_no_grad, pick_route
 from gnca.senses import FEEDBACKS, NEEDS_FEEDBACK, SENSES, check_senses, normalised, sense_size
 
@@ -244,6 +245,19 @@ class LocalRule(MessagePassing):
             and self.out.weight.dtype == w.dtype
         )
 
+    def reads_factored(self, graph: Data, w: torch.Tensor) -> bool:
+        """Whether this step, on ``graph`` and ``w``, would read its senses factored
+        (:class:`gnca.factored_senses.FactoredSenses`) without writing them out per weight:
+        the growing route of :func:`gnca.rule_adam.adam_only_step` on a batch of one MLP with
+        biases (:func:`gnca.rule_adam.dense_plan`). :func:`gnca.grow.grow` asks its reader for
+        such senses then; every other route takes them too, written out."""
+        return (
+            bool(self.senses)
+            and self._adam_only_route(w, _check_path(self, None))
+            and dense_plan(graph, self.neighbourhood, self.include_self, self.reduce, w.dtype)
+            is not None
+        )
+
     def senses_offset(self, name: str) -> int:
         """The first column of sense ``name`` in this rule's ``(E, S)`` senses."""
         off = 0
@@ -284,21 +298,25 @@ class LocalRule(MessagePassing):
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         path: str | None = None,
-        senses: torch.Tensor | None = None,
+        senses: torch.Tensor | FactoredSenses | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One rule step on every weight (shapes in the class docstring): :meth:`step`, or the
         fast route :func:`gnca.rule_fast.pick_route` picks for it. ``mask``: which weights fire (1)
         or keep their values (0), drawn with ``fire_rate`` (from ``generator``) when ``None``;
         ``path``: ``"fast"`` or ``"explicit"`` perception (``None``: the rule's :attr:`route`);
-        ``senses``: what each weight senses of the data (rules with ``senses``)."""
+        ``senses``: what each weight senses of the data (rules with ``senses``), ``(E, S)`` or
+        factored (:meth:`reads_factored`)."""
         path = _check_path(self, path)
         _check_sense_tensor(self.senses, senses, w.shape[0])
         if self._adam_only_route(w, path):
             assert senses is not None  # a descent path needs senses (checked above)
             if mask is None:
                 mask = self.fire_mask(w.shape[0], w.device, generator)
-            s = senses[:, self.senses_offset("delta")]
+            j = self.senses_offset("delta")
+            s = senses.column(j) if isinstance(senses, FactoredSenses) else senses[:, j]
             return adam_only_step(self, graph, w, h, mask, senses, s)
+        if isinstance(senses, FactoredSenses):
+            senses = senses.dense()
         fast = pick_route(self, graph, w, path)
         if fast is not None:
             s = self.read(graph, senses) if senses is not None else None
@@ -598,7 +616,9 @@ def _check_path(rule: LocalRule, path: str | None) -> str:
     return path
 
 
-def _check_sense_tensor(names: tuple[str, ...], senses: torch.Tensor | None, e: int) -> None:
+def _check_sense_tensor(
+    names: tuple[str, ...], senses: torch.Tensor | FactoredSenses | None, e: int
+) -> None:
     """A ValueError unless ``senses`` is ``(E, S)`` for a rule that senses ``names``, or
     ``None`` for a data-free rule."""
     if names and senses is None:

@@ -41,11 +41,18 @@ from torch import nn
 from torch_geometric.data import Data
 
 from gnca.adam import adam_path
+from gnca.factored_senses import FactoredSenses
 from gnca.graph import cached, num_graphs, total_neurons
 from gnca.perception import check_state, neuron_plan
 from gnca.rule_fast import LocalRule as _RouteRule
 from gnca.rule_fast import activate_, block_size, gather_block, hidden_no_grad, perception_table
-from gnca.senses import dense_sizes, net_divisor, normalised_columns
+from gnca.senses import (
+    dense_sizes,
+    net_divisor,
+    normalised_columns,
+    rms_divisor,
+    soft_clip,
+)
 
 
 class LocalRule(_RouteRule, Protocol):
@@ -149,7 +156,7 @@ def adam_only_step(
     w: torch.Tensor,
     h: torch.Tensor,
     mask: torch.Tensor,
-    senses: torch.Tensor | None,
+    senses: torch.Tensor | FactoredSenses | None,
     delta: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One growing step of a descent-only rule with Adam's path (see the module docstring).
@@ -160,7 +167,8 @@ def adam_only_step(
         w: ``(E,)`` weights; h: ``(E, C)`` hidden states.
         mask: ``(E,)`` the firing weights (drawn by the caller: one mask for both updates).
         senses: ``(E, S)`` the senses as the reader gave them (the MLP reads them through
-            :meth:`read`, here computed chunk by chunk on the dense route), or ``None``.
+            :meth:`read`, here computed chunk by chunk on the dense route), or factored
+            (:class:`gnca.factored_senses.FactoredSenses`), or ``None``.
         delta: ``(E,)`` the ``delta`` sense as the reader gave it (the path's gradient).
 
     Returns:
@@ -172,6 +180,8 @@ def adam_only_step(
     m = mask.to(w.dtype)
     plan = dense_plan(graph, rule.neighbourhood, rule.include_self, rule.reduce, w.dtype)
     if plan is None:
+        if isinstance(senses, FactoredSenses):
+            senses = senses.dense()
         h_new = torch.empty_like(h)
         _gathered(rule, graph, w, h, m, None if senses is None else rule.read(graph, senses), h_new)
     else:  # channel-major states: (E, C) with strides (1, E)
@@ -220,7 +230,7 @@ def _dense(
     w: torch.Tensor,
     h: torch.Tensor,
     m: torch.Tensor,
-    senses: torch.Tensor | None,
+    senses: torch.Tensor | FactoredSenses | None,
     h_new: torch.Tensor,
 ) -> None:
     """The surviving channels of ``h_new`` on a batch of one MLP: the first layer factored by
@@ -245,16 +255,25 @@ def _dense(
     w_last, b_last = last.weight[1 + k :], last.bias[1 + k :].unsqueeze(1)  # (L, width), (L, 1)
     wv, mv = w.view(g, 1, per), m.view(1, g, per)
     h_newc = h_new.t().view(c, g, per)
-    sc = None if senses is None else _channel_major(senses.to(w.dtype)).view(-1, g, per)
-    read = _ChunkReader(rule, sc)
+    terms = None
+    if isinstance(senses, FactoredSenses):  # per-neuron columns into the per-neuron rows
+        terms = _NeuronTerms(rule, senses.to(w.dtype), ws, per)
+        cols = senses.columns("weight")
+        sc: torch.Tensor | None = senses.weight.to(w.dtype)  # (P, G, E / G)
+        ws = ws[:, cols]
+    else:
+        cols = list(range(ws.shape[1]))
+        sc = None if senses is None else _channel_major(senses.to(w.dtype)).view(-1, g, per)
+    read = _ChunkReader(rule, sc, cols)
     inputs = d + (0 if sc is None else sc.shape[0])  # the rows of a chunk's [w, h, senses]
     chunks = [_chunks(g, blk, chunk) for blk in plan.blocks]
     most = max((g1 - g0) * (a1 - a0) * blk.b for blk, cs in zip(plan.blocks, chunks, strict=True)
                for g0, g1, a0, a1 in cs)  # fmt: skip
     x_buf = w.new_empty(inputs * most)
-    for blk, cs in zip(plan.blocks, chunks, strict=True):
+    for i, (blk, cs) in enumerate(zip(plan.blocks, chunks, strict=True)):
         own = w0 + blk.c_f * wf + blk.c_b * wb  # (width, D): w's column, h's
         w_in = own if sc is None else torch.cat([own, ws], 1)  # (width, D + S)
+        layer, bias = divmod(i, 2)  # the blocks: each layer's weights, then its biases
         for g0, g1, a0, a1 in cs:
             n, rows = g1 - g0, (a1 - a0) * blk.b
             sl = slice(blk.start + a0 * blk.b, blk.start + a1 * blk.b)
@@ -267,8 +286,14 @@ def _dense(
             z = torch.bmm(w_in.expand(n, -1, -1), x.transpose(0, 1))  # (n, width, rows)
             z4 = z.view(n, -1, a1 - a0, blk.b)
             r_b = blk.rows_b[g0:g1] if blk.a == 1 else blk.rows_b[g0:g1, a0:a1]
-            z4.add_(t_f[blk.rows_f[g0:g1]].permute(0, 3, 1, 2).contiguous())  # (n, width, 1, b)
-            z4.add_(t_b[r_b].permute(0, 3, 1, 2).contiguous())  # (n, width, a | 1, 1 | b)
+            heads, tails = (
+                t_f[blk.rows_f[g0:g1]],
+                t_b[r_b],
+            )  # (n, 1, b, width), (n, a|1, 1|b, width)
+            if terms is not None:
+                heads, tails = terms.add(heads, tails, layer, bool(bias), g0, g1, a0, a1)
+            z4.add_(heads.permute(0, 3, 1, 2).contiguous())  # (n, width, 1, b)
+            z4.add_(tails.permute(0, 3, 1, 2).contiguous())  # (n, width, a | 1, 1 | b)
             z = _hidden_channel_major(layers[1:-1], z)
             dh = torch.baddbmm(b_last, w_last.expand(n, -1, -1), z)  # (n, L, rows)
             _update(rule, dh.transpose(0, 1), hb[k:], mv[:, g0:g1, sl], h_newc[k:, g0:g1, sl])
@@ -289,22 +314,74 @@ class _ChunkReader:
     with ``sense_norm`` the rescaled columns are divided by their nets' divisors (computed
     once from the whole columns) and soft-clipped in the chunk's buffer, the same operations
     as :func:`gnca.senses.normalised` on the whole ``(E, S)`` (when growing), so the same
-    values bit for bit, without its copy of all the senses."""
+    values bit for bit, without its copy of all the senses. ``cols``: the sense column of each
+    row of ``sc``."""
 
-    def __init__(self, rule: LocalRule, sc: torch.Tensor | None) -> None:
-        self.sc = sc  # (S, G, E / G) channel-major senses, or None
-        self.cols = normalised_columns(rule.senses) if rule.sense_norm and sc is not None else []
-        self.div = {j: net_divisor(sc[j], rule.sense_floor) for j in self.cols}  # (G, 1) each
+    def __init__(self, rule: LocalRule, sc: torch.Tensor | None, cols: list[int]) -> None:
+        self.sc = sc  # (rows, G, E / G) channel-major senses, or None
+        norm = normalised_columns(rule.senses) if rule.sense_norm and sc is not None else []
+        self.rows = [r for r, j in enumerate(cols) if j in norm]
+        self.div = {r: net_divisor(sc[r], rule.sense_floor) for r in self.rows}  # (G, 1) each
 
     def into(self, out: torch.Tensor, g0: int, g1: int, sl: slice) -> torch.Tensor:
         """Write the chunk's senses as the MLP reads them into ``out`` ``(S, g1 - g0, rows)``."""
         assert self.sc is not None
         raw = self.sc[:, g0:g1, sl]
         out.copy_(raw)
-        for j in self.cols:
-            col = torch.div(raw[j], self.div[j][g0:g1], out=out[j])  # (n, rows)
+        for r in self.rows:
+            col = torch.div(raw[r], self.div[r][g0:g1], out=out[r])  # (n, rows)
             col.div_(col.abs().add_(1))  # soft_clip, x / (1 + |x|)
         return out
+
+
+class _NeuronTerms:
+    """What the senses that are one value per neuron or per net add to the first layer of the
+    dense route (:class:`gnca.factored_senses.FactoredSenses`): ``W_s s`` per tail, per head and
+    per net, added to the per-neuron rows of the neighbour terms instead of to every weight
+    (with ``sense_norm``, the head columns it rescales divided by their nets' root mean square
+    over the weights they broadcast to, and soft-clipped, as :func:`gnca.senses.normalised`
+    does, up to the order of the sums' additions)."""
+
+    def __init__(self, rule: LocalRule, fs: FactoredSenses, ws: torch.Tensor, per: int) -> None:
+        norm = normalised_columns(rule.senses) if rule.sense_norm else []
+        kinds = {k: fs.columns(k) for k in ("tail", "head", "net")}
+        heads = [f.head for f in fs.layers]  # (G, b, Qh) each
+        for q, j in enumerate(kinds["head"]):
+            if j in norm:  # mean square over the weights: each head's value a + 1 times
+                ms = sum((f.tail.shape[1] * f.head[:, :, q].square()).sum(1) for f in fs.layers)
+                div = rms_divisor(ms.unsqueeze(1) / per, rule.sense_floor)  # (G, 1)
+                heads = [_with_column(x, q, soft_clip(x[:, :, q] / div)) for x in heads]
+        self.tail = [f.tail @ ws[:, kinds["tail"]].t() for f in fs.layers]  # (G, a + 1, width)
+        self.head = [x @ ws[:, kinds["head"]].t() for x in heads]  # (G, b, width)
+        self.net = fs.net @ ws[:, kinds["net"]].t()  # (G, width)
+
+    def add(
+        self,
+        heads: torch.Tensor,
+        tails: torch.Tensor,
+        layer: int,
+        bias: bool,
+        g0: int,
+        g1: int,
+        a0: int,
+        a1: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A chunk's head rows ``(n, 1, b, width)`` and tail rows (``(n, a, 1, width)``, or
+        ``(n, 1, b, width)`` for a layer's biases) with these terms added: the head's and the
+        net's to the heads, the tail's (the bias neuron's for biases) to the tails."""
+        n = g1 - g0
+        heads = heads + self.head[layer][g0:g1].unsqueeze(1) + self.net[g0:g1].view(n, 1, 1, -1)
+        tail = self.tail[layer]
+        if bias:
+            return heads, tails + tail[g0:g1, -1].view(n, 1, 1, -1)
+        return heads, tails + tail[g0:g1, a0:a1].unsqueeze(2)
+
+
+def _with_column(x: torch.Tensor, q: int, col: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(..., Q)`` with its column ``q`` replaced by ``col`` (a new tensor)."""
+    out = x.clone()
+    out[..., q] = col
+    return out
 
 
 def _channel_major(x: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ from torch_geometric.data import Data
 
 from gnca.architecture import BIAS, INPUT, OUTPUT
 from gnca.augment import NetAugment, mask_logits
+from gnca.factored_senses import KINDS, FactoredSenses, LayerFactors
 from gnca.forward import TASK_ACTIVATIONS, effective_weights
 from gnca.graph import (
     cached,
@@ -293,7 +294,13 @@ def normalised_columns(names: Sequence[str]) -> list[int]:
 def net_divisor(col: torch.Tensor, floor: float) -> torch.Tensor:
     """``(G, 1)`` what :func:`normalised` divides a column ``col`` ``(G, E / G)`` of a batch of
     one architecture by, per net: its root mean square (at least ``floor``) plus ``1e-6``."""
-    return _rms(col.square().mean(1, keepdim=True), floor) + 1e-6
+    return rms_divisor(col.square().mean(1, keepdim=True), floor)
+
+
+def rms_divisor(ms: torch.Tensor, floor: float) -> torch.Tensor:
+    """What :func:`normalised` divides a column by, from its mean square ``ms``: the root (at
+    least ``floor``) plus ``1e-6``."""
+    return _rms(ms, floor) + 1e-6
 
 
 def soft_clip(x: torch.Tensor) -> torch.Tensor:
@@ -385,12 +392,14 @@ def dense_senses(
     activation: str = "tanh",
     fan_in_ref: float | None = None,
     class_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+    factored: bool = False,
+) -> torch.Tensor | FactoredSenses:
     """:func:`weight_senses` of :func:`neuron_stats` for ``G`` identical MLPs with biases
     (the layout of :meth:`gnca.Architecture.mlp`), with batched matmuls: the per-weight batch
     means of products are ``A_l^T A_{l+1} / B`` per layer. ``w``, ``feedback``: ``(G * E,)``;
     returns ``(G * E, S)``, equal to the general path up to float rounding (without gradients,
-    a transposed view of a contiguous ``(S, G * E)``)."""
+    a transposed view of a contiguous ``(S, G * E)``); with ``factored`` (without gradients
+    only) the same senses as :class:`gnca.factored_senses.FactoredSenses`."""
     names, sizes = check_senses(names), list(sizes)
     A, Z, loss, err = _dense_pass(sizes, w, X, y, activation, fan_in_ref, class_mask)
     g = A[0].shape[0]
@@ -403,8 +412,12 @@ def dense_senses(
     loss = loss / torch.log(torch.tensor(float(sizes[-1])))  # (G,)
     layers = [_layer_columns(names, A[i], A[i + 1], M[i + 1], loss) for i in range(len(sizes) - 1)]
     if torch.is_grad_enabled():
+        if factored:
+            raise ValueError("factored senses are for growing (without gradients)")
         cols = [_dense_layer(per) for per in layers]
         return torch.cat(cols, 1).reshape(g * e, -1)  # (G * E, S)
+    if factored:
+        return _factored(names, sizes, layers, g, e)
     # growing: each column written once into its place (the same values, without the narrow
     # concatenations, slow on CPU), channel-major: the (G * E, S) result is the transpose of a
     # contiguous (S, G * E), so that every write and every later read of a column (the
@@ -419,6 +432,38 @@ def dense_senses(
             block[j] = col
         off += a1 * b
     return out.view(-1, g * e).t()
+
+
+def _factored(
+    names: tuple[str, ...], sizes: list[int], layers: list[list[torch.Tensor]], g: int, e: int
+) -> FactoredSenses:
+    """The layers' columns (:func:`_layer_columns`, ``(G, a + 1, b)`` each) as
+    :class:`FactoredSenses`: the per-weight ones written into ``(P, G, E / G)`` rows, the
+    broadcast ones kept per tail, head or net (the values they broadcast, so the same bits)."""
+    kinds = tuple(k for n in names for k in KINDS[n])
+    cols = {k: [j for j, kk in enumerate(kinds) if kk == k] for k in ("weight", "tail", "head")}
+    first = layers[0][0]
+    weight = first.new_empty(len(cols["weight"]), g, e)
+    factors, off = [], 0
+    for per in layers:
+        a1, b = per[0].shape[1:]
+        block = weight[:, :, off : off + a1 * b].view(-1, g, a1, b)
+        for i, j in enumerate(cols["weight"]):
+            block[i] = per[j]
+        tail = _stack([per[j][:, :, 0] for j in cols["tail"]], weight, (g, a1))  # (G, a + 1, Qt)
+        head = _stack([per[j][:, 0, :] for j in cols["head"]], weight, (g, b))  # (G, b, Qh)
+        factors.append(LayerFactors(tail, head))
+        off += a1 * b
+    net = _stack([layers[0][j][:, 0, 0] for j, k in enumerate(kinds) if k == "net"], weight, (g,))
+    return FactoredSenses(kinds, weight, tuple(factors), net, tuple(sizes))
+
+
+def _stack(cols: list[torch.Tensor], like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``cols`` (each ``shape``) stacked on a last dimension; ``(*shape, 0)`` (of ``like``'s
+    dtype and device) when empty."""
+    if not cols:
+        return like.new_empty(*shape, 0)
+    return torch.stack(cols, -1)
 
 
 def _layer_columns(
@@ -572,8 +617,13 @@ class SenseReader:
         idx = idx.to(X.device)
         return X[idx], y[idx]
 
-    def __call__(self, graph: Data, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """``(E, S)`` senses of the nets ``(w, h)`` on a fresh training batch."""
+    def __call__(
+        self, graph: Data, w: torch.Tensor, h: torch.Tensor, *, factored: bool = False
+    ) -> torch.Tensor | FactoredSenses:
+        """``(E, S)`` senses of the nets ``(w, h)`` on a fresh training batch; with
+        ``factored`` (growing a batch of one MLP with biases: what :func:`gnca.grow.grow` asks
+        for when :meth:`gnca.LocalRule.reads_factored`), the same senses as
+        :class:`gnca.factored_senses.FactoredSenses`."""
         X, y = self.batch(w.device)
         aug, mask = self.augment, None
         if aug is not None:
@@ -584,6 +634,8 @@ class SenseReader:
         fb = None
         if self.feedback:
             fb = feedback_of(graph, w, h, self.feedback_source, self.task.fan_in_ref)
+        if factored and nets is not None:
+            raise ValueError("factored senses need a batch of one MLP with biases")
         if nets is not None:  # a layer net (gnca/layers.py): senses on shared weights
             if LAYER_SENSES is None:
                 raise RuntimeError("import gnca (or gnca.layer_senses) to read layer nets")
@@ -593,9 +645,11 @@ class SenseReader:
             return LAYER_SENSES(net, w, fb, X, self.labels(y), self.names, self.task.n_classes,
                                 self.task.fan_in_ref, mask).to(h.dtype)  # fmt: skip
         sizes = cached(graph, ("dense_sizes",), lambda: dense_sizes(graph))  # once per graph
+        if factored and sizes is None:
+            raise ValueError("factored senses need a batch of one MLP with biases")
         if sizes is not None:
             return dense_senses(sizes, w, fb, X, self.labels(y), self.names, self.task.activation,
-                                self.task.fan_in_ref, mask).to(h.dtype)  # fmt: skip
+                                self.task.fan_in_ref, mask, factored).to(h.dtype)  # fmt: skip
         stats = neuron_stats(
             graph, w, fb, X, self.labels(y), self.task.activation, self.task.fan_in_ref, mask
         )

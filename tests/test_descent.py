@@ -391,7 +391,7 @@ def test_the_dense_route_reads_the_normalised_senses_chunk_by_chunk_bit_for_bit(
     with torch.no_grad():  # growing
         want = rule.read(graph, sc.t()).t().reshape(-1, g, per)  # (S, G, E / G)
         near = rule.read(graph, s).t().reshape(-1, g, per)
-    read = _ChunkReader(rule, sc.view(-1, g, per))
+    read = _ChunkReader(rule, sc.view(-1, g, per), list(range(sense_size(ALL))))
     for g0, g1, sl in [(0, 3, slice(0, per)), (1, 2, slice(5, 17)), (0, 2, slice(20, per))]:
         got = read.into(torch.full_like(want[:, g0:g1, sl], torch.nan), g0, g1, sl)
         assert torch.equal(got, want[:, g0:g1, sl])
