@@ -58,9 +58,9 @@ def time_modes(rule, g, w, h, mask, rounds, make_reader=None):
                     kw = {"senses": reader(g, w, hg, **fac)} if reader else {}
                     rule(g, w, hg, mask=mask, **kw)
             else:
-                wg, hg = w.clone().requires_grad_(True), h.clone().requires_grad_(True)
-                kw = {"senses": reader(g, wg, hg)} if reader else {}  # old commits lack senses
-                a, b = rule(g, wg, hg, mask=mask, **kw)
+                wr, hr = w.clone().requires_grad_(True), h.clone().requires_grad_(True)
+                kw = {"senses": reader(g, wr, hr)} if reader else {}  # old commits lack senses
+                a, b = rule(g, wr, hr, mask=mask, **kw)
                 (a.sum() + b.sum()).backward()
         f()
         ts = []
