@@ -7,8 +7,10 @@ layout that commit's growing step returns, the senses read as its ``gnca.grow`` 
 forward+backward. With ``--senses``: a small rule, ``C = 8``, MLP 16, reading all senses of 64
 examples on 16 nets of 196-32-10; with ``--adam-path`` as well: the rule of
 configs/mnist_aligned_small.yaml, ``C = 6``, MLP 16, moving its weights by Adam's path alone and
-reading its error senses at unit RMS, with every option of that file. Processes alternate
-between the commits for ``--rounds`` rounds; the table shows the median over rounds.
+reading its error senses at unit RMS, with every option of that file. Each child keeps freed
+memory in the process (``gnca.heap.keep_heap``, where the commit has it), as the command line
+does. Processes alternate between the commits for ``--rounds`` rounds; the table shows the
+median over rounds.
 
     python benchmarks/compare_commits.py 300f9be 612251e HEAD --rounds 3
     python benchmarks/compare_commits.py HEAD~1 HEAD --senses --rounds 5
@@ -36,6 +38,11 @@ import torch
 import gnca
 print("GNCA " + gnca.__file__)
 torch.set_num_threads(1)
+try:  # freed memory kept in the process, as every gnca command has it (commits that have it)
+    from gnca.heap import keep_heap
+    keep_heap()
+except ImportError:
+    pass
 from gnca import Architecture, LocalRule, WeightGraph
 
 
