@@ -189,6 +189,18 @@ def int_list(minimum: int, *, unique: bool = False) -> Callable[[str], str]:
     return parse
 
 
+def positive_floats(text: str) -> tuple[float, ...]:
+    """A ``type=`` for comma-separated finite numbers > 0, none repeated (``--tune-step
+    0.5,1,2``)."""
+    parts = text.replace(" ", "").split(",")
+    values = tuple(_number(p) for p in parts)
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers > 0, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"must not repeat a value, got {text!r}")
+    return values
+
+
 def seed_list(text: str) -> tuple[int, ...]:
     """Meta-training seeds (``--seeds``): a count ``N`` >= 1 for seeds ``0 .. N-1``, or
     comma-separated seeds ``0,3,7`` (one seed ``S`` alone: ``S,``), no repeats."""

@@ -227,3 +227,83 @@ def test_transfer_bad_horizons_are_one_line(tmp_path, capsys, flags, says):
     assert main(args) == 2
     assert says in error_line(capsys.readouterr().err)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def aligned_checkpoint(tmp_path_factory) -> str:
+    """A rule with Adam's path along its learned feedback (tabular_aligned.yaml), 2 meta-steps."""
+    run = tmp_path_factory.mktemp("aligned") / "run"
+    assert main(["train", "--config", str(ROOT / "configs" / "tabular_aligned.yaml"),
+                 "--set", *TINY, "train.steps=2", "--out", str(run), "--no-progress",
+                 "--threads", "1"]) == 0  # fmt: skip
+    return str(run / "last.pt")
+
+
+def test_transfer_tunes_the_rules_step_per_budget_on_a_validation_fifth(
+    aligned_checkpoint, tmp_path, capsys
+):
+    """--tune-step grows nets with the rule's step times each scale on the first four fifths of
+    the training split, picks per budget the scale whose nets score best on the last fifth, and
+    reports nets grown with it on the whole split: what growing the scaled rules by hand gives."""
+    import csv
+    import dataclasses
+
+    from gnca.build import load_trained
+    from gnca.cli import parse_arch
+    from gnca.experiments.learning import grow_on
+    from gnca.experiments.transfer import step_scaled
+
+    out = tmp_path / "tuned"
+    args = ["experiment", "transfer", "--checkpoint", aligned_checkpoint, "--dataset", "circles",
+            "--arch", "h:8", "--horizons", "1,4", "--num", "3", "--seed", "2", "--tune-step",
+            "0.5,1,3", "--out", str(out), "--no-progress", "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    assert "grown, step tuned" in capsys.readouterr().out
+    with open(out / "transfer.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    tr = load_trained(aligned_checkpoint)
+    task = Task(load_dataset("circles"), fan_in_ref=tr.task.fan_in_ref)
+    X, y = task.data.X_train, task.data.y_train
+    cut = int(0.8 * X.shape[0])
+    held = dataclasses.replace(task, data=dataclasses.replace(
+        task.data, X_train=X[:cut], y_train=y[:cut], X_test=X[cut:], y_test=y[cut:]))  # fmt: skip
+    arch = parse_arch("h:8", 2, 2, True, None)
+    k = tr.cfg.train.k_max
+    steps = [k, 4 * k]
+
+    def grown(scale: float, on: Task) -> torch.Tensor:  # (horizons,) mean accuracy
+        scaled = dataclasses.replace(tr, rule=step_scaled(tr.rule, scale))
+        return grow_on(scaled, None, steps[-1], record=steps, seed=2, num=3, task=on,
+                       arch=arch)[1].mean(1)  # fmt: skip
+
+    val = {s: grown(s, held) for s in (0.5, 1.0, 3.0)}
+    for i, row in enumerate(rows):
+        pick = max(val, key=lambda s: (float(val[s][i]), -list(val).index(s)))
+        assert float(row["grown_tuned_step_scale"]) == pick
+        assert float(row["grown_tuned"]) == pytest.approx(float(grown(pick, task)[i]), abs=1e-6)
+        assert float(row["grown_tuned_minus_adam"]) == pytest.approx(
+            float(row["grown_tuned"]) - float(row["adam"]), abs=1e-6
+        )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step_scales"] == [0.5, 1.0, 3.0]
+    assert "grown_tuned_minus_adam_same_4K" in summary["headline"]
+
+
+@pytest.mark.parametrize("scales", ["0,1", "1,x", "2,2", "-1"])
+def test_bad_step_scales_are_one_line(tmp_path, capsys, scales):
+    args = ["experiment", "transfer", "--checkpoint", str(tmp_path / "none.pt"), "--dataset",
+            "iris", "--arch", "h:8", "--out", str(tmp_path / "o"), "--tune-step",
+            scales]  # fmt: skip
+    assert main(args) == 2
+    assert "--tune-step" in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_tuning_the_step_of_a_rule_without_a_descent_path_is_refused(
+    senses_checkpoint, tmp_path, capsys
+):
+    args = ["experiment", "transfer", "--checkpoint", senses_checkpoint, "--dataset", "iris",
+            "--arch", "h:8", "--tune-step", "1,2", "--out", str(tmp_path / "o"), "--no-progress",
+            "--threads", "1"]  # fmt: skip
+    assert main(args) != 0
+    assert "has none (rule.descent is 0)" in capsys.readouterr().err

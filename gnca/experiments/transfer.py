@@ -16,6 +16,12 @@ at every horizon ``m * K`` of ``horizons`` (``K = train.k_max``) the run records
   the two differ only in how the nets learn, not in which examples they saw (one batch
   sequence, shared by all nets, would otherwise move both means: ``examples/batch_sequences.py``
   measures by how much);
+* with ``step_scales`` (``--tune-step``), the grown nets with the rule's step tuned per budget
+  as Adam's rate is: the rule's learned step size times each scale grows nets on the first four
+  fifths of the training split, the scale with the best mean accuracy on the last fifth wins
+  (the first of equals), and nets grown with it on the whole split are scored on the test split
+  (a rule of the same arithmetic with one scalar chosen on held-out data, for rules with a
+  descent path, ``rule.descent``);
 * the CPU seconds (``time.process_time``) per net of growing up to ``m * K`` and of Adam's run
   at that budget with the rate it picked (the tuning's other rates not counted);
 * the majority class of the training split;
@@ -32,6 +38,9 @@ change between the two largest horizons).
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +48,7 @@ from typing import Any
 
 import torch
 
-from gnca.cliargs import int_list, positive_int
+from gnca.cliargs import int_list, positive_floats, positive_int
 from gnca.cliargs import seed as seed_arg
 from gnca.experiments.adam_baseline import ADAM_LRS, adam_batches, train_adam, tune_adam
 from gnca.experiments.command import device_of, print_report, rule_sources
@@ -95,20 +104,25 @@ def run_transfer(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    step_scales: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Learning curves of nets grown on data the rule never met, against Adam at equal examples.
 
     ``problems`` lists ``(task, architectures)``, one per dataset; ``horizons`` the multiples of
-    ``K`` recorded (one growing run up to the largest). What is measured: the module docstring.
-    Outputs: ``transfer.md``, ``transfer.csv``, ``transfer.png``, ``summary.json``.
+    ``K`` recorded (one growing run up to the largest); ``step_scales``: the multiples of the
+    rule's step to tune per budget (none: no tuned columns). What is measured: the module
+    docstring. Outputs: ``transfer.md``, ``transfer.csv``, ``transfer.png``, ``summary.json``.
     """
     hs = sorted(set(horizons))
     names = [t.name for t, _ in problems]
+    scales = list(dict.fromkeys(float(s) for s in step_scales))
     run = ExperimentRun("transfer", out, device=device, progress=progress, checks=[
         (num < 1, "num must be >= 1"),
         (not hs or min(hs) < 1, f"horizons must be integers >= 1, got {list(horizons)}"),
         (not problems or any(not a for _, a in problems), "transfer needs a dataset and --arch"),
         (len(set(names)) != len(names), f"a dataset is given twice: {', '.join(names)}"),
+        (any(not (s > 0 and math.isfinite(s)) for s in scales),
+         f"step scales must be finite and > 0, got {list(step_scales)}"),
     ])  # fmt: skip
     out, device = run.out, run.device
     (tr,) = run.obtain(source)
@@ -116,6 +130,11 @@ def run_transfer(
         raise ExperimentError(
             f"rule {source.label!r} reads no data (rule.senses is empty): it cannot learn "
             f"{', '.join(names)}; the transfer experiment needs a rule with senses"
+        )
+    if scales and not tr.rule.descent:
+        raise ExperimentError(
+            f"--tune-step scales the step of a descent path, and rule {source.label!r} has "
+            f"none (rule.descent is 0)"
         )
     k, batch = tr.cfg.train.k_max, tr.cfg.rule.sense_batch
     met = {tr.cfg.data.name, *getattr(tr.cfg.data, "also", [])}
@@ -125,7 +144,7 @@ def run_transfer(
         curves[task.name] = {}
         for arch in archs:
             run.note(f"transfer: {task.name}, {arch.describe()}: growing {hs[-1] * k} steps")
-            got = _one(tr, task, arch, hs, k, batch, num, seed, device)
+            got = _one(tr, task, arch, hs, k, batch, num, seed, device, scales)
             got_rows = [{"dataset": task.name, "seen_in_meta_training": task.name in met, **r}
                         for r in got]  # fmt: skip
             rows.extend(got_rows)
@@ -137,11 +156,22 @@ def run_transfer(
     return run.finish({
         "rules": run.rule_infos(), "dataset": ", ".join(names), "datasets": names, "num": num,
         "k": k, "sense_batch": batch, "horizons": hs, "adam_lrs": list(ADAM_LRS),
-        "headline": head, "rows": rows, "curves": curves,
+        "step_scales": scales, "headline": head, "rows": rows, "curves": curves,
     })  # fmt: skip
 
 
-def _one(tr, task: Task, arch, hs: list[int], k: int, batch: int, num: int, seed: int, device):
+def _one(
+    tr,
+    task: Task,
+    arch,
+    hs: list[int],
+    k: int,
+    batch: int,
+    num: int,
+    seed: int,
+    device,
+    scales: list[float],
+):
     """The rows of one dataset and architecture, one per horizon."""
     X_tr, y_tr = task.split("train", device)
     X_te, y_te = task.split("test", device)
@@ -151,6 +181,7 @@ def _one(tr, task: Task, arch, hs: list[int], k: int, batch: int, num: int, seed
     steps = [m * k for m in hs]
     _, curve = grow_on(tr, None, steps[-1], record=steps, seed=seed, num=num, task=task,
                        arch=arch, metric=rec)  # fmt: skip
+    tuned = _tuned_step(tr, task, arch, steps, num, seed, scales, curve) if scales else None
     trainable = torch.ones(w0.shape[0], dtype=torch.bool, device=w0.device)
     rows = []
     for i, m in enumerate(hs):
@@ -172,7 +203,48 @@ def _one(tr, task: Task, arch, hs: list[int], k: int, batch: int, num: int, seed
             "grown_cpu_s_per_net": rec.cpu[i] / num,
             "adam_cpu_s_per_net": t.cpu_seconds[t.lr] / num,
         })  # fmt: skip
+        if tuned is not None:
+            scale, acc = tuned[i]
+            gt = mean_std(acc)[0]
+            rows[-1] |= {"grown_tuned": gt, "grown_tuned_step_scale": scale,
+                         "grown_tuned_minus_adam": gt - a,
+                         "grown_tuned_minus_adam_same": gt - same}  # fmt: skip
     return rows
+
+
+def step_scaled(rule, scale: float):
+    """A copy of ``rule`` whose descent path steps ``scale`` times as far (its learned log step
+    plus ``log(scale)``: the same rule otherwise)."""
+    out = copy.deepcopy(rule)
+    with torch.no_grad():
+        out.descent_log.add_(math.log(scale))
+    return out
+
+
+def _tuned_step(
+    tr, task: Task, arch, steps: list[int], num: int, seed: int, scales: list[float], curve
+) -> list[tuple[float, torch.Tensor]]:
+    """Per recorded step count, ``(scale, (G,) test accuracies)``: the step scale whose nets,
+    grown on the first four fifths of the training split, score best on average on the last
+    fifth (the split :func:`~gnca.experiments.adam_baseline.tune_adam` tunes Adam's rate on),
+    and the test accuracy of nets grown with it on the whole split (``curve`` for scale 1,
+    the nets already grown)."""
+    X, y = task.data.X_train, task.data.y_train
+    cut = int(0.8 * X.shape[0])
+    held = dataclasses.replace(task, data=dataclasses.replace(
+        task.data, X_train=X[:cut], y_train=y[:cut], X_test=X[cut:], y_test=y[cut:]))  # fmt: skip
+    best: list[tuple[float, float]] = [(-1.0, scales[0])] * len(steps)
+    for s in scales:
+        tuned = dataclasses.replace(tr, rule=step_scaled(tr.rule, s))
+        _, val = grow_on(tuned, None, steps[-1], record=steps, seed=seed, num=num, task=held,
+                         arch=arch)  # fmt: skip
+        best = [(v, s) if (v := float(val[i].mean())) > b[0] else b for i, b in enumerate(best)]
+    grown = {1.0: curve}
+    for s in sorted({s for _, s in best} - {1.0}):
+        tuned = dataclasses.replace(tr, rule=step_scaled(tr.rule, s))
+        grown[s] = grow_on(tuned, None, steps[-1], record=steps, seed=seed, num=num, task=task,
+                           arch=arch)[1]  # fmt: skip
+    return [(s, grown[s][i]) for i, (_, s) in enumerate(best)]
 
 
 def _rms(w: torch.Tensor) -> float:
@@ -183,8 +255,15 @@ def _rms(w: torch.Tensor) -> float:
 def _curve(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One dataset and architecture's rows as lists over the horizons (``summary.json``)."""
     keys = ("horizon_mult", "steps", "examples_seen", "grown", "adam", "adam_same",
-            "hidden_reset", "grown_cpu_s_per_net", "adam_cpu_s_per_net", "adam_lr")  # fmt: skip
-    return {key: [r[key] for r in rows] for key in keys} | {"majority": rows[0]["majority"]}
+            "hidden_reset", "grown_cpu_s_per_net", "adam_cpu_s_per_net", "adam_lr",
+            "grown_tuned", "grown_tuned_step_scale")  # fmt: skip
+    return {key: [r[key] for r in rows] for key in keys if key in rows[0]} | {
+        "majority": rows[0]["majority"]
+    }
+
+
+#: the columns of the grown nets with their step tuned per budget (``--tune-step``)
+TUNED = ("grown_tuned", "grown_tuned_minus_adam", "grown_tuned_minus_adam_same")
 
 
 def _mean(values: list[float]) -> float:
@@ -198,8 +277,9 @@ def _headline(rows: list[dict[str, Any]], hs: list[int]) -> dict[str, Any]:
     for m in hs:
         at = [r for r in rows if r["horizon_mult"] == m]
         for key in ("grown", "adam", "grown_minus_adam", "adam_same", "grown_minus_adam_same",
-                    "hidden_reset"):  # fmt: skip
-            head[f"{key}_{horizon_name(m)}"] = _mean([r[key] for r in at])
+                    "hidden_reset", *TUNED):  # fmt: skip
+            if key in at[0]:
+                head[f"{key}_{horizon_name(m)}"] = _mean([r[key] for r in at])
     if len(hs) > 1:
         last, prev = horizon_name(hs[-1]), horizon_name(hs[-2])
         change = head[f"grown_{last}"] - head[f"grown_{prev}"]
@@ -235,12 +315,29 @@ def _markdown(rows, head, hs: list[int], names: list[str], num: int, k: int, bat
               f"{r['grown_cpu_s_per_net']:.3g}", f"{r['adam_cpu_s_per_net']:.3g}"] for r in own],
         )  # fmt: skip
         parts.append(f"## {name}{seen}\n\n{table}")
+        if "grown_tuned" in own[0]:
+            parts.append(md_table(
+                ["architecture", "horizon", "grown, step tuned", "step scale", "tuned - Adam",
+                 "tuned - Adam same"],
+                [[r["architecture"], r["horizon"], f"{r['grown_tuned']:.3f}",
+                  f"{r['grown_tuned_step_scale']:g}", f"{r['grown_tuned_minus_adam']:+.3f}",
+                  f"{r['grown_tuned_minus_adam_same']:+.3f}"] for r in own],
+            ))  # fmt: skip
     gaps = ", ".join(f"{horizon_name(m)} {head[f'grown_minus_adam_{horizon_name(m)}']:+.3f}"
                      for m in hs)  # fmt: skip
     same = ", ".join(f"{horizon_name(m)} {head[f'grown_minus_adam_same_{horizon_name(m)}']:+.3f}"
                      for m in hs)  # fmt: skip
     lines = [f"- mean over datasets of grown - Adam: {gaps}",
              f"- mean over datasets of grown - Adam on the same batches: {same}"]  # fmt: skip
+    if f"grown_tuned_minus_adam_{horizon_name(hs[0])}" in head:
+        hz = [horizon_name(m) for m in hs]
+        tuned = ", ".join(
+            f"{h} {head[f'grown_tuned_minus_adam_{h}']:+.3f} / "
+            f"{head[f'grown_tuned_minus_adam_same_{h}']:+.3f}"
+            for h in hz
+        )
+        lines.append(f"- with the step tuned per budget, grown - Adam / - Adam on the same "
+                     f"batches: {tuned}")  # fmt: skip
     if len(hs) > 1:
         last, prev = horizon_name(hs[-1]), horizon_name(hs[-2])
         lines.append(
@@ -290,6 +387,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="M",
         help="short for --horizons 1,M",
+    )
+    parser.add_argument(
+        "--tune-step",
+        type=positive_floats,
+        default=(),
+        metavar="S,S,...",
+        help="also grow with the rule's step times each scale and pick one per budget on a "
+        "validation fifth, as Adam's rate is (e.g. 0.5,1,2,4; rules with a descent path)",
     )
 
 
@@ -345,6 +450,7 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=device_of(args, cfg),
         progress=not args.no_progress,
+        step_scales=args.tune_step,
     )
     print_report(summary, out, "transfer.md", "transfer.png")
     return 0
@@ -369,6 +475,9 @@ def headline(s: dict[str, Any]) -> Headline:
                 optional_float(r["grown_minus_adam_same"]),
                 HIGHER,
             )
+        for key in TUNED:  # runs with --tune-step
+            if key in r:
+                h.metrics[f"{at}.{key}_at_{hz}"] = (optional_float(r[key]), HIGHER)
     for key, value in s["headline"].items():
         if key == "trend":
             continue
@@ -390,8 +499,8 @@ def headline(s: dict[str, Any]) -> Headline:
 def plot(curves: dict[str, dict[str, dict[str, Any]]], path: Path, k: int) -> None:
     """One column per dataset: mean test accuracy against examples seen per net (top) and
     against CPU seconds per net (bottom), both on log axes; grown nets solid, their hidden
-    layers reset dashed, Adam dash-dotted, Adam on the same batches dotted with crosses, the
-    majority class dotted grey."""
+    layers reset dashed, with their step tuned per budget faint with triangles, Adam
+    dash-dotted, Adam on the same batches dotted with crosses, the majority class dotted grey."""
     from gnca.experiments.plots import COLORS, pyplot
 
     plt = pyplot()
@@ -411,6 +520,9 @@ def plot(curves: dict[str, dict[str, dict[str, Any]]], path: Path, k: int) -> No
             if "adam_same" in c:
                 top.plot(x, c["adam_same"], "x:", color=adam_c,
                          label=f"Adam, same batches {arch}")  # fmt: skip
+            if "grown_tuned" in c:
+                top.plot(x, c["grown_tuned"], "^-", color=grown_c, alpha=0.5,
+                         label=f"grown, step tuned {arch}")  # fmt: skip
             bottom.plot(c["grown_cpu_s_per_net"], c["grown"], "o-", color=grown_c,
                         label=f"grown {arch}")  # fmt: skip
             bottom.plot(c["adam_cpu_s_per_net"], c["adam"], "s-.", color=adam_c,
