@@ -286,10 +286,8 @@ def _dense(
             z = torch.bmm(w_in.expand(n, -1, -1), x.transpose(0, 1))  # (n, width, rows)
             z4 = z.view(n, -1, a1 - a0, blk.b)
             r_b = blk.rows_b[g0:g1] if blk.a == 1 else blk.rows_b[g0:g1, a0:a1]
-            heads, tails = (
-                t_f[blk.rows_f[g0:g1]],
-                t_b[r_b],
-            )  # (n, 1, b, width), (n, a|1, 1|b, width)
+            heads = t_f[blk.rows_f[g0:g1]]  # (n, 1, b, width)
+            tails = t_b[r_b]  # (n, a, 1, width), or (n, 1, b, width) for biases
             if terms is not None:
                 heads, tails = terms.add(heads, tails, layer, bool(bias), g0, g1, a0, a1)
             z4.add_(heads.permute(0, 3, 1, 2).contiguous())  # (n, width, 1, b)
