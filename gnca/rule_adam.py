@@ -25,7 +25,10 @@ overwritten. Without gradients (growing), :meth:`gnca.LocalRule.forward` runs
   ``(channels, weights)`` (copying them once if they come row-major), keeps the MLP's
   activations as ``(width, weights)`` and hands the new states on channel-major (an ``(E, C)``
   tensor with strides ``(1, E)``), so the next step reads them without a copy and every write
-  of a channel is contiguous.
+  of a channel is contiguous;
+- there, reads factored senses (:class:`gnca.factored_senses.FactoredSenses`): the columns
+  that are one value per tail, head or net are added to the per-neuron rows (``W_s`` times
+  them) instead of to every weight, so only the per-weight columns enter the product.
 
 ``w'`` and the moments equal the reference step's bit for bit; the other hidden channels agree up
 to float rounding (``tests/test_descent.py``).
