@@ -60,6 +60,9 @@ from gnca.task import Task
 
 #: default horizons, in units of K
 HORIZONS = (1, 10)
+#: the last fraction of the training split that Adam's rate (and ``--tune-step``'s scale) is
+#: picked on
+VALIDATION = 0.2
 #: a change of the grown nets' mean accuracy between the two largest horizons smaller than this
 #: (either way) is "flat"
 FLAT = 0.005
@@ -186,7 +189,8 @@ def _one(
     rows = []
     for i, m in enumerate(hs):
         batches = adam_batches(steps[i] * batch, batch)
-        t = tune_adam(task, graph, w0, trainable, batches, seed, ADAM_LRS, X_tr, y_tr, 0.2)
+        t = tune_adam(task, graph, w0, trainable, batches, seed, ADAM_LRS, X_tr, y_tr,
+                      VALIDATION)  # fmt: skip
         adam_acc = task.batched_accuracy(graph, t.w, X_te, y_te)
         w_same = train_adam(task, graph, w0, trainable, batches, t.lr, reader_seed(seed), X_tr,
                             y_tr)  # fmt: skip
@@ -230,7 +234,7 @@ def _tuned_step(
     and the test accuracy of nets grown with it on the whole split (``curve`` for scale 1,
     the nets already grown)."""
     X, y = task.data.X_train, task.data.y_train
-    cut = int(0.8 * X.shape[0])
+    cut = int((1 - VALIDATION) * X.shape[0])  # tune_adam's cut
     held = dataclasses.replace(task, data=dataclasses.replace(
         task.data, X_train=X[:cut], y_train=y[:cut], X_test=X[cut:], y_test=y[cut:]))  # fmt: skip
     best: list[tuple[float, float]] = [(-1.0, scales[0])] * len(steps)
