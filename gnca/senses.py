@@ -233,8 +233,8 @@ def normalised(
     weaker than the floor keep their true scale, as Adam's epsilon keeps a vanishing gradient
     small, so that a net that fits its data exactly is not pushed by its rounding errors. New
     tensor, differentiable."""
-    cols = [n in NORMALISED for n in check_senses(names) for _ in range(SENSES[n])]
-    if not any(cols):
+    cols = normalised_columns(names)
+    if not cols:
         return senses
     g = num_graphs(graph)  # no device sync: g from the structure
     if not torch.is_grad_enabled() and _equal_runs(graph, g):
@@ -244,7 +244,8 @@ def normalised(
     count = torch.bincount(batch, minlength=g).to(senses.dtype).clamp_min(1)
     rms = _rms(sq / count[:, None], floor)[batch]  # (E, S)
     scaled = soft_clip(senses / (rms + 1e-6))
-    keep = torch.tensor(cols, device=senses.device)
+    keep = torch.zeros(senses.shape[1], dtype=torch.bool, device=senses.device)
+    keep[cols] = True
     return torch.where(keep, scaled, senses)
 
 
@@ -270,16 +271,14 @@ def _equal_runs(graph: Data, g: int) -> bool:
     return cached(graph, ("equal_net_runs", g), check)
 
 
-def _normalised_by_net(
-    senses: torch.Tensor, cols: list[bool], g: int, floor: float
-) -> torch.Tensor:
+def _normalised_by_net(senses: torch.Tensor, cols: list[int], g: int, floor: float) -> torch.Tensor:
     """:func:`normalised` when growing ``g`` nets whose weights are contiguous runs of ``E / g``
     (a batch of one architecture): per-net means of squares by a reduction over each
     run, only on the rescaled columns, written into a copy of ``senses``. The same values up to
     the order of the sums' additions (``tests/test_senses.py``)."""
     out = senses.clone()
     per_net = out.view(g, senses.shape[0] // g, -1)  # (G, E / G, S)
-    for j in (j for j, c in enumerate(cols) if c):
+    for j in cols:
         col = per_net[:, :, j]  # (G, E / G)
         per_net[:, :, j] = soft_clip(col / net_divisor(col, floor))
     return out
@@ -287,8 +286,8 @@ def _normalised_by_net(
 
 def normalised_columns(names: Sequence[str]) -> list[int]:
     """The columns of the senses ``names`` that :func:`normalised` rescales."""
-    cols = [n in NORMALISED for n in check_senses(names) for _ in range(SENSES[n])]
-    return [j for j, c in enumerate(cols) if c]
+    cols = [n for n in check_senses(names) for _ in range(SENSES[n])]
+    return [j for j, n in enumerate(cols) if n in NORMALISED]
 
 
 def net_divisor(col: torch.Tensor, floor: float) -> torch.Tensor:

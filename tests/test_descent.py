@@ -260,6 +260,15 @@ def test_adams_path_equals_the_loop_reference_on_every_route(fire_rate, b1, only
     torch.testing.assert_close(got_h.detach(), want_h)
 
 
+def _adam_inputs(e: int, c: int, gen: torch.Generator):
+    """Float64 ``w (E,)``, states ``(E, C)`` with Adam's moments as growth has them, and
+    senses ``(E, S)`` of all senses, drawn from ``gen``."""
+    w = torch.randn(e, generator=gen, dtype=torch.float64)
+    h = _adam_state(torch.randn(e, c, generator=gen, dtype=torch.float64) * 0.5, 4)
+    s = torch.rand(e, sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    return w, h, s
+
+
 def _adam_only_graph(dense: bool):
     """Three copies of one MLP (the dense route), or two different MLPs (the gathering one)."""
     if dense:
@@ -289,9 +298,7 @@ def test_the_adam_only_route_equals_the_reference_step(
     assert (plan is not None) == dense
     gen = torch.Generator().manual_seed(1)
     e, c = graph.num_nodes, 7
-    w = torch.randn(e, generator=gen, dtype=torch.float64)
-    h = _adam_state(torch.randn(e, c, generator=gen, dtype=torch.float64) * 0.5, 4)
-    s = torch.rand(e, sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    w, h, s = _adam_inputs(e, c, gen)
     rule = LocalRule(c, widths, senses=ALL, sense_norm=True, bound=bound, state_bound=state_bound,
                      fire_rate=fire_rate, descent=0.05, descent_only=True, descent_norm=0.99,
                      descent_momentum=0.9).double()  # fmt: skip
@@ -327,9 +334,7 @@ def test_the_dense_adam_only_route_on_every_neighbourhood(neighbourhood, include
     assert dense_plan(graph, neighbourhood, include_self, reduce, torch.float64) is not None
     gen = torch.Generator().manual_seed(5)
     e, c = graph.num_nodes, 6
-    w = torch.randn(e, generator=gen, dtype=torch.float64)
-    h = _adam_state(torch.randn(e, c, generator=gen, dtype=torch.float64) * 0.5, 4)
-    s = torch.rand(e, sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    w, h, s = _adam_inputs(e, c, gen)
     torch.manual_seed(1)
     path = dict(descent=0.05, descent_only=True, descent_norm=0.999, descent_momentum=0.9)
     opts = dict(neighbourhood=neighbourhood, include_self=include_self, reduce=reduce)
@@ -350,9 +355,7 @@ def test_the_dense_adam_only_route_hands_on_channel_major_states_and_reads_any_l
     graph = _adam_only_graph(True)
     gen = torch.Generator().manual_seed(8)
     e, c = graph.num_nodes, 6
-    w = torch.randn(e, generator=gen, dtype=torch.float64)
-    h = _adam_state(torch.randn(e, c, generator=gen, dtype=torch.float64) * 0.5, 4)
-    s = torch.rand(e, sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    w, h, s = _adam_inputs(e, c, gen)
     torch.manual_seed(3)
     rule = LocalRule(c, (16,), senses=ALL, sense_norm=True, bound=0.1, state_bound=1.0,
                      fire_rate=1.0, descent=0.05, descent_only=True, descent_norm=0.99,
@@ -407,9 +410,7 @@ def test_the_adam_only_route_takes_the_age_dependent_step(dense):
     graph = _adam_only_graph(dense)
     gen = torch.Generator().manual_seed(6)
     e, c = graph.num_nodes, 6
-    w = torch.randn(e, generator=gen, dtype=torch.float64)
-    h = _adam_state(torch.randn(e, c, generator=gen, dtype=torch.float64) * 0.5, 4)
-    s = torch.rand(e, sense_size(ALL), generator=gen, dtype=torch.float64) - 0.5
+    w, h, s = _adam_inputs(e, c, gen)
     torch.manual_seed(2)
     path = dict(descent=0.05, descent_only=True, descent_norm=0.99, descent_momentum=0.9,
                 fire_rate=1.0)  # fmt: skip
