@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -481,6 +482,14 @@ def _validate_task(c: TaskConfig, p: str) -> None:
     _check_range(c, p, "code_jitter_fraction", 0.0, 1.0, "in [0, 1]")
     _check_choice(c, p, "neuron_codes", NEURON_CODES)
     _check_min(c, p, "fan_in_ref", 0, strict=True)
+    if not math.isfinite(c.feedback_init):
+        raise _bad(p, "feedback_init", "a finite number", c.feedback_init)
+    if c.feedback_init and c.init == "codes":
+        raise ConfigError(
+            f"config key '{_key(p, 'feedback_init')}' starts the last hidden channel at the "
+            f"weights, where '{_key(p, 'init')}' codes write identity codes: use init random "
+            f"or fixed"
+        )
 
 
 def _validate_rule(c: RuleConfig, p: str) -> None:
@@ -614,6 +623,14 @@ def _validate_root(c: Config, p: str) -> None:
             f"config key '{_key(p, 'train.feedback_align')}' scores the learned feedback of "
             f"the error and delta senses: it needs one of them in '{_key(p, 'rule.senses')}' "
             f"and '{_key(p, 'rule.feedback')}' learned"
+        )
+    if c.task.feedback_init and (
+        c.rule.feedback != "learned" or not set(c.rule.senses) & {"error", "delta"}
+    ):
+        raise ConfigError(
+            f"config key '{_key(p, 'task.feedback_init')}' starts the learned feedback of the "
+            f"error and delta senses: it needs one of them in '{_key(p, 'rule.senses')}' and "
+            f"'{_key(p, 'rule.feedback')}' learned"
         )
     if c.train.feedback_align and c.task.layers:
         raise ConfigError(

@@ -62,6 +62,13 @@ its own direction, at any width, at the price of a different draw per net (on 14
 meta-trains far more slowly than the sinusoids; docs/results.md). Input and output neurons keep
 their sinusoidal codes. Drawn after the weights and the jitter.
 
+``feedback_init = c`` (not 0) starts the last hidden channel at ``c * w``: the channel a
+data-reading rule's learned feedback lives in (``rule.feedback: learned`` with the ``error`` or
+``delta`` sense), so that the backward messages of the first steps already point along the
+weights instead of being 0. The feedback is part of a weight's own state, so this is as local
+as the weight itself. It needs ``init`` fixed or random (identity codes fill the channels) and
+changes nothing else.
+
 Every option above is a field of :class:`InitSpec`, under the name of its config key
 (``task.<name>``, :class:`gnca.config.TaskConfig` takes the fields from it), and the keyword of
 :func:`initial_state`, :func:`initial_weights` and :func:`identity_codes`.
@@ -98,17 +105,27 @@ class InitSpec:
     code_jitter: float = 0.0  # meta-training only: random shift of hidden code positions, 0..1
     code_jitter_fraction: float = 1.0  # share of meta-training nets the jitter moves, 0..1
     neuron_codes: str = "sincos"  # hidden neurons' codes: sincos (position) | random (Gaussian)
+    feedback_init: float = 0.0  # the last hidden channel (learned feedback) starts at this * w
 
     def state(
         self, graph: Data, hidden_channels: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Initial ``(w (E,), h (E, C))`` of every net in ``graph``: the weights, then (``codes``)
-        the identity codes, both drawn from ``generator`` in that order."""
+        the identity codes, both drawn from ``generator`` in that order; with
+        ``feedback_init``, ``h[:, -1] = feedback_init * w``."""
         w = _weights(self, graph, generator)
         if self.init == "codes":
             h = _codes(self, graph, hidden_channels, generator)
         else:
             h = torch.zeros(w.shape[0], hidden_channels, dtype=w.dtype, device=w.device)
+        if self.feedback_init:
+            if self.init == "codes" or hidden_channels < 1:
+                raise ValueError(
+                    "feedback_init starts the last hidden channel at the weights: it needs "
+                    f"init fixed or random and hidden channels, got init={self.init!r} and "
+                    f"{hidden_channels} channels"
+                )
+            h = torch.cat([h[:, :-1], self.feedback_init * w.unsqueeze(1)], dim=1)
         return w, h
 
     def growing(self) -> InitSpec:

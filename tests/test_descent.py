@@ -750,6 +750,64 @@ def test_feedback_align_is_checked():
         config_from_dict(d)
 
 
+def test_feedback_init_starts_the_feedback_channel_at_the_weights():
+    """task.feedback_init = c: the same weights, h 0 but for its last channel, which is c * w;
+    at c = 1 on nets without fan_in_ref the learned feedback's senses are the exact ones."""
+    from gnca.build import trainer_parts
+    from gnca.senses import SenseReader
+    from gnca.trainer import MetaTrainer, config_record
+
+    graph = WeightGraph.replicate(Architecture.mlp([4, 6, 5, 3]), 2)
+    for kind in ("fixed", "random"):
+        w0, h0 = initial_state(graph, 5, kind, generator=torch.Generator().manual_seed(1))
+        w, h = initial_state(
+            graph, 5, kind, feedback_init=0.25, generator=torch.Generator().manual_seed(1)
+        )
+        assert torch.equal(w, w0) and torch.equal(h[:, :-1], h0[:, :-1])
+        assert torch.equal(h[:, -1], 0.25 * w) and h[:, -1].abs().max() > 0
+    d = config_to_dict(tiny_config())
+    d["rule"].update(senses=["act", "error", "delta"], hidden_channels=4)
+    d["task"].update(init="random", feedback_init=1.0, fan_in_ref=None)
+    cfg = config_from_dict(d)
+    tr = MetaTrainer.from_config(cfg)
+    assert tr.init.feedback_init == 1.0 == tr.seed_init.feedback_init
+    parts = trainer_parts(cfg)
+    _, recorded, _ = config_record(
+        parts["rule"], parts["task"], parts["archs"], parts["init"], parts["seed_init"]
+    )
+    assert recorded.feedback_init == 1.0  # written back into checkpoints
+    w, h = tr.init.state(graph, 4, torch.Generator().manual_seed(0))
+    learned = SenseReader(["act", "error", "delta"], tr.task, 8, torch.Generator().manual_seed(3))
+    exact = SenseReader(
+        ["act", "error", "delta"], tr.task, 8, torch.Generator().manual_seed(3), feedback="weights"
+    )
+    assert torch.equal(learned(graph, w, h), exact(graph, w, h))
+    zero = torch.cat([h[:, :-1], torch.zeros_like(h[:, -1:])], 1)  # the default start
+    assert not torch.equal(learned(graph, w, zero), exact(graph, w, h))
+
+
+def test_feedback_init_is_checked():
+    d = config_to_dict(tiny_config())
+    d["task"].update(init="random", feedback_init=0.1)
+    with pytest.raises(ValueError, match="'task.feedback_init' starts the learned feedback"):
+        config_from_dict(d)  # a data-free rule has no feedback
+    d["rule"].update(senses=ALL, hidden_channels=4, feedback="weights")
+    with pytest.raises(ValueError, match="'rule.feedback' learned"):
+        config_from_dict(d)
+    d["rule"].update(feedback="learned")
+    assert config_from_dict(d).task.feedback_init == 0.1
+    d["task"].update(init="codes")
+    with pytest.raises(ValueError, match="'task.init' codes write identity codes") as info:
+        config_from_dict(d)
+    assert "\n" not in str(info.value)
+    d["task"].update(init="random", feedback_init=float("nan"))
+    with pytest.raises(ValueError, match="'task.feedback_init' must be a finite number"):
+        config_from_dict(d)
+    graph = WeightGraph.from_architecture(Architecture.mlp([2, 3, 2]))
+    with pytest.raises(ValueError, match="feedback_init .* needs init fixed or random"):
+        initial_state(graph, 20, "codes", feedback_init=0.1)
+
+
 ALIGNED_KEYS = [
     "rule.descent=0.03",
     "rule.descent_only=true",

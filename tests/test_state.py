@@ -445,7 +445,9 @@ def test_init_spec_is_the_schema_of_the_task_sections_initial_state_keys() -> No
         "out_code_freqs": 5, "depth_code": False, "code_jitter": 0.25,
         "code_jitter_fraction": 0.5, "neuron_codes": "random",
     }  # fmt: skip
-    assert set(custom) == {f.name for f in fields(InitSpec)}  # a new option: add it here too
+    # a new option: add it here too (feedback_init needs init random or fixed and a rule with
+    # a learned feedback: tests/test_descent.py round-trips it)
+    assert set(custom) | {"feedback_init"} == {f.name for f in fields(InitSpec)}
     cfg = config_from_dict({"task": custom, "rule": {"hidden_channels": 26}})
     assert make_init(cfg.task, training=True) == InitSpec(**custom)
     growing = replace(InitSpec(**custom), code_jitter=0.0, code_jitter_fraction=1.0)
