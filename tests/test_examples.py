@@ -346,3 +346,87 @@ def test_batch_sequences_trains_adam_once_per_sequence(tmp_path, monkeypatch, ca
     monkeypatch.setattr(sys, "argv", [*argv[:2], "--sequences", "0"])
     with pytest.raises(SystemExit):
         runpy.run_path(str(EXAMPLES / "batch_sequences.py"), run_name="__main__")
+
+
+def _aligned_digits_rule(tmp_path: Path, *keys: str) -> Path:
+    """A data-reading rule with Adam's step along its learned feedback (digits, one meta-step)."""
+    from conftest import TINY
+
+    from gnca.cli import main
+
+    run = tmp_path / "run"
+    cfg = str(EXAMPLES.parent / "configs" / "digits_senses.yaml")
+    assert main(["train", "--config", cfg, "--set", *TINY, "task.architectures=[[64,8,10]]",
+                 "train.steps=1", "rule.hidden_channels=6", "rule.descent=0.03",
+                 "rule.descent_only=true", "rule.descent_norm=0.999",
+                 "rule.descent_momentum=0.9", "rule.sense_norm=false", *keys, "--out", str(run),
+                 "--no-progress"]) == 0  # fmt: skip
+    return run / "last.pt"
+
+
+def test_feedback_cost_grows_the_rule_the_exact_feedback_and_adam_on_the_same_batches(
+    tmp_path, capsys
+) -> None:
+    """The exact-feedback growth of a descent-only rule with Adam's moments takes Adam's steps on
+    the same batches (the script's premise, checked on the weights' moves), and the script
+    prints one line per sequence with every column, then the means."""
+    import dataclasses
+
+    from gnca.build import load_trained
+    from gnca.experiments.adam_baseline import adam_batches, train_adam
+    from gnca.experiments.common import reader_seed
+    from gnca.experiments.learning import grow_on, initial_weights
+
+    ckpt = _aligned_digits_rule(tmp_path)
+    mod = runpy.run_path(str(EXAMPLES / "feedback_cost.py"))
+    tr = load_trained(ckpt)
+    exact = dataclasses.replace(tr, rule=tr.rule)
+    exact.rule.feedback = "weights"
+    graph, w0 = initial_weights(tr, 3, 1, None)
+    res, _ = grow_on(exact, None, 4, record=[4], seed=1, num=3)
+    X, y = tr.task.split("train", w0.device)
+    lr = float(tr.rule.descent_rate.detach())
+    batches = adam_batches(4 * tr.cfg.rule.sense_batch, tr.cfg.rule.sense_batch)
+    keep = torch.ones_like(w0, dtype=torch.bool)
+
+    def adam_move(sequence: int) -> torch.Tensor:
+        return train_adam(tr.task, graph, w0, keep, batches, lr, reader_seed(sequence), X, y) - w0
+
+    grown, same, other = res.w - w0, adam_move(1), adam_move(2)
+    cos = torch.nn.functional.cosine_similarity
+    # the same steps up to the soft clip of the senses (x / (1 + |x|)), which Adam has not
+    assert float(cos(grown, same, 0)) > 0.99 and (grown - same).norm() < 0.15 * same.norm()
+    assert float(cos(grown, other, 0)) < 0.95  # the check tells batch sequences apart
+    capsys.readouterr()
+    mod["main"]([str(ckpt), "--steps", "3", "--sequences", "2", "--num", "2", "--arch", "h:4",
+                 "--scales", "1,2", "--feedback-init", "0,0.5", "--adam-lr", "0.1"])  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("digits, 3 steps of")
+    names = ["rule x1 c=0", "rule x1 c=0.5", "exact x1", "adam x1", "rule x2 c=0",
+             "rule x2 c=0.5", "exact x2", "adam x2", "adam lr 0.1"]  # fmt: skip
+    for line, head in zip(lines[1:], ["sequence 0: ", "sequence 1: ", "mean of 2: "], strict=True):
+        assert line.startswith(head)
+        got = [part.rsplit(" ", 1) for part in line[len(head) :].split(", ")]
+        assert [g[0] for g in got] == names and all(0 <= float(g[1]) <= 1 for g in got)
+
+
+def test_feedback_cost_refuses_bad_input_in_one_line(tmp_path) -> None:
+    mod = runpy.run_path(str(EXAMPLES / "feedback_cost.py"))
+    with pytest.raises(SystemExit, match=r"^error: checkpoint not found: .*nope\.pt$"):
+        mod["main"]([str(tmp_path / "nope.pt")])
+    ckpt = _aligned_digits_rule(tmp_path)
+    with pytest.raises(SystemExit, match="^error: unknown dataset"):
+        mod["main"]([str(ckpt), "--dataset", "nope"])
+    from conftest import TINY
+
+    from gnca.cli import main
+
+    cfg = str(EXAMPLES.parent / "configs" / "digits_senses.yaml")
+    plain = tmp_path / "plain"
+    assert main(["train", "--config", cfg, "--set", *TINY, "task.architectures=[[64,8,10]]",
+                 "train.steps=1", "--out", str(plain), "--no-progress"]) == 0  # fmt: skip
+    with pytest.raises(SystemExit, match="^error: the rule needs a descent path"):
+        mod["main"]([str(plain / "last.pt")])
+    for bad in (["--scales", "0"], ["--scales", "x"], ["--steps", "0"], ["--adam-lr", "-1"]):
+        with pytest.raises(SystemExit):
+            mod["main"]([str(ckpt), *bad])
