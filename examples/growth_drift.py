@@ -137,6 +137,7 @@ def drift(
                     "h_max": float(h.abs().max()),
                     "feedback": float(h[:, -1].abs().mean()),
                     "grad_align": grad_align(tr, task, graph, w, h, X_tr, y_tr, ~out),
+                    "sign_align": sign_align(tr, task, graph, w, h, X_tr, y_tr, ~out),
                     "step_max": float((w - w_old).abs().max()),
                     "step_align": per_net_cos(graph, w - w_old,
                                               -true_grad(task, graph, w_old, X_tr, y_tr), ~out),
@@ -163,6 +164,26 @@ def per_net_cos(graph: Data, a: torch.Tensor, b: torch.Tensor, keep: torch.Tenso
     return float(torch.stack(cos).mean())
 
 
+def hidden_signals(
+    tr: TrainedRule,
+    task: Task,
+    graph: Data,
+    w: torch.Tensor,
+    h: torch.Tensor,
+    X: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(E,)`` the learned-feedback error signal of every weight (its ``delta`` product) and
+    ``(E,)`` the true gradient of the loss on ``X, y``, both with respect to the weights as the
+    forward pass uses them."""
+    fan_in_ref = tr.cfg.task.fan_in_ref
+    fb = feedback_of(graph, w, h, tr.rule.feedback, fan_in_ref)
+    st = neuron_stats(graph, w, fb, X, y, tr.cfg.task.activation, fan_in_ref)
+    fa = (st.a[graph.src] * st.m[graph.dst]).mean(1)  # (E,) the delta product
+    g = true_grad(task, graph, w, X, y)
+    return fa, g / effective_weights(graph, torch.ones_like(w), fan_in_ref)
+
+
 def grad_align(
     tr: TrainedRule,
     task: Task,
@@ -174,17 +195,32 @@ def grad_align(
     hidden: torch.Tensor,
 ) -> float:
     """Mean over nets of the cosine between the learned-feedback error signal of the hidden
-    weights (``hidden``, ``(E,)`` bool) and the true gradient of the loss on ``X, y``, both
-    with respect to the weights as the forward pass uses them; ``nan`` without ``delta``."""
+    weights (``hidden``, ``(E,)`` bool) and the true gradient (:func:`hidden_signals`); ``nan``
+    without ``delta``."""
     if "delta" not in tr.rule.senses:
         return float("nan")
-    fan_in_ref = tr.cfg.task.fan_in_ref
-    fb = feedback_of(graph, w, h, tr.rule.feedback, fan_in_ref)
-    st = neuron_stats(graph, w, fb, X, y, tr.cfg.task.activation, fan_in_ref)
-    fa = (st.a[graph.src] * st.m[graph.dst]).mean(1)  # (E,) the delta product
-    g = true_grad(task, graph, w, X, y)
-    g = g / effective_weights(graph, torch.ones_like(w), fan_in_ref)  # d loss / d effective w
-    return per_net_cos(graph, fa, g, hidden)
+    return per_net_cos(graph, *hidden_signals(tr, task, graph, w, h, X, y), hidden)
+
+
+def sign_align(
+    tr: TrainedRule,
+    task: Task,
+    graph: Data,
+    w: torch.Tensor,
+    h: torch.Tensor,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    hidden: torch.Tensor,
+) -> float:
+    """The share of the ``hidden`` weights with a nonzero true gradient whose learned-feedback
+    error signal has the gradient's sign (:func:`hidden_signals`). Adam's first steps move each
+    weight by about its step size along that sign, whatever the size of its gradient, so a
+    cosine near 1 can hide many small gradients of the wrong sign. ``nan`` without ``delta``."""
+    if "delta" not in tr.rule.senses:
+        return float("nan")
+    fa, g = hidden_signals(tr, task, graph, w, h, X, y)
+    live = hidden & (g != 0)
+    return float((fa[live].sign() == g[live].sign()).double().mean())
 
 
 def main(argv: list[str] | None = None) -> None:

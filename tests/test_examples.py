@@ -212,6 +212,7 @@ def test_growth_drift_descent_only_and_grad_align(tmp_path) -> None:
     assert moved[-1]["w_rms_out"] != still[-1]["w_rms_out"]
     assert own[-1]["w_rms_out"] != still[-1]["w_rms_out"]
     assert all(-1.0 <= r["grad_align"] <= 1.0 and -1.0 <= r["step_align"] <= 1.0 for r in own)
+    assert all(0.0 <= r["sign_align"] <= 1.0 for r in own)
     tr = load_trained(str(run / "last.pt"))
     task = make_task(tr.cfg.task, make_dataset(DataConfig(name="wine")))
     graph = WeightGraph.replicate(parse_arch("h:8", 13, 3, True, None, "wine"), 2)
@@ -222,8 +223,12 @@ def test_growth_drift_descent_only_and_grad_align(tmp_path) -> None:
     h[:, -1] = effective_weights(graph, w, tr.cfg.task.fan_in_ref)  # feedback = weights
     assert math.isclose(mod["grad_align"](tr, task, graph, w, h, X, y, hidden), 1.0,
                         rel_tol=1e-5)  # fmt: skip
+    assert mod["sign_align"](tr, task, graph, w, h, X, y, hidden) == 1.0
+    h[:, -1] = -h[:, -1]  # every hidden error signal turned around
+    assert mod["sign_align"](tr, task, graph, w, h, X, y, hidden) == 0.0
     h[:, -1] = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(1))
     assert mod["grad_align"](tr, task, graph, w, h, X, y, hidden) < 0.9
+    assert 0.0 < mod["sign_align"](tr, task, graph, w, h, X, y, hidden) < 0.9
     a, b = torch.randn(2, w.shape[0], generator=torch.Generator().manual_seed(2)).double()
     e = w.shape[0] // 2  # two nets of e weights each
     cos = []
