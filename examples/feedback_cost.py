@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import math
 import sys
 from collections.abc import Sequence
 
@@ -36,23 +35,12 @@ import torch
 
 from gnca.archspec import parse_arch
 from gnca.build import load_trained, make_dataset, make_task
+from gnca.cliargs import nonneg_floats, positive_floats
 from gnca.config import DataConfig
 from gnca.experiments.adam_baseline import adam_batches, train_adam
 from gnca.experiments.common import reader_seed
 from gnca.experiments.learning import grow_on, initial_weights
 from gnca.experiments.transfer import step_scaled
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got {text!r}"
-        ) from None
-    if any(not math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
-    return values
 
 
 def _grown(tr, task, arch, args: argparse.Namespace, seq: int) -> float:
@@ -83,17 +71,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=20, help="rule steps (default 20)")
     ap.add_argument("--sequences", type=int, default=3, help="batch sequences (default 3)")
     ap.add_argument("--num", type=int, default=10, help="nets per growth (default 10)")
-    ap.add_argument("--scales", type=_floats, default=[1.0], help="multiples of the rule's "
+    ap.add_argument("--scales", type=positive_floats, default=(1.0,), help="multiples of the "
+                    "rule's "
                     "step, comma-separated (default 1)")  # fmt: skip
-    ap.add_argument("--feedback-init", type=_floats, default=None, help="starts of the "
+    ap.add_argument("--feedback-init", type=nonneg_floats, default=None, help="starts of the "
                     "learned feedback, multiples of the weights (default: the rule's "
                     "task.feedback_init)")  # fmt: skip
-    ap.add_argument("--adam-lr", type=_floats, default=[], help="Adam at these fixed rates too")
+    ap.add_argument("--adam-lr", type=positive_floats, default=(),
+                    help="Adam at these fixed rates too")  # fmt: skip
     args = ap.parse_args(argv)
     if min(args.steps, args.sequences, args.num) < 1:
         ap.error("--steps, --sequences and --num must be >= 1")
-    if min(args.scales) <= 0 or (args.adam_lr and min(args.adam_lr) <= 0):
-        ap.error("--scales and --adam-lr must be > 0")
     torch.set_num_threads(1)
     try:  # a missing checkpoint or dataset: one line
         tr = load_trained(args.checkpoint)

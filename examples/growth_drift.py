@@ -17,7 +17,8 @@ that a smaller step would average out, or a drift?). Hidden states are updated a
 Three probes of whether the hidden layer learns: the ``grad_align`` column is the cosine, per
 net over its hidden-layer weights and then averaged, between the error signal the rule's
 learned feedback sends there (the ``delta`` product on up to 512 training examples) and the
-true gradient of the loss on them; ``step_align`` is the same cosine between the hidden
+true gradient of the loss on them (``sign_align``: the share of those weights whose signal has
+the gradient's sign); ``step_align`` is the same cosine between the hidden
 weights' last step and minus that gradient (how much of the step descends); and
 ``--descent-only A`` replaces the MLP's weight update by ``-A`` times the ``delta`` sense as
 the reader gives it (through the learned feedback, not rescaled by ``rule.sense_norm``; no MLP
@@ -73,17 +74,17 @@ def drift(
     true_gradient: bool = False,
 ) -> list[dict[str, float]]:
     """One row per printed step: ``step``, ``acc``, ``w_rms_hidden``, ``w_rms_out``,
-    ``h_mean``, ``h_max``, ``feedback``, ``grad_align``, ``step_max`` (the largest weight
-    change of that step) and ``step_align`` (see the module
-    docstring; ``grad_align`` is ``nan`` without the ``delta`` sense) and one ``sense:<name>``
-    per sense column (mean magnitude over the weights). ``sense_batch``: examples read per
-    step (default the rule's); ``damp_after``: from the step after it, weight updates scaled
-    by ``(damp_after / t) ** damp_power``; ``descent_only``: weights step by minus this times the
-    reader's ``delta`` sense instead of the MLP's update; ``descent_norm``,
-    ``descent_momentum``: Adam's ``beta2``, ``beta1`` for that step (:func:`gnca.rule.adam_path`);
-    ``true_gradient``: the step follows the true gradient of the loss on as many training
-    examples as the reader reads (backprop, the reference the learned feedback is
-    measured against) instead of the ``delta`` sense."""
+    ``h_mean``, ``h_max``, ``feedback``, ``grad_align``, ``sign_align``, ``step_max`` (the
+    largest weight change of that step) and ``step_align`` (see the module docstring;
+    ``grad_align`` and ``sign_align`` are ``nan`` without the ``delta`` sense) and one
+    ``sense:<name>`` per sense column (mean magnitude over the weights). ``sense_batch``:
+    examples read per step (default the rule's); ``damp_after``: from the step after it,
+    weight updates scaled by ``(damp_after / t) ** damp_power``; ``descent_only``: weights
+    step by minus this times the reader's ``delta`` sense instead of the MLP's update;
+    ``descent_norm``, ``descent_momentum``: Adam's ``beta2``, ``beta1`` for that step
+    (:func:`gnca.rule.adam_path`); ``true_gradient``: the step follows the true gradient of
+    the loss on as many training examples as the reader reads (backprop, the reference the
+    learned feedback is measured against) instead of the ``delta`` sense."""
     tr = load_trained(checkpoint)
     if not tr.rule.senses:
         raise SystemExit(f"{checkpoint}: the rule reads no data (rule.senses is empty)")
@@ -128,6 +129,7 @@ def drift(
                 w_new = w + (damp_after / t) ** damp_power * (w_new - w)
             w = w_new
             if t in at:
+                grad, sign = alignments(tr, task, graph, w, h, X_tr, y_tr, ~out)
                 rows.append({
                     "step": t,
                     "acc": float(task.accuracy(graph, w, X, y).mean()),
@@ -136,8 +138,8 @@ def drift(
                     "h_mean": float(h.abs().mean()),
                     "h_max": float(h.abs().max()),
                     "feedback": float(h[:, -1].abs().mean()),
-                    "grad_align": grad_align(tr, task, graph, w, h, X_tr, y_tr, ~out),
-                    "sign_align": sign_align(tr, task, graph, w, h, X_tr, y_tr, ~out),
+                    "grad_align": grad,
+                    "sign_align": sign,
                     "step_max": float((w - w_old).abs().max()),
                     "step_align": per_net_cos(graph, w - w_old,
                                               -true_grad(task, graph, w_old, X_tr, y_tr), ~out),
@@ -184,7 +186,7 @@ def hidden_signals(
     return fa, g / effective_weights(graph, torch.ones_like(w), fan_in_ref)
 
 
-def grad_align(
+def alignments(
     tr: TrainedRule,
     task: Task,
     graph: Data,
@@ -193,34 +195,19 @@ def grad_align(
     X: torch.Tensor,
     y: torch.Tensor,
     hidden: torch.Tensor,
-) -> float:
-    """Mean over nets of the cosine between the learned-feedback error signal of the hidden
-    weights (``hidden``, ``(E,)`` bool) and the true gradient (:func:`hidden_signals`); ``nan``
-    without ``delta``."""
+) -> tuple[float, float]:
+    """How the learned-feedback error signal of the ``hidden`` weights (``(E,)`` bool) follows
+    the true gradient (:func:`hidden_signals`, computed once): ``grad_align``, the mean over
+    nets of their cosine, and ``sign_align``, the share of those weights with a nonzero
+    gradient whose signal has the gradient's sign. Adam's first steps move each weight by
+    about its step size along that sign, whatever the size of its gradient, so a cosine near 1
+    can hide many small gradients of the wrong sign. ``(nan, nan)`` without ``delta``."""
     if "delta" not in tr.rule.senses:
-        return float("nan")
-    return per_net_cos(graph, *hidden_signals(tr, task, graph, w, h, X, y), hidden)
-
-
-def sign_align(
-    tr: TrainedRule,
-    task: Task,
-    graph: Data,
-    w: torch.Tensor,
-    h: torch.Tensor,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    hidden: torch.Tensor,
-) -> float:
-    """The share of the ``hidden`` weights with a nonzero true gradient whose learned-feedback
-    error signal has the gradient's sign (:func:`hidden_signals`). Adam's first steps move each
-    weight by about its step size along that sign, whatever the size of its gradient, so a
-    cosine near 1 can hide many small gradients of the wrong sign. ``nan`` without ``delta``."""
-    if "delta" not in tr.rule.senses:
-        return float("nan")
+        return float("nan"), float("nan")
     fa, g = hidden_signals(tr, task, graph, w, h, X, y)
     live = hidden & (g != 0)
-    return float((fa[live].sign() == g[live].sign()).double().mean())
+    sign = float((fa[live].sign() == g[live].sign()).double().mean())
+    return per_net_cos(graph, fa, g, hidden), sign
 
 
 def main(argv: list[str] | None = None) -> None:

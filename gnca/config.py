@@ -616,22 +616,10 @@ def _validate_train(c: TrainConfig, p: str) -> None:
 def _validate_root(c: Config, p: str) -> None:
     if not c.name:
         raise ConfigError(f"config key '{_key(p, 'name')}' must be a non-empty string")
-    if c.train.feedback_align and (
-        c.rule.feedback != "learned" or not set(c.rule.senses) & {"error", "delta"}
-    ):
-        raise ConfigError(
-            f"config key '{_key(p, 'train.feedback_align')}' scores the learned feedback of "
-            f"the error and delta senses: it needs one of them in '{_key(p, 'rule.senses')}' "
-            f"and '{_key(p, 'rule.feedback')}' learned"
-        )
-    if c.task.feedback_init and (
-        c.rule.feedback != "learned" or not set(c.rule.senses) & {"error", "delta"}
-    ):
-        raise ConfigError(
-            f"config key '{_key(p, 'task.feedback_init')}' starts the learned feedback of the "
-            f"error and delta senses: it needs one of them in '{_key(p, 'rule.senses')}' and "
-            f"'{_key(p, 'rule.feedback')}' learned"
-        )
+    if c.train.feedback_align:
+        _needs_learned_feedback(c, p, "train.feedback_align", "scores")
+    if c.task.feedback_init:
+        _needs_learned_feedback(c, p, "task.feedback_init", "starts")
     if c.train.feedback_align and c.task.layers:
         raise ConfigError(
             f"config key '{_key(p, 'train.feedback_align')}' is measured on MLP-like nets, not "
@@ -642,6 +630,17 @@ def _validate_root(c: Config, p: str) -> None:
             f"config key '{_key(p, 'rule.descent_norm')}' keeps Adam's moments in the first "
             f"hidden channels, where '{_key(p, 'task.init')}' codes write identity codes: use "
             f"task.init random or fixed"
+        )
+
+
+def _needs_learned_feedback(c: Config, p: str, key: str, verb: str) -> None:
+    """The error if ``key``, which ``verb`` the learned feedback of the error and delta senses,
+    is set for a rule without one."""
+    if c.rule.feedback != "learned" or not set(c.rule.senses) & {"error", "delta"}:
+        raise ConfigError(
+            f"config key '{_key(p, key)}' {verb} the learned feedback of the error and delta "
+            f"senses: it needs one of them in '{_key(p, 'rule.senses')}' and "
+            f"'{_key(p, 'rule.feedback')}' learned"
         )
 
 

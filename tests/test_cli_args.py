@@ -235,3 +235,20 @@ def test_docs_state_the_flags_every_command_takes():
     top = (REPO / "docs" / "cli.md").read_text().split("\n## ", 1)[0]
     for flag in EVERYWHERE:
         assert f"`{flag}" in top
+
+
+def test_float_lists_check_each_value_and_repeats():
+    from gnca.cliargs import nonneg_floats, positive_floats
+
+    assert positive_floats("0.5, 1,2") == (0.5, 1.0, 2.0)
+    assert nonneg_floats("0,0.1") == (0.0, 0.1)
+    for parse, text, message in [
+        (positive_floats, "0,1", "must be comma-separated numbers > 0, got '0,1'"),
+        (nonneg_floats, "-1", "must be comma-separated numbers >= 0, got '-1'"),
+        (nonneg_floats, "0,0", "must not repeat a value, got '0,0'"),
+        (nonneg_floats, "1,x", "must be a number, got 'x'"),
+        (positive_floats, "inf", "must be a finite number, got inf"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            parse(text)
+        assert str(info.value) == message

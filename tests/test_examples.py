@@ -221,14 +221,15 @@ def test_growth_drift_descent_only_and_grad_align(tmp_path) -> None:
     hidden = graph.neuron_kind[graph.dst] != OUTPUT
     h = h.clone()
     h[:, -1] = effective_weights(graph, w, tr.cfg.task.fan_in_ref)  # feedback = weights
-    assert math.isclose(mod["grad_align"](tr, task, graph, w, h, X, y, hidden), 1.0,
-                        rel_tol=1e-5)  # fmt: skip
-    assert mod["sign_align"](tr, task, graph, w, h, X, y, hidden) == 1.0
+    align = mod["alignments"]
+    assert math.isclose(align(tr, task, graph, w, h, X, y, hidden)[0], 1.0, rel_tol=1e-5)
+    assert align(tr, task, graph, w, h, X, y, hidden)[1] == 1.0
     h[:, -1] = -h[:, -1]  # every hidden error signal turned around
-    assert mod["sign_align"](tr, task, graph, w, h, X, y, hidden) == 0.0
+    assert align(tr, task, graph, w, h, X, y, hidden)[1] == 0.0
     h[:, -1] = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(1))
-    assert mod["grad_align"](tr, task, graph, w, h, X, y, hidden) < 0.9
-    assert 0.0 < mod["sign_align"](tr, task, graph, w, h, X, y, hidden) < 0.9
+    grad, sign = align(tr, task, graph, w, h, X, y, hidden)
+    assert grad < 0.9
+    assert 0.0 < sign < 0.9
     a, b = torch.randn(2, w.shape[0], generator=torch.Generator().manual_seed(2)).double()
     e = w.shape[0] // 2  # two nets of e weights each
     cos = []
