@@ -72,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--sequences", type=int, default=3, help="batch sequences (default 3)")
     ap.add_argument("--num", type=int, default=10, help="nets per growth (default 10)")
     ap.add_argument("--scales", type=positive_floats, default=(1.0,), help="multiples of the "
-                    "rule's "
-                    "step, comma-separated (default 1)")  # fmt: skip
+                    "rule's step, comma-separated (default 1)")  # fmt: skip
     ap.add_argument("--feedback-init", type=nonneg_floats, default=None, help="starts of the "
                     "learned feedback, multiples of the weights (default: the rule's "
                     "task.feedback_init)")  # fmt: skip

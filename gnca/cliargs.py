@@ -189,13 +189,12 @@ def int_list(minimum: int, *, unique: bool = False) -> Callable[[str], str]:
     return parse
 
 
-def _floats(text: str, low: float, strict: bool) -> tuple[float, ...]:
-    """Comma-separated finite numbers above ``low`` (or at least it, unless ``strict``), none
-    repeated."""
+def _floats(text: str, strict: bool) -> tuple[float, ...]:
+    """Comma-separated finite numbers > 0 (>= 0 unless ``strict``), none repeated."""
     parts = text.replace(" ", "").split(",")
     values = tuple(_number(p) for p in parts)
-    if any(v < low or (strict and v == low) for v in values):
-        bound = f"> {low:g}" if strict else f">= {low:g}"
+    if any(v < 0 or (strict and v == 0) for v in values):
+        bound = "> 0" if strict else ">= 0"
         raise argparse.ArgumentTypeError(f"must be comma-separated numbers {bound}, got {text!r}")
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"must not repeat a value, got {text!r}")
@@ -205,12 +204,12 @@ def _floats(text: str, low: float, strict: bool) -> tuple[float, ...]:
 def positive_floats(text: str) -> tuple[float, ...]:
     """A ``type=`` for comma-separated finite numbers > 0, none repeated (``--tune-step
     0.5,1,2``)."""
-    return _floats(text, 0.0, strict=True)
+    return _floats(text, strict=True)
 
 
 def nonneg_floats(text: str) -> tuple[float, ...]:
     """A ``type=`` for comma-separated finite numbers >= 0, none repeated."""
-    return _floats(text, 0.0, strict=False)
+    return _floats(text, strict=False)
 
 
 def seed_list(text: str) -> tuple[int, ...]:
