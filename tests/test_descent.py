@@ -836,3 +836,22 @@ def test_aligned_configs_are_their_base_with_the_documented_keys(aligned, base, 
     got = config_to_dict(load_config(REPO / "configs" / f"{aligned}.yaml"))
     assert got.pop("name") == aligned and want.pop("name") == base
     assert got == want
+
+
+def test_scheduled_config_is_the_aligned_config_with_the_documented_keys():
+    """docs/results.md measures configs/tabular_scheduled.yaml as tabular_aligned.yaml with
+    --set keys: the two must stay the same config but for the name."""
+    from conftest import REPO
+
+    from gnca.config import load_config
+
+    keys = [
+        "train.feedback_align=10",
+        "rule.descent=0.018",
+        "rule.descent_age=true",
+        "rule.descent_age_fixed=1.5",
+    ]
+    want = config_to_dict(load_config(REPO / "configs" / "tabular_aligned.yaml", keys))
+    got = config_to_dict(load_config(REPO / "configs" / "tabular_scheduled.yaml"))
+    assert got.pop("name") == "tabular_scheduled" and want.pop("name") == "tabular_aligned"
+    assert got == want
